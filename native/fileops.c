@@ -1,0 +1,109 @@
+// Linux file-range operations that Node's fs module lacks: punching holes,
+// zeroing ranges without writing, and finding data/hole boundaries.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <node_api.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+static napi_value throw_errno(napi_env env, const char *what, int err) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  napi_value code, text, error;
+  const char *name = err == ENOSPC ? "ENOSPC" : err == EOPNOTSUPP ? "ENOTSUP" : err == EIO ? "EIO" : "EOTHER";
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
+  napi_create_error(env, code, text, &error);
+  napi_value errnoValue;
+  napi_create_int32(env, err, &errnoValue);
+  napi_set_named_property(env, error, "errno", errnoValue);
+  napi_set_named_property(env, error, "code", code);
+  napi_throw(env, error);
+  return NULL;
+}
+
+static int read_args(napi_env env, napi_callback_info info, size_t want, int64_t *out) {
+  napi_value argv[3];
+  size_t argc = 3;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < want) {
+    napi_throw_type_error(env, NULL, "fileops: missing arguments");
+    return -1;
+  }
+  for (size_t i = 0; i < want; i++) {
+    if (napi_get_value_int64(env, argv[i], &out[i]) != napi_ok) {
+      napi_throw_type_error(env, NULL, "fileops: arguments must be numbers");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static napi_value fallocate_mode(napi_env env, napi_callback_info info, int mode, const char *what) {
+  int64_t a[3];
+  if (read_args(env, info, 3, a)) return NULL;
+  if (fallocate((int)a[0], mode, (off_t)a[1], (off_t)a[2]) != 0) return throw_errno(env, what, errno);
+  return NULL;
+}
+
+// punchHole(fd, offset, length): deallocate; reads return zeros.
+static napi_value punch_hole(napi_env env, napi_callback_info info) {
+  return fallocate_mode(env, info, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, "fallocate(PUNCH_HOLE)");
+}
+
+// zeroRange(fd, offset, length): zeros that stay allocated.
+static napi_value zero_range(napi_env env, napi_callback_info info) {
+  return fallocate_mode(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "fallocate(ZERO_RANGE)");
+}
+
+// seek(fd, offset, whence): SEEK_DATA (3) / SEEK_HOLE (4); -1 when past the last data.
+static napi_value seek(napi_env env, napi_callback_info info) {
+  int64_t a[3];
+  if (read_args(env, info, 3, a)) return NULL;
+  off_t r = lseek((int)a[0], (off_t)a[1], (int)a[2]);
+  if (r < 0 && errno != ENXIO) return throw_errno(env, "lseek", errno);
+  napi_value result;
+  napi_create_int64(env, r < 0 ? -1 : (int64_t)r, &result);
+  return result;
+}
+
+// preadNoWait(fd, buffer, position): reads only what the page cache holds
+// (RWF_NOWAIT), so a cached read costs no thread-pool round trip. Returns
+// the bytes read, or -1 when the data is not cached and the caller must read
+// the ordinary way.
+static napi_value pread_nowait(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  size_t argc = 3;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *data;
+  size_t length;
+  int64_t fd, position;
+  if (argc < 3 || napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok ||
+      napi_get_value_int64(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[2], &position) != napi_ok) {
+    napi_throw_type_error(env, NULL, "preadNoWait(fd, buffer, position)");
+    return NULL;
+  }
+  struct iovec iov = {data, length};
+  ssize_t n = preadv2((int)fd, &iov, 1, (off_t)position, RWF_NOWAIT);
+  if (n < 0 && errno != EAGAIN && errno != EOPNOTSUPP && errno != EINTR) return throw_errno(env, "preadv2", errno);
+  napi_value result;
+  napi_create_int64(env, n < 0 ? -1 : (int64_t)n, &result);
+  return result;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
+      {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default, NULL},
+      {"seek", NULL, seek, NULL, NULL, NULL, napi_default, NULL},
+      {"preadNoWait", NULL, pread_nowait, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

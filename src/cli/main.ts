@@ -1,0 +1,23 @@
+/** The `ferry` command: one subcommand per job. */
+import { Command, CommanderError } from 'commander';
+import { ConfigError } from '../config/load';
+import { registerServe } from './serve';
+import { registerDemo } from './demo';
+
+export function main(argv: string[]): void {
+  const program = new Command();
+  program
+    .name('ferry')
+    .description('Live storage migration over WAN: serve a VM disk over NBD while it streams in from the source')
+    .version(require('../../../package.json').version as string)
+    .showHelpAfterError()
+    .exitOverride();
+  registerServe(program);
+  registerDemo(program);
+  program.parseAsync(argv).catch((err: unknown) => {
+    if (err instanceof CommanderError) process.exit(err.exitCode);
+    const message = err instanceof ConfigError ? err.message : `ferry: ${(err as Error).message}`;
+    process.stderr.write(message + '\n');
+    process.exit(2);
+  });
+}

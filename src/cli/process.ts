@@ -1,0 +1,39 @@
+/** Process edges shared by the long-running commands: addresses and signals. */
+import type { Logger } from 'pino';
+import type { ListenAddress } from '../nbd/server';
+
+export function parseHostPort(value: string): { host: string; port: number } {
+  const at = value.lastIndexOf(':');
+  let host = value.slice(0, at);
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  return { host, port: Number(value.slice(at + 1)) };
+}
+
+export function listenAddress(section: { listen: string; socket?: string }): ListenAddress {
+  return section.socket ? { socketPath: section.socket } : parseHostPort(section.listen);
+}
+
+/** Waits for SIGINT or SIGTERM, runs the shutdown once, and exits 0 (1 if it failed). */
+export function runUntilSignal(log: Logger, shutdown: () => Promise<void>): Promise<never> {
+  return new Promise(() => {
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ signal }, 'shutting down: finishing in-flight requests');
+      shutdown()
+        .then(() => {
+          log.info('stopped');
+          log.flush?.();
+          setTimeout(() => process.exit(0), 20);
+        })
+        .catch((err: unknown) => {
+          log.error({ err }, 'shutdown failed');
+          log.flush?.();
+          setTimeout(() => process.exit(1), 20);
+        });
+    };
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+  });
+}

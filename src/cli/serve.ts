@@ -1,0 +1,63 @@
+/** `ferry serve`: a raw image over NBD. */
+import path from 'node:path';
+import type { Command } from 'commander';
+import { loadConfig } from '../config/load';
+import { createLogger } from '../log';
+import { NbdServer, StaticExportTable } from '../nbd/server';
+import { FileDevice } from '../store/file-device';
+import { fileOpsError } from '../store/fileops';
+import { listenAddress, runUntilSignal } from './process';
+
+interface ServeFlags {
+  image?: string;
+  export?: string;
+  listen?: string;
+  socket?: string;
+  readOnly?: boolean;
+  config?: string;
+  logLevel?: string;
+}
+
+export function registerServe(program: Command): void {
+  program
+    .command('serve')
+    .description('serve a raw image file over NBD (fixed newstyle)')
+    .option('--image <file>', 'raw image file to serve (config serve.image)')
+    .option('--export <name>', "export name; default: the image's base name (config serve.export)")
+    .option('--listen <host:port>', 'TCP address to listen on; default 127.0.0.1:10809 (config serve.listen)')
+    .option('--socket <path>', 'listen on this Unix socket instead of TCP (config serve.socket)')
+    .option('--read-only', 'refuse writes, trims and zeroes (config serve.read_only)')
+    .option('--config <file>', 'TOML configuration file; flags override it')
+    .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (config log.level)')
+    .action(async (flags: ServeFlags) => {
+      const config = loadConfig(flags.config, {
+        'serve.image': flags.image,
+        'serve.export': flags.export,
+        'serve.listen': flags.listen,
+        'serve.socket': flags.socket,
+        'serve.read_only': flags.readOnly,
+        'log.level': flags.logLevel,
+      });
+      const image = config.serve.image;
+      if (!image) throw new Error('serve: --image (or serve.image in the config) is required');
+      const log = createLogger(config.log.level);
+      if (fileOpsError)
+        log.warn({ reason: fileOpsError }, 'native file operations unavailable: TRIM off, zeroes are written');
+      const device = FileDevice.open(image, { readOnly: config.serve.read_only });
+      const name = config.serve.export ?? path.basename(image);
+      const exports = new StaticExportTable([{ name, description: config.serve.description, device }]);
+      const server = new NbdServer(exports, log, {
+        maxInFlightRequests: config.nbd.max_in_flight_requests,
+        maxInFlightBytes: config.nbd.max_in_flight_bytes,
+        maxPayload: config.nbd.max_request_bytes,
+        handshakeTimeoutMs: config.nbd.handshake_timeout_ms,
+      });
+      const address = await server.listen(listenAddress(config.serve));
+      log.info({ address, export: name, image, size: device.size, readOnly: device.readOnly }, 'serving');
+      await runUntilSignal(log, async () => {
+        await server.close();
+        if (!device.readOnly) await device.flush();
+        await device.close();
+      });
+    });
+}

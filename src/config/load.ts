@@ -1,0 +1,76 @@
+/**
+ * Reads the TOML file, lays command-line overrides on top, and validates the
+ * result, turning every problem into one message that names the key.
+ */
+import fs from 'node:fs';
+import { parse as parseToml } from 'smol-toml';
+import { z } from 'zod';
+import { ConfigSchema, FerryConfig } from './schema';
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+type Tree = Record<string, unknown>;
+
+/** Overrides are dotted keys (`serve.listen`) with values already typed; undefined means not given. */
+export function loadConfig(file: string | undefined, overrides: Record<string, unknown> = {}): FerryConfig {
+  const tree: Tree = file ? readToml(file) : {};
+  for (const [key, value] of Object.entries(overrides)) {
+    if (value === undefined) continue;
+    setDotted(tree, key, value);
+  }
+  const result = ConfigSchema.safeParse(tree);
+  if (!result.success) throw new ConfigError(describe(result.error, tree, file));
+  return result.data;
+}
+
+function readToml(file: string): Tree {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`config: cannot read ${file}: ${(e as Error).message}`);
+  }
+  try {
+    return parseToml(text) as Tree;
+  } catch (e) {
+    throw new ConfigError(`config: ${file} is not valid TOML: ${(e as Error).message}`);
+  }
+}
+
+function setDotted(tree: Tree, key: string, value: unknown): void {
+  const parts = key.split('.');
+  let node = tree;
+  for (const part of parts.slice(0, -1)) {
+    if (typeof node[part] !== 'object' || node[part] === null) node[part] = {};
+    node = node[part] as Tree;
+  }
+  node[parts[parts.length - 1]] = value;
+}
+
+function getDotted(tree: Tree, path: PropertyKey[]): unknown {
+  let node: unknown = tree;
+  for (const part of path) {
+    if (typeof node !== 'object' || node === null) return undefined;
+    node = (node as Record<PropertyKey, unknown>)[part];
+  }
+  return node;
+}
+
+function describe(error: z.ZodError, tree: Tree, file: string | undefined): string {
+  const where = file ? ` (in ${file} or the command line)` : '';
+  const lines = error.issues.map((issue) => {
+    if (issue.code === 'unrecognized_keys') {
+      const prefix = issue.path.length ? `${issue.path.join('.')}.` : '';
+      return `config: unknown key ${issue.keys.map((k) => prefix + k).join(', ')}${where}`;
+    }
+    const key = issue.path.join('.');
+    const got = getDotted(tree, issue.path);
+    return `config: ${key} ${issue.message} (got ${JSON.stringify(got)})${where}`;
+  });
+  return lines.join('\n');
+}

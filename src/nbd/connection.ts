@@ -1,0 +1,228 @@
+/**
+ * One client connection: handshake, then requests served concurrently and
+ * replied to as they complete. Reading pauses while the connection is at its
+ * in-flight limit, so a client can never make the server buffer without bound.
+ */
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { BlockDeviceError } from '../store/block-device';
+import { Command, CommandFlag, NbdErrno, NbdErrnoName } from './protocol';
+import { ServerDecoder, RequestMessage } from './server-decoder';
+import { ExportTable, Negotiation, NegotiatedSession } from './negotiation';
+import { checkRequest } from './request-check';
+import * as enc from './server-encoder';
+
+export interface ConnectionLimits {
+  maxInFlightRequests: number;
+  maxInFlightBytes: number;
+  maxPayload: number;
+  /** The handshake must finish within this time. */
+  handshakeTimeoutMs: number;
+}
+
+export class NbdConnection {
+  private readonly decoder: ServerDecoder;
+  private readonly negotiation: Negotiation;
+  private session: NegotiatedSession | null = null;
+  private inFlight = 0;
+  private inFlightBytes = 0;
+  private disconnecting = false;
+  private closed = false;
+  private handshakeTimer: NodeJS.Timeout | null;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(
+    private readonly socket: Socket,
+    exportTable: ExportTable,
+    private readonly limits: ConnectionLimits,
+    private readonly log: Logger,
+  ) {
+    this.decoder = new ServerDecoder({ maxOptionLength: 65536, maxWritePayload: limits.maxPayload });
+    this.negotiation = new Negotiation(exportTable);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => {
+      this.decoder.push(chunk);
+      this.pump();
+    });
+    socket.on('drain', () => this.pump());
+    socket.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
+    socket.on('close', () => this.onClose());
+    this.handshakeTimer = setTimeout(() => this.hangUp('handshake timed out'), limits.handshakeTimeoutMs);
+    socket.write(enc.greeting());
+  }
+
+  /** Resolves when no request is in flight (or the connection is gone). */
+  idle(): Promise<void> {
+    if (this.inFlight === 0 || this.closed) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Stops taking requests, lets in-flight ones finish, then closes. */
+  async shutdown(): Promise<void> {
+    this.disconnecting = true;
+    this.socket.pause();
+    await this.idle();
+    this.socket.end();
+  }
+
+  private canTakeMore(): boolean {
+    return (
+      !this.disconnecting &&
+      this.inFlight < this.limits.maxInFlightRequests &&
+      this.inFlightBytes < this.limits.maxInFlightBytes &&
+      this.socket.writableLength < this.limits.maxInFlightBytes
+    );
+  }
+
+  private pump(): void {
+    while (!this.closed && this.canTakeMore()) {
+      const message = this.decoder.next();
+      if (message === null) break;
+      switch (message.kind) {
+        case 'protocolError':
+          return this.hangUp(message.reason);
+        case 'clientFlags': {
+          const problem = this.negotiation.clientFlags(message.flags);
+          if (problem) return this.hangUp(problem);
+          break;
+        }
+        case 'option': {
+          const step = this.negotiation.option(message);
+          for (const reply of step.replies) this.socket.write(reply);
+          if (step.next === 'close') return this.hangUp(step.reason, 'debug');
+          if (step.next === 'transmission') this.startTransmission(step.session);
+          break;
+        }
+        case 'request':
+          this.handle(message);
+          break;
+      }
+    }
+    // Hold the socket while at a limit; completions call pump() again.
+    if (this.closed) return;
+    if (this.canTakeMore()) this.socket.resume();
+    else if (!this.disconnecting) this.socket.pause();
+  }
+
+  private startTransmission(session: NegotiatedSession): void {
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = null;
+    this.session = session;
+    this.decoder.startTransmission();
+    this.log.debug({ export: session.export.name, structured: session.structuredReplies }, 'transmission');
+  }
+
+  private handle(req: RequestMessage): void {
+    const session = this.session!;
+    if (req.type === Command.Disc) {
+      this.disconnecting = true;
+      void this.idle().then(() => this.socket.end());
+      return;
+    }
+    const problem = checkRequest(req, session, this.limits);
+    if (problem) {
+      this.replyError(req, problem, `request rejected: ${problem}`);
+      return;
+    }
+    const bytes = req.type === Command.Read || req.type === Command.Write ? req.length : 0;
+    this.inFlight++;
+    this.inFlightBytes += bytes;
+    this.execute(req, session)
+      .catch((err: unknown) => {
+        const errno: NbdErrnoName = err instanceof BlockDeviceError ? err.errno : 'EIO';
+        if (!(err instanceof BlockDeviceError)) this.log.error({ err }, 'unexpected device failure');
+        this.replyError(req, errno, (err as Error).message);
+      })
+      .finally(() => {
+        this.inFlight--;
+        this.inFlightBytes -= bytes;
+        if (this.inFlight === 0) for (const wake of this.idleWaiters.splice(0)) wake();
+        this.pump();
+      });
+  }
+
+  private async execute(req: RequestMessage, session: NegotiatedSession): Promise<void> {
+    const device = session.export.device;
+    const fua = (req.flags & CommandFlag.Fua) !== 0;
+    switch (req.type) {
+      case Command.Read: {
+        const data = Buffer.allocUnsafe(req.length);
+        await device.read(req.offset, data);
+        this.replyData(req, data);
+        return;
+      }
+      case Command.Write:
+        await device.write(req.offset, req.payload!, fua);
+        break;
+      case Command.Flush:
+        await device.flush();
+        break;
+      case Command.Trim:
+        await device.trim(req.offset, req.length, fua);
+        break;
+      case Command.WriteZeroes:
+        await device.zero(req.offset, req.length, {
+          fua,
+          noHole: (req.flags & CommandFlag.NoHole) !== 0,
+          fastZero: (req.flags & CommandFlag.FastZero) !== 0,
+        });
+        break;
+      case Command.Cache:
+        await device.cache(req.offset, req.length);
+        break;
+      case Command.BlockStatus: {
+        let extents = await device.status(req.offset, req.length);
+        if (req.flags & CommandFlag.ReqOne) extents = extents.slice(0, 1);
+        if (this.closed) return;
+        this.socket.write(enc.blockStatusChunk(req.cookie, session.baseAllocationId, extents, true));
+        return;
+      }
+    }
+    if (!this.closed) this.socket.write(enc.simpleReply(req.cookie, 0));
+  }
+
+  private replyData(req: RequestMessage, data: Buffer): void {
+    if (this.closed) return;
+    // Header and payload in one corked write so no other reply can come between them.
+    this.socket.cork();
+    if (this.session!.structuredReplies) {
+      if (data.length === 0) this.socket.write(enc.noneChunk(req.cookie));
+      else {
+        this.socket.write(enc.offsetDataHeader(req.cookie, req.offset, data.length, true));
+        this.socket.write(data);
+      }
+    } else {
+      this.socket.write(enc.simpleReply(req.cookie, 0));
+      this.socket.write(data);
+    }
+    process.nextTick(uncork, this.socket);
+  }
+
+  private replyError(req: RequestMessage, errno: NbdErrnoName, message: string): void {
+    if (this.closed) return;
+    const value = NbdErrno[errno];
+    const structured =
+      this.session!.structuredReplies && (req.type === Command.Read || req.type === Command.BlockStatus);
+    this.socket.write(structured ? enc.errorChunk(req.cookie, value, message) : enc.simpleReply(req.cookie, value));
+  }
+
+  private hangUp(reason: string, level: 'warn' | 'debug' = 'warn'): void {
+    if (this.closed) return;
+    this.log[level]({ reason }, 'closing connection');
+    this.disconnecting = true;
+    this.socket.end();
+    // A peer that never reads our FIN must not hold the socket forever.
+    setTimeout(() => this.socket.destroy(), 2000).unref();
+  }
+
+  private onClose(): void {
+    this.closed = true;
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    for (const wake of this.idleWaiters.splice(0)) wake();
+    this.log.debug('connection closed');
+  }
+}
+
+function uncork(socket: Socket): void {
+  socket.uncork();
+}

@@ -1,0 +1,151 @@
+/**
+ * Client → server NBD bytes in, typed messages out. Pure: no sockets, no
+ * timers. Pull-based (`next()`), so the caller decides how many requests it
+ * takes in at once and unread bytes wait here instead of in its queues.
+ */
+import { ByteQueue } from './byte-queue';
+import { Command, IHAVEOPT, OPTION_HEADER_SIZE, REQUEST_HEADER_SIZE, REQUEST_MAGIC } from './protocol';
+
+export interface ClientFlagsMessage {
+  kind: 'clientFlags';
+  flags: number;
+}
+
+export interface OptionMessage {
+  kind: 'option';
+  option: number;
+  /** The option's data, or null when it was longer than the decoder accepts (then skipped). */
+  data: Buffer | null;
+  length: number;
+}
+
+export interface RequestMessage {
+  kind: 'request';
+  flags: number;
+  type: number;
+  /** The cookie, kept as the 8 bytes the client sent. */
+  cookie: Buffer;
+  /** Byte offset; above 2^53 it is imprecise but certainly beyond any export. */
+  offset: number;
+  length: number;
+  /**
+   * For WRITE: the payload, or null when the length exceeded the limit (the
+   * bytes are then discarded as they arrive, never buffered).
+   */
+  payload: Buffer | null;
+}
+
+export interface ProtocolErrorMessage {
+  kind: 'protocolError';
+  reason: string;
+}
+
+export type ClientMessage = ClientFlagsMessage | OptionMessage | RequestMessage | ProtocolErrorMessage;
+
+export interface ServerDecoderLimits {
+  /** Longest option data accepted; longer options are skipped. */
+  maxOptionLength: number;
+  /** Longest WRITE payload buffered; longer payloads are discarded. */
+  maxWritePayload: number;
+}
+
+type Phase = 'clientFlags' | 'options' | 'transmission' | 'failed';
+
+export class ServerDecoder {
+  private readonly queue = new ByteQueue();
+  private phase: Phase = 'clientFlags';
+  private pending: OptionMessage | RequestMessage | null = null; // header read, awaiting data
+  private discard = 0; // bytes still to drop for an oversized option or write
+
+  constructor(private readonly limits: ServerDecoderLimits) {}
+
+  push(chunk: Buffer): void {
+    this.queue.push(chunk);
+  }
+
+  /** Bytes received but not yet decoded. */
+  get buffered(): number {
+    return this.queue.length;
+  }
+
+  /** Called once the handshake has chosen an export; requests follow. */
+  startTransmission(): void {
+    this.phase = 'transmission';
+  }
+
+  next(): ClientMessage | null {
+    if (this.discard > 0) {
+      this.discard -= this.queue.skip(this.discard);
+      if (this.discard > 0) return null;
+    }
+    if (this.pending) return this.finishPending();
+    switch (this.phase) {
+      case 'clientFlags':
+        if (this.queue.length < 4) return null;
+        this.phase = 'options';
+        return { kind: 'clientFlags', flags: this.queue.take(4).readUInt32BE(0) };
+      case 'options':
+        return this.nextOption();
+      case 'transmission':
+        return this.nextRequest();
+      case 'failed':
+        return null;
+    }
+  }
+
+  private nextOption(): ClientMessage | null {
+    if (this.queue.length < OPTION_HEADER_SIZE) return null;
+    const header = this.queue.take(OPTION_HEADER_SIZE);
+    if (header.readBigUInt64BE(0) !== IHAVEOPT) {
+      return this.fail(`bad option magic 0x${header.readBigUInt64BE(0).toString(16)}`);
+    }
+    const option = header.readUInt32BE(8);
+    const length = header.readUInt32BE(12);
+    if (length > this.limits.maxOptionLength) {
+      this.discard = length;
+      this.discard -= this.queue.skip(length);
+      return { kind: 'option', option, data: null, length };
+    }
+    this.pending = { kind: 'option', option, data: null, length };
+    return this.finishPending();
+  }
+
+  private nextRequest(): ClientMessage | null {
+    if (this.queue.length < REQUEST_HEADER_SIZE) return null;
+    const header = this.queue.take(REQUEST_HEADER_SIZE);
+    const magic = header.readUInt32BE(0);
+    if (magic !== REQUEST_MAGIC) return this.fail(`bad request magic 0x${magic.toString(16)}`);
+    const flags = header.readUInt16BE(4);
+    const type = header.readUInt16BE(6);
+    const cookie = Buffer.from(header.subarray(8, 16));
+    const offset = header.readUInt32BE(16) * 0x100000000 + header.readUInt32BE(20);
+    const length = header.readUInt32BE(24);
+    const request: RequestMessage = { kind: 'request', flags, type, cookie, offset, length, payload: null };
+    if (type !== Command.Write) return request;
+    if (length > this.limits.maxWritePayload) {
+      this.discard = length - this.queue.skip(length);
+      return request;
+    }
+    this.pending = request;
+    return this.finishPending();
+  }
+
+  private finishPending(): ClientMessage | null {
+    const pending = this.pending!;
+    if (this.queue.length < pending.length) return null;
+    this.pending = null;
+    if (pending.kind === 'option') pending.data = this.queue.take(pending.length);
+    else {
+      // Own the bytes: the payload outlives the socket chunk it came in.
+      const payload = Buffer.allocUnsafe(pending.length);
+      this.queue.copyInto(payload, 0, pending.length);
+      pending.payload = payload;
+    }
+    return pending;
+  }
+
+  private fail(reason: string): ProtocolErrorMessage {
+    this.phase = 'failed';
+    return { kind: 'protocolError', reason };
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * The NBD server: accepts connections on TCP or a Unix socket and serves the
+ * exports it was given. It knows nothing of what a device does behind the
+ * BlockDevice interface.
+ */
+import net from 'node:net';
+import fs from 'node:fs';
+import type { Logger } from 'pino';
+import { ConnectionLimits, NbdConnection } from './connection';
+import type { ExportTable, NbdExport } from './negotiation';
+
+export type ListenAddress = { host: string; port: number } | { socketPath: string };
+
+export const DEFAULT_LIMITS: ConnectionLimits = {
+  maxInFlightRequests: 64,
+  maxInFlightBytes: 64 * 1024 * 1024,
+  maxPayload: 32 * 1024 * 1024,
+  handshakeTimeoutMs: 30_000,
+};
+
+export class StaticExportTable implements ExportTable {
+  constructor(private readonly entries: NbdExport[]) {}
+  find(name: string): NbdExport | undefined {
+    if (name === '') return this.entries[0];
+    return this.entries.find((e) => e.name === name);
+  }
+  list(): NbdExport[] {
+    return this.entries;
+  }
+}
+
+export class NbdServer {
+  private readonly server: net.Server;
+  private readonly connections = new Set<NbdConnection>();
+  private nextId = 1;
+
+  constructor(
+    private readonly exportTable: ExportTable,
+    private readonly log: Logger,
+    private readonly limits: ConnectionLimits = DEFAULT_LIMITS,
+  ) {
+    this.server = net.createServer((socket) => this.accept(socket));
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  listen(address: ListenAddress): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      const done = (): void => {
+        this.server.off('error', reject);
+        const a = this.server.address();
+        resolve(typeof a === 'string' ? a : `${a!.address}:${a!.port}`);
+      };
+      if ('socketPath' in address) {
+        removeStaleSocket(address.socketPath);
+        this.server.listen(address.socketPath, done);
+      } else this.server.listen(address.port, address.host, done);
+    });
+  }
+
+  /** The bound TCP port (useful when listening on port 0). */
+  get port(): number {
+    const a = this.server.address();
+    return typeof a === 'object' && a ? a.port : 0;
+  }
+
+  /** Stops accepting, finishes in-flight requests, closes every connection. */
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await Promise.all([...this.connections].map((c) => c.shutdown()));
+    await closed;
+  }
+
+  private accept(socket: net.Socket): void {
+    const id = this.nextId++;
+    const log = this.log.child({ conn: id, peer: socket.remoteAddress ?? 'unix' });
+    log.debug('connection accepted');
+    const connection = new NbdConnection(socket, this.exportTable, this.limits, log);
+    this.connections.add(connection);
+    socket.on('close', () => this.connections.delete(connection));
+  }
+}
+
+function removeStaleSocket(path: string): void {
+  try {
+    if (fs.statSync(path).isSocket()) fs.unlinkSync(path);
+  } catch {
+    // absent: nothing to remove
+  }
+}

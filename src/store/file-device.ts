@@ -1,0 +1,176 @@
+/**
+ * A raw image file as a BlockDevice: positional reads and writes, fdatasync
+ * for FLUSH and FUA, holes for TRIM and zeroes, SEEK_HOLE for block status.
+ */
+import fs from 'node:fs';
+import { BlockDevice, BlockDeviceError, BlockSizeHint, Extent, ExtentFlags, ZeroOptions } from './block-device';
+import { fileOps, SEEK_DATA, SEEK_HOLE } from './fileops';
+
+const ZERO_CHUNK = 1 << 20;
+const MAX_STATUS_EXTENTS = 512;
+const NOWAIT_MAX = 256 * 1024;
+
+export interface FileDeviceOptions {
+  readOnly?: boolean;
+  /** Create the file with this size if it does not exist. */
+  createSize?: number;
+}
+
+export class FileDevice implements BlockDevice {
+  readonly blockSize: BlockSizeHint = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
+  readonly canTrim: boolean;
+  readonly canFastZero: boolean;
+  private closed = false;
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    readonly size: number,
+    readonly readOnly: boolean,
+  ) {
+    this.canTrim = !readOnly && fileOps !== null;
+    this.canFastZero = !readOnly && fileOps !== null;
+  }
+
+  static open(path: string, options: FileDeviceOptions = {}): FileDevice {
+    const readOnly = options.readOnly ?? false;
+    if (options.createSize !== undefined && !fs.existsSync(path)) {
+      const fd = fs.openSync(path, 'wx', 0o644);
+      fs.ftruncateSync(fd, options.createSize);
+      fs.closeSync(fd);
+    }
+    let fd: number;
+    try {
+      fd = fs.openSync(path, readOnly ? 'r' : 'r+');
+    } catch (e) {
+      throw new Error(`cannot open image ${path}: ${(e as Error).message}`, { cause: e });
+    }
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) {
+      fs.closeSync(fd);
+      throw new Error(`image ${path} is not a regular file`);
+    }
+    return new FileDevice(path, fd, stat.size, readOnly);
+  }
+
+  read(offset: number, into: Buffer): Promise<void> {
+    // A read the page cache can satisfy is done here and now; only a miss
+    // pays for the thread pool (and may wait on the disk there).
+    if (fileOps && into.length <= NOWAIT_MAX) {
+      const n = fileOps.preadNoWait(this.fd, into, offset);
+      if (n === into.length) return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => {
+      const step = (done: number): void => {
+        fs.read(this.fd, into, done, into.length - done, offset + done, (err, n) => {
+          if (err) return reject(deviceError(err, 'read'));
+          if (n === 0) {
+            into.fill(0, done); // a file shorter than its export reads as zeros
+            return resolve();
+          }
+          if (done + n < into.length) return step(done + n);
+          resolve();
+        });
+      };
+      step(0);
+    });
+  }
+
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    this.checkWritable();
+    return new Promise<void>((resolve, reject) => {
+      const step = (done: number): void => {
+        fs.write(this.fd, data, done, data.length - done, offset + done, (err, n) => {
+          if (err) return reject(deviceError(err, 'write'));
+          if (done + n < data.length) return step(done + n);
+          resolve();
+        });
+      };
+      step(0);
+    }).then(() => (fua ? this.flush() : undefined));
+  }
+
+  flush(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      fs.fdatasync(this.fd, (err) => (err ? reject(deviceError(err, 'flush')) : resolve()));
+    });
+  }
+
+  async trim(offset: number, length: number, fua: boolean): Promise<void> {
+    this.checkWritable();
+    if (!fileOps) return; // TRIM is advisory; not advertised without the addon
+    try {
+      fileOps.punchHole(this.fd, offset, length);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOTSUP') throw deviceError(e as NodeJS.ErrnoException, 'trim');
+    }
+    if (fua) await this.flush();
+  }
+
+  async zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
+    this.checkWritable();
+    if (fileOps) {
+      try {
+        if (options.noHole) fileOps.zeroRange(this.fd, offset, length);
+        else fileOps.punchHole(this.fd, offset, length);
+        if (options.fua) await this.flush();
+        return;
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        if (err.code !== 'ENOTSUP') throw deviceError(err, 'zero');
+      }
+    }
+    if (options.fastZero) throw new BlockDeviceError('ENOTSUP', 'fast zero is not possible on this file system');
+    const zeros = Buffer.alloc(Math.min(length, ZERO_CHUNK));
+    for (let done = 0; done < length; done += zeros.length) {
+      const n = Math.min(zeros.length, length - done);
+      await this.write(offset + done, n === zeros.length ? zeros : zeros.subarray(0, n), false);
+    }
+    if (options.fua) await this.flush();
+  }
+
+  async cache(): Promise<void> {
+    // The page cache already holds what was read; nothing to prefetch from.
+  }
+
+  async status(offset: number, length: number): Promise<Extent[]> {
+    const end = offset + length;
+    if (!fileOps) return [{ length, flags: ExtentFlags.None }];
+    const extents: Extent[] = [];
+    let at = offset;
+    try {
+      while (at < end && extents.length < MAX_STATUS_EXTENTS) {
+        let data = fileOps.seek(this.fd, at, SEEK_DATA);
+        if (data < 0 || data > end) data = end;
+        if (data > at) {
+          extents.push({ length: data - at, flags: ExtentFlags.Hole | ExtentFlags.Zero });
+          at = data;
+          continue;
+        }
+        let hole = fileOps.seek(this.fd, at, SEEK_HOLE);
+        if (hole < 0 || hole > end) hole = end;
+        if (hole <= at) hole = end; // defensive: never loop without progress
+        extents.push({ length: hole - at, flags: ExtentFlags.None });
+        at = hole;
+      }
+    } catch {
+      if (extents.length === 0) return [{ length, flags: ExtentFlags.None }];
+    }
+    return extents;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
+  }
+
+  private checkWritable(): void {
+    if (this.readOnly) throw new BlockDeviceError('EPERM', 'the image is read-only');
+  }
+}
+
+function deviceError(err: NodeJS.ErrnoException, what: string): BlockDeviceError {
+  const errno = err.code === 'ENOSPC' || err.code === 'EDQUOT' ? 'ENOSPC' : 'EIO';
+  return new BlockDeviceError(errno, `${what} failed: ${err.message}`);
+}
