@@ -1,0 +1,46 @@
+/**
+ * What a migrating destination reports and what an operator can ask of it.
+ * The control socket, `ferry ctl` and the metrics endpoint speak only this.
+ */
+
+export type MigrationState = 'migrating' | 'paused' | 'stalled' | 'complete';
+
+export interface MigrationStatus {
+  state: MigrationState;
+  /** Where blocks come from (URL, secrets removed). */
+  source: string;
+  /** Whether the upstream connection is up now. */
+  connected: boolean;
+  blockSize: number;
+  blocksTotal: number;
+  blocksHeld: number;
+  /** Bytes received from the source (decoded block bytes). */
+  bytesFetched: number;
+  /** Blocks fetched because the VM was waiting for them. */
+  onDemandFetches: number;
+  /** Background copy rate over the last few seconds. */
+  backgroundBytesPerSecond: number;
+  /** Latency of on-demand fetches (request to data held), over the most recent ones. */
+  onDemandLatencyMs: { p50: number; p99: number; count: number };
+  /** Seconds until every block is held at the current rate; null when unknown. */
+  etaSeconds: number | null;
+  /** The background copy's rate limit, or null for none. */
+  rateLimitBytesPerSecond: number | null;
+  reconnects: number;
+  fetchErrors: number;
+  startedAt: string;
+  completedAt: string | null;
+}
+
+export interface MigrationControl {
+  status(): MigrationStatus;
+  /** Stops the background copy; on-demand fetches go on. */
+  pause(): void;
+  resume(): void;
+  /** Caps the background copy; null removes the cap. */
+  setRateLimit(bytesPerSecond: number | null): void;
+  /** Closes the link to the source for good; fails unless every block is held. */
+  detach(): Promise<void>;
+  /** Drops and re-opens the upstream connection, optionally at a new URL of the same image. */
+  reconnect(url?: string): Promise<void>;
+}
