@@ -47,6 +47,54 @@ export const NbdSection = z
   })
   .strict();
 
+const powerOfTwo = (min: number, max: number) =>
+  z
+    .number()
+    .int()
+    .refine((n) => n >= min && n <= max && (n & (n - 1)) === 0, `must be a power of two between ${min} and ${max}`);
+
+export const DestSection = z
+  .object({
+    /** Where missing blocks come from: nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH. */
+    source: z.string().min(1).optional(),
+    /** Local image; created sparse at the source's size. */
+    image: z.string().min(1).optional(),
+    /** Block map file; default: the image path + ".ferry-state". */
+    state: z.string().min(1).optional(),
+    /** Export name for the VM; defaults to the image's base name. */
+    export: z.string().min(1).max(4096).optional(),
+    description: z.string().max(4096).default(''),
+    listen: hostPort.default('127.0.0.1:10809'),
+    socket: z.string().min(1).optional(),
+    /** Control socket for `ferry ctl`. */
+    control: z.string().min(1).optional(),
+    /** HOST:PORT to serve Prometheus metrics on (GET /metrics). */
+    metrics: hostPort.optional(),
+    /** Unit of copy and state; a new migration only (a resumed one keeps its own). */
+    block_size: powerOfTwo(512, 1 << 20).default(4096),
+    /** How long a VM read waits for a missing block while the source is unreachable, before EIO. */
+    fetch_timeout_ms: positiveInt.default(60_000),
+    /** How often copy progress is made durable. */
+    persist_interval_ms: positiveInt.min(50).default(1000),
+    /** Reconnect backoff: first delay, doubling up to the maximum. */
+    reconnect_min_ms: positiveInt.default(100),
+    reconnect_max_ms: positiveInt.default(5000),
+  })
+  .strict();
+
+export const CopySection = z
+  .object({
+    /** Blocks per background fetch request. */
+    batch_blocks: powerOfTwo(1, 1024).default(64),
+    /** Background bytes in flight at most: about one bandwidth-delay product of the link. */
+    window_bytes: positiveInt.min(4096).default(8 << 20),
+    /** Background copy cap in bytes per second; 0 means none. */
+    rate_limit: z.number().int().min(0).default(0),
+    /** Pause of the background copy after the local disk refused a write. */
+    store_error_backoff_ms: positiveInt.default(5000),
+  })
+  .strict();
+
 export const LogSection = z
   .object({
     level: LogLevel.default('info'),
@@ -57,6 +105,8 @@ export const ConfigSchema = z
   .object({
     serve: ServeSection.default(ServeSection.parse({})),
     nbd: NbdSection.default(NbdSection.parse({})),
+    dest: DestSection.default(DestSection.parse({})),
+    copy: CopySection.default(CopySection.parse({})),
     log: LogSection.default(LogSection.parse({})),
   })
   .strict();

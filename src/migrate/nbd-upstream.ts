@@ -1,0 +1,172 @@
+/**
+ * A plain NBD server as the upstream: two connections, one for urgent
+ * fetches and one for the background copy, so an on-demand read never queues
+ * behind background bytes on the same socket. Reconnects with backoff and
+ * refuses a server whose image is not the one recorded.
+ */
+import { EventEmitter } from 'node:events';
+import crypto from 'node:crypto';
+import type { Logger } from 'pino';
+import { NbdClient } from '../nbd/client';
+import { parseNbdUrl, NbdTarget } from '../nbd/url';
+import type { FetchPriority, Upstream } from './upstream';
+
+export interface NbdUpstreamOptions {
+  /** First reconnect delay; doubles up to maxBackoffMs. */
+  minBackoffMs: number;
+  maxBackoffMs: number;
+  connectTimeoutMs: number;
+}
+
+export const DEFAULT_NBD_UPSTREAM_OPTIONS: NbdUpstreamOptions = {
+  minBackoffMs: 100,
+  maxBackoffMs: 5000,
+  connectTimeoutMs: 10_000,
+};
+
+/** Sampled content that identifies a plain NBD source image (it has no identity of its own). */
+const IDENTITY_SAMPLES = 16;
+const IDENTITY_SAMPLE_BYTES = 4096;
+
+export class NbdUpstream extends EventEmitter implements Upstream {
+  size = 0;
+  identity = '';
+  reconnects = 0;
+  private urgent: NbdClient | null = null;
+  private background: NbdClient | null = null;
+  private target: NbdTarget;
+  private closing = false;
+  private connecting: Promise<void> | null = null;
+  private waiters: Array<() => void> = [];
+
+  private constructor(
+    private url: string,
+    private readonly log: Logger,
+    private readonly options: NbdUpstreamOptions,
+  ) {
+    super();
+    this.target = parseNbdUrl(url);
+  }
+
+  /** Connects once; a failure here is the operator's to fix, so it is thrown, not retried. */
+  static async open(url: string, log: Logger, options = DEFAULT_NBD_UPSTREAM_OPTIONS): Promise<NbdUpstream> {
+    const upstream = new NbdUpstream(url, log, options);
+    await upstream.connectOnce();
+    return upstream;
+  }
+
+  get connected(): boolean {
+    return this.urgent !== null && this.background !== null;
+  }
+
+  get description(): string {
+    return this.url;
+  }
+
+  async fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer> {
+    while (!this.connected) {
+      if (this.closing) throw new Error('upstream closed');
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+    const client = priority === 'urgent' ? this.urgent! : this.background!;
+    return client.read(offset, length);
+  }
+
+  async reconnect(url?: string): Promise<void> {
+    if (url && url !== this.url) {
+      this.target = parseNbdUrl(url);
+      this.url = url;
+    }
+    this.dropClients();
+    await this.connectWithBackoff();
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    const clients = [this.urgent, this.background];
+    this.urgent = this.background = null;
+    await Promise.all(clients.map((c) => c?.close().catch(() => c.destroy())));
+    for (const wake of this.waiters.splice(0)) wake();
+  }
+
+  private async connectOnce(): Promise<void> {
+    const opts = { exportName: this.target.exportName, structured: false, connectTimeoutMs: this.options.connectTimeoutMs };
+    const urgent = await NbdClient.connect(this.target.address, opts);
+    let background: NbdClient;
+    try {
+      background = await NbdClient.connect(this.target.address, opts);
+    } catch (e) {
+      urgent.destroy();
+      throw e;
+    }
+    try {
+      const identity = await sampleIdentity(urgent, this.target.exportName);
+      if (this.identity && (urgent.size !== this.size || identity !== this.identity)) {
+        throw new Error(
+          `source at ${this.url} is not the image being migrated (size ${urgent.size}, expected ${this.size}; identity ${identity}, expected ${this.identity})`,
+        );
+      }
+      this.size = urgent.size;
+      this.identity = identity;
+    } catch (e) {
+      urgent.destroy();
+      background.destroy();
+      throw e;
+    }
+    for (const client of [urgent, background]) client.once('close', () => this.onClientClosed(client));
+    this.urgent = urgent;
+    this.background = background;
+    this.emit('connected');
+    for (const wake of this.waiters.splice(0)) wake();
+  }
+
+  private onClientClosed(client: NbdClient): void {
+    if (client !== this.urgent && client !== this.background) return;
+    this.dropClients();
+    if (this.closing) return;
+    this.log.warn({ source: this.url }, 'source connection lost; reconnecting');
+    this.emit('disconnected');
+    void this.connectWithBackoff().catch(() => undefined);
+  }
+
+  private dropClients(): void {
+    const clients = [this.urgent, this.background];
+    this.urgent = this.background = null;
+    for (const c of clients) c?.destroy();
+  }
+
+  private connectWithBackoff(): Promise<void> {
+    this.connecting ??= (async () => {
+      let delay = this.options.minBackoffMs;
+      while (!this.closing && !this.connected) {
+        try {
+          await this.connectOnce();
+          this.reconnects++;
+          this.log.info({ source: this.url, reconnects: this.reconnects }, 'source reconnected');
+        } catch (e) {
+          this.emit('error', e);
+          this.log.warn({ source: this.url, err: (e as Error).message, retryMs: delay }, 'source unreachable');
+          await new Promise((r) => setTimeout(r, delay));
+          delay = Math.min(delay * 2, this.options.maxBackoffMs);
+        }
+      }
+    })().finally(() => (this.connecting = null));
+    return this.connecting;
+  }
+}
+
+/** Hash of the export name, size and sampled blocks spread over the image. */
+async function sampleIdentity(client: NbdClient, exportName: string): Promise<string> {
+  const hash = crypto.createHash('sha256');
+  hash.update(`nbd:${exportName}:${client.size}`);
+  const sampleLength = Math.min(IDENTITY_SAMPLE_BYTES, client.size);
+  if (sampleLength > 0) {
+    const offsets = new Set<number>();
+    for (let i = 0; i < IDENTITY_SAMPLES; i++) {
+      offsets.add(Math.floor(((client.size - sampleLength) * i) / (IDENTITY_SAMPLES - 1) / 512) * 512);
+    }
+    const samples = await Promise.all([...offsets].map((o) => client.read(o, sampleLength)));
+    for (const s of samples) hash.update(s);
+  }
+  return `nbd-sha256:${hash.digest('hex').slice(0, 32)}`;
+}

@@ -1,0 +1,28 @@
+/**
+ * Where a migrating destination gets the blocks it does not hold. A plain
+ * NBD server is one kind; the ferry wire is another. The migrating device
+ * only ever sees this interface.
+ */
+import type { EventEmitter } from 'node:events';
+
+export type FetchPriority = 'urgent' | 'background';
+
+export interface Upstream extends EventEmitter {
+  /** Size of the source image in bytes. */
+  readonly size: number;
+  /** A stable identity of the source image, recorded in the block map. */
+  readonly identity: string;
+  /** The source as shown to operators (no secrets). */
+  readonly description: string;
+  readonly connected: boolean;
+  readonly reconnects: number;
+  /**
+   * Reads [offset, offset+length) from the source. Waits while disconnected;
+   * rejects when the connection drops under the request (the caller retries).
+   */
+  fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer>;
+  /** Drops the connection and connects again, optionally to a new URL of the same image. */
+  reconnect(url?: string): Promise<void>;
+  close(): Promise<void>;
+  // Events: 'connected', 'disconnected' (err), 'error' (err) for a refused reconnect.
+}

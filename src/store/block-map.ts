@@ -1,0 +1,283 @@
+/**
+ * The destination's persistent record of which blocks it holds: a header
+ * (source identity, image size, block size, completion) and one bit per block.
+ *
+ * Bits only ever go from 0 to 1 on disk, and a bit is written only after the
+ * block's data was made durable (persist() syncs the image first), so a torn
+ * bitmap write can lose progress but never claim data that is not there.
+ * The header lives in two slots with a generation number, so rewriting it can
+ * never leave no valid header.
+ */
+import fs from 'node:fs';
+import zlib from 'node:zlib';
+
+const MAGIC = 'FERRYMAP';
+const VERSION = 1;
+const HEADER_SLOT = 2048;
+const HEADER_AREA = 2 * HEADER_SLOT;
+const PAGE = 4096;
+const MAX_TEXT = 900;
+
+export interface BlockMapHeader {
+  blockSize: number;
+  imageSize: number;
+  /** Stable identity of the source image this destination copies. */
+  sourceIdentity: string;
+  /** The source as the operator named it (for messages only). */
+  sourceUrl: string;
+  complete: boolean;
+}
+
+export class BlockMapError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'BlockMapError';
+  }
+}
+
+export class BlockMap {
+  readonly blockCount: number;
+  private readonly bits: Uint8Array;
+  private held = 0;
+  private readonly dirtyPages = new Set<number>();
+  private generation: number;
+  private persisting: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    private header: BlockMapHeader,
+    generation: number,
+    bits: Uint8Array,
+  ) {
+    this.blockCount = Math.ceil(header.imageSize / header.blockSize);
+    this.bits = bits;
+    this.generation = generation;
+    for (let i = 0; i < this.blockCount; i++) if (this.isHeld(i)) this.held++;
+  }
+
+  get blockSize(): number {
+    return this.header.blockSize;
+  }
+  get imageSize(): number {
+    return this.header.imageSize;
+  }
+  get sourceIdentity(): string {
+    return this.header.sourceIdentity;
+  }
+  get sourceUrl(): string {
+    return this.header.sourceUrl;
+  }
+  get complete(): boolean {
+    return this.header.complete;
+  }
+  get heldCount(): number {
+    return this.held;
+  }
+  get allHeld(): boolean {
+    return this.held === this.blockCount;
+  }
+
+  static exists(path: string): boolean {
+    return fs.existsSync(path);
+  }
+
+  /** Creates a new map with every block missing; fails if the file exists. */
+  static create(path: string, header: Omit<BlockMapHeader, 'complete'>): BlockMap {
+    if (!Number.isInteger(header.blockSize) || header.blockSize < 512 || header.blockSize & (header.blockSize - 1)) {
+      throw new BlockMapError(`block size must be a power of two of at least 512 (got ${header.blockSize})`);
+    }
+    for (const [key, text] of [
+      ['source identity', header.sourceIdentity],
+      ['source URL', header.sourceUrl],
+    ]) {
+      if (Buffer.byteLength(text) > MAX_TEXT) throw new BlockMapError(`${key} is longer than ${MAX_TEXT} bytes`);
+    }
+    const full: BlockMapHeader = { ...header, complete: false };
+    const blockCount = Math.ceil(header.imageSize / header.blockSize);
+    const bitmapBytes = roundUp(Math.ceil(blockCount / 8), PAGE);
+    const fd = fs.openSync(path, 'wx+', 0o644);
+    try {
+      fs.ftruncateSync(fd, HEADER_AREA + bitmapBytes);
+      const slot = encodeHeader(full, 1);
+      fs.writeSync(fd, slot, 0, slot.length, HEADER_SLOT); // generation 1 lives in slot 1
+      fs.fdatasyncSync(fd);
+    } catch (e) {
+      fs.closeSync(fd);
+      fs.rmSync(path, { force: true });
+      throw e;
+    }
+    return new BlockMap(path, fd, full, 1, new Uint8Array(bitmapBytes));
+  }
+
+  static open(path: string): BlockMap {
+    const fd = fs.openSync(path, 'r+');
+    try {
+      const area = Buffer.alloc(HEADER_AREA);
+      fs.readSync(fd, area, 0, HEADER_AREA, 0);
+      const slots = [decodeHeader(area.subarray(0, HEADER_SLOT)), decodeHeader(area.subarray(HEADER_SLOT))];
+      const valid = slots.filter((s): s is { header: BlockMapHeader; generation: number } => s !== null);
+      if (valid.length === 0) throw new BlockMapError(`${path} is not a ferry block map (no valid header)`);
+      const best = valid.reduce((a, b) => (b.generation > a.generation ? b : a));
+      const blockCount = Math.ceil(best.header.imageSize / best.header.blockSize);
+      const bitmapBytes = roundUp(Math.ceil(blockCount / 8), PAGE);
+      const bits = new Uint8Array(bitmapBytes);
+      const n = fs.readSync(fd, bits, 0, bitmapBytes, HEADER_AREA);
+      if (n < Math.ceil(blockCount / 8)) throw new BlockMapError(`${path} is truncated: bitmap has ${n} bytes`);
+      // Bits past the last block must be clear; anything else is damage.
+      for (let i = blockCount; i < bitmapBytes * 8; i++) bits[i >> 3] &= ~(1 << (i & 7));
+      return new BlockMap(path, fd, best.header, best.generation, bits);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  isHeld(block: number): boolean {
+    return (this.bits[block >> 3] & (1 << (block & 7))) !== 0;
+  }
+
+  /** Marks a block held in memory; it reaches disk at the next persist(). */
+  markHeld(block: number): void {
+    const byte = block >> 3;
+    const bit = 1 << (block & 7);
+    if (this.bits[byte] & bit) return;
+    this.bits[byte] |= bit;
+    this.held++;
+    this.dirtyPages.add(Math.floor(byte / PAGE));
+  }
+
+  /** Whether every block in [first, last] is held. */
+  rangeHeld(first: number, last: number): boolean {
+    for (let b = first; b <= last; b++) if (!this.isHeld(b)) return false;
+    return true;
+  }
+
+  /** The first missing block at or after `from` (wrapping never), or -1. */
+  nextMissing(from: number): number {
+    let b = from;
+    while (b < this.blockCount) {
+      if ((b & 7) === 0 && this.bits[b >> 3] === 0xff) {
+        b += 8;
+        continue;
+      }
+      if (!this.isHeld(b)) return b;
+      b++;
+    }
+    return -1;
+  }
+
+  /**
+   * Makes every bit set so far durable: first `syncData` (the image's
+   * fdatasync), then the bitmap pages, then the map's own fdatasync. Calls
+   * are serialised; a call made while one runs waits for the next round.
+   */
+  persist(syncData: () => Promise<void>): Promise<void> {
+    const round = this.persisting.then(async () => {
+      const pages = [...this.dirtyPages];
+      this.dirtyPages.clear();
+      // Snapshot the pages now: bits set after this point wait for the next round.
+      const snapshots = pages.map((page) => Buffer.from(this.bits.subarray(page * PAGE, (page + 1) * PAGE)));
+      try {
+        await syncData();
+        for (let i = 0; i < pages.length; i++) await writeAll(this.fd, snapshots[i], HEADER_AREA + pages[i] * PAGE);
+        if (pages.length) await fdatasync(this.fd);
+      } catch (e) {
+        for (const page of pages) this.dirtyPages.add(page);
+        throw e;
+      }
+    });
+    this.persisting = round.catch(() => undefined);
+    return round;
+  }
+
+  /** Records that the copy finished (after every bit is durable). */
+  async markComplete(syncData: () => Promise<void>): Promise<void> {
+    if (!this.allHeld) throw new BlockMapError('cannot mark complete: blocks are still missing');
+    await this.persist(syncData);
+    await this.writeHeader({ ...this.header, complete: true });
+  }
+
+  /** Points the map at a new source URL of the same image. */
+  async setSourceUrl(url: string): Promise<void> {
+    if (url === this.header.sourceUrl) return;
+    await this.writeHeader({ ...this.header, sourceUrl: url });
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+
+  private async writeHeader(header: BlockMapHeader): Promise<void> {
+    const generation = this.generation + 1;
+    const slot = encodeHeader(header, generation);
+    await writeAll(this.fd, slot, (generation % 2) * HEADER_SLOT);
+    await fdatasync(this.fd);
+    this.generation = generation;
+    this.header = header;
+  }
+}
+
+function encodeHeader(header: BlockMapHeader, generation: number): Buffer {
+  const b = Buffer.alloc(HEADER_SLOT);
+  b.write(MAGIC, 0, 'latin1');
+  b.writeUInt32LE(VERSION, 8);
+  b.writeUInt32LE(header.blockSize, 12);
+  b.writeBigUInt64LE(BigInt(header.imageSize), 16);
+  b.writeBigUInt64LE(BigInt(generation), 24);
+  b.writeUInt32LE(header.complete ? 1 : 0, 32);
+  let at = 36;
+  for (const text of [header.sourceIdentity, header.sourceUrl]) {
+    const bytes = Buffer.from(text, 'utf8');
+    b.writeUInt16LE(bytes.length, at);
+    bytes.copy(b, at + 2);
+    at += 2 + MAX_TEXT;
+  }
+  b.writeUInt32LE(zlib.crc32(b.subarray(0, HEADER_SLOT - 4)), HEADER_SLOT - 4);
+  return b;
+}
+
+function decodeHeader(b: Buffer): { header: BlockMapHeader; generation: number } | null {
+  if (b.toString('latin1', 0, 8) !== MAGIC) return null;
+  if (b.readUInt32LE(HEADER_SLOT - 4) !== zlib.crc32(b.subarray(0, HEADER_SLOT - 4))) return null;
+  const version = b.readUInt32LE(8);
+  if (version !== VERSION) throw new BlockMapError(`block map version ${version} is not supported (expected ${VERSION})`);
+  const texts: string[] = [];
+  let at = 36;
+  for (let i = 0; i < 2; i++) {
+    const length = b.readUInt16LE(at);
+    texts.push(b.toString('utf8', at + 2, at + 2 + Math.min(length, MAX_TEXT)));
+    at += 2 + MAX_TEXT;
+  }
+  return {
+    generation: Number(b.readBigUInt64LE(24)),
+    header: {
+      blockSize: b.readUInt32LE(12),
+      imageSize: Number(b.readBigUInt64LE(16)),
+      complete: (b.readUInt32LE(32) & 1) === 1,
+      sourceIdentity: texts[0],
+      sourceUrl: texts[1],
+    },
+  };
+}
+
+function roundUp(n: number, to: number): number {
+  return Math.max(to, Math.ceil(n / to) * to);
+}
+
+function writeAll(fd: number, data: Buffer, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number): void => {
+      fs.write(fd, data, done, data.length - done, position + done, (err, n) => {
+        if (err) return reject(err);
+        if (done + n < data.length) step(done + n);
+        else resolve();
+      });
+    };
+    step(0);
+  });
+}
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}

@@ -1,0 +1,47 @@
+import { EventEmitter } from 'node:events';
+import type { FetchPriority, Upstream } from '../../src/migrate/upstream';
+
+/** An in-memory source with random fetch delays, optional failures, and a switch to go down. */
+export class FakeUpstream extends EventEmitter implements Upstream {
+  readonly identity = 'fake:1';
+  readonly description = 'fake://source';
+  reconnects = 0;
+  connected = true;
+  fetchCalls: Array<{ offset: number; length: number; priority: FetchPriority }> = [];
+  private waiters: Array<() => void> = [];
+
+  constructor(
+    readonly content: Buffer,
+    private readonly delayMs: () => number = () => 0,
+    private readonly failOneIn = 0,
+  ) {
+    super();
+  }
+
+  get size(): number {
+    return this.content.length;
+  }
+
+  async fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer> {
+    while (!this.connected) await new Promise<void>((r) => this.waiters.push(r));
+    this.fetchCalls.push({ offset, length, priority });
+    const delay = this.delayMs();
+    if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+    if (this.failOneIn && Math.floor(Math.random() * this.failOneIn) === 0) throw new Error('injected fetch failure');
+    if (!this.connected) throw new Error('connection lost');
+    return Buffer.from(this.content.subarray(offset, offset + length));
+  }
+
+  setConnected(up: boolean): void {
+    this.connected = up;
+    if (up) for (const w of this.waiters.splice(0)) w();
+  }
+
+  async reconnect(): Promise<void> {
+    this.setConnected(true);
+  }
+
+  async close(): Promise<void> {
+    this.connected = false;
+  }
+}

@@ -1,0 +1,190 @@
+import t from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import pino from 'pino';
+import { FileDevice } from '../src/store/file-device';
+import { BlockMap } from '../src/store/block-map';
+import { MigratingDevice } from '../src/migrate/migrating-device';
+import { BackgroundCopy } from '../src/migrate/background-copy';
+import { FakeUpstream } from './helpers/fake-upstream';
+
+const log = pino({ level: 'silent' });
+const BS = 4096;
+
+function tempDir(t: Tap.Test): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-md-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A source image: random blocks, zero blocks, and a short tail block. */
+function makeSource(blocks: number, tail = 1000): Buffer {
+  const b = Buffer.alloc(blocks * BS + tail);
+  for (let i = 0; i < blocks; i++) if (i % 5 !== 0) crypto.randomFillSync(b, i * BS, BS);
+  crypto.randomFillSync(b, blocks * BS, tail);
+  return b;
+}
+
+function setup(t: Tap.Test, source: Buffer, upstream: FakeUpstream, fetchTimeoutMs = 10_000) {
+  const dir = tempDir(t);
+  const local = FileDevice.open(path.join(dir, 'img'), { createSize: source.length });
+  const map = BlockMap.create(path.join(dir, 'state'), {
+    blockSize: BS,
+    imageSize: source.length,
+    sourceIdentity: upstream.identity,
+    sourceUrl: upstream.description,
+  });
+  const device = new MigratingDevice(local, map, upstream, { fetchTimeoutMs }, log);
+  t.teardown(async () => {
+    map.close();
+    await device.close();
+  });
+  return { dir, device, map, imagePath: path.join(dir, 'img') };
+}
+
+declare global {
+  // eslint-disable-next-line @typescript-eslint/no-namespace
+  namespace Tap {
+    type Test = import('tap').Test;
+  }
+}
+
+t.test('concurrent reads of a missing block cause one fetch', async (t) => {
+  const source = makeSource(16);
+  const upstream = new FakeUpstream(source, () => 20);
+  const { device } = setup(t, source, upstream);
+  const reads = Array.from({ length: 20 }, () => {
+    const b = Buffer.alloc(100);
+    return device.read(3 * BS + 50, b).then(() => b);
+  });
+  for (const b of await Promise.all(reads)) t.same(b, source.subarray(3 * BS + 50, 3 * BS + 150));
+  t.equal(upstream.fetchCalls.length, 1, 'one fetch for twenty readers');
+  t.equal(device.counters.onDemandFetches, 1);
+  t.ok(device.map.isHeld(3));
+});
+
+t.test('a whole-block write during a fetch wins over the fetched copy', async (t) => {
+  const source = makeSource(8);
+  const upstream = new FakeUpstream(source, () => 50);
+  const { device } = setup(t, source, upstream);
+  const reader = Buffer.alloc(BS);
+  const read = device.read(2 * BS, reader); // starts the fetch
+  const mine = Buffer.alloc(BS, 0xab);
+  await device.write(2 * BS, mine, false);
+  await read;
+  const after = Buffer.alloc(BS);
+  await new Promise((r) => setTimeout(r, 80)); // let the fetch arrive
+  await device.read(2 * BS, after);
+  t.same(after, mine, 'the late fetch was discarded');
+  t.ok(reader.equals(mine) || reader.equals(source.subarray(2 * BS, 3 * BS)), 'the concurrent read saw old or new');
+});
+
+t.test('a partial write to a missing block fetches it first; trim and zero need no fetch', async (t) => {
+  const source = makeSource(8);
+  const upstream = new FakeUpstream(source);
+  const { device } = setup(t, source, upstream);
+  await device.write(BS + 10, Buffer.from('hello'), false);
+  t.equal(upstream.fetchCalls.length, 1);
+  const got = Buffer.alloc(BS);
+  await device.read(BS, got);
+  const expected = Buffer.from(source.subarray(BS, 2 * BS));
+  expected.write('hello', 10);
+  t.same(got, expected);
+  await device.zero(4 * BS, 2 * BS, { fua: false, noHole: false, fastZero: false });
+  await device.trim(6 * BS, BS, false);
+  t.equal(upstream.fetchCalls.length, 1, 'no fetch for whole-block zero and trim');
+  const z = Buffer.alloc(3 * BS, 1);
+  await device.read(4 * BS, z);
+  t.ok(z.equals(Buffer.alloc(3 * BS)), 'zeroed and trimmed blocks read as zeros');
+});
+
+t.test('reads wait for a source that is down, then fail with EIO only after the limit', async (t) => {
+  const source = makeSource(8);
+  const upstream = new FakeUpstream(source);
+  const { device } = setup(t, source, upstream, 300);
+  upstream.setConnected(false);
+  const b = Buffer.alloc(10);
+  const started = Date.now();
+  await t.rejects(device.read(0, b), { errno: 'EIO' });
+  t.ok(Date.now() - started >= 290, 'waited for the limit');
+  const later = device.read(BS, b);
+  setTimeout(() => upstream.setConnected(true), 100);
+  await later;
+  t.same(b, source.subarray(BS, BS + 10), 'succeeds once the source is back');
+});
+
+t.test('model: random interleavings of VM requests with a background copy and random fetch delays', async (t) => {
+  let checkedReads = 0;
+  for (let round = 0; round < 8; round++) {
+    const blocks = 48;
+    const source = makeSource(blocks, round % 2 ? 0 : 777);
+    const upstream = new FakeUpstream(source, () => Math.floor(Math.random() * 4), round % 3 === 0 ? 10 : 0);
+    const { device, imagePath } = setup(t, source, upstream);
+    const copy = new BackgroundCopy(device, { batchBlocks: 4, windowBytes: 4 * 4 * BS, storeErrorBackoffMs: 10 }, 200_000, log);
+    copy.start();
+    const model = Buffer.from(source);
+    const size = source.length;
+    const busy = new Set<number>(); // blocks touched by in-flight requests
+    const inFlight = new Set<Promise<void>>();
+    const blocksOf = (o: number, l: number): number[] => {
+      const out = [];
+      for (let b = Math.floor(o / BS); b <= Math.floor((o + l - 1) / BS); b++) out.push(b);
+      return out;
+    };
+    for (let i = 0; i < 500; i++) {
+      const kind = Math.random();
+      let offset: number;
+      let length: number;
+      if (Math.random() < 0.4) {
+        offset = Math.floor(Math.random() * (size / BS)) * BS;
+        length = Math.min(BS * (1 + Math.floor(Math.random() * 3)), size - offset);
+      } else {
+        offset = Math.floor(Math.random() * (size - 1));
+        length = 1 + Math.floor(Math.random() * Math.min(3 * BS, size - offset - 1));
+      }
+      const touched = blocksOf(offset, length);
+      // Requests on distinct blocks run concurrently; the model stays exact.
+      while (touched.some((b) => busy.has(b))) await Promise.race(inFlight);
+      touched.forEach((b) => busy.add(b));
+      let op: Promise<void>;
+      if (kind < 0.4) {
+        const expected = Buffer.from(model.subarray(offset, offset + length));
+        const into = Buffer.alloc(length);
+        op = device.read(offset, into).then(() => {
+          if (!into.equals(expected)) t.fail(`round ${round} read ${offset}+${length} differs from the model`);
+          checkedReads++;
+        });
+      } else if (kind < 0.75) {
+        const data = crypto.randomBytes(length);
+        data.copy(model, offset);
+        op = device.write(offset, data, Math.random() < 0.1);
+      } else if (kind < 0.85) {
+        model.fill(0, offset, offset + length);
+        op = device.zero(offset, length, { fua: false, noHole: Math.random() < 0.5, fastZero: false });
+      } else if (kind < 0.95) {
+        // trim only zeroes the whole blocks inside the range
+        const start = Math.ceil(offset / BS) * BS;
+        const end = offset + length === size ? size : Math.floor((offset + length) / BS) * BS;
+        if (end > start) model.fill(0, start, end);
+        op = device.trim(offset, length, false);
+      } else op = device.flush();
+      const tracked: Promise<void> = op.finally(() => {
+        touched.forEach((b) => busy.delete(b));
+        inFlight.delete(tracked);
+      });
+      inFlight.add(tracked);
+      if (inFlight.size >= 8) await Promise.race(inFlight);
+    }
+    await Promise.all(inFlight);
+    // Let the background copy finish, then check the whole image.
+    const deadline = Date.now() + 10_000;
+    while (!device.map.allHeld && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    await copy.stop();
+    t.ok(device.map.allHeld, `round ${round}: every block held`);
+    await device.flush();
+    t.ok(fs.readFileSync(imagePath).equals(model), `round ${round}: image equals source plus writes`);
+  }
+  t.ok(checkedReads > 1000, `checked ${checkedReads} reads`);
+});
