@@ -1,10 +1,10 @@
-import t from 'tap';
+import t, { Test } from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { BlockMap } from '../src/store/block-map';
 
-function dir(t: import('tap').Test): string {
+function dir(t: Test): string {
   const d = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-map-'));
   t.teardown(() => fs.rmSync(d, { recursive: true, force: true }));
   return d;

@@ -3,6 +3,8 @@ import { Command, CommanderError } from 'commander';
 import { ConfigError } from '../config/load';
 import { registerServe } from './serve';
 import { registerDemo } from './demo';
+import { registerDest } from './dest';
+import { registerCtl } from './ctl';
 
 export function main(argv: string[]): void {
   const program = new Command();
@@ -13,7 +15,9 @@ export function main(argv: string[]): void {
     .showHelpAfterError()
     .exitOverride();
   registerServe(program);
+  registerDest(program);
   registerDemo(program);
+  registerCtl(program);
   program.parseAsync(argv).catch((err: unknown) => {
     if (err instanceof CommanderError) process.exit(err.exitCode);
     const message = err instanceof ConfigError ? err.message : `ferry: ${(err as Error).message}`;

@@ -1,0 +1,117 @@
+/** `ferry dest`: the live-migration destination. */
+import path from 'node:path';
+import type { Command } from 'commander';
+import type { Logger } from 'pino';
+import { loadConfig } from '../config/load';
+import type { FerryConfig } from '../config/schema';
+import { createLogger } from '../log';
+import { NbdServer, StaticExportTable } from '../nbd/server';
+import { Migration } from '../migrate/migration';
+import { NbdUpstream } from '../migrate/nbd-upstream';
+import type { Upstream } from '../migrate/upstream';
+import { ControlServer } from '../control/control-server';
+import { startMetricsServer } from '../control/metrics';
+import { listenAddress, parseHostPort, runUntilSignal } from './process';
+import { parseByteRate } from './byte-rate';
+
+interface DestFlags {
+  source?: string;
+  image?: string;
+  state?: string;
+  export?: string;
+  listen?: string;
+  socket?: string;
+  control?: string;
+  metrics?: string;
+  blockSize?: string;
+  rate?: string;
+  config?: string;
+  logLevel?: string;
+}
+
+export function registerDest(program: Command): void {
+  program
+    .command('dest')
+    .description('serve a VM disk over NBD while it migrates in from a source (on-demand fetch + background copy)')
+    .option('--source <url>', 'source: nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH (config dest.source)')
+    .option('--image <file>', 'local image, created sparse at the source size (config dest.image)')
+    .option('--state <file>', 'block map file; default IMAGE.ferry-state (config dest.state)')
+    .option('--export <name>', "export name for the VM; default: the image's base name (config dest.export)")
+    .option('--listen <host:port>', 'NBD listen address; default 127.0.0.1:10809 (config dest.listen)')
+    .option('--socket <path>', 'listen on this Unix socket instead of TCP (config dest.socket)')
+    .option('--control <path>', 'control socket for `ferry ctl` (config dest.control)')
+    .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (config dest.metrics)')
+    .option('--block-size <bytes>', 'block size of a new migration; default 4096 (config dest.block_size)')
+    .option('--rate <bytes/s>', 'background copy limit, e.g. 50M; 0 = none (config copy.rate_limit)')
+    .option('--config <file>', 'TOML configuration file; flags override it')
+    .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (config log.level)')
+    .action(async (flags: DestFlags) => {
+      const config = loadConfig(flags.config, {
+        'dest.source': flags.source,
+        'dest.image': flags.image,
+        'dest.state': flags.state,
+        'dest.export': flags.export,
+        'dest.listen': flags.listen,
+        'dest.socket': flags.socket,
+        'dest.control': flags.control,
+        'dest.metrics': flags.metrics,
+        'dest.block_size': flags.blockSize === undefined ? undefined : Number(flags.blockSize),
+        'copy.rate_limit': flags.rate === undefined ? undefined : parseByteRate(flags.rate, '--rate'),
+        'log.level': flags.logLevel,
+      });
+      await runDest(config, createLogger(config.log.level));
+    });
+}
+
+async function runDest(config: FerryConfig, log: Logger): Promise<void> {
+  const d = config.dest;
+  if (!d.image) throw new Error('dest: --image (or dest.image in the config) is required');
+  const migration = await Migration.open(
+    {
+      imagePath: d.image,
+      statePath: d.state ?? `${d.image}.ferry-state`,
+      sourceUrl: d.source,
+      blockSize: d.block_size,
+      fetchTimeoutMs: d.fetch_timeout_ms,
+      persistIntervalMs: d.persist_interval_ms,
+      rateLimit: config.copy.rate_limit || null,
+      copy: {
+        batchBlocks: config.copy.batch_blocks,
+        windowBytes: config.copy.window_bytes,
+        storeErrorBackoffMs: config.copy.store_error_backoff_ms,
+      },
+      openUpstream: (url) => openUpstream(url, config, log),
+    },
+    log,
+  );
+  const name = d.export ?? path.basename(d.image);
+  const server = new NbdServer(new StaticExportTable([{ name, description: d.description, device: migration.device }]), log, {
+    maxInFlightRequests: config.nbd.max_in_flight_requests,
+    maxInFlightBytes: config.nbd.max_in_flight_bytes,
+    maxPayload: config.nbd.max_request_bytes,
+    handshakeTimeoutMs: config.nbd.handshake_timeout_ms,
+  });
+  const address = await server.listen(listenAddress(d));
+  const control = d.control ? new ControlServer(migration, log) : null;
+  if (control && d.control) await control.listen(d.control);
+  const metrics = d.metrics ? await startMetricsServer(migration, parseHostPort(d.metrics), log) : null;
+  migration.start();
+  log.info({ address, export: name, image: d.image, control: d.control, metrics: d.metrics, state: migration.state }, 'serving');
+  await runUntilSignal(log, async () => {
+    await server.close();
+    await control?.close();
+    await metrics?.close();
+    await migration.close();
+  });
+}
+
+async function openUpstream(url: string, config: FerryConfig, log: Logger): Promise<Upstream> {
+  if (url.startsWith('nbd://') || url.startsWith('nbd+unix://')) {
+    return NbdUpstream.open(url, log.child({ upstream: 'nbd' }), {
+      minBackoffMs: config.dest.reconnect_min_ms,
+      maxBackoffMs: config.dest.reconnect_max_ms,
+      connectTimeoutMs: 10_000,
+    });
+  }
+  throw new Error(`dest: unsupported source URL "${url}" (use nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)`);
+}

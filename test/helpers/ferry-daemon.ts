@@ -1,0 +1,118 @@
+/**
+ * Starts a long-running ferry command (serve, dest, source) as a child
+ * process and waits for its `serving` log line. Killed at teardown.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import net from 'node:net';
+import path from 'node:path';
+
+const FERRY_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'ferry.js');
+
+export interface FerryDaemon {
+  child: ChildProcess;
+  /** The `serving` log record. */
+  serving: Record<string, unknown>;
+  stderr(): string;
+  /** Resolves when a log line with this msg appears (or rejects after timeoutMs). */
+  waitForLog(msg: string | RegExp, timeoutMs?: number): Promise<Record<string, unknown>>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  exited: Promise<number | null>;
+}
+
+interface Teardownable {
+  teardown(fn: () => void | Promise<void>): void;
+}
+
+export function startFerry(t: Teardownable, args: string[], timeoutMs = 20_000): Promise<FerryDaemon> {
+  const child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  let alive = true;
+  const records: Array<Record<string, unknown>> = [];
+  const listeners = new Set<() => void>();
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('exit', (code) => {
+      alive = false;
+      resolve(code);
+      for (const l of listeners) l();
+    }),
+  );
+  t.teardown(async () => {
+    if (alive) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+  });
+  let pending = '';
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (text: string) => {
+    stderr += text;
+    pending += text;
+    let nl: number;
+    while ((nl = pending.indexOf('\n')) >= 0) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      try {
+        records.push(JSON.parse(line));
+      } catch {
+        records.push({ msg: line });
+      }
+      for (const l of listeners) l();
+    }
+  });
+  const waitForLog = (msg: string | RegExp, ms = timeoutMs): Promise<Record<string, unknown>> =>
+    new Promise((resolve, reject) => {
+      const match = (): boolean => {
+        const r = records.find((x) => (typeof msg === 'string' ? x.msg === msg : msg.test(String(x.msg))));
+        if (r) {
+          cleanup();
+          resolve(r);
+          return true;
+        }
+        if (!alive) {
+          cleanup();
+          reject(new Error(`ferry exited before logging "${msg}"; stderr:\n${stderr}`));
+          return true;
+        }
+        return false;
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`ferry did not log "${msg}" within ${ms} ms; stderr:\n${stderr}`));
+      }, ms);
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        listeners.delete(check);
+      };
+      const check = (): void => void match();
+      if (!match()) listeners.add(check);
+    });
+  return waitForLog('serving').then((serving) => ({
+    child,
+    serving,
+    stderr: () => stderr,
+    waitForLog,
+    exited,
+    stop: async (signal: NodeJS.Signals = 'SIGTERM') => {
+      if (alive) child.kill(signal);
+      return exited;
+    },
+  }));
+}
+
+/** A loopback port that was free a moment ago. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** The port of a `serving` record's address (host:port). */
+export function servingPort(d: FerryDaemon): number {
+  const address = String(d.serving.address);
+  return Number(address.slice(address.lastIndexOf(':') + 1));
+}
