@@ -144,7 +144,7 @@ export class NbdUpstream extends EventEmitter implements Upstream {
           this.reconnects++;
           this.log.info({ source: this.url, reconnects: this.reconnects }, 'source reconnected');
         } catch (e) {
-          this.emit('error', e);
+          this.emit('connect-failed', e);
           this.log.warn({ source: this.url, err: (e as Error).message, retryMs: delay }, 'source unreachable');
           await new Promise((r) => setTimeout(r, delay));
           delay = Math.min(delay * 2, this.options.maxBackoffMs);

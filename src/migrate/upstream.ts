@@ -24,5 +24,5 @@ export interface Upstream extends EventEmitter {
   /** Drops the connection and connects again, optionally to a new URL of the same image. */
   reconnect(url?: string): Promise<void>;
   close(): Promise<void>;
-  // Events: 'connected', 'disconnected' (err), 'error' (err) for a refused reconnect.
+  // Events: 'connected', 'disconnected', 'connect-failed' (err) for a failed or refused reconnect.
 }
