@@ -12,7 +12,7 @@ import type { Upstream } from '../migrate/upstream';
 import { ControlServer } from '../control/control-server';
 import { startMetricsServer } from '../control/metrics';
 import { listenAddress, parseHostPort, runUntilSignal } from './process';
-import { parseByteRate } from './byte-rate';
+import { parseByteRate } from '../control/byte-rate';
 
 interface DestFlags {
   source?: string;
@@ -42,7 +42,7 @@ export function registerDest(program: Command): void {
     .option('--control <path>', 'control socket for `ferry ctl` (config dest.control)')
     .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (config dest.metrics)')
     .option('--block-size <bytes>', 'block size of a new migration; default 4096 (config dest.block_size)')
-    .option('--rate <bytes/s>', 'background copy limit, e.g. 50M; 0 = none (config copy.rate_limit)')
+    .option('--rate <bytes/s>', 'background copy limit, e.g. 50M (k/M/G = 1024-based) or off (config copy.rate_limit, 0 = none)')
     .option('--config <file>', 'TOML configuration file; flags override it')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (config log.level)')
     .action(async (flags: DestFlags) => {
@@ -56,7 +56,7 @@ export function registerDest(program: Command): void {
         'dest.control': flags.control,
         'dest.metrics': flags.metrics,
         'dest.block_size': flags.blockSize === undefined ? undefined : Number(flags.blockSize),
-        'copy.rate_limit': flags.rate === undefined ? undefined : parseByteRate(flags.rate, '--rate'),
+        'copy.rate_limit': flags.rate === undefined ? undefined : (parseByteRate(flags.rate) ?? 0),
         'log.level': flags.logLevel,
       });
       await runDest(config, createLogger(config.log.level));

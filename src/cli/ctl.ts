@@ -1,0 +1,208 @@
+/** `ferry ctl`: talks to a running `ferry dest` over its control socket. */
+import cliProgress from 'cli-progress';
+import { CommanderError, InvalidArgumentError, Option, type Command } from 'commander';
+import { formatDuration, formatRate, parseByteRate } from '../control/byte-rate';
+import { ControlUnreachableError, sendControl } from '../control/control-client';
+import type { ControlRequest } from '../control/protocol';
+import { formatStatusLine, formatStatusSummary } from '../control/status-text';
+import type { MigrationStatus } from '../migrate/status';
+
+/** Exit codes: the daemon refused (or could not be reached), and the command line was wrong. */
+const EXIT_REFUSED = 1;
+const EXIT_USAGE = 2;
+
+interface CtlFlags {
+  control: string;
+  timeoutMs: number;
+}
+
+function parsePositiveInt(name: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n <= 0)
+      throw new InvalidArgumentError(`${name} must be a positive integer (got "${value}")`);
+    return n;
+  };
+}
+
+function parseRateArgument(value: string): number | null {
+  try {
+    return parseByteRate(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+function fail(message: string): void {
+  process.stderr.write(`ferry ctl: ${message}\n`);
+  process.exitCode = EXIT_REFUSED;
+}
+
+/** Sends one request; prints the failure and returns null when the daemon said no or is unreachable. */
+async function request(flags: CtlFlags, req: ControlRequest): Promise<MigrationStatus | null> {
+  try {
+    const response = await sendControl(flags.control, req, flags.timeoutMs);
+    if (response.ok) return response.status;
+    fail(`${req.cmd} refused: ${response.error}`);
+  } catch (err) {
+    fail((err as Error).message);
+  }
+  return null;
+}
+
+function ctlFlags(cmd: Command): CtlFlags {
+  return cmd.optsWithGlobals<CtlFlags>();
+}
+
+export function registerCtl(program: Command): void {
+  const ctl = program
+    .command('ctl')
+    .description('control a running ferry dest through its control socket')
+    .addOption(
+      new Option('--control <path>', 'control socket of the ferry dest').env('FERRY_CONTROL').makeOptionMandatory(),
+    )
+    .option('--timeout-ms <ms>', 'how long to wait for an answer', parsePositiveInt('--timeout-ms'), 5000)
+    // Usage errors exit 2 so scripts can tell them from a refusal (1).
+    .exitOverride((err) => {
+      throw err.exitCode === 0 ? err : new CommanderError(EXIT_USAGE, err.code, err.message);
+    });
+
+  ctl
+    .command('status')
+    .description('print the migration status')
+    .option('--json', 'print the status as JSON')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const status = await request(ctlFlags(cmd), { cmd: 'status' });
+      if (!status) return;
+      process.stdout.write(opts.json ? JSON.stringify(status, null, 2) + '\n' : formatStatusSummary(status));
+    });
+
+  ctl
+    .command('watch')
+    .description(
+      'show live progress until the migration completes (a progress bar on a terminal, else one line per interval)',
+    )
+    .option('--interval-ms <ms>', 'how often to ask for the status', parsePositiveInt('--interval-ms'), 1000)
+    .action(async (opts: { intervalMs: number }, cmd: Command) => {
+      await watch(ctlFlags(cmd), opts.intervalMs);
+    });
+
+  ctl
+    .command('pause')
+    .description('stop the background copy; on-demand fetches go on')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const status = await request(ctlFlags(cmd), { cmd: 'pause' });
+      if (status)
+        process.stdout.write(
+          `paused: background copy stopped, on-demand fetches go on (${status.blocksHeld}/${status.blocksTotal} blocks held)\n`,
+        );
+    });
+
+  ctl
+    .command('resume')
+    .description('restart the background copy')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const status = await request(ctlFlags(cmd), { cmd: 'resume' });
+      if (status) process.stdout.write(`resumed: state ${status.state}\n`);
+    });
+
+  ctl
+    .command('rate')
+    .description('limit the background copy: bytes/s with optional k, M, G (x1024); "off" removes the limit')
+    .argument('<bytes-per-second>', 'e.g. 500000, 512k, 10M, 1.5G, off', parseRateArgument)
+    .action(async (bytesPerSecond: number | null, _opts: unknown, cmd: Command) => {
+      const status = await request(ctlFlags(cmd), { cmd: 'rate', bytesPerSecond });
+      if (!status) return;
+      const limit = status.rateLimitBytesPerSecond;
+      process.stdout.write(
+        limit === null
+          ? 'background copy rate limit removed\n'
+          : `background copy limited to ${formatRate(limit)} (${limit} bytes/s)\n`,
+      );
+    });
+
+  ctl
+    .command('detach')
+    .description('close the link to the source for good; refused until every block is held')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const status = await request(ctlFlags(cmd), { cmd: 'detach' });
+      if (status) process.stdout.write(`detached from ${status.source}: every block is held, the source can go\n`);
+    });
+
+  ctl
+    .command('reconnect')
+    .description('drop and re-open the upstream connection, optionally at a new URL of the same image')
+    .argument('[url]', 'new source URL (default: the current one)')
+    .action(async (url: string | undefined, _opts: unknown, cmd: Command) => {
+      const req: ControlRequest = url === undefined ? { cmd: 'reconnect' } : { cmd: 'reconnect', url };
+      const status = await request(ctlFlags(cmd), req);
+      if (status)
+        process.stdout.write(
+          `reconnected to ${status.source} (${status.connected ? 'connected' : 'not connected yet'}, ${status.reconnects} reconnects)\n`,
+        );
+    });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Polls the status until the migration completes (exit 0) or the socket goes away (exit 1). */
+async function watch(flags: CtlFlags, intervalMs: number): Promise<void> {
+  const tty = process.stdout.isTTY === true;
+  const bar = tty
+    ? new cliProgress.SingleBar(
+        {
+          format: '{bar} {percentage}% | {value}/{total} blocks | {rate} | ETA {etaText} | {state}',
+          hideCursor: true,
+          stopOnComplete: false,
+        },
+        cliProgress.Presets.shades_classic,
+      )
+    : null;
+  let started = false;
+  const stopBar = (): void => {
+    if (bar && started) bar.stop();
+    started = false;
+  };
+  const onSigint = (): void => {
+    stopBar();
+    process.exit(130);
+  };
+  process.once('SIGINT', onSigint);
+  try {
+    for (;;) {
+      let status: MigrationStatus;
+      try {
+        const response = await sendControl(flags.control, { cmd: 'status' }, flags.timeoutMs);
+        if (!response.ok) {
+          stopBar();
+          return fail(`status refused: ${response.error}`);
+        }
+        status = response.status;
+      } catch (err) {
+        stopBar();
+        const lost = err instanceof ControlUnreachableError ? 'lost the control socket: ' : '';
+        return fail(lost + (err as Error).message);
+      }
+      const payload = {
+        rate: formatRate(status.backgroundBytesPerSecond),
+        etaText: formatDuration(status.etaSeconds),
+        state: status.state,
+      };
+      if (bar) {
+        if (!started) bar.start(status.blocksTotal, status.blocksHeld, payload);
+        else bar.update(status.blocksHeld, payload);
+        started = true;
+      } else {
+        process.stdout.write(formatStatusLine(status) + '\n');
+      }
+      if (status.state === 'complete') {
+        stopBar();
+        process.stdout.write(`migration complete: ${status.blocksTotal} blocks held\n`);
+        return;
+      }
+      await sleep(intervalMs);
+    }
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+}

@@ -1,0 +1,161 @@
+/**
+ * The control socket of a migrating destination: a Unix socket, owner-only, that
+ * answers one JSON line per request line (see protocol.ts).
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import type { Logger } from 'pino';
+import type { MigrationControl } from '../migrate/status';
+import { LineSplitter } from './line-splitter';
+import {
+  MAX_LINE_BYTES,
+  formatResponseLine,
+  parseRequestLine,
+  type ControlRequest,
+  type ControlResponse,
+} from './protocol';
+
+/** Operators and scrapers, not crowds: beyond this many connections new ones are refused. */
+const MAX_CONNECTIONS = 32;
+/** A connection that sends nothing for this long is closed, so forgotten clients do not pile up. */
+const IDLE_TIMEOUT_MS = 5 * 60 * 1000;
+
+export class ControlServer {
+  private server: net.Server | null = null;
+  private socketPath: string | null = null;
+  private readonly connections = new Set<net.Socket>();
+
+  constructor(
+    private readonly control: MigrationControl,
+    private readonly log: Logger,
+  ) {}
+
+  /** Listens on `socketPath`, replacing a stale socket file left by a dead process. */
+  async listen(socketPath: string): Promise<void> {
+    if (this.server) throw new Error(`control socket: already listening on ${this.socketPath}`);
+    await removeStaleSocket(socketPath);
+    const server = net.createServer((socket) => this.accept(socket));
+    server.maxConnections = MAX_CONNECTIONS;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    // The socket can pause, detach and redirect the migration: only its owner may use it.
+    fs.chmodSync(socketPath, 0o600);
+    server.on('error', (err) => this.log.error({ err, socketPath }, 'control socket error'));
+    this.server = server;
+    this.socketPath = socketPath;
+    this.log.info({ socketPath }, 'control socket listening');
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = null;
+    for (const socket of this.connections) socket.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    if (this.socketPath) fs.rmSync(this.socketPath, { force: true });
+  }
+
+  /** Runs one request against the control; never throws. */
+  async handle(request: ControlRequest): Promise<ControlResponse> {
+    try {
+      switch (request.cmd) {
+        case 'status':
+          break;
+        case 'pause':
+          this.control.pause();
+          break;
+        case 'resume':
+          this.control.resume();
+          break;
+        case 'rate':
+          this.control.setRateLimit(request.bytesPerSecond);
+          break;
+        case 'detach':
+          await this.control.detach();
+          break;
+        case 'reconnect':
+          await this.control.reconnect(request.url);
+          break;
+      }
+      if (request.cmd !== 'status') this.log.info({ request: loggable(request) }, 'control command done');
+      return { ok: true, status: this.control.status() };
+    } catch (err) {
+      const error = err instanceof Error ? err.message : String(err);
+      if (request.cmd !== 'status') this.log.warn({ request: loggable(request), error }, 'control command refused');
+      return { ok: false, error };
+    }
+  }
+
+  private accept(socket: net.Socket): void {
+    this.connections.add(socket);
+    const splitter = new LineSplitter(MAX_LINE_BYTES);
+    socket.on('close', () => this.connections.delete(socket));
+    socket.on('error', (err) => this.log.debug({ err }, 'control connection error'));
+    socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy());
+    socket.on('data', (chunk: Buffer) => {
+      // One chunk's requests at a time, answered in order; reading waits meanwhile.
+      socket.pause();
+      void this.answer(socket, splitter.push(chunk)).finally(() => {
+        if (!socket.destroyed) socket.resume();
+      });
+    });
+  }
+
+  private async answer(socket: net.Socket, lines: ReturnType<LineSplitter['push']>): Promise<void> {
+    for (const item of lines) {
+      let response: ControlResponse;
+      if ('tooLong' in item) {
+        response = { ok: false, error: `request line is longer than ${MAX_LINE_BYTES} bytes` };
+      } else {
+        const parsed = parseRequestLine(item.line);
+        response = parsed.ok ? await this.handle(parsed.request) : parsed;
+      }
+      if (socket.destroyed || !socket.writable) return;
+      socket.write(formatResponseLine(response));
+    }
+  }
+}
+
+/** A reconnect URL may carry credentials; logs get only its scheme and host. */
+function loggable(request: ControlRequest): ControlRequest {
+  if (request.cmd !== 'reconnect' || request.url === undefined) return request;
+  let url: string;
+  try {
+    const parsed = new URL(request.url);
+    url = `${parsed.protocol}//${parsed.host}/...`;
+  } catch {
+    url = '(unparsable url)';
+  }
+  return { cmd: 'reconnect', url };
+}
+
+/**
+ * Removes a socket file nobody listens on. Refuses to touch a file that is not a
+ * socket, or a socket another process still answers on.
+ */
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  let stat: fs.Stats;
+  try {
+    stat = fs.lstatSync(socketPath);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (!stat.isSocket())
+    throw new Error(`control socket: ${socketPath} exists and is not a socket; refusing to replace it`);
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (alive) throw new Error(`control socket: ${socketPath} is in use by a running process`);
+  fs.rmSync(socketPath, { force: true });
+}

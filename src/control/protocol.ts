@@ -1,0 +1,100 @@
+/**
+ * The control socket's wire format: one JSON request per line in, one JSON response per line out.
+ * Pure: strings in, typed values out, and back. Sockets live in control-server.ts / control-client.ts.
+ */
+import { z } from 'zod';
+import type { MigrationStatus } from '../migrate/status';
+
+/** A request or response line longer than this is refused (it is far beyond any real one). */
+export const MAX_LINE_BYTES = 64 * 1024;
+
+const positiveRate = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+
+const requestSchemas = {
+  status: z.object({ cmd: z.literal('status') }).strict(),
+  pause: z.object({ cmd: z.literal('pause') }).strict(),
+  resume: z.object({ cmd: z.literal('resume') }).strict(),
+  // null removes the cap; 0 is refused because it would be a pause by another name.
+  rate: z.object({ cmd: z.literal('rate'), bytesPerSecond: positiveRate.nullable() }).strict(),
+  detach: z.object({ cmd: z.literal('detach') }).strict(),
+  reconnect: z.object({ cmd: z.literal('reconnect'), url: z.string().min(1).max(4096).optional() }).strict(),
+} as const;
+
+export type ControlCommand = keyof typeof requestSchemas;
+export const CONTROL_COMMANDS = Object.keys(requestSchemas) as ControlCommand[];
+
+export type ControlRequest = { [K in ControlCommand]: z.infer<(typeof requestSchemas)[K]> }[ControlCommand];
+
+export type ControlResponse = { ok: true; status: MigrationStatus } | { ok: false; error: string };
+
+export type ParsedRequest = { ok: true; request: ControlRequest } | { ok: false; error: string };
+
+function describe(value: unknown): string {
+  const text = JSON.stringify(value);
+  return text === undefined ? String(value) : text.length > 80 ? text.slice(0, 77) + '...' : text;
+}
+
+function isCommand(value: unknown): value is ControlCommand {
+  return typeof value === 'string' && Object.hasOwn(requestSchemas, value);
+}
+
+/** Checks an already-decoded request; every error names the field and the bad value. */
+export function validateRequest(value: unknown): ParsedRequest {
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    return { ok: false, error: `request must be a JSON object (got ${describe(value)})` };
+  const cmd = (value as { cmd?: unknown }).cmd;
+  if (!isCommand(cmd))
+    return {
+      ok: false,
+      error: `unknown cmd ${describe(cmd)} (expected one of ${CONTROL_COMMANDS.join(', ')})`,
+    };
+  const result = requestSchemas[cmd].safeParse(value);
+  if (result.success) return { ok: true, request: result.data as ControlRequest };
+  const issue = result.error.issues[0];
+  if (issue.code === 'unrecognized_keys')
+    return { ok: false, error: `${cmd}: unknown field ${issue.keys.map((k) => `"${k}"`).join(', ')}` };
+  const field = issue.path.join('.');
+  const got = (value as Record<string, unknown>)[String(issue.path[0])];
+  const expected =
+    cmd === 'rate' ? 'a positive integer (bytes per second) or null for no limit' : issue.message.toLowerCase();
+  return { ok: false, error: `${cmd}: ${field} must be ${expected} (got ${describe(got)})` };
+}
+
+/** Parses one request line (without its newline). */
+export function parseRequestLine(line: string): ParsedRequest {
+  if (Buffer.byteLength(line) > MAX_LINE_BYTES)
+    return { ok: false, error: `request line is longer than ${MAX_LINE_BYTES} bytes` };
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch (err) {
+    return { ok: false, error: `request is not valid JSON: ${(err as Error).message}` };
+  }
+  return validateRequest(value);
+}
+
+export function formatRequestLine(request: ControlRequest): string {
+  return JSON.stringify(request) + '\n';
+}
+
+export function formatResponseLine(response: ControlResponse): string {
+  return JSON.stringify(response) + '\n';
+}
+
+const responseSchema = z.union([
+  z.object({ ok: z.literal(true), status: z.looseObject({ state: z.string(), blocksTotal: z.number() }) }),
+  z.object({ ok: z.literal(false), error: z.string() }),
+]);
+
+/** Parses one response line; throws naming the line when it is not a control response. */
+export function parseResponseLine(line: string): ControlResponse {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    throw new Error(`control response is not valid JSON: ${describe(line)}`);
+  }
+  const result = responseSchema.safeParse(value);
+  if (!result.success) throw new Error(`control response has an unexpected shape: ${describe(value)}`);
+  return result.data as ControlResponse;
+}

@@ -1,0 +1,42 @@
+/** Human-readable renderings of a MigrationStatus for `ferry ctl`. */
+import type { MigrationStatus } from '../migrate/status';
+import { formatBytes, formatDuration, formatRate } from './byte-rate';
+
+export function heldPercent(s: MigrationStatus): number {
+  return s.blocksTotal === 0 ? 100 : (s.blocksHeld / s.blocksTotal) * 100;
+}
+
+/** The multi-line summary printed by `ferry ctl status`. */
+export function formatStatusSummary(s: MigrationStatus): string {
+  const limit = s.rateLimitBytesPerSecond === null ? 'no limit' : `limit ${formatRate(s.rateLimitBytesPerSecond)}`;
+  const latency =
+    s.onDemandLatencyMs.count === 0
+      ? 'no latency samples yet'
+      : `latency p50 ${s.onDemandLatencyMs.p50.toFixed(1)} ms, p99 ${s.onDemandLatencyMs.p99.toFixed(1)} ms`;
+  const rows: Array<[string, string]> = [
+    ['state', s.state],
+    ['source', s.source],
+    ['connected', `${s.connected ? 'yes' : 'no'} (reconnects ${s.reconnects}, fetch errors ${s.fetchErrors})`],
+    [
+      'held',
+      `${s.blocksHeld} / ${s.blocksTotal} blocks of ${formatBytes(s.blockSize)} (${heldPercent(s).toFixed(1)}%),` +
+        ` ${formatBytes(s.blocksHeld * s.blockSize)} of ${formatBytes(s.blocksTotal * s.blockSize)}`,
+    ],
+    ['fetched', formatBytes(s.bytesFetched)],
+    ['rate', `${formatRate(s.backgroundBytesPerSecond)} background (${limit})`],
+    ['on-demand', `${s.onDemandFetches} fetches, ${latency}`],
+    ['eta', s.state === 'complete' ? `done at ${s.completedAt ?? 'unknown time'}` : formatDuration(s.etaSeconds)],
+    ['started', s.startedAt],
+  ];
+  return rows.map(([k, v]) => `${(k + ':').padEnd(11)}${v}`).join('\n') + '\n';
+}
+
+/** One line per interval for `ferry ctl watch` without a terminal. */
+export function formatStatusLine(s: MigrationStatus): string {
+  return (
+    `${s.state} ${s.blocksHeld}/${s.blocksTotal} blocks (${heldPercent(s).toFixed(1)}%)` +
+    ` rate ${formatRate(s.backgroundBytesPerSecond)} eta ${formatDuration(s.etaSeconds)}` +
+    ` on-demand ${s.onDemandFetches} p99 ${s.onDemandLatencyMs.p99.toFixed(1)} ms` +
+    ` ${s.connected ? 'connected' : 'disconnected'}`
+  );
+}

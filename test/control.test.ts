@@ -1,0 +1,295 @@
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import pino from 'pino';
+import t from 'tap';
+import { ControlUnreachableError, sendControl } from '../src/control/control-client';
+import { ControlServer } from '../src/control/control-server';
+import { LineSplitter } from '../src/control/line-splitter';
+import {
+  MAX_LINE_BYTES,
+  formatRequestLine,
+  formatResponseLine,
+  parseRequestLine,
+  parseResponseLine,
+} from '../src/control/protocol';
+import { SimulatedMigration, initialStatus } from '../src/control/simulated-migration';
+
+const log = pino({ level: 'silent' });
+
+function tempSocket(t: { teardown(fn: () => void): void }): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-ctl-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return path.join(dir, 'control.sock');
+}
+
+/** A raw connection that sends lines and collects response lines, for malformed input. */
+async function rawClient(socketPath: string): Promise<{
+  send(text: string | Buffer): void;
+  next(): Promise<unknown>;
+  closed: Promise<void>;
+  end(): void;
+}> {
+  const socket = net.connect(socketPath);
+  await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+  const lines: string[] = [];
+  const waiters: Array<(line: string) => void> = [];
+  let buf = '';
+  socket.on('data', (chunk) => {
+    buf += chunk.toString();
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) !== -1) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      const waiter = waiters.shift();
+      if (waiter) waiter(line);
+      else lines.push(line);
+    }
+  });
+  const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+  return {
+    send: (text) => socket.write(text),
+    next: () =>
+      new Promise((resolve) => {
+        const line = lines.shift();
+        if (line !== undefined) resolve(JSON.parse(line));
+        else waiters.push((l) => resolve(JSON.parse(l)));
+      }),
+    closed,
+    end: () => socket.end(),
+  };
+}
+
+t.test('codec: every command parses to its typed request', async (t) => {
+  t.same(parseRequestLine('{"cmd":"status"}'), { ok: true, request: { cmd: 'status' } });
+  t.same(parseRequestLine('{"cmd":"pause"}'), { ok: true, request: { cmd: 'pause' } });
+  t.same(parseRequestLine('{"cmd":"resume"}'), { ok: true, request: { cmd: 'resume' } });
+  t.same(parseRequestLine('{"cmd":"rate","bytesPerSecond":1000}'), {
+    ok: true,
+    request: { cmd: 'rate', bytesPerSecond: 1000 },
+  });
+  t.same(parseRequestLine('{"cmd":"rate","bytesPerSecond":null}'), {
+    ok: true,
+    request: { cmd: 'rate', bytesPerSecond: null },
+  });
+  t.same(parseRequestLine('{"cmd":"detach"}'), { ok: true, request: { cmd: 'detach' } });
+  t.same(parseRequestLine('{"cmd":"reconnect"}'), { ok: true, request: { cmd: 'reconnect' } });
+  t.same(parseRequestLine('{"cmd":"reconnect","url":"nbd://h:1/x"}'), {
+    ok: true,
+    request: { cmd: 'reconnect', url: 'nbd://h:1/x' },
+  });
+  // Round trip through the formatter.
+  for (const request of [{ cmd: 'status' as const }, { cmd: 'rate' as const, bytesPerSecond: 5 }]) {
+    t.same(parseRequestLine(formatRequestLine(request).trimEnd()), { ok: true, request });
+  }
+});
+
+t.test('codec: bad requests are refused with the bad value named', async (t) => {
+  const error = (line: string): string => {
+    const parsed = parseRequestLine(line);
+    if (parsed.ok) throw new Error(`expected ${line} to be refused`);
+    return parsed.error;
+  };
+  t.match(error('{"cmd":"explode"}'), /unknown cmd "explode" \(expected one of status, pause, resume, rate/);
+  t.match(error('{}'), /unknown cmd undefined/);
+  t.match(error('{"cmd":"toString"}'), /unknown cmd "toString"/);
+  t.match(error('[1,2]'), /must be a JSON object \(got \[1,2\]\)/);
+  t.match(error('"status"'), /must be a JSON object/);
+  t.match(error('{"cmd":"status"'), /not valid JSON/);
+  t.match(error('{"cmd":"rate","bytesPerSecond":-5}'), /rate: bytesPerSecond must be a positive integer.*\(got -5\)/);
+  t.match(error('{"cmd":"rate","bytesPerSecond":0}'), /\(got 0\)/);
+  t.match(error('{"cmd":"rate","bytesPerSecond":1.5}'), /\(got 1.5\)/);
+  t.match(error('{"cmd":"rate","bytesPerSecond":"10M"}'), /\(got "10M"\)/);
+  t.match(error('{"cmd":"rate"}'), /rate: bytesPerSecond must be .*\(got undefined\)/);
+  t.match(error('{"cmd":"reconnect","url":42}'), /reconnect: url must be .*\(got 42\)/);
+  t.match(error('{"cmd":"pause","force":true}'), /pause: unknown field "force"/);
+  t.match(error('{"cmd":"status","pad":"' + 'x'.repeat(MAX_LINE_BYTES) + '"}'), /longer than 65536 bytes/);
+});
+
+t.test('codec: responses round-trip and malformed ones throw', async (t) => {
+  const ok = { ok: true as const, status: initialStatus() };
+  t.same(parseResponseLine(formatResponseLine(ok).trimEnd()), ok);
+  t.same(parseResponseLine(formatResponseLine({ ok: false, error: 'no' }).trimEnd()), { ok: false, error: 'no' });
+  t.throws(() => parseResponseLine('nope'), /not valid JSON/);
+  t.throws(() => parseResponseLine('{"ok":true}'), /unexpected shape/);
+});
+
+t.test('line splitter: any split of the stream gives the same lines', async (t) => {
+  const stream = Buffer.from('{"cmd":"status"}\n\n{"cmd":"pause"}\r\n{"cmd":"resume"}\n');
+  const expected = ['{"cmd":"status"}', '{"cmd":"pause"}', '{"cmd":"resume"}'];
+  for (let a = 0; a <= stream.length; a++) {
+    for (let b = a; b <= stream.length; b++) {
+      const splitter = new LineSplitter(64);
+      const lines = [stream.subarray(0, a), stream.subarray(a, b), stream.subarray(b)].flatMap((c) =>
+        splitter.push(c).map((item) => ('line' in item ? item.line : 'TOO LONG')),
+      );
+      if (JSON.stringify(lines) !== JSON.stringify(expected)) {
+        t.same(lines, expected, `split at ${a},${b}`);
+        return;
+      }
+    }
+  }
+  t.pass('all splits agree');
+});
+
+t.test('line splitter: an over-long line is reported once and skipped to its newline', async (t) => {
+  const splitter = new LineSplitter(8);
+  t.same(splitter.push(Buffer.from('12345')), []);
+  t.same(splitter.push(Buffer.from('6789')), [{ tooLong: true }]);
+  t.same(splitter.push(Buffer.from('x'.repeat(100))), [], 'the rest of the long line is dropped, not kept');
+  t.same(splitter.push(Buffer.from('yy\nok\n')), [{ line: 'ok' }]);
+  t.same(new LineSplitter(8).push(Buffer.from('12345678\n')), [{ line: '12345678' }], 'exactly the limit is fine');
+});
+
+t.test('server: every command reaches the control and answers with the status', async (t) => {
+  const socketPath = tempSocket(t);
+  const migration = new SimulatedMigration({ blocksTotal: 10 });
+  const server = new ControlServer(migration, log);
+  await server.listen(socketPath);
+  t.teardown(() => server.close());
+  t.equal(fs.statSync(socketPath).mode & 0o777, 0o600, 'socket is owner-only');
+
+  const status = await sendControl(socketPath, { cmd: 'status' }, 2000);
+  t.same(status, { ok: true, status: initialStatus({ blocksTotal: 10 }) });
+  t.match(await sendControl(socketPath, { cmd: 'pause' }, 2000), { ok: true, status: { state: 'paused' } });
+  t.match(await sendControl(socketPath, { cmd: 'resume' }, 2000), { ok: true, status: { state: 'migrating' } });
+  t.match(await sendControl(socketPath, { cmd: 'rate', bytesPerSecond: 12345 }, 2000), {
+    ok: true,
+    status: { rateLimitBytesPerSecond: 12345 },
+  });
+  t.match(await sendControl(socketPath, { cmd: 'rate', bytesPerSecond: null }, 2000), {
+    ok: true,
+    status: { rateLimitBytesPerSecond: null },
+  });
+  t.match(await sendControl(socketPath, { cmd: 'reconnect' }, 2000), { ok: true, status: { reconnects: 1 } });
+  t.match(await sendControl(socketPath, { cmd: 'reconnect', url: 'nbd://other:10809/disk' }, 2000), {
+    ok: true,
+    status: { reconnects: 2, source: 'nbd://other:10809/disk' },
+  });
+  t.same(await sendControl(socketPath, { cmd: 'reconnect', url: 'http://x' }, 2000), {
+    ok: false,
+    error: 'reconnect: url must start with nbd:// or ferry:// (got "http://x")',
+  });
+  t.same(await sendControl(socketPath, { cmd: 'detach' }, 2000), {
+    ok: false,
+    error: 'cannot detach: 10 of 10 blocks are not held yet',
+  });
+  migration.advance(10);
+  t.match(await sendControl(socketPath, { cmd: 'detach' }, 2000), {
+    ok: true,
+    status: { state: 'complete', connected: false },
+  });
+  t.same(migration.calls, [
+    'pause',
+    'resume',
+    'rate 12345',
+    'rate null',
+    'reconnect',
+    'reconnect nbd://other:10809/disk',
+    'reconnect http://x',
+    'detach',
+    'detach',
+  ]);
+});
+
+t.test('server: bad lines get an error reply and the connection stays usable', async (t) => {
+  const socketPath = tempSocket(t);
+  const migration = new SimulatedMigration();
+  const server = new ControlServer(migration, log);
+  await server.listen(socketPath);
+  t.teardown(() => server.close());
+  const client = await rawClient(socketPath);
+  t.teardown(() => client.end());
+
+  client.send('not json\n');
+  t.match(await client.next(), { ok: false, error: /not valid JSON/ });
+  client.send('{"cmd":"fly"}\n');
+  t.match(await client.next(), { ok: false, error: /unknown cmd "fly"/ });
+  client.send('{"cmd":"rate","bytesPerSecond":-1}\n');
+  t.match(await client.next(), { ok: false, error: /\(got -1\)/ });
+  // 200 KiB without a newline, in pieces, then the newline: one error, memory not kept.
+  for (let i = 0; i < 200; i++) client.send(Buffer.alloc(1024, 0x41));
+  client.send('\n');
+  t.match(await client.next(), { ok: false, error: 'request line is longer than 65536 bytes' });
+  // Several requests in one write are answered in order.
+  client.send('{"cmd":"pause"}\n{"cmd":"status"}\n{"cmd":"resume"}\n');
+  t.match(await client.next(), { ok: true, status: { state: 'paused' } });
+  t.match(await client.next(), { ok: true, status: { state: 'paused' } });
+  t.match(await client.next(), { ok: true, status: { state: 'migrating' } });
+  t.same(migration.calls, ['pause', 'resume']);
+});
+
+t.test('server: a control that throws is an error reply, not a crash', async (t) => {
+  const socketPath = tempSocket(t);
+  const migration = new SimulatedMigration();
+  migration.pause = () => {
+    throw new Error('pause exploded');
+  };
+  const server = new ControlServer(migration, log);
+  await server.listen(socketPath);
+  t.teardown(() => server.close());
+  t.same(await sendControl(socketPath, { cmd: 'pause' }, 2000), { ok: false, error: 'pause exploded' });
+  t.match(await sendControl(socketPath, { cmd: 'status' }, 2000), { ok: true });
+});
+
+t.test('server: a client that vanishes mid-request does not hurt the server', async (t) => {
+  const socketPath = tempSocket(t);
+  const server = new ControlServer(new SimulatedMigration(), log);
+  await server.listen(socketPath);
+  t.teardown(() => server.close());
+  const socket = net.connect(socketPath);
+  await new Promise((resolve) => socket.once('connect', resolve));
+  socket.write('{"cmd":"status"}\n{"cmd":"sta');
+  socket.destroy();
+  t.match(await sendControl(socketPath, { cmd: 'status' }, 2000), { ok: true });
+});
+
+t.test('listen: replaces a stale socket, refuses a live one or a non-socket', async (t) => {
+  const socketPath = tempSocket(t);
+  // A stale socket file: bound, then its process "died" without removing it.
+  const stale = net.createServer();
+  await new Promise<void>((resolve) => stale.listen(socketPath, resolve));
+  // Closing a server removes its file; make a stale one by hard-linking it first.
+  fs.linkSync(socketPath, socketPath + '.keep');
+  await new Promise<void>((resolve) => stale.close(() => resolve()));
+  fs.renameSync(socketPath + '.keep', socketPath);
+  t.ok(fs.lstatSync(socketPath).isSocket(), 'stale socket file is there');
+  await t.rejects(sendControl(socketPath, { cmd: 'status' }, 2000), {
+    message: `no ferry dest is listening on ${socketPath} (ECONNREFUSED: stale socket file)`,
+  });
+
+  const first = new ControlServer(new SimulatedMigration(), log);
+  await first.listen(socketPath);
+  t.match(await sendControl(socketPath, { cmd: 'status' }, 2000), { ok: true }, 'listening over the stale file');
+
+  const second = new ControlServer(new SimulatedMigration(), log);
+  await t.rejects(second.listen(socketPath), {
+    message: `control socket: ${socketPath} is in use by a running process`,
+  });
+  t.match(await sendControl(socketPath, { cmd: 'status' }, 2000), { ok: true }, 'the first one still answers');
+
+  await first.close();
+  t.notOk(fs.existsSync(socketPath), 'close removes the socket file');
+
+  fs.writeFileSync(socketPath, 'precious');
+  await t.rejects(second.listen(socketPath), { message: /exists and is not a socket; refusing to replace it/ });
+  t.equal(fs.readFileSync(socketPath, 'utf8'), 'precious');
+});
+
+t.test('client: clear errors when nobody listens or nobody answers', async (t) => {
+  const socketPath = tempSocket(t);
+  const err = await sendControl(socketPath, { cmd: 'status' }, 2000).catch((e: Error) => e);
+  t.type(err, ControlUnreachableError);
+  t.equal((err as Error).message, `no ferry dest is listening on ${socketPath} (ENOENT)`);
+
+  // A server that accepts and never answers.
+  const silent = net.createServer(() => {});
+  await new Promise<void>((resolve) => silent.listen(socketPath, resolve));
+  t.teardown(() => silent.close());
+  const started = Date.now();
+  await t.rejects(sendControl(socketPath, { cmd: 'status' }, 150), {
+    message: `ferry dest on ${socketPath} did not answer within 150 ms`,
+  });
+  t.ok(Date.now() - started < 1000);
+});
