@@ -78,6 +78,7 @@ t.test('qemu-io, fio and qemu-img against a destination migrating from a slow nb
       '--verify=crc32c',
       '--do_verify=1',
       '--verify_fatal=1',
+      '--verify_state_save=0',
     ],
     { timeoutMs: 120_000 },
   );

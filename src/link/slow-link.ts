@@ -119,6 +119,9 @@ export class SlowLink {
       'socketPath' in target
         ? net.connect({ path: target.socketPath, allowHalfOpen: true })
         : net.connect({ host: target.host, port: target.port, allowHalfOpen: true });
+    // The link adds its own delay; Nagle's algorithm must not add more.
+    client.setNoDelay(true);
+    if (!('socketPath' in target)) upstream.setNoDelay(true);
     const conn: LinkConnection = {
       id: this.nextId++,
       client,

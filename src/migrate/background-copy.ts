@@ -1,7 +1,8 @@
 /**
- * Streams every block the destination does not hold yet, in runs, keeping a
- * bounded window of bytes in flight (about one bandwidth-delay product) so
- * the link stays full without queueing far ahead of on-demand fetches.
+ * Streams every block the destination does not hold yet, in runs, keeping
+ * about one bandwidth-delay product in flight: enough to fill the link, and
+ * little enough that an on-demand fetch does not wait behind a deep queue of
+ * background bytes at the bottleneck (see WindowEstimator).
  */
 import type { Logger } from 'pino';
 import type { MigratingDevice } from './migrating-device';
@@ -10,7 +11,7 @@ import { TokenBucket } from './token-bucket';
 export interface BackgroundCopyOptions {
   /** Blocks per fetch request. */
   batchBlocks: number;
-  /** Bytes of background fetches in flight at most. */
+  /** Bytes of background fetches in flight at most (the adaptive window's ceiling). */
   windowBytes: number;
   /** Pause after the local image refused a write (full disk). */
   storeErrorBackoffMs: number;
@@ -25,6 +26,7 @@ export class BackgroundCopy {
   private wakeUp: (() => void) | null = null;
   private readonly bucket: TokenBucket;
   private loop: Promise<void> | null = null;
+  private readonly window: WindowEstimator;
 
   constructor(
     private readonly device: MigratingDevice,
@@ -33,6 +35,8 @@ export class BackgroundCopy {
     private readonly log: Logger,
   ) {
     this.bucket = new TokenBucket(rateLimit);
+    const batchBytes = options.batchBlocks * device.map.blockSize;
+    this.window = new WindowEstimator(Math.min(2 * batchBytes, options.windowBytes), options.windowBytes, batchBytes);
     device.on('store-error', () => {
       this.blockedUntil = Date.now() + options.storeErrorBackoffMs;
     });
@@ -48,6 +52,11 @@ export class BackgroundCopy {
 
   get bytesInFlight(): number {
     return this.inFlightBytes;
+  }
+
+  /** The current in-flight target in bytes. */
+  get windowBytes(): number {
+    return this.window.bytes;
   }
 
   start(): void {
@@ -95,7 +104,7 @@ export class BackgroundCopy {
     const batchBytes = this.options.batchBlocks * bs;
     while (!this.stopped) {
       if (this.device.map.allHeld) return;
-      if (this.paused || this.inFlightBytes + batchBytes > this.options.windowBytes) {
+      if (this.paused || (this.inFlightBytes > 0 && this.inFlightBytes + batchBytes > this.window.bytes)) {
         await this.sleep(this.paused ? null : 1000);
         continue;
       }
@@ -122,13 +131,82 @@ export class BackgroundCopy {
       this.cursor = run.first + run.count;
       const bytes = run.count * bs;
       this.inFlightBytes += bytes;
+      const sentAt = performance.now();
+      const inFlightAtSend = this.inFlightBytes;
       this.device
         .fetchBackgroundRun(run.first, run.count)
-        .catch((e: Error) => this.log.debug({ err: e.message }, 'background fetch failed; will retry'))
+        .then(
+          () => this.window.sample(inFlightAtSend, performance.now() - sentAt),
+          (e: Error) => this.log.debug({ err: e.message }, 'background fetch failed; will retry'),
+        )
         .finally(() => {
           this.inFlightBytes -= bytes;
           this.wake();
         });
     }
   }
+}
+
+/**
+ * In-flight target from delivery samples, as BBR estimates a path: each
+ * completed batch gives the latency it saw and the rate it implies (bytes in
+ * flight when it was sent, over its latency). The largest recent rate times
+ * the smallest recent latency is the bandwidth-delay product; the window is
+ * that plus one batch. A window above
+ * it only builds a queue, and a standing queue hides the true latency, so
+ * every few seconds the window drops to its floor for a moment (a latency
+ * probe) to let the queue drain and measure the path again.
+ */
+export class WindowEstimator {
+  private readonly rates: Array<[number, number]> = []; // [time, bytes/ms]
+  private readonly latencies: Array<[number, number]> = []; // [time, ms]
+  private probeUntil = 0;
+  private nextProbe: number;
+  private estimate: number;
+
+  constructor(
+    initial: number,
+    private readonly ceiling: number,
+    private readonly floor: number,
+    private readonly now: () => number = () => performance.now(),
+    private readonly filterMs = 5_000,
+    private readonly probeEveryMs = 2_500,
+  ) {
+    this.estimate = initial;
+    this.nextProbe = now() + 1000; // early: the start-up ramp overshoots
+  }
+
+  /** The in-flight target now. */
+  get bytes(): number {
+    const t = this.now();
+    if (t >= this.nextProbe) {
+      const base = this.minLatency() ?? 100;
+      this.probeUntil = t + Math.max(2 * base, 50);
+      this.nextProbe = t + this.probeEveryMs;
+    }
+    return t < this.probeUntil ? this.floor : this.estimate;
+  }
+
+  sample(inFlightBytes: number, latencyMs: number): void {
+    if (latencyMs <= 0) return;
+    const t = this.now();
+    keepRecent(this.rates, t, this.filterMs / 4).push([t, inFlightBytes / latencyMs]);
+    keepRecent(this.latencies, t, this.filterMs).push([t, latencyMs]);
+    let rate = 0;
+    for (const [, r] of this.rates) rate = Math.max(rate, r);
+    const bdp = rate * (this.minLatency() ?? latencyMs);
+    // One batch above the BDP: enough to keep the link full and to grow by a batch per round trip until it is.
+    this.estimate = Math.max(this.floor, Math.min(this.ceiling, Math.round(bdp + this.floor)));
+  }
+
+  private minLatency(): number | null {
+    let min: number | null = null;
+    for (const [, l] of this.latencies) min = min === null ? l : Math.min(min, l);
+    return min;
+  }
+}
+
+function keepRecent<T>(list: Array<[number, T]>, now: number, ms: number): Array<[number, T]> {
+  while (list.length && list[0][0] < now - ms) list.shift();
+  return list;
 }
