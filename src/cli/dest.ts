@@ -13,8 +13,13 @@ import { ControlServer } from '../control/control-server';
 import { startMetricsServer } from '../control/metrics';
 import { listenAddress, parseHostPort, runUntilSignal } from './process';
 import { parseByteRate } from '../control/byte-rate';
+import os from 'node:os';
+import { CodecPool } from '../pool';
+import { loadAuth } from '../wire/auth';
+import { WireUpstream } from '../wire/wire-upstream';
+import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
 
-interface DestFlags {
+interface DestFlags extends AuthCliFlags {
   source?: string;
   image?: string;
   state?: string;
@@ -30,10 +35,13 @@ interface DestFlags {
 }
 
 export function registerDest(program: Command): void {
-  program
+  const command = program
     .command('dest')
     .description('serve a VM disk over NBD while it migrates in from a source (on-demand fetch + background copy)')
-    .option('--source <url>', 'source: nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH (config dest.source)')
+    .option(
+      '--source <url>',
+      'ferry://HOST:PORT/EXPORT (ferry source), or nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH (config dest.source)',
+    )
     .option('--image <file>', 'local image, created sparse at the source size (config dest.image)')
     .option('--state <file>', 'block map file; default IMAGE.ferry-state (config dest.state)')
     .option('--export <name>', "export name for the VM; default: the image's base name (config dest.export)")
@@ -42,7 +50,8 @@ export function registerDest(program: Command): void {
     .option('--control <path>', 'control socket for `ferry ctl` (config dest.control)')
     .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (config dest.metrics)')
     .option('--block-size <bytes>', 'block size of a new migration; default 4096 (config dest.block_size)')
-    .option('--rate <bytes/s>', 'background copy limit, e.g. 50M (k/M/G = 1024-based) or off (config copy.rate_limit, 0 = none)')
+    .option('--rate <bytes/s>', 'background copy limit, e.g. 50M (k/M/G = 1024-based) or off (config copy.rate_limit, 0 = none)');
+  addAuthOptions(command, 'wire')
     .option('--config <file>', 'TOML configuration file; flags override it')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (config log.level)')
     .action(async (flags: DestFlags) => {
@@ -57,6 +66,7 @@ export function registerDest(program: Command): void {
         'dest.metrics': flags.metrics,
         'dest.block_size': flags.blockSize === undefined ? undefined : Number(flags.blockSize),
         'copy.rate_limit': flags.rate === undefined ? undefined : (parseByteRate(flags.rate) ?? 0),
+        ...authOverrides('wire', flags),
         'log.level': flags.logLevel,
       });
       await runDest(config, createLogger(config.log.level));
@@ -66,6 +76,7 @@ export function registerDest(program: Command): void {
 async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   const d = config.dest;
   if (!d.image) throw new Error('dest: --image (or dest.image in the config) is required');
+  const pools: CodecPool[] = [];
   const migration = await Migration.open(
     {
       imagePath: d.image,
@@ -80,7 +91,7 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
         windowBytes: config.copy.window_bytes,
         storeErrorBackoffMs: config.copy.store_error_backoff_ms,
       },
-      openUpstream: (url) => openUpstream(url, config, log),
+      openUpstream: (url, blockSize) => openUpstream(url, blockSize, config, log, pools),
     },
     log,
   );
@@ -102,10 +113,27 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
     await control?.close();
     await metrics?.close();
     await migration.close();
+    for (const pool of pools) await pool.close();
   });
 }
 
-async function openUpstream(url: string, config: FerryConfig, log: Logger): Promise<Upstream> {
+async function openUpstream(url: string, blockSize: number, config: FerryConfig, log: Logger, pools: CodecPool[]): Promise<Upstream> {
+  if (url.startsWith('ferry://')) {
+    const w = config.wire;
+    const auth = loadAuth({ pskFile: w.psk_file, cert: w.cert, key: w.key, ca: w.ca, insecure: w.insecure }, 'dest');
+    if (auth.kind === 'insecure') log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
+    const pool = new CodecPool({ workers: w.workers || Math.max(1, os.availableParallelism()), codec: 'lz4' });
+    pools.push(pool);
+    return WireUpstream.open(url, auth, pool, {
+      blockSize,
+      backgroundStreams: w.background_streams,
+      maxBatchBlocks: config.copy.batch_blocks,
+      connectTimeoutMs: 10_000,
+      minBackoffMs: config.dest.reconnect_min_ms,
+      maxBackoffMs: config.dest.reconnect_max_ms,
+      maxAttempts: w.max_attempts,
+    }, log.child({ upstream: 'ferry' }));
+  }
   if (url.startsWith('nbd://') || url.startsWith('nbd+unix://')) {
     return NbdUpstream.open(url, log.child({ upstream: 'nbd' }), {
       minBackoffMs: config.dest.reconnect_min_ms,
@@ -113,5 +141,5 @@ async function openUpstream(url: string, config: FerryConfig, log: Logger): Prom
       connectTimeoutMs: 10_000,
     });
   }
-  throw new Error(`dest: unsupported source URL "${url}" (use nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)`);
+  throw new Error(`dest: unsupported source URL "${url}" (use ferry://HOST:PORT/EXPORT, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)`);
 }

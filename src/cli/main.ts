@@ -4,6 +4,8 @@ import { ConfigError } from '../config/load';
 import { registerServe } from './serve';
 import { registerDemo } from './demo';
 import { registerDest } from './dest';
+import { registerSource } from './source';
+import { registerKeygen } from './keygen';
 import { registerCtl } from './ctl';
 
 export function main(argv: string[]): void {
@@ -16,6 +18,8 @@ export function main(argv: string[]): void {
     .exitOverride();
   registerServe(program);
   registerDest(program);
+  registerSource(program);
+  registerKeygen(program);
   registerDemo(program);
   registerCtl(program);
   program.parseAsync(argv).catch((err: unknown) => {

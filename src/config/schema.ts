@@ -55,7 +55,7 @@ const powerOfTwo = (min: number, max: number) =>
 
 export const DestSection = z
   .object({
-    /** Where missing blocks come from: nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH. */
+    /** Where missing blocks come from: ferry://HOST:PORT/EXPORT, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH. */
     source: z.string().min(1).optional(),
     /** Local image; created sparse at the source's size. */
     image: z.string().min(1).optional(),
@@ -95,6 +95,52 @@ export const CopySection = z
   })
   .strict();
 
+const codecName = z.enum(['auto', 'none', 'lz4', 'lz4-wasm', 'deflate']);
+
+/** Authentication of the ferry wire; exactly one of psk_file, cert+key+ca, insecure. */
+const wireAuth = {
+  /** Pre-shared key file (64 hex digits; `ferry keygen --psk FILE`). */
+  psk_file: z.string().min(1).optional(),
+  /** PEM certificate, key and CA for mutual TLS. */
+  cert: z.string().min(1).optional(),
+  key: z.string().min(1).optional(),
+  ca: z.string().min(1).optional(),
+  /** Plain TCP: anyone on the path can read the disk. Must be chosen explicitly. */
+  insecure: z.boolean().default(false),
+};
+
+export const SourceSection = z
+  .object({
+    /** Raw image served to destinations. */
+    image: z.string().min(1).optional(),
+    /** Export name; defaults to the image's base name. */
+    export: z.string().min(1).max(4096).optional(),
+    /** ferry wire listen address. */
+    listen: hostPort.default('127.0.0.1:10810'),
+    /** Also serve the image over NBD to the local VM on this address. */
+    nbd_listen: hostPort.optional(),
+    /** Codec for batches: a name, or auto (the best effective rate for the measured link). */
+    codec: codecName.default('auto'),
+    /** zlib level for the deflate codec. */
+    deflate_level: z.number().int().min(0).max(9).default(6),
+    /** Worker threads encoding batches; 0 means one per core. */
+    workers: z.number().int().min(0).max(64).default(0),
+    ...wireAuth,
+  })
+  .strict();
+
+export const WireSection = z
+  .object({
+    /** Parallel background connections to a ferry source (to fill a high bandwidth-delay link). */
+    background_streams: z.number().int().min(1).max(16).default(2),
+    /** Worker threads decoding and verifying batches; 0 means one per core. */
+    workers: z.number().int().min(0).max(64).default(0),
+    /** Attempts per block whose data keeps failing verification before the fetch fails. */
+    max_attempts: positiveInt.max(100).default(8),
+    ...wireAuth,
+  })
+  .strict();
+
 export const LogSection = z
   .object({
     level: LogLevel.default('info'),
@@ -107,6 +153,8 @@ export const ConfigSchema = z
     nbd: NbdSection.default(NbdSection.parse({})),
     dest: DestSection.default(DestSection.parse({})),
     copy: CopySection.default(CopySection.parse({})),
+    source: SourceSection.default(SourceSection.parse({})),
+    wire: WireSection.default(WireSection.parse({})),
     log: LogSection.default(LogSection.parse({})),
   })
   .strict();

@@ -51,6 +51,25 @@ const STATUS_METRICS: Array<{
     value: (s) => s.etaSeconds ?? -1,
   },
   { name: 'ferry_connected', help: '1 when the upstream connection is up', kind: 'gauge', value: (s) => +s.connected },
+  { name: 'ferry_wire_bytes_total', help: 'Bytes received from the source, framing included', kind: 'counter', value: (s) => s.bytesOnWire },
+  {
+    name: 'ferry_wire_decoded_bytes_total',
+    help: 'Block bytes the wire bytes decoded to',
+    kind: 'counter',
+    value: (s) => s.bytesBeforeEncoding,
+  },
+  {
+    name: 'ferry_checksum_failures_total',
+    help: 'Blocks that failed verification and were fetched again',
+    kind: 'counter',
+    value: (s) => s.checksumFailures,
+  },
+  {
+    name: 'ferry_corrupt_frames_total',
+    help: 'Wire frames that failed their CRC (connection re-opened)',
+    kind: 'counter',
+    value: (s) => s.corruptFrames,
+  },
   {
     name: 'ferry_reconnects_total',
     help: 'Upstream reconnections',

@@ -23,6 +23,12 @@ export function formatStatusSummary(s: MigrationStatus): string {
         ` ${formatBytes(s.blocksHeld * s.blockSize)} of ${formatBytes(s.blocksTotal * s.blockSize)}`,
     ],
     ['fetched', formatBytes(s.bytesFetched)],
+    [
+      'link',
+      `${formatBytes(s.bytesOnWire)} on the wire for ${formatBytes(s.bytesBeforeEncoding)} of blocks` +
+        (s.bytesOnWire > 0 ? ` (${(s.bytesBeforeEncoding / s.bytesOnWire).toFixed(2)}x)` : '') +
+        `, codec ${s.codec}, ${s.checksumFailures} checksum failures, ${s.corruptFrames} corrupt frames`,
+    ],
     ['rate', `${formatRate(s.backgroundBytesPerSecond)} background (${limit})`],
     ['on-demand', `${s.onDemandFetches} fetches, ${latency}`],
     ['eta', s.state === 'complete' ? `done at ${s.completedAt ?? 'unknown time'}` : formatDuration(s.etaSeconds)],

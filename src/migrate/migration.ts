@@ -10,7 +10,7 @@ import { FileDevice } from '../store/file-device';
 import { BackgroundCopy, BackgroundCopyOptions } from './background-copy';
 import { MigratingDevice } from './migrating-device';
 import type { MigrationControl, MigrationState, MigrationStatus } from './status';
-import type { Upstream } from './upstream';
+import type { LinkStats, Upstream } from './upstream';
 
 export interface MigrationOptions {
   imagePath: string;
@@ -22,8 +22,8 @@ export interface MigrationOptions {
   persistIntervalMs: number;
   rateLimit: number | null;
   copy: BackgroundCopyOptions;
-  /** Opens the upstream for a URL (plain NBD or ferry wire). */
-  openUpstream: (url: string) => Promise<Upstream>;
+  /** Opens the upstream for a URL (plain NBD or ferry wire) with the migration's block size. */
+  openUpstream: (url: string, blockSize: number) => Promise<Upstream>;
 }
 
 export class MigrationError extends Error {
@@ -40,6 +40,8 @@ export class Migration implements MigrationControl {
   private completedAt: Date | null;
   private readonly startedAt = new Date();
   private closed = false;
+  /** The link's figures when it was closed (they stay in the status after completion). */
+  private lastLinkStats: LinkStats = { bytesOnWire: 0, bytesBeforeEncoding: 0, checksumFailures: 0, corruptFrames: 0, codec: 'none' };
 
   private constructor(
     readonly device: MigratingDevice,
@@ -69,7 +71,7 @@ export class Migration implements MigrationControl {
         `image ${imagePath} exists but has no migration state (${statePath}); refusing to overwrite it — remove it or choose another --image`,
       );
     }
-    const upstream = await options.openUpstream(options.sourceUrl);
+    const upstream = await options.openUpstream(options.sourceUrl, options.blockSize);
     let map: BlockMap;
     let local: FileDevice;
     try {
@@ -109,7 +111,7 @@ export class Migration implements MigrationControl {
     const url = options.sourceUrl ?? map.sourceUrl;
     let upstream: Upstream;
     try {
-      upstream = await options.openUpstream(url);
+      upstream = await options.openUpstream(url, map.blockSize);
       if (upstream.size !== map.imageSize || upstream.identity !== map.sourceIdentity) {
         await upstream.close();
         throw new MigrationError(
@@ -130,6 +132,7 @@ export class Migration implements MigrationControl {
   }
 
   private static device(local: FileDevice, map: BlockMap, upstream: Upstream | null, options: MigrationOptions, log: Logger) {
+    upstream?.attachLocal?.({ isHeld: (b) => map.isHeld(b), read: (offset, into) => local.read(offset, into) });
     return new MigratingDevice(local, map, upstream, { fetchTimeoutMs: options.fetchTimeoutMs }, log);
   }
 
@@ -149,6 +152,7 @@ export class Migration implements MigrationControl {
     const map = d.map;
     const rate = d.backgroundRate.perSecond();
     const remaining = (map.blockCount - map.heldCount) * map.blockSize;
+    const link = this.upstream?.linkStats() ?? this.lastLinkStats;
     return {
       state: this.state,
       source: this.upstream?.description ?? map.sourceUrl,
@@ -168,6 +172,11 @@ export class Migration implements MigrationControl {
       rateLimitBytesPerSecond: this.copy?.rateLimit ?? null,
       reconnects: this.upstream?.reconnects ?? 0,
       fetchErrors: d.counters.fetchErrors,
+      bytesOnWire: link.bytesOnWire,
+      bytesBeforeEncoding: link.bytesBeforeEncoding,
+      checksumFailures: link.checksumFailures,
+      corruptFrames: link.corruptFrames,
+      codec: link.codec,
       startedAt: this.startedAt.toISOString(),
       completedAt: this.completedAt?.toISOString() ?? null,
     };
@@ -193,6 +202,7 @@ export class Migration implements MigrationControl {
       const s = this.status();
       throw new MigrationError(`cannot detach: ${s.blocksTotal - s.blocksHeld} of ${s.blocksTotal} blocks are not held yet`);
     }
+    if (this.upstream) this.lastLinkStats = this.upstream.linkStats();
     await this.upstream?.close();
     this.upstream = null;
   }
@@ -230,6 +240,7 @@ export class Migration implements MigrationControl {
       this.persistTimer = null;
       await this.copy?.stop();
       this.device.detachUpstream();
+      if (this.upstream) this.lastLinkStats = this.upstream.linkStats();
       await this.upstream?.close();
       this.log.info(
         { blocks: map.blockCount, bytesFetched: this.device.counters.bytesFetched, seconds: (Date.now() - this.startedAt.getTime()) / 1000 },

@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { NbdClient } from '../nbd/client';
 import { parseNbdUrl, NbdTarget } from '../nbd/url';
-import type { FetchPriority, Upstream } from './upstream';
+import type { FetchPriority, LinkStats, Upstream } from './upstream';
 
 export interface NbdUpstreamOptions {
   /** First reconnect delay; doubles up to maxBackoffMs. */
@@ -32,6 +32,8 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   size = 0;
   identity = '';
   reconnects = 0;
+  private bytesFetched = 0;
+  private replies = 0;
   private urgent: NbdClient | null = null;
   private background: NbdClient | null = null;
   private target: NbdTarget;
@@ -69,7 +71,21 @@ export class NbdUpstream extends EventEmitter implements Upstream {
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
     const client = priority === 'urgent' ? this.urgent! : this.background!;
-    return client.read(offset, length);
+    const data = await client.read(offset, length);
+    this.bytesFetched += data.length;
+    this.replies++;
+    return data;
+  }
+
+  linkStats(): LinkStats {
+    // Plain NBD: the bytes as they are, plus a 16-byte reply header each.
+    return {
+      bytesOnWire: this.bytesFetched + 16 * this.replies,
+      bytesBeforeEncoding: this.bytesFetched,
+      checksumFailures: 0,
+      corruptFrames: 0,
+      codec: 'none',
+    };
   }
 
   async reconnect(url?: string): Promise<void> {

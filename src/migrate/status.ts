@@ -28,6 +28,16 @@ export interface MigrationStatus {
   rateLimitBytesPerSecond: number | null;
   reconnects: number;
   fetchErrors: number;
+  /** Bytes received from the source, framing included. */
+  bytesOnWire: number;
+  /** What those bytes decoded to. */
+  bytesBeforeEncoding: number;
+  /** Blocks that failed verification (fetched again, never written). */
+  checksumFailures: number;
+  /** Corrupt frames (connection dropped and re-opened). */
+  corruptFrames: number;
+  /** The encoding most blocks arrive in ("none" for a plain NBD source). */
+  codec: string;
   startedAt: string;
   completedAt: string | null;
 }

@@ -7,6 +7,26 @@ import type { EventEmitter } from 'node:events';
 
 export type FetchPriority = 'urgent' | 'background';
 
+export interface LinkStats {
+  /** Bytes received from the source, framing included. */
+  bytesOnWire: number;
+  /** Block bytes those carried once decoded. */
+  bytesBeforeEncoding: number;
+  /** Blocks that failed verification and were fetched again. */
+  checksumFailures: number;
+  /** Frames that failed their CRC or bounds (the connection was dropped and re-opened). */
+  corruptFrames: number;
+  /** Encoding in use (or "none" for a plain NBD source). */
+  codec: string;
+}
+
+/** The destination's own blocks, for upstreams that send references to content it holds. */
+export interface LocalBlocks {
+  isHeld(block: number): boolean;
+  /** Reads the destination's own copy (no fetching). */
+  read(offset: number, into: Buffer): Promise<void>;
+}
+
 export interface Upstream extends EventEmitter {
   /** Size of the source image in bytes. */
   readonly size: number;
@@ -24,5 +44,8 @@ export interface Upstream extends EventEmitter {
   /** Drops the connection and connects again, optionally to a new URL of the same image. */
   reconnect(url?: string): Promise<void>;
   close(): Promise<void>;
+  linkStats(): LinkStats;
+  /** Gives the upstream read access to blocks the destination holds. */
+  attachLocal?(local: LocalBlocks): void;
   // Events: 'connected', 'disconnected', 'connect-failed' (err) for a failed or refused reconnect.
 }

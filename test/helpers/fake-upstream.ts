@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { FetchPriority, Upstream } from '../../src/migrate/upstream';
+import type { FetchPriority, LinkStats, Upstream } from '../../src/migrate/upstream';
 
 /** An in-memory source with random fetch delays, optional failures, and a switch to go down. */
 export class FakeUpstream extends EventEmitter implements Upstream {
@@ -30,6 +30,11 @@ export class FakeUpstream extends EventEmitter implements Upstream {
     if (this.failOneIn && Math.floor(Math.random() * this.failOneIn) === 0) throw new Error('injected fetch failure');
     if (!this.connected) throw new Error('connection lost');
     return Buffer.from(this.content.subarray(offset, offset + length));
+  }
+
+  linkStats(): LinkStats {
+    const bytes = this.fetchCalls.reduce((n, c) => n + c.length, 0);
+    return { bytesOnWire: bytes, bytesBeforeEncoding: bytes, checksumFailures: 0, corruptFrames: 0, codec: 'none' };
   }
 
   setConnected(up: boolean): void {

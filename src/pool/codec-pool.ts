@@ -1,0 +1,286 @@
+// A Piscina pool of kernel workers with two priorities and a bounded queue.
+import { EventEmitter } from 'node:events';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { Piscina } from 'piscina';
+import {
+  type BlockEntry,
+  type BlockStatus,
+  type DecodedBatch,
+  type EncodedBatch,
+  checkBlockSize,
+} from '../codec/batch';
+import type { EncodedColumns, DecodedColumns, HashedColumns } from '../codec/batch-codec';
+import { isCodecName, codecNames } from '../codec/registry';
+import { PoolClosedError, QueueFullError, WorkerCrashError } from './errors';
+import { PriorityTaskQueue } from './priority-queue';
+import type { CodecSelection, WorkerTask } from './tasks';
+
+export interface CodecPoolOptions {
+  /** Worker threads (default: available cores, at most 2... see docs). */
+  workers?: number;
+  /** Background batches that may wait for a worker (default 4 per worker). */
+  maxQueued?: number;
+  /** Urgent tasks that may wait (default: maxQueued); urgent never waits behind background. */
+  maxUrgentQueued?: number;
+  /** Codec for encode (and the LZ4 decoder used by decode): none | lz4 | lz4-wasm | deflate. */
+  codec?: string;
+  /** Deflate level 0..9 (default 6). */
+  level?: number;
+  /** LZ4 acceleration >= 1 (default 1). */
+  acceleration?: number;
+  /** Path of kernels.wasm (default build/kernels.wasm). */
+  kernelPath?: string;
+  /**
+   * Tasks handed to each worker at once (default 1). With 1 an urgent task
+   * waits only for the batches already running; with 2 the next batch already
+   * waits inside the worker (no idle round trip between batches: about +20%
+   * for one worker in our measurements), but an urgent task may then also wait
+   * behind one more background batch per worker.
+   */
+  pipelineDepth?: number;
+}
+
+export interface TaskOptions {
+  /** A VM is waiting for this: run it before any queued background batch. */
+  urgent?: boolean;
+  /** encode only: this codec instead of the pool's (the source's `auto` choice varies by batch). */
+  codec?: string;
+}
+
+/**
+ * An encoded batch. `payload` is a view at the start of the buffer that held
+ * the input blocks: the input's memory is recycled for the output.
+ */
+export type EncodeResult = EncodedBatch & {
+  /** Milliseconds the worker spent encoding (queueing excluded). */
+  workerMs: number;
+};
+
+export interface HashResult {
+  blockSize: number;
+  checksums: bigint[];
+  /** true where the block is all zeros. */
+  zero: boolean[];
+  /** The input buffer, handed back. */
+  blocks: ArrayBuffer;
+}
+
+export class CodecPool extends EventEmitter {
+  readonly workers: number;
+  readonly maxQueued: number;
+  readonly maxUrgentQueued: number;
+  readonly codec: string;
+  readonly pipelineDepth: number;
+  private readonly selection: CodecSelection;
+  private readonly queue = new PriorityTaskQueue();
+  private readonly piscina: Piscina;
+  private closing: Promise<void> | undefined;
+
+  constructor(options: CodecPoolOptions = {}) {
+    super();
+    this.workers = options.workers ?? Math.max(1, availableParallelism());
+    this.maxQueued = options.maxQueued ?? 4 * this.workers;
+    this.maxUrgentQueued = options.maxUrgentQueued ?? this.maxQueued;
+    this.codec = options.codec ?? 'lz4';
+    this.pipelineDepth = options.pipelineDepth ?? 1;
+    for (const [key, value] of [
+      ['workers', this.workers],
+      ['maxQueued', this.maxQueued],
+      ['maxUrgentQueued', this.maxUrgentQueued],
+      ['pipelineDepth', this.pipelineDepth],
+    ] as const) {
+      const min = key === 'workers' || key === 'pipelineDepth' ? 1 : 0;
+      if (!Number.isInteger(value) || value < min) {
+        throw new RangeError(`CodecPool: ${key} must be an integer >= ${min} (got ${value})`);
+      }
+    }
+    if (!isCodecName(this.codec)) {
+      throw new RangeError(`CodecPool: unknown codec "${this.codec}" (known: ${codecNames().join(', ')})`);
+    }
+    this.selection = {
+      codec: this.codec,
+      level: options.level,
+      acceleration: options.acceleration,
+      kernelPath: options.kernelPath,
+    };
+    this.queue.onShift = () => {
+      if (!this.isFull) this.emit('notFull');
+    };
+    this.piscina = new Piscina({
+      filename: join(__dirname, 'worker.js'),
+      minThreads: this.workers,
+      maxThreads: this.workers,
+      idleTimeout: Infinity,
+      taskQueue: this.queue,
+      // A task Piscina cannot dispatch goes back to the front, keeping FIFO order.
+      stricterFIFO: true,
+      // Piscina's own bound counts both priorities; ours are separate.
+      maxQueue: Infinity,
+      concurrentTasksPerWorker: this.pipelineDepth,
+      // Measured on the main thread with batches in flight: plain message
+      // ports cost less per task than Atomics wake-ups, and the timing
+      // histograms are not used.
+      atomics: 'disabled',
+      recordTiming: false,
+    });
+  }
+
+  /** True when a background task would be refused now (backpressure). */
+  get isFull(): boolean {
+    return this.queue.backgroundSize >= this.maxQueued;
+  }
+
+  /** Tasks waiting for a worker, by priority. */
+  get queued(): { urgent: number; background: number } {
+    return { urgent: this.queue.urgentSize, background: this.queue.backgroundSize };
+  }
+
+  /** Resolves once a background task would be accepted. */
+  whenNotFull(): Promise<void> {
+    if (!this.isFull) return Promise.resolve();
+    return new Promise((resolve) => {
+      const check = () => {
+        if (!this.isFull) {
+          this.off('notFull', check);
+          resolve();
+        }
+      };
+      this.on('notFull', check);
+    });
+  }
+
+  /**
+   * Encodes `count = blocks.byteLength / blockSize` blocks. `blocks` is
+   * transferred to a worker (detached here) and comes back holding the
+   * payload: `result.payload` is a view at its start.
+   */
+  async encode(blocks: ArrayBuffer, blockSize: number, options: TaskOptions = {}): Promise<EncodeResult> {
+    checkBlockSize(blockSize, 'CodecPool.encode');
+    if (options.codec && !isCodecName(options.codec)) {
+      throw new RangeError(`CodecPool.encode: unknown codec "${options.codec}" (known: ${codecNames().join(', ')})`);
+    }
+    const r = (await this.run(
+      { op: 'encode', ...this.selection, ...(options.codec ? { codec: options.codec } : {}), blocks, blockSize },
+      [blocks],
+      options,
+      `encode of ${blocks.byteLength / blockSize} blocks`,
+    )) as EncodedColumns & { workerMs: number };
+    const entries: BlockEntry[] = new Array(r.encodings.length);
+    for (let i = 0; i < entries.length; i++) {
+      entries[i] = { encoding: r.encodings[i], checksum: r.checksums[i], length: r.lengths[i] };
+    }
+    return { blockSize, entries, payload: r.payload, workerMs: r.workerMs };
+  }
+
+  /**
+   * Decodes a batch and verifies every block's checksum. A block that fails is
+   * reported in `failed` (by index) and `status`; the others are good.
+   * The whole buffer under `batch.payload` is transferred to the worker
+   * (detached here); when it holds at least count × blockSize bytes the
+   * blocks come back in it, else in a new buffer.
+   */
+  async decode(batch: EncodedBatch, options: TaskOptions = {}): Promise<DecodedBatch> {
+    checkBlockSize(batch.blockSize, 'CodecPool.decode');
+    const n = batch.entries.length;
+    const encodings = new Uint8Array(n);
+    const lengths = new Uint32Array(n);
+    const checksums = new BigUint64Array(n);
+    for (let i = 0; i < n; i++) {
+      const e = batch.entries[i];
+      encodings[i] = e.encoding;
+      lengths[i] = e.length;
+      checksums[i] = e.checksum;
+    }
+    const { buffer, byteOffset, byteLength } = batch.payload;
+    if (!(buffer instanceof ArrayBuffer))
+      throw new TypeError('CodecPool.decode: payload must be backed by an ArrayBuffer');
+    const r = (await this.run(
+      {
+        op: 'decode',
+        ...this.selection,
+        payload: buffer,
+        payloadOffset: byteOffset,
+        payloadLength: byteLength,
+        blockSize: batch.blockSize,
+        encodings,
+        lengths,
+        checksums,
+      },
+      [buffer, encodings.buffer, lengths.buffer, checksums.buffer],
+      options,
+      `decode of ${n} blocks`,
+    )) as DecodedColumns;
+    const status = Array.from(r.status) as BlockStatus[];
+    const failed: number[] = [];
+    status.forEach((s, i) => {
+      if (s !== 0) failed.push(i);
+    });
+    return { blockSize: batch.blockSize, blocks: r.blocks, status, failed };
+  }
+
+  /** Checksums and zero flags only (for dedupe and seeding manifests). */
+  async hash(blocks: ArrayBuffer, blockSize: number, options: TaskOptions = {}): Promise<HashResult> {
+    checkBlockSize(blockSize, 'CodecPool.hash');
+    const r = (await this.run(
+      { op: 'hash', ...this.selection, blocks, blockSize },
+      [blocks],
+      options,
+      `hash of ${blocks.byteLength / blockSize} blocks`,
+    )) as HashedColumns & { blocks: ArrayBuffer };
+    return {
+      blockSize,
+      checksums: Array.from(r.checksums),
+      zero: Array.from(r.zero, (z) => z === 1),
+      blocks: r.blocks,
+    };
+  }
+
+  /**
+   * Stops the pool. By default queued work finishes first; with
+   * `cancelQueued` queued tasks fail with PoolClosedError and only running
+   * ones finish. New tasks are refused from the moment close() is called.
+   */
+  close(options: { cancelQueued?: boolean } = {}): Promise<void> {
+    this.closing ??= this.piscina.close({ force: options.cancelQueued === true });
+    return this.closing;
+  }
+
+  /** Test and diagnostics hook: makes one worker exit as if it had crashed. */
+  crashOneWorker(code = 70): Promise<unknown> {
+    return this.run({ op: 'exit', code }, [], { urgent: true }, 'crash test');
+  }
+
+  private async run(
+    task: WorkerTask,
+    transferList: ArrayBuffer[],
+    options: TaskOptions,
+    what: string,
+  ): Promise<unknown> {
+    if (this.closing) throw new PoolClosedError(`CodecPool: pool is closed, refusing ${what}`);
+    const urgent = options.urgent === true;
+    if (urgent ? this.queue.urgentSize >= this.maxUrgentQueued : this.isFull) {
+      throw new QueueFullError(
+        `CodecPool: ${urgent ? 'urgent' : 'background'} queue is full (${urgent ? this.maxUrgentQueued : this.maxQueued} waiting), refusing ${what}`,
+      );
+    }
+    const queued = Object.assign(task, { [Piscina.queueOptionsSymbol]: { urgent } });
+    try {
+      return await this.piscina.run(queued, { transferList });
+    } catch (err) {
+      const e = err as Error;
+      if (/^worker exited with code/.test(e.message)) {
+        throw new WorkerCrashError(
+          `CodecPool: worker crashed during ${what} (${e.message}); it was replaced, retry the task`,
+          {
+            cause: e,
+          },
+        );
+      }
+      if (e.name === 'AbortError' && this.closing) {
+        throw new PoolClosedError(`CodecPool: pool closed before ${what} ran`, { cause: e });
+      }
+      throw e;
+    }
+  }
+}

@@ -1,0 +1,265 @@
+/**
+ * The ferry wire's messages: typed fields to frame metadata and back. Pure.
+ * A decoder returns a string (the reason) for metadata that does not parse.
+ */
+import { encodeFrameHead } from './frame-codec';
+import { ENTRY_SIZE, MAX_STRING, MessageType, WireEncoding } from './protocol';
+
+export interface Hello {
+  version: number;
+  role: number;
+  blockSize: number;
+  maxBatchBlocks: number;
+  encodings: number[];
+  exportName: string;
+  session: string;
+  identity: string;
+}
+
+export interface Welcome {
+  version: number;
+  imageSize: number;
+  identity: string;
+  codec: string;
+}
+
+export interface Refuse {
+  code: number;
+  reason: string;
+}
+
+export interface Fetch {
+  requestId: number;
+  priority: number;
+  flags: number;
+  offset: number;
+  length: number;
+}
+
+export interface WireEntry {
+  encoding: WireEncoding;
+  /** Payload bytes (0 for zero and reference). */
+  length: number;
+  /** xxh64 of the block's bytes, zero-padded to the block size. */
+  checksum: bigint;
+  /** For a reference: the block index whose content this block repeats. */
+  reference: number;
+}
+
+export interface BatchMeta {
+  requestId: number;
+  offset: number;
+  count: number;
+  lastLength: number;
+  entries: WireEntry[];
+}
+
+export interface FetchError {
+  requestId: number;
+  code: number;
+  reason: string;
+}
+
+class Writer {
+  private parts: Buffer[] = [];
+  u8(v: number): this {
+    this.parts.push(Buffer.from([v]));
+    return this;
+  }
+  u16(v: number): this {
+    const b = Buffer.allocUnsafe(2);
+    b.writeUInt16BE(v, 0);
+    this.parts.push(b);
+    return this;
+  }
+  u32(v: number): this {
+    const b = Buffer.allocUnsafe(4);
+    b.writeUInt32BE(v >>> 0, 0);
+    this.parts.push(b);
+    return this;
+  }
+  u64(v: number): this {
+    const b = Buffer.allocUnsafe(8);
+    b.writeBigUInt64BE(BigInt(v), 0);
+    this.parts.push(b);
+    return this;
+  }
+  str(s: string): this {
+    const bytes = Buffer.from(s, 'utf8');
+    if (bytes.length > MAX_STRING) throw new RangeError(`string of ${bytes.length} bytes exceeds ${MAX_STRING}`);
+    return this.u16(bytes.length).bytes(bytes);
+  }
+  bytes(b: Buffer): this {
+    this.parts.push(b);
+    return this;
+  }
+  done(): Buffer {
+    return Buffer.concat(this.parts);
+  }
+}
+
+/** Reads fields in order; any overrun makes `ok` false instead of throwing. */
+class Reader {
+  private at = 0;
+  ok = true;
+  constructor(private readonly b: Buffer) {}
+  private need(n: number): boolean {
+    if (this.at + n > this.b.length) this.ok = false;
+    return this.ok;
+  }
+  u8(): number {
+    if (!this.need(1)) return 0;
+    return this.b.readUInt8(this.at++);
+  }
+  u16(): number {
+    if (!this.need(2)) return 0;
+    const v = this.b.readUInt16BE(this.at);
+    this.at += 2;
+    return v;
+  }
+  u32(): number {
+    if (!this.need(4)) return 0;
+    const v = this.b.readUInt32BE(this.at);
+    this.at += 4;
+    return v;
+  }
+  u64(): number {
+    if (!this.need(8)) return 0;
+    const v = this.b.readBigUInt64BE(this.at);
+    this.at += 8;
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) this.ok = false;
+    return Number(v);
+  }
+  big64(): bigint {
+    if (!this.need(8)) return 0n;
+    const v = this.b.readBigUInt64BE(this.at);
+    this.at += 8;
+    return v;
+  }
+  str(): string {
+    const n = this.u16();
+    if (n > MAX_STRING || !this.need(n)) {
+      this.ok = false;
+      return '';
+    }
+    const s = this.b.toString('utf8', this.at, this.at + n);
+    this.at += n;
+    return s;
+  }
+  get atEnd(): boolean {
+    return this.at === this.b.length;
+  }
+}
+
+export function encodeHello(m: Hello): Buffer {
+  const w = new Writer().u16(m.version).u8(m.role).u8(0).u32(m.blockSize).u32(m.maxBatchBlocks).u8(m.encodings.length);
+  for (const e of m.encodings) w.u8(e);
+  return encodeFrameHead(MessageType.Hello, 0, w.str(m.exportName).str(m.session).str(m.identity).done());
+}
+
+export function decodeHello(meta: Buffer): Hello | string {
+  const r = new Reader(meta);
+  const version = r.u16();
+  const role = r.u8();
+  r.u8();
+  const blockSize = r.u32();
+  const maxBatchBlocks = r.u32();
+  const n = r.u8();
+  const encodings: number[] = [];
+  for (let i = 0; i < n; i++) encodings.push(r.u8());
+  const m = { version, role, blockSize, maxBatchBlocks, encodings, exportName: r.str(), session: r.str(), identity: r.str() };
+  return r.ok && r.atEnd ? m : 'malformed HELLO';
+}
+
+export function encodeWelcome(m: Welcome): Buffer {
+  return encodeFrameHead(MessageType.Welcome, 0, new Writer().u16(m.version).u64(m.imageSize).str(m.identity).str(m.codec).done());
+}
+
+export function decodeWelcome(meta: Buffer): Welcome | string {
+  const r = new Reader(meta);
+  const m = { version: r.u16(), imageSize: r.u64(), identity: r.str(), codec: r.str() };
+  return r.ok && r.atEnd ? m : 'malformed WELCOME';
+}
+
+export function encodeRefuse(m: Refuse): Buffer {
+  return encodeFrameHead(MessageType.Refuse, 0, new Writer().u16(m.code).str(m.reason.slice(0, 1000)).done());
+}
+
+export function decodeRefuse(meta: Buffer): Refuse | string {
+  const r = new Reader(meta);
+  const m = { code: r.u16(), reason: r.str() };
+  return r.ok && r.atEnd ? m : 'malformed REFUSE';
+}
+
+export function encodeFetch(m: Fetch): Buffer {
+  return encodeFrameHead(
+    MessageType.Fetch,
+    0,
+    new Writer().u32(m.requestId).u8(m.priority).u8(m.flags).u64(m.offset).u32(m.length).done(),
+  );
+}
+
+export function decodeFetch(meta: Buffer): Fetch | string {
+  const r = new Reader(meta);
+  const m = { requestId: r.u32(), priority: r.u8(), flags: r.u8(), offset: r.u64(), length: r.u32() };
+  return r.ok && r.atEnd ? m : 'malformed FETCH';
+}
+
+/** Header and metadata of a BATCH; the payloads (sum of entry lengths) follow. */
+export function encodeBatchHead(m: BatchMeta, final: boolean, payloadLength: number): Buffer {
+  const meta = Buffer.allocUnsafe(20 + m.entries.length * ENTRY_SIZE);
+  meta.writeUInt32BE(m.requestId, 0);
+  meta.writeBigUInt64BE(BigInt(m.offset), 4);
+  meta.writeUInt32BE(m.count, 12);
+  meta.writeUInt32BE(m.lastLength, 16);
+  let at = 20;
+  for (const e of m.entries) {
+    meta.writeUInt8(e.encoding, at);
+    meta.writeUInt8(0, at + 1);
+    if (e.encoding === WireEncoding.Reference) {
+      meta.writeUInt16BE(Math.floor(e.reference / 0x100000000), at + 2);
+      meta.writeUInt32BE(e.reference >>> 0, at + 4);
+    } else {
+      meta.writeUInt16BE(0, at + 2);
+      meta.writeUInt32BE(e.length, at + 4);
+    }
+    meta.writeBigUInt64BE(e.checksum, at + 8);
+    at += ENTRY_SIZE;
+  }
+  return encodeFrameHead(MessageType.Batch, final ? 1 : 0, meta, payloadLength);
+}
+
+export function decodeBatchMeta(meta: Buffer): BatchMeta | string {
+  if (meta.length < 20 || (meta.length - 20) % ENTRY_SIZE !== 0) return 'malformed BATCH';
+  const count = meta.readUInt32BE(12);
+  if (count !== (meta.length - 20) / ENTRY_SIZE) return 'BATCH entry count does not match its metadata';
+  const offsetBig = meta.readBigUInt64BE(4);
+  if (offsetBig > BigInt(Number.MAX_SAFE_INTEGER)) return 'BATCH offset out of range';
+  const entries: WireEntry[] = new Array(count);
+  for (let i = 0, at = 20; i < count; i++, at += ENTRY_SIZE) {
+    const encoding = meta.readUInt8(at) as WireEncoding;
+    const high = meta.readUInt16BE(at + 2);
+    const low = meta.readUInt32BE(at + 4);
+    const reference = encoding === WireEncoding.Reference ? high * 0x100000000 + low : 0;
+    entries[i] = { encoding, length: encoding === WireEncoding.Reference ? 0 : low, checksum: meta.readBigUInt64BE(at + 8), reference };
+  }
+  return { requestId: meta.readUInt32BE(0), offset: Number(offsetBig), count, lastLength: meta.readUInt32BE(16), entries };
+}
+
+export function encodeFetchError(m: FetchError): Buffer {
+  return encodeFrameHead(MessageType.FetchError, 0, new Writer().u32(m.requestId).u16(m.code).str(m.reason.slice(0, 1000)).done());
+}
+
+export function decodeFetchError(meta: Buffer): FetchError | string {
+  const r = new Reader(meta);
+  const m = { requestId: r.u32(), code: r.u16(), reason: r.str() };
+  return r.ok && r.atEnd ? m : 'malformed FETCH_ERROR';
+}
+
+/** Sum of the payload lengths of a batch's entries. */
+export function batchPayloadLength(entries: readonly WireEntry[]): number {
+  let n = 0;
+  for (const e of entries) n += e.length;
+  return n;
+}
+

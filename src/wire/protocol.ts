@@ -1,0 +1,60 @@
+/**
+ * ferry wire constants (docs/wire-protocol.md). One name per wire value;
+ * never renumber.
+ */
+
+export const PREAMBLE_MAGIC = 'FERRY';
+export const WIRE_VERSION = 1;
+export const PREAMBLE_SIZE = 8;
+export const FRAME_HEADER_SIZE = 16;
+export const MAX_META = 1 << 20;
+export const MAX_PAYLOAD = 64 << 20;
+export const MAX_STRING = 4096;
+export const ENTRY_SIZE = 16;
+
+export const enum MessageType {
+  Hello = 1,
+  Welcome = 2,
+  Refuse = 3,
+  Fetch = 4,
+  Batch = 5,
+  FetchError = 6,
+}
+
+export const enum FrameFlag {
+  /** BATCH: the last batch answering its FETCH. */
+  Final = 1,
+}
+
+export const enum Role {
+  Urgent = 0,
+  Background = 1,
+}
+
+export const enum FetchFlag {
+  /** The destination could not use a reference: send bytes. */
+  NoReferences = 1,
+}
+
+/** Block encodings on the wire: the data plane's, plus a reference to earlier content. */
+export const enum WireEncoding {
+  Zero = 0,
+  Raw = 1,
+  Lz4 = 2,
+  Deflate = 3,
+  Reference = 4,
+}
+
+export const enum RefuseCode {
+  Version = 1,
+  UnknownExport = 2,
+  IdentityMismatch = 3,
+  BadRequest = 4,
+  ShuttingDown = 5,
+}
+
+export const enum FetchErrorCode {
+  OutOfRange = 1,
+  ReadError = 2,
+  BadRequest = 3,
+}

@@ -1,0 +1,316 @@
+/**
+ * `ferry source`'s side of the wire: authenticates destinations, answers
+ * HELLO with the image's size and identity, and answers FETCHes with BATCHes
+ * encoded on the worker pool — urgent fetches ahead of background ones —
+ * with repeated content sent as references.
+ */
+import type net from 'node:net';
+import type { Logger } from 'pino';
+import type { FileDevice } from '../store/file-device';
+import { QueueFullError, type CodecPool } from '../pool';
+import { BlockEncoding } from '../codec/batch';
+import { createWireServer, WireAuth } from './auth';
+import { encodePreamble, FrameDecoder } from './frame-codec';
+import {
+  decodeFetch,
+  decodeHello,
+  encodeBatchHead,
+  encodeFetchError,
+  encodeRefuse,
+  encodeWelcome,
+  Fetch,
+  Hello,
+  WireEntry,
+} from './messages';
+import { FetchErrorCode, FetchFlag, MessageType, RefuseCode, Role, WIRE_VERSION, WireEncoding } from './protocol';
+import { DedupeTable } from './dedupe-table';
+import type { CodecChooser } from './codec-chooser';
+import { LinkMeter } from './link-meter';
+
+export interface SourceServerOptions {
+  device: FileDevice;
+  exportName: string;
+  identity: string;
+  auth: WireAuth;
+  pool: CodecPool;
+  chooser: CodecChooser;
+  log: Logger;
+  /** FETCHes one connection may have in progress before the server stops reading it. */
+  maxFetchesInFlight?: number;
+  /** Largest FETCH length accepted. */
+  maxFetchBytes?: number;
+}
+
+interface Session {
+  dedupe: DedupeTable;
+  connections: number;
+}
+
+const MAX_BATCH_BLOCKS = 1024;
+const SOCKET_HIGH_WATER = 8 << 20;
+
+export class WireSourceServer {
+  private readonly server: net.Server;
+  private readonly sessions = new Map<string, Session>();
+  private readonly sockets = new Set<net.Socket>();
+  private nextId = 1;
+  private readonly meter: LinkMeter;
+  counters = { connections: 0, authFailures: 0, batches: 0, bytesRead: 0, bytesSent: 0, references: 0 };
+
+  constructor(private readonly options: SourceServerOptions) {
+    this.server = createWireServer(
+      options.auth,
+      (socket) => this.accept(socket),
+      (reason, peer) => {
+        this.counters.authFailures++;
+        options.log.warn({ peer, reason }, 'refused a connection that failed authentication');
+      },
+    );
+    this.meter = new LinkMeter(
+      () => this.sockets,
+      (rate) => options.chooser.recordLinkRate(rate),
+    );
+    this.meter.start();
+  }
+
+  listen(host: string, port: number): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        const a = this.server.address() as net.AddressInfo;
+        resolve(`${a.address}:${a.port}`);
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    this.meter.stop();
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const s of this.sockets) s.destroy();
+    await closed;
+  }
+
+  private accept(socket: net.Socket): void {
+    const log = this.options.log.child({ wire: this.nextId++, peer: `${socket.remoteAddress}:${socket.remotePort}` });
+    this.sockets.add(socket);
+    this.counters.connections++;
+    socket.setNoDelay(true);
+    const conn = new SourceConnection(socket, this.options, this.sessions, this.counters, log);
+    socket.on('close', () => {
+      this.sockets.delete(socket);
+      conn.closed();
+    });
+  }
+}
+
+class SourceConnection {
+  private readonly decoder = new FrameDecoder();
+  private hello: Hello | null = null;
+  private session: Session | null = null;
+  private sessionId = '';
+  private inFlight = 0;
+  private dead = false;
+  private readonly maxInFlight: number;
+  private readonly maxFetchBytes: number;
+
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly options: SourceServerOptions,
+    private readonly sessions: Map<string, Session>,
+    private readonly counters: WireSourceServer['counters'],
+    private readonly log: Logger,
+  ) {
+    this.maxInFlight = options.maxFetchesInFlight ?? 16;
+    this.maxFetchBytes = options.maxFetchBytes ?? 16 << 20;
+    socket.write(encodePreamble());
+    socket.on('data', (chunk: Buffer) => {
+      this.decoder.push(chunk);
+      this.pump();
+    });
+    socket.on('drain', () => this.pump());
+    socket.on('error', (err) => log.debug({ err: err.message }, 'wire socket error'));
+  }
+
+  closed(): void {
+    this.dead = true;
+    if (this.session && --this.session.connections === 0) {
+      // Keep the dedupe table a while: the destination reconnects after a drop.
+      const session = this.session;
+      setTimeout(() => {
+        if (session.connections === 0 && this.sessions.get(this.sessionId) === session) this.sessions.delete(this.sessionId);
+      }, 60_000).unref();
+    }
+  }
+
+  private pump(): void {
+    while (!this.dead && this.inFlight < this.maxInFlight) {
+      const event = this.decoder.next();
+      if (!event) break;
+      if (event.kind === 'corrupt') return this.refuse(RefuseCode.BadRequest, `corrupt frame: ${event.reason}`);
+      if (event.kind === 'preamble') {
+        if (event.version !== WIRE_VERSION) {
+          return this.refuse(RefuseCode.Version, `wire version ${event.version} is not supported (this source speaks ${WIRE_VERSION})`);
+        }
+        continue;
+      }
+      const { frame } = event;
+      if (!this.hello) {
+        if (frame.type !== MessageType.Hello) return this.refuse(RefuseCode.BadRequest, 'expected HELLO first');
+        this.onHello(frame.meta);
+        continue;
+      }
+      if (frame.type !== MessageType.Fetch) return this.refuse(RefuseCode.BadRequest, `unexpected message type ${frame.type}`);
+      const fetch = decodeFetch(frame.meta);
+      if (typeof fetch === 'string') return this.refuse(RefuseCode.BadRequest, fetch);
+      this.inFlight++;
+      this.serveFetch(fetch)
+        .catch((e: Error) => {
+          // The destination must hear of it, or it waits for a final batch that never comes.
+          this.log.warn({ err: e.message, requestId: fetch.requestId }, 'fetch failed');
+          this.send([encodeFetchError({ requestId: fetch.requestId, code: FetchErrorCode.ReadError, reason: e.message })]);
+        })
+        .finally(() => {
+          this.inFlight--;
+          this.pump();
+        });
+    }
+    if (this.dead) return;
+    if (this.inFlight >= this.maxInFlight) this.socket.pause();
+    else this.socket.resume();
+  }
+
+  private onHello(meta: Buffer): void {
+    const hello = decodeHello(meta);
+    if (typeof hello === 'string') return this.refuse(RefuseCode.BadRequest, hello);
+    const { device, exportName, identity } = this.options;
+    if (hello.version !== WIRE_VERSION) return this.refuse(RefuseCode.Version, `wire version ${hello.version} is not supported`);
+    if (hello.exportName !== exportName && hello.exportName !== '') {
+      return this.refuse(RefuseCode.UnknownExport, `unknown export "${hello.exportName}" (this source serves "${exportName}")`);
+    }
+    if (hello.identity && hello.identity !== identity) {
+      return this.refuse(RefuseCode.IdentityMismatch, `this source serves image ${identity}, not ${hello.identity}`);
+    }
+    const bs = hello.blockSize;
+    if (!Number.isInteger(bs) || bs < 512 || bs > 1 << 22 || (bs & (bs - 1)) !== 0) {
+      return this.refuse(RefuseCode.BadRequest, `block size ${bs} is not a power of two from 512 to 4194304`);
+    }
+    if (hello.maxBatchBlocks < 1 || hello.maxBatchBlocks > MAX_BATCH_BLOCKS) {
+      return this.refuse(RefuseCode.BadRequest, `maxBatchBlocks ${hello.maxBatchBlocks} is not 1..${MAX_BATCH_BLOCKS}`);
+    }
+    this.hello = hello;
+    this.sessionId = hello.session;
+    let session = this.sessions.get(hello.session);
+    if (!session) {
+      session = { dedupe: new DedupeTable(), connections: 0 };
+      this.sessions.set(hello.session, session);
+    }
+    session.connections++;
+    this.session = session;
+    this.socket.write(encodeWelcome({ version: WIRE_VERSION, imageSize: device.size, identity, codec: this.options.chooser.current }));
+    this.log.info({ role: hello.role === Role.Urgent ? 'urgent' : 'background', blockSize: bs, session: hello.session }, 'destination connected');
+  }
+
+  private async serveFetch(fetch: Fetch): Promise<void> {
+    const hello = this.hello!;
+    const { device } = this.options;
+    const bs = hello.blockSize;
+    const problem =
+      fetch.offset % bs !== 0
+        ? `offset ${fetch.offset} is not a multiple of the block size ${bs}`
+        : fetch.length === 0 || fetch.length > this.maxFetchBytes
+          ? `length ${fetch.length} is not 1..${this.maxFetchBytes}`
+          : fetch.offset + fetch.length > device.size
+            ? `range ${fetch.offset}+${fetch.length} is beyond the image (${device.size} bytes)`
+            : fetch.offset + fetch.length < device.size && fetch.length % bs !== 0
+              ? `length ${fetch.length} is not a multiple of the block size ${bs}`
+              : null;
+    if (problem) {
+      const code = problem.includes('beyond') ? FetchErrorCode.OutOfRange : FetchErrorCode.BadRequest;
+      this.send([encodeFetchError({ requestId: fetch.requestId, code, reason: problem })]);
+      return;
+    }
+    const urgent = fetch.priority === Role.Urgent;
+    const firstBlock = fetch.offset / bs;
+    const blocks = Math.ceil(fetch.length / bs);
+    const perBatch = Math.min(hello.maxBatchBlocks, 64);
+    for (let done = 0; done < blocks && !this.dead; done += perBatch) {
+      const count = Math.min(perBatch, blocks - done);
+      const offset = (firstBlock + done) * bs;
+      const bytes = Math.min(count * bs, device.size - offset);
+      // Wait while the peer is slow to read: bounded memory, and the pool is not fed for nothing.
+      while (!this.dead && this.socket.writableLength > SOCKET_HIGH_WATER) await new Promise((r) => this.socket.once('drain', r));
+      const buffer = new ArrayBuffer(count * bs); // the tail block is padded with zeros
+      try {
+        await device.read(offset, Buffer.from(buffer, 0, bytes));
+      } catch (e) {
+        this.send([encodeFetchError({ requestId: fetch.requestId, code: FetchErrorCode.ReadError, reason: (e as Error).message })]);
+        return;
+      }
+      this.counters.bytesRead += bytes;
+      const codec = this.options.chooser.current;
+      const encoded = await this.encode(buffer, bs, urgent, codec);
+      this.options.chooser.recordEncode(codec, bytes, encoded.payload.length, encoded.workerMs);
+      const entries: WireEntry[] = encoded.entries.map((e) => ({ encoding: e.encoding as number as WireEncoding, length: e.length, checksum: e.checksum, reference: 0 }));
+      let payload = Buffer.from(encoded.payload.buffer, encoded.payload.byteOffset, encoded.payload.byteLength);
+      if (!(fetch.flags & FetchFlag.NoReferences)) payload = this.applyReferences(entries, payload, firstBlock + done);
+      const final = done + count >= blocks;
+      const head = encodeBatchHead({ requestId: fetch.requestId, offset, count, lastLength: bytes - (count - 1) * bs, entries }, final, payload.length);
+      this.send([head, payload]);
+      this.counters.batches++;
+      this.counters.bytesSent += head.length + payload.length;
+    }
+  }
+
+  /** Encodes on the pool, waiting (not failing) while its bounded queue is full. */
+  private async encode(buffer: ArrayBuffer, bs: number, urgent: boolean, codec: string) {
+    for (;;) {
+      if (!urgent) await this.options.pool.whenNotFull();
+      try {
+        return await this.options.pool.encode(buffer, bs, { urgent, codec });
+      } catch (e) {
+        if (!(e instanceof QueueFullError)) throw e;
+      }
+    }
+  }
+
+  /** Replaces blocks whose content this session already sent with references; returns the new payload. */
+  private applyReferences(entries: WireEntry[], payload: Buffer, firstBlock: number): Buffer {
+    const dedupe = this.session!.dedupe;
+    const keep: Array<[number, number]> = []; // payload slices to keep
+    let at = 0;
+    let replaced = 0;
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i];
+      const start = at;
+      at += e.length;
+      if (e.encoding === (BlockEncoding.Zero as number)) continue;
+      const seen = dedupe.lookupOrAdd(e.checksum, firstBlock + i);
+      if (seen >= 0) {
+        entries[i] = { encoding: WireEncoding.Reference, length: 0, checksum: e.checksum, reference: seen };
+        replaced++;
+        continue;
+      }
+      keep.push([start, e.length]);
+    }
+    if (replaced === 0) return payload;
+    this.counters.references += replaced;
+    return Buffer.concat(keep.map(([s, l]) => payload.subarray(s, s + l)));
+  }
+
+  private send(parts: Buffer[]): void {
+    if (this.dead) return;
+    if (parts.length > 1) this.socket.cork();
+    for (const p of parts) if (p.length) this.socket.write(p);
+    if (parts.length > 1) this.socket.uncork();
+  }
+
+  private refuse(code: RefuseCode, reason: string): void {
+    this.log.warn({ code, reason }, 'refusing destination');
+    this.send([encodeRefuse({ code, reason })]);
+    this.dead = true;
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 2000).unref();
+  }
+}
+

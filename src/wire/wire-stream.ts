@@ -1,0 +1,199 @@
+/**
+ * One connection of a destination to a ferry source: TLS (or plain TCP when
+ * insecure), preamble, HELLO/WELCOME, then FETCHes matched to their BATCH
+ * frames by request id. A corrupt frame or a dropped connection fails every
+ * request in flight on it; the owner reconnects.
+ */
+import { EventEmitter } from 'node:events';
+import type net from 'node:net';
+import { connectWire, WireAuth } from './auth';
+import { encodePreamble, FrameDecoder } from './frame-codec';
+import {
+  BatchMeta,
+  decodeBatchMeta,
+  decodeFetchError,
+  decodeRefuse,
+  decodeWelcome,
+  encodeFetch,
+  encodeHello,
+  Hello,
+  Welcome,
+} from './messages';
+import { MessageType, WIRE_VERSION } from './protocol';
+
+export interface BatchFrame {
+  meta: BatchMeta;
+  payload: Buffer;
+  final: boolean;
+  /** Bytes this frame took on the wire. */
+  wireBytes: number;
+}
+
+interface PendingFetch {
+  onBatch: (batch: BatchFrame) => void;
+  reject: (err: Error) => void;
+}
+
+export class WireRefusedError extends Error {
+  constructor(
+    readonly code: number,
+    reason: string,
+  ) {
+    super(reason);
+    this.name = 'WireRefusedError';
+  }
+}
+
+export class CorruptFrameError extends Error {
+  constructor(reason: string) {
+    super(`corrupt frame from the source: ${reason}`);
+    this.name = 'CorruptFrameError';
+  }
+}
+
+export class WireStream extends EventEmitter {
+  welcome: Welcome | null = null;
+  private readonly decoder = new FrameDecoder();
+  private readonly pending = new Map<number, PendingFetch>();
+  private nextRequest = 1;
+  private closed = false;
+  private closeError: Error = new Error('connection to the source closed');
+  bytesReceived = 0;
+  private lastFrameAt = Date.now();
+  private readonly watchdog: NodeJS.Timeout;
+
+  private constructor(
+    private readonly socket: net.Socket,
+    stallTimeoutMs: number,
+  ) {
+    super();
+    // A frame whose length field was damaged can leave the decoder waiting for bytes that never come.
+    this.watchdog = setInterval(() => {
+      if (this.pending.size > 0 && Date.now() - this.lastFrameAt > stallTimeoutMs) {
+        this.destroy(new Error(`source sent no frame for ${stallTimeoutMs} ms with requests outstanding`));
+      }
+    }, Math.min(1000, stallTimeoutMs));
+    this.watchdog.unref();
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => {
+      this.bytesReceived += chunk.length;
+      this.decoder.push(chunk);
+      this.drain();
+    });
+    socket.on('error', (err) => (this.closeError = new Error(`connection to the source failed: ${err.message}`)));
+    socket.on('close', () => this.onClose());
+  }
+
+  static async open(auth: WireAuth, host: string, port: number, hello: Hello, timeoutMs: number, stallTimeoutMs = 20_000): Promise<WireStream> {
+    const socket = await connectWire(auth, host, port, timeoutMs);
+    const stream = new WireStream(socket, stallTimeoutMs);
+    socket.write(encodePreamble());
+    socket.write(encodeHello(hello));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new Error(`ferry source at ${host}:${port} did not answer HELLO within ${timeoutMs} ms`));
+      }, timeoutMs);
+      stream.once('welcome', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      stream.once('closed', (err: Error) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
+    return stream;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** Sends a FETCH; batches arrive through onBatch until the final one. */
+  fetch(priority: number, flags: number, offset: number, length: number, onBatch: (b: BatchFrame) => void): Promise<void> {
+    if (this.closed) return Promise.reject(this.closeError);
+    if (this.pending.size === 0) this.lastFrameAt = Date.now();
+    const requestId = this.nextRequest;
+    this.nextRequest = (this.nextRequest % 0xffffffff) + 1;
+    return new Promise((resolve, reject) => {
+      this.pending.set(requestId, {
+        onBatch: (b) => {
+          onBatch(b);
+          if (b.final) {
+            this.pending.delete(requestId);
+            resolve();
+          }
+        },
+        reject,
+      });
+      this.socket.write(encodeFetch({ requestId, priority, flags, offset, length }));
+    });
+  }
+
+  destroy(err?: Error): void {
+    if (err) this.closeError = err;
+    this.socket.destroy();
+  }
+
+  private drain(): void {
+    for (;;) {
+      const event = this.decoder.next();
+      if (!event) return;
+      if (event.kind === 'corrupt') {
+        this.emit('corrupt', event.reason);
+        return this.destroy(new CorruptFrameError(event.reason));
+      }
+      if (event.kind === 'preamble') {
+        if (event.version !== WIRE_VERSION) return this.destroy(new Error(`source speaks wire version ${event.version}, not ${WIRE_VERSION}`));
+        continue;
+      }
+      const { frame } = event;
+      this.lastFrameAt = Date.now();
+      const wireBytes = 16 + frame.meta.length + frame.payload.length;
+      switch (frame.type) {
+        case MessageType.Welcome: {
+          const w = decodeWelcome(frame.meta);
+          if (typeof w === 'string') return this.destroy(new CorruptFrameError(w));
+          this.welcome = w;
+          this.emit('welcome', w);
+          break;
+        }
+        case MessageType.Refuse: {
+          const r = decodeRefuse(frame.meta);
+          const err = typeof r === 'string' ? new CorruptFrameError(r) : new WireRefusedError(r.code, `source refused: ${r.reason}`);
+          return this.destroy(err);
+        }
+        case MessageType.Batch: {
+          const meta = decodeBatchMeta(frame.meta);
+          if (typeof meta === 'string') return this.destroy(new CorruptFrameError(meta));
+          this.pending.get(meta.requestId)?.onBatch({ meta, payload: frame.payload, final: (frame.flags & 1) === 1, wireBytes });
+          break;
+        }
+        case MessageType.FetchError: {
+          const e = decodeFetchError(frame.meta);
+          if (typeof e === 'string') return this.destroy(new CorruptFrameError(e));
+          const p = this.pending.get(e.requestId);
+          this.pending.delete(e.requestId);
+          p?.reject(new Error(`source could not serve the fetch: ${e.reason}`));
+          break;
+        }
+        default:
+          return this.destroy(new CorruptFrameError(`unexpected message type ${frame.type}`));
+      }
+    }
+  }
+
+  private onClose(): void {
+    this.closed = true;
+    clearInterval(this.watchdog);
+    for (const p of this.pending.values()) p.reject(this.closeError);
+    this.pending.clear();
+    this.emit('closed', this.closeError);
+  }
+}
+

@@ -1,0 +1,371 @@
+/**
+ * A ferry source as the upstream of a migrating destination. One urgent
+ * stream and several background streams; every batch is decoded and
+ * verified on the worker pool; a block that fails its checksum is fetched
+ * again (and counted), never returned; a reference is honoured only when the
+ * destination still holds that content, else the block is fetched as bytes.
+ */
+import { EventEmitter } from 'node:events';
+import crypto from 'node:crypto';
+import type { Logger } from 'pino';
+import type { CodecPool } from '../pool';
+import { BlockEncoding, type BlockEntry } from '../codec/batch';
+import type { FetchPriority, LinkStats, LocalBlocks, Upstream } from '../migrate/upstream';
+import type { WireAuth } from './auth';
+import { BatchFrame, WireRefusedError, WireStream } from './wire-stream';
+import { FetchFlag, RefuseCode, Role, WIRE_VERSION, WireEncoding } from './protocol';
+
+export interface WireUpstreamOptions {
+  blockSize: number;
+  backgroundStreams: number;
+  maxBatchBlocks: number;
+  connectTimeoutMs: number;
+  minBackoffMs: number;
+  maxBackoffMs: number;
+  /** Attempts per block before a fetch gives up (corrupt data every time). */
+  maxAttempts: number;
+}
+
+export interface WireStats {
+  bytesOnWire: number;
+  bytesBeforeEncoding: number;
+  checksumFailures: number;
+  corruptFrames: number;
+  referencesUsed: number;
+  referencesRefused: number;
+  blocksByEncoding: Record<string, number>;
+  codec: string;
+}
+
+export interface FerryTarget {
+  host: string;
+  port: number;
+  exportName: string;
+}
+
+export function parseFerryUrl(text: string): FerryTarget {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new Error(`not a ferry URL: "${text}" (expected ferry://HOST:PORT/EXPORT)`);
+  }
+  if (url.protocol !== 'ferry:') throw new Error(`not a ferry URL: "${text}" (expected ferry://HOST:PORT/EXPORT)`);
+  if (!url.hostname) throw new Error(`ferry URL "${text}" has no host`);
+  return {
+    host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+    port: url.port ? Number(url.port) : 10810,
+    exportName: decodeURIComponent(url.pathname.replace(/^\//, '')),
+  };
+}
+
+const ENCODING_NAMES = ['zero', 'raw', 'lz4', 'deflate', 'reference'];
+
+export class WireUpstream extends EventEmitter implements Upstream {
+  size = 0;
+  identity = '';
+  reconnects = 0;
+  readonly stats: WireStats = {
+    bytesOnWire: 0,
+    bytesBeforeEncoding: 0,
+    checksumFailures: 0,
+    corruptFrames: 0,
+    referencesUsed: 0,
+    referencesRefused: 0,
+    blocksByEncoding: {},
+    codec: '',
+  };
+  private urgent: WireStream | null = null;
+  private readonly background: Array<WireStream | null>;
+  private local: LocalBlocks | null = null;
+  private target: FerryTarget;
+  private closing = false;
+  private waiters: Array<() => void> = [];
+  private readonly session = crypto.randomUUID();
+  private reconnecting = new Set<number>();
+  private fatal: Error | null = null;
+
+  private constructor(
+    private url: string,
+    private readonly auth: WireAuth,
+    private readonly pool: CodecPool,
+    private readonly options: WireUpstreamOptions,
+    private readonly log: Logger,
+  ) {
+    super();
+    this.target = parseFerryUrl(url);
+    this.background = new Array(options.backgroundStreams).fill(null);
+  }
+
+  static async open(url: string, auth: WireAuth, pool: CodecPool, options: WireUpstreamOptions, log: Logger): Promise<WireUpstream> {
+    const u = new WireUpstream(url, auth, pool, options, log);
+    u.urgent = await u.openStream(Role.Urgent);
+    u.size = u.urgent.welcome!.imageSize;
+    u.identity = u.urgent.welcome!.identity;
+    u.stats.codec = u.urgent.welcome!.codec;
+    try {
+      for (let i = 0; i < u.background.length; i++) u.background[i] = await u.openStream(Role.Background);
+    } catch (e) {
+      u.urgent.destroy();
+      for (const s of u.background) s?.destroy();
+      throw e;
+    }
+    u.watch(-1, u.urgent);
+    u.background.forEach((s, i) => u.watch(i, s!));
+    return u;
+  }
+
+  get description(): string {
+    return this.url;
+  }
+
+  get connected(): boolean {
+    return this.urgent !== null && this.background.some((s) => s !== null);
+  }
+
+  attachLocal(local: LocalBlocks): void {
+    this.local = local;
+  }
+
+  linkStats(): LinkStats {
+    const counts = Object.entries(this.stats.blocksByEncoding).filter(([name]) => name !== 'zero' && name !== 'reference');
+    counts.sort((a, b) => b[1] - a[1]);
+    return {
+      bytesOnWire: this.stats.bytesOnWire,
+      bytesBeforeEncoding: this.stats.bytesBeforeEncoding,
+      checksumFailures: this.stats.checksumFailures,
+      corruptFrames: this.stats.corruptFrames,
+      codec: counts[0]?.[0] ?? this.stats.codec,
+    };
+  }
+
+  async fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer> {
+    const bs = this.options.blockSize;
+    const out = Buffer.allocUnsafe(length);
+    const firstBlock = offset / bs;
+    const count = Math.ceil(length / bs);
+    let todo: number[] = [...Array(count).keys()]; // block indexes relative to firstBlock still wanted
+    let flags = 0;
+    for (let attempt = 0; todo.length; attempt++) {
+      if (attempt >= this.options.maxAttempts) {
+        throw new Error(`blocks ${firstBlock + todo[0]}… failed verification ${attempt} times; giving up on this fetch`);
+      }
+      const failed: number[] = [];
+      for (const [start, n] of runs(todo)) {
+        const runOffset = (firstBlock + start) * bs;
+        const runLength = Math.min(n * bs, offset + length - runOffset);
+        const bad = await this.fetchRun(runOffset, runLength, priority, flags, out, offset);
+        failed.push(...bad.map((b) => b - firstBlock));
+      }
+      todo = failed;
+      flags = FetchFlag.NoReferences; // a retry asks for bytes
+    }
+    return out;
+  }
+
+  async reconnect(url?: string): Promise<void> {
+    if (url && url !== this.url) {
+      this.target = parseFerryUrl(url);
+      this.url = url;
+    }
+    this.urgent?.destroy();
+    for (const s of this.background) s?.destroy();
+    await new Promise((r) => setTimeout(r, 10));
+    while (!this.connected && !this.closing) await this.waitConnected();
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    this.urgent?.destroy();
+    for (const s of this.background) s?.destroy();
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** Fetches one run on a stream; returns the absolute blocks that must be fetched again. */
+  private async fetchRun(runOffset: number, runLength: number, priority: FetchPriority, flags: number, out: Buffer, outOffset: number): Promise<number[]> {
+    const stream = await this.streamFor(priority);
+    const bs = this.options.blockSize;
+    const decodes: Array<Promise<number[]>> = [];
+    await stream.fetch(priority === 'urgent' ? Role.Urgent : Role.Background, flags, runOffset, runLength, (batch) => {
+      this.stats.bytesOnWire += batch.wireBytes;
+      this.stats.bytesBeforeEncoding += batch.meta.count * bs;
+      decodes.push(this.decodeBatch(batch, priority, out, outOffset));
+    });
+    const results = await Promise.all(decodes);
+    return results.flat();
+  }
+
+  /** Decodes and verifies one batch into `out`; returns the absolute blocks that failed. */
+  private async decodeBatch(batch: BatchFrame, priority: FetchPriority, out: Buffer, outOffset: number): Promise<number[]> {
+    const bs = this.options.blockSize;
+    const { meta } = batch;
+    const first = meta.offset / bs;
+    const failed: number[] = [];
+    // References are resolved here, not by the kernels: hand them over as empty zero blocks and ignore their status.
+    const entries: BlockEntry[] = meta.entries.map((e) =>
+      e.encoding === WireEncoding.Reference ? { encoding: BlockEncoding.Zero, length: 0, checksum: 0n } : { encoding: e.encoding as number as BlockEncoding, length: e.length, checksum: e.checksum },
+    );
+    for (const e of meta.entries) {
+      const name = ENCODING_NAMES[e.encoding] ?? `encoding ${e.encoding}`;
+      this.stats.blocksByEncoding[name] = (this.stats.blocksByEncoding[name] ?? 0) + 1;
+    }
+    const decoded = await this.pool.decode(
+      { blockSize: bs, entries, payload: new Uint8Array(batch.payload.buffer, batch.payload.byteOffset, batch.payload.byteLength) },
+      { urgent: priority === 'urgent' },
+    );
+    const blocks = Buffer.from(decoded.blocks.buffer, decoded.blocks.byteOffset, decoded.blocks.byteLength);
+    const references: number[] = [];
+    for (let i = 0; i < meta.count; i++) {
+      const e = meta.entries[i];
+      if (e.encoding === WireEncoding.Reference) {
+        references.push(i);
+        continue;
+      }
+      if (decoded.status[i] !== 0) {
+        this.stats.checksumFailures++;
+        failed.push(first + i);
+        continue;
+      }
+      this.place(out, outOffset, (first + i) * bs, blocks.subarray(i * bs, (i + 1) * bs));
+    }
+    for (const i of references) {
+      const e = meta.entries[i];
+      const ok = await this.resolveReference(e.reference, e.checksum, meta, blocks, decoded.status, out, outOffset, first + i);
+      if (ok) this.stats.referencesUsed++;
+      else {
+        this.stats.referencesRefused++;
+        failed.push(first + i);
+      }
+    }
+    return failed;
+  }
+
+  /** Copies a block's bytes into the fetch's output, trimmed at its end. */
+  private place(out: Buffer, outOffset: number, blockOffset: number, bytes: Buffer): void {
+    const at = blockOffset - outOffset;
+    bytes.copy(out, at, 0, Math.min(bytes.length, out.length - at));
+  }
+
+  private async resolveReference(
+    target: number,
+    checksum: bigint,
+    meta: BatchFrame['meta'],
+    blocks: Buffer,
+    status: number[],
+    out: Buffer,
+    outOffset: number,
+    block: number,
+  ): Promise<boolean> {
+    const bs = this.options.blockSize;
+    const first = meta.offset / bs;
+    const inBatch = target - first;
+    if (inBatch >= 0 && inBatch < meta.count && meta.entries[inBatch].encoding !== WireEncoding.Reference) {
+      if (status[inBatch] !== 0 || meta.entries[inBatch].checksum !== checksum) return false;
+      this.place(out, outOffset, block * bs, blocks.subarray(inBatch * bs, (inBatch + 1) * bs));
+      return true;
+    }
+    if (!this.local || !this.local.isHeld(target)) return false;
+    const copy = new ArrayBuffer(bs);
+    await this.local.read(target * bs, Buffer.from(copy, 0, Math.min(bs, this.size - target * bs)));
+    const hashed = await this.pool.hash(copy, bs);
+    if (hashed.checksums[0] !== checksum) return false; // the VM has overwritten it since
+    this.place(out, outOffset, block * bs, Buffer.from(hashed.blocks));
+    return true;
+  }
+
+  private async streamFor(priority: FetchPriority): Promise<WireStream> {
+    for (;;) {
+      if (this.fatal) throw this.fatal;
+      if (this.closing) throw new Error('upstream closed');
+      if (priority === 'urgent' && this.urgent) return this.urgent;
+      if (priority === 'background') {
+        let best: WireStream | null = null;
+        for (const s of this.background) if (s && (!best || s.inFlight < best.inFlight)) best = s;
+        if (best) return best;
+      }
+      await this.waitConnected();
+    }
+  }
+
+  private waitConnected(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  private hello(role: Role) {
+    return {
+      version: WIRE_VERSION,
+      role,
+      blockSize: this.options.blockSize,
+      maxBatchBlocks: this.options.maxBatchBlocks,
+      encodings: [WireEncoding.Zero, WireEncoding.Raw, WireEncoding.Lz4, WireEncoding.Deflate, WireEncoding.Reference],
+      exportName: this.target.exportName,
+      session: this.session,
+      identity: this.identity,
+    };
+  }
+
+  private openStream(role: Role): Promise<WireStream> {
+    return WireStream.open(this.auth, this.target.host, this.target.port, this.hello(role), this.options.connectTimeoutMs);
+  }
+
+  /** Replaces a stream when it closes, with backoff. Index -1 is the urgent stream. */
+  private watch(index: number, stream: WireStream): void {
+    stream.on('corrupt', (reason: string) => {
+      this.stats.corruptFrames++;
+      this.log.warn({ reason }, 'corrupt frame from the source; reconnecting');
+    });
+    stream.once('closed', (err: Error) => {
+      if (index < 0) this.urgent = null;
+      else this.background[index] = null;
+      if (this.closing) return;
+      const wasConnected = this.connected;
+      this.log.warn({ stream: index < 0 ? 'urgent' : `background ${index}`, err: err.message }, 'source stream lost; reconnecting');
+      if (!wasConnected) this.emit('disconnected');
+      void this.reopen(index);
+    });
+  }
+
+  private async reopen(index: number): Promise<void> {
+    if (this.reconnecting.has(index)) return;
+    this.reconnecting.add(index);
+    let delay = this.options.minBackoffMs;
+    try {
+      while (!this.closing) {
+        try {
+          const s = await this.openStream(index < 0 ? Role.Urgent : Role.Background);
+          if (index < 0) this.urgent = s;
+          else this.background[index] = s;
+          this.watch(index, s);
+          this.reconnects++;
+          this.log.info({ stream: index < 0 ? 'urgent' : `background ${index}`, reconnects: this.reconnects }, 'source reconnected');
+          this.emit('connected');
+          for (const w of this.waiters.splice(0)) w();
+          return;
+        } catch (e) {
+          if (e instanceof WireRefusedError && e.code === RefuseCode.IdentityMismatch) {
+            this.log.error({ err: e.message }, 'the source now serves another image; not reconnecting');
+            this.fatal = e;
+            for (const w of this.waiters.splice(0)) w();
+            return;
+          }
+          this.emit('connect-failed', e);
+          this.log.warn({ err: (e as Error).message, retryMs: delay }, 'source unreachable');
+          await new Promise((r) => setTimeout(r, delay));
+          delay = Math.min(delay * 2, this.options.maxBackoffMs);
+        }
+      }
+    } finally {
+      this.reconnecting.delete(index);
+    }
+  }
+}
+
+function runs(sorted: number[]): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (const b of sorted) {
+    const last = out[out.length - 1];
+    if (last && last[0] + last[1] === b) last[1]++;
+    else out.push([b, 1]);
+  }
+  return out;
+}
