@@ -1,22 +1,21 @@
 /**
- * Measures what the link delivers while it is the bottleneck: every half
- * second, the bytes the kernel took from sockets whose send queues stayed
- * backed up. Without a backlog the link is not what limits the copy, and
- * there is nothing to measure.
+ * What the link delivers, as the source sees it: the wire bytes it sent per
+ * second. The destination paces background fetches to what arrives (its
+ * window is about one bandwidth-delay product), so while the source's pool
+ * keeps up, the rate at which it sends is the rate the path takes. While the
+ * pool is the bottleneck the figure says nothing about the link and is not
+ * reported.
  */
-import type net from 'node:net';
-
-const BACKLOG = 256 * 1024;
-
 export class LinkMeter {
-  private readonly last = new Map<net.Socket, number>();
   private timer: NodeJS.Timeout | null = null;
+  private lastBytes = 0;
   private lastTick = performance.now();
 
   constructor(
-    private readonly sockets: () => Iterable<net.Socket>,
+    private readonly bytesSent: () => number,
+    private readonly cpuBound: () => boolean,
     private readonly onRate: (bytesPerSecond: number) => void,
-    private readonly intervalMs = 500,
+    private readonly intervalMs = 1000,
   ) {}
 
   start(): void {
@@ -31,20 +30,10 @@ export class LinkMeter {
 
   private tick(): void {
     const now = performance.now();
-    const seconds = (now - this.lastTick) / 1000;
+    const sent = this.bytesSent();
+    const rate = ((sent - this.lastBytes) * 1000) / (now - this.lastTick);
+    this.lastBytes = sent;
     this.lastTick = now;
-    let delivered = 0;
-    let backlogged = false;
-    const seen = new Set<net.Socket>();
-    for (const s of this.sockets()) {
-      seen.add(s);
-      const written = s.bytesWritten - s.writableLength;
-      const before = this.last.get(s) ?? written;
-      delivered += written - before;
-      this.last.set(s, written);
-      if (s.writableLength > BACKLOG) backlogged = true;
-    }
-    for (const s of [...this.last.keys()]) if (!seen.has(s)) this.last.delete(s);
-    if (backlogged && seconds > 0 && delivered > 0) this.onRate(delivered / seconds);
+    if (rate > 0 && !this.cpuBound()) this.onRate(rate);
   }
 }

@@ -67,7 +67,8 @@ export class WireSourceServer {
       },
     );
     this.meter = new LinkMeter(
-      () => this.sockets,
+      () => this.counters.bytesSent,
+      () => options.pool.isFull,
       (rate) => options.chooser.recordLinkRate(rate),
     );
     this.meter.start();

@@ -128,14 +128,15 @@ export class WireUpstream extends EventEmitter implements Upstream {
   }
 
   linkStats(): LinkStats {
-    const counts = Object.entries(this.stats.blocksByEncoding).filter(([name]) => name !== 'zero' && name !== 'reference');
+    // The codec is the compressing encoding most blocks arrived in; raw alone means none.
+    const counts = Object.entries(this.stats.blocksByEncoding).filter(([name]) => name === 'lz4' || name === 'deflate');
     counts.sort((a, b) => b[1] - a[1]);
     return {
       bytesOnWire: this.stats.bytesOnWire,
       bytesBeforeEncoding: this.stats.bytesBeforeEncoding,
       checksumFailures: this.stats.checksumFailures,
       corruptFrames: this.stats.corruptFrames,
-      codec: counts[0]?.[0] ?? this.stats.codec,
+      codec: counts[0]?.[0] ?? (this.stats.blocksByEncoding.raw ? 'none' : this.stats.codec),
     };
   }
 
