@@ -1,0 +1,47 @@
+import t, { Test } from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { loadConfig, ConfigError } from '../src/config/load';
+
+function file(t: Test, text: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-cfg-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const p = path.join(dir, 'ferry.toml');
+  fs.writeFileSync(p, text);
+  return p;
+}
+
+t.test('defaults, file values and flag overrides', async (t) => {
+  const c = loadConfig(undefined);
+  t.equal(c.serve.listen, '127.0.0.1:10809');
+  t.equal(c.dest.block_size, 4096);
+  t.equal(c.source.codec, 'auto');
+  const p = file(t, '[serve]\nimage = "a.img"\nlisten = "0.0.0.0:1"\n[copy]\nbatch_blocks = 32\n');
+  const d = loadConfig(p, { 'serve.listen': '127.0.0.1:2', 'serve.read_only': true, 'serve.export': undefined });
+  t.equal(d.serve.image, 'a.img');
+  t.equal(d.serve.listen, '127.0.0.1:2', 'the flag wins');
+  t.equal(d.serve.read_only, true);
+  t.equal(d.copy.batch_blocks, 32);
+});
+
+t.test('an unknown key or a bad value names the key and the value', async (t) => {
+  const unknown = file(t, '[dest]\nsourec = "x"\n');
+  t.throws(() => loadConfig(unknown), { name: 'ConfigError', message: /unknown key dest\.sourec/ });
+  t.throws(() => loadConfig(file(t, '[nope]\n')), /unknown key nope/);
+  t.throws(() => loadConfig(file(t, '[copy]\nbatch_blocks = 100\n')), /copy\.batch_blocks must be a power of two between 1 and 1024 \(got 100\)/);
+  t.throws(() => loadConfig(file(t, '[serve]\nlisten = "nowhere"\n')), /serve\.listen must be HOST:PORT \(got "nowhere"\)/);
+  t.throws(() => loadConfig(file(t, '[log]\nlevel = "loud"\n')), /log\.level/);
+  t.throws(() => loadConfig(undefined, { 'dest.block_size': 3000 }), /dest\.block_size/);
+  t.throws(() => loadConfig(file(t, 'this is not toml')), /is not valid TOML/);
+  t.throws(() => loadConfig('/nonexistent/ferry.toml'), /cannot read \/nonexistent\/ferry\.toml/);
+  const e = (() => {
+    try {
+      loadConfig(file(t, '[source]\ncodec = "zstd"\n'));
+    } catch (err) {
+      return err;
+    }
+  })();
+  t.ok(e instanceof ConfigError);
+  t.match((e as Error).message, /source\.codec/);
+});
