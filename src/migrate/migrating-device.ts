@@ -248,7 +248,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   private async modify(offset: number, length: number, partialNeedsData: boolean, op: () => Promise<void>): Promise<void> {
     const [first, last] = this.blocksOf(offset, length);
     const end = offset + length;
-    let claims: Array<[number, Transit]> = [];
+    let claims: Array<[number, Transit]>;
     for (;;) {
       const needData: number[] = [];
       const busy: Array<Promise<void>> = [];
