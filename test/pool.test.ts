@@ -1,0 +1,157 @@
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import t from 'tap';
+import { BlockStatus } from '../src/codec/batch';
+import { xxh64 } from '../src/kernels';
+import { CodecPool, PoolClosedError, QueueFullError, WorkerCrashError } from '../src/pool';
+
+const BS = 4096;
+const TEXT = new Uint8Array(readFileSync(require.resolve('typescript/lib/typescript.js')).subarray(0, 1 << 20));
+
+function batch(count: number, seed = 0): ArrayBuffer {
+  const buf = new Uint8Array(count * BS);
+  for (let i = 0; i < count; i++) {
+    if (i % 4 === 0) continue; // zero block
+    if (i % 4 === 3) buf.set(randomBytes(BS), i * BS);
+    else buf.set(TEXT.subarray(((i + seed) * BS) % (TEXT.length - BS)).subarray(0, BS), i * BS);
+  }
+  return buf.buffer;
+}
+
+t.test('encode/decode round trip through the pool for every codec; buffers move', async (t) => {
+  for (const codec of ['none', 'lz4', 'lz4-wasm', 'deflate']) {
+    const pool = new CodecPool({ workers: 2, codec });
+    const input = batch(64);
+    const copy = new Uint8Array(input).slice();
+    const enc = await pool.encode(input, BS);
+    t.equal(input.byteLength, 0, `${codec}: input was transferred, not copied`);
+    t.equal(enc.payload.buffer.byteLength, 64 * BS, `${codec}: the input buffer came back holding the payload`);
+    t.equal(enc.entries.length, 64);
+    t.equal(enc.entries[5].checksum, xxh64(copy.subarray(5 * BS, 6 * BS)), `${codec}: checksum`);
+    const payloadBytes = enc.payload.byteLength;
+    const payloadBuffer = enc.payload.buffer;
+    const dec = await pool.decode(enc);
+    t.equal(payloadBuffer.byteLength, 0, `${codec}: payload transferred (${payloadBytes} bytes)`);
+    t.equal(dec.blocks.buffer.byteLength, 64 * BS, `${codec}: blocks came back in the recycled buffer`);
+    t.same(dec.failed, [], `${codec}: no failures`);
+    t.ok(Buffer.from(dec.blocks).equals(copy), `${codec}: bytes round-trip`);
+    // A payload in a buffer too small for the blocks, at an offset: blocks come back in a new buffer.
+    const enc2 = await pool.encode(copy.slice().buffer, BS);
+    const shifted = new Uint8Array(enc2.payload.length + 10);
+    shifted.set(enc2.payload, 10);
+    const dec2 = await pool.decode({ ...enc2, payload: shifted.subarray(10) });
+    t.ok(Buffer.from(dec2.blocks).equals(copy), `${codec}: payload at an offset in a small buffer`);
+    await pool.close();
+  }
+});
+
+t.test('decode reports the failing block by index', async (t) => {
+  const pool = new CodecPool({ workers: 1, codec: 'lz4' });
+  const enc = await pool.encode(batch(16), BS);
+  enc.entries[7].checksum ^= 0xffn;
+  const dec = await pool.decode(enc);
+  t.same(dec.failed, [7]);
+  t.equal(dec.status[7], BlockStatus.ChecksumMismatch);
+  await pool.close();
+});
+
+t.test('hash returns checksums and zero flags', async (t) => {
+  const pool = new CodecPool({ workers: 1 });
+  const input = batch(8);
+  const copy = new Uint8Array(input).slice();
+  const h = await pool.hash(input, BS);
+  t.equal(h.blocks.byteLength, 8 * BS, 'input handed back');
+  t.same(h.zero, [true, false, false, false, true, false, false, false]);
+  t.same(
+    h.checksums,
+    Array.from({ length: 8 }, (_, i) => xxh64(copy.subarray(i * BS, (i + 1) * BS))),
+  );
+  await pool.close();
+});
+
+t.test('urgent tasks run before queued background batches; the queue is bounded', async (t) => {
+  // One worker, slow tasks (deflate level 9 of 4 MiB) so that the queue fills.
+  const pool = new CodecPool({ workers: 1, maxQueued: 3, maxUrgentQueued: 2, codec: 'deflate', level: 9 });
+  const order: string[] = [];
+  const track = (name: string, p: Promise<unknown>) =>
+    p.then(() => {
+      order.push(name);
+    });
+  const running = [track('bg0', pool.encode(batch(1024, 0), BS))];
+  // bg0 may be waiting for the worker to start; either way at most 3 wait.
+  for (let i = 1; i <= 3; i++) running.push(track(`bg${i}`, pool.encode(batch(1024, i), BS)));
+  const waiting = pool.queued.background;
+  t.ok(waiting >= 3, `${waiting} background tasks waiting`);
+  t.ok(pool.isFull, 'pool reports full');
+  await t.rejects(pool.encode(batch(4), BS), QueueFullError, 'a fifth background task is refused');
+  await t.rejects(pool.encode(batch(4), BS), { name: 'QueueFullError', code: 'FERRY_POOL_QUEUE_FULL' });
+  running.push(track('urgent', pool.encode(batch(1, 9), BS, { urgent: true })));
+  let notFullAt = -1;
+  const notFull = pool.whenNotFull().then(() => (notFullAt = order.length));
+  await Promise.all(running);
+  await notFull;
+  const urgentAt = order.indexOf('urgent');
+  t.ok(urgentAt <= 1, `urgent finished first or right after the running batch: ${order.join(' ')}`);
+  t.ok(order.indexOf('bg3') > urgentAt && order.indexOf('bg2') > urgentAt, 'after every queued background batch');
+  t.same(
+    order.filter((n) => n.startsWith('bg')),
+    ['bg0', 'bg1', 'bg2', 'bg3'],
+    'background batches in FIFO order',
+  );
+  t.ok(notFullAt >= 0 && notFullAt <= 2, `whenNotFull resolved once a task left the queue (after ${notFullAt})`);
+  t.notOk(pool.isFull);
+  await pool.close();
+});
+
+t.test('a crashed worker fails its task with a clear error and is replaced', async (t) => {
+  const pool = new CodecPool({ workers: 2, codec: 'lz4' });
+  const before = await pool.encode(batch(8), BS);
+  t.equal(before.entries.length, 8);
+  const queuedBehind = Array.from({ length: 6 }, (_, i) => pool.encode(batch(16, i), BS));
+  await t.rejects(pool.crashOneWorker(), {
+    name: 'WorkerCrashError',
+    message: /worker crashed during crash test \(worker exited with code: 70\)/,
+  });
+  t.ok(
+    (await Promise.all(queuedBehind)).every((r) => r.entries.length === 16),
+    'other tasks still complete',
+  );
+  // Both workers crash in turn; the pool keeps serving.
+  await t.rejects(pool.crashOneWorker(), WorkerCrashError);
+  await t.rejects(pool.crashOneWorker(), WorkerCrashError);
+  const after = await pool.decode(await pool.encode(batch(8), BS));
+  t.same(after.failed, [], 'replacement workers decode');
+  await pool.close();
+});
+
+t.test('close finishes queued work by default, cancels it on request, then refuses', async (t) => {
+  const pool = new CodecPool({ workers: 1, maxQueued: 8, codec: 'deflate', level: 9 });
+  const tasks = Array.from({ length: 4 }, (_, i) => pool.encode(batch(256, i), BS));
+  await pool.close();
+  const results = await Promise.allSettled(tasks);
+  t.ok(
+    results.every((r) => r.status === 'fulfilled'),
+    'all queued tasks finished',
+  );
+  await t.rejects(pool.encode(batch(1), BS), PoolClosedError);
+
+  const pool2 = new CodecPool({ workers: 1, maxQueued: 8, codec: 'deflate', level: 9 });
+  const first = pool2.encode(batch(256), BS);
+  await new Promise((r) => setTimeout(r, 300)); // let the worker start and take the first task
+  const queued = Promise.allSettled(Array.from({ length: 4 }, (_, i) => pool2.encode(batch(256, i), BS)));
+  const firstDone = Promise.allSettled([first]);
+  await pool2.close({ cancelQueued: true });
+  const settled = await queued;
+  const cancelled = settled.filter((r) => r.status === 'rejected' && (r.reason as Error).name === 'PoolClosedError');
+  t.equal(cancelled.length, 4, 'queued tasks cancelled with PoolClosedError');
+  t.ok((await firstDone)[0].status === 'fulfilled', 'the running task finished');
+});
+
+t.test('options are validated', async (t) => {
+  t.throws(() => new CodecPool({ codec: 'zstd' }), /unknown codec "zstd"/);
+  t.throws(() => new CodecPool({ workers: 0 }), /workers must be an integer >= 1 \(got 0\)/);
+  t.throws(() => new CodecPool({ pipelineDepth: 0 }), /pipelineDepth must be an integer >= 1/);
+  const pool = new CodecPool({ workers: 1 });
+  await t.rejects(pool.encode(new ArrayBuffer(4096), 1000), /blockSize must be a power of two/);
+  await pool.close();
+});
