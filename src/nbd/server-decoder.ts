@@ -47,6 +47,8 @@ export interface ServerDecoderLimits {
   maxOptionLength: number;
   /** Longest WRITE payload buffered; longer payloads are discarded. */
   maxWritePayload: number;
+  /** Where WRITE payload buffers come from (a pool, say); default Buffer.allocUnsafe. */
+  allocatePayload?: (length: number) => Buffer;
 }
 
 type Phase = 'clientFlags' | 'options' | 'transmission' | 'failed';
@@ -56,6 +58,9 @@ export class ServerDecoder {
   private phase: Phase = 'clientFlags';
   private pending: OptionMessage | RequestMessage | null = null; // header read, awaiting data
   private discard = 0; // bytes still to drop for an oversized option or write
+  // The oversized message itself, handed out only once its bytes are dropped:
+  // a client (libnbd) cannot match a reply to a request it is still sending.
+  private afterDiscard: OptionMessage | RequestMessage | null = null;
 
   constructor(private readonly limits: ServerDecoderLimits) {}
 
@@ -77,6 +82,11 @@ export class ServerDecoder {
     if (this.discard > 0) {
       this.discard -= this.queue.skip(this.discard);
       if (this.discard > 0) return null;
+    }
+    if (this.afterDiscard) {
+      const message = this.afterDiscard;
+      this.afterDiscard = null;
+      return message;
     }
     if (this.pending) return this.finishPending();
     switch (this.phase) {
@@ -102,9 +112,7 @@ export class ServerDecoder {
     const option = header.readUInt32BE(8);
     const length = header.readUInt32BE(12);
     if (length > this.limits.maxOptionLength) {
-      this.discard = length;
-      this.discard -= this.queue.skip(length);
-      return { kind: 'option', option, data: null, length };
+      return this.discardThen({ kind: 'option', option, data: null, length });
     }
     this.pending = { kind: 'option', option, data: null, length };
     return this.finishPending();
@@ -122,12 +130,17 @@ export class ServerDecoder {
     const length = header.readUInt32BE(24);
     const request: RequestMessage = { kind: 'request', flags, type, cookie, offset, length, payload: null };
     if (type !== Command.Write) return request;
-    if (length > this.limits.maxWritePayload) {
-      this.discard = length - this.queue.skip(length);
-      return request;
-    }
+    if (length > this.limits.maxWritePayload) return this.discardThen(request);
     this.pending = request;
     return this.finishPending();
+  }
+
+  /** Drops the message's data as it arrives; the message follows once it is all gone. */
+  private discardThen(message: OptionMessage | RequestMessage): ClientMessage | null {
+    this.discard = message.length - this.queue.skip(message.length);
+    if (this.discard === 0) return message;
+    this.afterDiscard = message;
+    return null;
   }
 
   private finishPending(): ClientMessage | null {
@@ -137,7 +150,7 @@ export class ServerDecoder {
     if (pending.kind === 'option') pending.data = this.queue.take(pending.length);
     else {
       // Own the bytes: the payload outlives the socket chunk it came in.
-      const payload = Buffer.allocUnsafe(pending.length);
+      const payload = this.limits.allocatePayload?.(pending.length) ?? Buffer.allocUnsafe(pending.length);
       this.queue.copyInto(payload, 0, pending.length);
       pending.payload = payload;
     }

@@ -40,6 +40,7 @@ export interface BlockDevice {
   readonly canFastZero: boolean;
   /** Fills `into` (length bytes) from offset. */
   read(offset: number, into: Buffer): Promise<void>;
+  /** `data` is the caller's again once the promise settles (the NBD server reuses it). */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;

@@ -1,0 +1,25 @@
+/** External programs the interop tests drive, and skipping when one is absent. */
+import { spawnSync } from 'node:child_process';
+
+const found = new Map<string, boolean>();
+
+export function hasTool(name: string): boolean {
+  let present = found.get(name);
+  if (present === undefined) {
+    present = spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
+    found.set(name, present);
+  }
+  return present;
+}
+
+interface Plannable {
+  plan(count: number, comment?: string): void;
+}
+
+/** Skips the test (with the reason) unless every named tool is on PATH; returns whether they all are. */
+export function requireTool(t: Plannable, ...names: string[]): boolean {
+  const missing = names.filter((n) => !hasTool(n));
+  if (missing.length === 0) return true;
+  t.plan(0, `skipped: not installed: ${missing.join(', ')}`); // a plan of 0 marks the test skipped
+  return false;
+}
