@@ -29,8 +29,14 @@ t.test('an unknown key or a bad value names the key and the value', async (t) =>
   const unknown = file(t, '[dest]\nsourec = "x"\n');
   t.throws(() => loadConfig(unknown), { name: 'ConfigError', message: /unknown key dest\.sourec/ });
   t.throws(() => loadConfig(file(t, '[nope]\n')), /unknown key nope/);
-  t.throws(() => loadConfig(file(t, '[copy]\nbatch_blocks = 100\n')), /copy\.batch_blocks must be a power of two between 1 and 1024 \(got 100\)/);
-  t.throws(() => loadConfig(file(t, '[serve]\nlisten = "nowhere"\n')), /serve\.listen must be HOST:PORT \(got "nowhere"\)/);
+  t.throws(
+    () => loadConfig(file(t, '[copy]\nbatch_blocks = 100\n')),
+    /copy\.batch_blocks must be a power of two between 1 and 1024 \(got 100\)/,
+  );
+  t.throws(
+    () => loadConfig(file(t, '[serve]\nlisten = "nowhere"\n')),
+    /serve\.listen must be HOST:PORT \(got "nowhere"\)/,
+  );
   t.throws(() => loadConfig(file(t, '[log]\nlevel = "loud"\n')), /log\.level/);
   t.throws(() => loadConfig(undefined, { 'dest.block_size': 3000 }), /dest\.block_size/);
   t.throws(() => loadConfig(file(t, 'this is not toml')), /is not valid TOML/);

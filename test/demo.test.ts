@@ -4,9 +4,13 @@ import { run } from './helpers/run';
 
 t.test('ferry demo migrates over the emulated link and verifies the result', async (t) => {
   const bin = path.resolve(__dirname, '..', '..', 'bin', 'ferry.js');
-  const r = await run(process.execPath, [bin, 'demo', '--size-mib', '32', '--latency-ms', '10', '--bandwidth-mbit', '200'], {
-    timeoutMs: 120_000,
-  });
+  const r = await run(
+    process.execPath,
+    [bin, 'demo', '--size-mib', '32', '--latency-ms', '10', '--bandwidth-mbit', '200'],
+    {
+      timeoutMs: 120_000,
+    },
+  );
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /migration complete in [\d.]+ s/);
   t.match(r.stdout, /VM during migration: \d+ reads \(0 wrong\)/);

@@ -26,7 +26,19 @@ t.test('kill -9 during migration loses no flushed write', async (t) => {
   const sourceUrl = `nbd://127.0.0.1:${servingPort(src)}/source.img`;
   const image = path.join(dir, 'dest.img');
   // The copy is rate-limited so the migration spans every kill.
-  const destArgs = ['dest', '--source', sourceUrl, '--image', image, '--listen', '127.0.0.1:0', '--rate', '1M', '--log-level', 'info'];
+  const destArgs = [
+    'dest',
+    '--source',
+    sourceUrl,
+    '--image',
+    image,
+    '--listen',
+    '127.0.0.1:0',
+    '--rate',
+    '1M',
+    '--log-level',
+    'info',
+  ];
 
   const durable = new Map<number, Buffer>(); // slot → data, acknowledged after FUA or FLUSH
   const uncertain = new Map<number, Buffer>(); // slot → data, in flight when killed
@@ -82,7 +94,10 @@ t.test('kill -9 during migration loses no flushed write', async (t) => {
   t.ok(durable.size > 20, `${durable.size} flushed writes tracked`);
 
   // Finish without the rate limit, then compare the whole image.
-  const last = await startFerry(t, destArgs.filter((a, i, all) => a !== '--rate' && all[i - 1] !== '--rate'));
+  const last = await startFerry(
+    t,
+    destArgs.filter((a, i, all) => a !== '--rate' && all[i - 1] !== '--rate'),
+  );
   await last.waitForLog(/migration (complete|already complete)/, 60_000);
   t.equal(await last.stop(), 0, 'SIGTERM exits 0');
   const final = fs.readFileSync(image);

@@ -40,7 +40,13 @@ t.test('an unknown export on the source', async (t) => {
   const src = path.join(dir, 'src.img');
   fs.writeFileSync(src, Buffer.alloc(1 << 20));
   const s = await startFerry(t, ['serve', '--image', src, '--listen', '127.0.0.1:0']);
-  const r = await ferry(['dest', '--source', `nbd://127.0.0.1:${servingPort(s)}/nosuch`, '--image', path.join(dir, 'x.img')]);
+  const r = await ferry([
+    'dest',
+    '--source',
+    `nbd://127.0.0.1:${servingPort(s)}/nosuch`,
+    '--image',
+    path.join(dir, 'x.img'),
+  ]);
   t.equal(r.code, 2);
   t.match(r.stderr, /refused export "nosuch": unknown export/);
 });
@@ -52,7 +58,17 @@ t.test('resuming against a source of a different size or content is refused', as
   const port = await freePort();
   const sa = await startFerry(t, ['serve', '--image', a, '--export', 'disk', '--listen', `127.0.0.1:${port}`]);
   const image = path.join(dir, 'dest.img');
-  const d = await startFerry(t, ['dest', '--source', `nbd://127.0.0.1:${port}/disk`, '--image', image, '--rate', '64k', '--listen', '127.0.0.1:0']);
+  const d = await startFerry(t, [
+    'dest',
+    '--source',
+    `nbd://127.0.0.1:${port}/disk`,
+    '--image',
+    image,
+    '--rate',
+    '64k',
+    '--listen',
+    '127.0.0.1:0',
+  ]);
   t.equal(await d.stop(), 0);
   await sa.stop();
   const before = fs.readFileSync(`${image}.ferry-state`);
@@ -91,7 +107,8 @@ t.test('a full local disk: ENOSPC to the VM, the state stays consistent', async 
   const dir = tempDir(t);
   const mnt = path.join(dir, 'small');
   fs.mkdirSync(mnt);
-  const mounted = process.getuid?.() === 0 && spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]).status === 0;
+  const mounted =
+    process.getuid?.() === 0 && spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]).status === 0;
   if (!mounted) {
     t.plan(0, 'skipped: needs root to mount a small tmpfs');
     return;
@@ -118,7 +135,10 @@ t.test('a full local disk: ENOSPC to the VM, the state stays consistent', async 
     () => null,
     (e: NbdError) => e,
   );
-  t.ok(readErr === null || readErr.errno === 28 || readErr.errno === 5, 'a read needing a fetch fails cleanly or succeeds');
+  t.ok(
+    readErr === null || readErr.errno === 28 || readErr.errno === 5,
+    'a read needing a fetch fails cleanly or succeeds',
+  );
   const held = await vm.read(0, 4096).catch(() => null);
   t.ok(held === null || held.equals(source.subarray(0, 4096)), 'what is served is right');
   await vm.close();
@@ -127,7 +147,8 @@ t.test('a full local disk: ENOSPC to the VM, the state stays consistent', async 
   const img = fs.readFileSync(image);
   let wrong = 0;
   for (let b = 0; b < map.blockCount; b++) {
-    if (map.isHeld(b) && !img.subarray(b * 4096, (b + 1) * 4096).equals(source.subarray(b * 4096, (b + 1) * 4096))) wrong++;
+    if (map.isHeld(b) && !img.subarray(b * 4096, (b + 1) * 4096).equals(source.subarray(b * 4096, (b + 1) * 4096)))
+      wrong++;
   }
   t.ok(map.heldCount > 0 && map.heldCount < map.blockCount, `${map.heldCount} of ${map.blockCount} blocks held`);
   t.equal(wrong, 0, 'every block the state marks held has the right content');

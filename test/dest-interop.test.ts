@@ -23,7 +23,20 @@ t.test('qemu-io, fio and qemu-img against a destination migrating from a slow nb
   // 2 ms per read and 20 Mbit/s: a small WAN.
   const nbdkit = spawn(
     'nbdkit',
-    ['-f', '-r', '-i', '127.0.0.1', '-p', String(port), '--filter=delay', '--filter=rate', 'file', sourcePath, 'rdelay=2ms', 'rate=20M'],
+    [
+      '-f',
+      '-r',
+      '-i',
+      '127.0.0.1',
+      '-p',
+      String(port),
+      '--filter=delay',
+      '--filter=rate',
+      'file',
+      sourcePath,
+      'rdelay=2ms',
+      'rate=20M',
+    ],
     { stdio: 'ignore' },
   );
   t.teardown(() => void nbdkit.kill('SIGKILL'));
@@ -33,7 +46,15 @@ t.test('qemu-io, fio and qemu-img against a destination migrating from a slow nb
     await new Promise((r) => setTimeout(r, 50));
   }
   const image = path.join(dir, 'dest.img');
-  const dest = await startFerry(t, ['dest', '--source', `nbd://127.0.0.1:${port}/`, '--image', image, '--listen', '127.0.0.1:0']);
+  const dest = await startFerry(t, [
+    'dest',
+    '--source',
+    `nbd://127.0.0.1:${port}/`,
+    '--image',
+    image,
+    '--listen',
+    '127.0.0.1:0',
+  ]);
   const uri = `nbd://127.0.0.1:${servingPort(dest)}/dest.img`;
   const expected = Buffer.from(source);
 

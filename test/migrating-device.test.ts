@@ -119,7 +119,12 @@ t.test('model: random interleavings of VM requests with a background copy and ra
     const source = makeSource(blocks, round % 2 ? 0 : 777);
     const upstream = new FakeUpstream(source, () => Math.floor(Math.random() * 4), round % 3 === 0 ? 10 : 0);
     const { device, imagePath } = setup(t, source, upstream);
-    const copy = new BackgroundCopy(device, { batchBlocks: 4, windowBytes: 4 * 4 * BS, storeErrorBackoffMs: 10 }, 200_000, log);
+    const copy = new BackgroundCopy(
+      device,
+      { batchBlocks: 4, windowBytes: 4 * 4 * BS, storeErrorBackoffMs: 10 },
+      200_000,
+      log,
+    );
     copy.start();
     const model = Buffer.from(source);
     const size = source.length;

@@ -151,7 +151,18 @@ t.test('server encoder output decodes back for every split', async (t) => {
   const reference = decodeClientSide([stream], lengths);
   t.same(
     reference.map((m) => m.kind),
-    ['greeting', 'optionReply', 'optionReply', 'optionReply', 'optionReply', 'simpleReply', 'simpleReply', 'chunk', 'chunk', 'chunk'],
+    [
+      'greeting',
+      'optionReply',
+      'optionReply',
+      'optionReply',
+      'optionReply',
+      'simpleReply',
+      'simpleReply',
+      'chunk',
+      'chunk',
+      'chunk',
+    ],
   );
   const info = reference[2];
   t.ok(info.kind === 'optionReply' && info.data.readUInt16BE(0) === InfoType.Export);

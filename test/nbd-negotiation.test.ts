@@ -46,7 +46,8 @@ function replies(step: NegotiationStep): Array<{ type: number; data: Buffer }> {
   decoder.next();
   for (const r of step.replies) decoder.push(r);
   const out: Array<{ type: number; data: Buffer }> = [];
-  for (let m = decoder.next(); m; m = decoder.next()) if (m.kind === 'optionReply') out.push({ type: m.type, data: m.data });
+  for (let m = decoder.next(); m; m = decoder.next())
+    if (m.kind === 'optionReply') out.push({ type: m.type, data: m.data });
   return out;
 }
 
@@ -68,7 +69,9 @@ t.test('GO on a known export sends INFO_EXPORT, requested infos and ACK, then tr
   t.equal(r[0].data.readUInt16BE(0), InfoType.Export);
   t.equal(r[0].data.readUInt32BE(6), 1 << 20);
   const flags = r[0].data.readUInt16BE(10);
-  t.ok(flags & TransmissionFlag.CanMultiConn && flags & TransmissionFlag.SendFlush && flags & TransmissionFlag.SendTrim);
+  t.ok(
+    flags & TransmissionFlag.CanMultiConn && flags & TransmissionFlag.SendFlush && flags & TransmissionFlag.SendTrim,
+  );
   t.notOk(flags & TransmissionFlag.ReadOnly);
   t.notOk(flags & TransmissionFlag.SendFastZero, 'not advertised when the device cannot');
   t.equal(r[1].data.readUInt16BE(0), InfoType.BlockSize);
@@ -154,7 +157,13 @@ t.test('request checks give the errors the spec names', async (t) => {
   const step = n.option(option(Option.Go, encodeGoData('disk', [])));
   if (step.next !== 'transmission') throw new Error('no session');
   const session = step.session;
-  const req = (type: number, offset: number, length: number, flags = 0, payload: Buffer | null = null): RequestMessage => ({
+  const req = (
+    type: number,
+    offset: number,
+    length: number,
+    flags = 0,
+    payload: Buffer | null = null,
+  ): RequestMessage => ({
     kind: 'request',
     type,
     flags,
@@ -174,9 +183,16 @@ t.test('request checks give the errors the spec names', async (t) => {
   t.equal(checkRequest(req(42, 0, 0), session, limits), 'EINVAL', 'unknown command');
   t.equal(checkRequest(req(Command.Read, 0, 1, 0x100), session, limits), 'EINVAL', 'unknown flag');
   t.equal(checkRequest(req(Command.Write, 0, 1, CommandFlag.NoHole, Buffer.alloc(1)), session, limits), 'EINVAL');
-  t.equal(checkRequest(req(Command.Read, 0, 1, CommandFlag.Df), session, limits), 'EINVAL', 'DF without structured replies');
+  t.equal(
+    checkRequest(req(Command.Read, 0, 1, CommandFlag.Df), session, limits),
+    'EINVAL',
+    'DF without structured replies',
+  );
   t.equal(checkRequest(req(Command.BlockStatus, 0, 1), session, limits), 'EINVAL', 'no meta context');
-  t.equal(checkRequest(req(Command.WriteZeroes, 0, size, CommandFlag.FastZero | CommandFlag.NoHole), session, limits), null);
+  t.equal(
+    checkRequest(req(Command.WriteZeroes, 0, size, CommandFlag.FastZero | CommandFlag.NoHole), session, limits),
+    null,
+  );
   t.equal(checkRequest(req(Command.Flush, 0, 0), session, limits), null);
   const ro = new Negotiation(table).option(option(Option.Go, encodeGoData('ro', [])));
   if (ro.next === 'transmission') {

@@ -27,7 +27,10 @@ t.test('the window grows to about one bandwidth-delay product and stays there', 
   const mean = settled.reduce((a, b) => a + b, 0) / settled.length;
   t.ok(mean >= bdp, `fills the link: mean window ${Math.round(mean)} ≥ BDP ${bdp}`);
   t.ok(mean <= bdp + 3 * batch, `no deep queue: mean window ${Math.round(mean)} ≤ BDP + 3 batches`);
-  t.ok(windows.some((w) => w === batch), 'probes the latency by dropping to the floor now and then');
+  t.ok(
+    windows.some((w) => w === batch),
+    'probes the latency by dropping to the floor now and then',
+  );
 });
 
 t.test('a window inflated by a standing queue comes back down after a probe', async (t) => {

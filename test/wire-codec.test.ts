@@ -69,7 +69,15 @@ t.test('every message round-trips, for every split of the stream', async (t) => 
   const events = decodeAll([bytes]);
   t.same(
     events.map((e) => (e.kind === 'frame' ? e.frame.type : e.kind)),
-    ['preamble', MessageType.Hello, MessageType.Welcome, MessageType.Fetch, MessageType.Batch, MessageType.Refuse, MessageType.FetchError],
+    [
+      'preamble',
+      MessageType.Hello,
+      MessageType.Welcome,
+      MessageType.Fetch,
+      MessageType.Batch,
+      MessageType.Refuse,
+      MessageType.FetchError,
+    ],
   );
   const frames = events.flatMap((e) => (e.kind === 'frame' ? [e.frame] : []));
   t.same(decodeHello(frames[0].meta), hello);
@@ -81,7 +89,8 @@ t.test('every message round-trips, for every split of the stream', async (t) => 
   t.ok(frames[3].payload.buffer.byteLength === payload.length, 'the payload owns its buffer (transferable)');
   t.same(decodeRefuse(frames[4].meta), { code: 3, reason: 'no' });
   t.same(decodeFetchError(frames[5].meta), { requestId: 9, code: 1, reason: 'beyond' });
-  const strip = (evs: WireEvent[]) => evs.map((e) => (e.kind === 'frame' ? { ...e.frame, payload: [...e.frame.payload] } : e));
+  const strip = (evs: WireEvent[]) =>
+    evs.map((e) => (e.kind === 'frame' ? { ...e.frame, payload: [...e.frame.payload] } : e));
   const reference = strip(events);
   for (let at = 1; at < bytes.length; at++) {
     t.same(strip(decodeAll([bytes.subarray(0, at), bytes.subarray(at)])), reference, `split at ${at}`);
@@ -115,5 +124,9 @@ t.test('bad preamble, oversized lengths and malformed metadata are reported, not
   const wrongCount = Buffer.from(encodeBatchHead(batch, false, 0).subarray(16));
   wrongCount.writeUInt32BE(9, 12);
   t.type(decodeBatchMeta(wrongCount), 'string');
-  t.type(decodeWelcome(Buffer.concat([Buffer.from(encodeWelcome(welcome).subarray(16)), Buffer.from([1])])), 'string', 'trailing bytes');
+  t.type(
+    decodeWelcome(Buffer.concat([Buffer.from(encodeWelcome(welcome).subarray(16)), Buffer.from([1])])),
+    'string',
+    'trailing bytes',
+  );
 });

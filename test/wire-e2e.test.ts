@@ -19,7 +19,9 @@ import type { MigrationStatus } from '../src/migrate/status';
 const FERRY = path.resolve(__dirname, '..', '..', 'bin', 'ferry.js');
 
 async function status(controlPath: string): Promise<MigrationStatus> {
-  const r = await run(process.execPath, [FERRY, 'ctl', '--control', controlPath, 'status', '--json'], { timeoutMs: 10_000 });
+  const r = await run(process.execPath, [FERRY, 'ctl', '--control', controlPath, 'status', '--json'], {
+    timeoutMs: 10_000,
+  });
   if (r.code !== 0) throw new Error(`ctl status failed: ${r.stderr}`);
   return JSON.parse(r.stdout) as MigrationStatus;
 }
@@ -45,12 +47,27 @@ interface Pair {
   control: string;
 }
 
-async function migrate(t: Test, source: Buffer, opts: { auth?: string[]; link?: boolean; extraDest?: string[]; codec?: string } = {}): Promise<Pair> {
+async function migrate(
+  t: Test,
+  source: Buffer,
+  opts: { auth?: string[]; link?: boolean; extraDest?: string[]; codec?: string } = {},
+): Promise<Pair> {
   const dir = tempDir(t, 'ferry-wire-');
   const auth = opts.auth ?? ['--insecure'];
   const sourcePath = path.join(dir, 'disk.img');
   fs.writeFileSync(sourcePath, source);
-  const sourceDaemon = await startFerry(t, ['source', '--image', sourcePath, '--listen', '127.0.0.1:0', '--codec', opts.codec ?? 'lz4', '--workers', '1', ...auth]);
+  const sourceDaemon = await startFerry(t, [
+    'source',
+    '--image',
+    sourcePath,
+    '--listen',
+    '127.0.0.1:0',
+    '--codec',
+    opts.codec ?? 'lz4',
+    '--workers',
+    '1',
+    ...auth,
+  ]);
   let port = servingPort(sourceDaemon);
   if (opts.link !== false) port = await slowLink(t, port);
   const destImage = path.join(dir, 'dest.img');
@@ -103,7 +120,10 @@ t.test('a mostly-zero image moves with wire bytes under 1% of its size', async (
   const p = await migrate(t, source);
   await p.dest.waitForLog('migration complete: every block held, source disconnected', 60_000);
   const s = await status(p.control);
-  t.ok(s.bytesOnWire < source.length / 100, `${s.bytesOnWire} wire bytes for ${source.length} (${((100 * s.bytesOnWire) / source.length).toFixed(3)}%)`);
+  t.ok(
+    s.bytesOnWire < source.length / 100,
+    `${s.bytesOnWire} wire bytes for ${source.length} (${((100 * s.bytesOnWire) / source.length).toFixed(3)}%)`,
+  );
   await p.dest.stop();
   t.ok(fs.readFileSync(p.destImage).equals(source));
 });
@@ -129,7 +149,10 @@ t.test('a text-heavy image moves with wire bytes under half of its size', async 
   const p = await migrate(t, source);
   await p.dest.waitForLog('migration complete: every block held, source disconnected', 60_000);
   const s = await status(p.control);
-  t.ok(s.bytesOnWire < source.length / 2, `${s.bytesOnWire} wire bytes for ${source.length} (${((100 * s.bytesOnWire) / source.length).toFixed(1)}%)`);
+  t.ok(
+    s.bytesOnWire < source.length / 2,
+    `${s.bytesOnWire} wire bytes for ${source.length} (${((100 * s.bytesOnWire) / source.length).toFixed(1)}%)`,
+  );
   t.equal(s.codec, 'lz4');
   await p.dest.stop();
   t.ok(fs.readFileSync(p.destImage).equals(source));
@@ -140,7 +163,16 @@ t.test('a link that flips a bit in 1 frame in 100: correct image, every corrupti
   fillDemoImage(source, 11, { zero: 0.1, text: 0.3, records: 0.2, random: 0.4 });
   const dir = tempDir(t, 'ferry-flip-');
   fs.writeFileSync(path.join(dir, 'disk.img'), source);
-  const src = await startFerry(t, ['source', '--image', path.join(dir, 'disk.img'), '--listen', '127.0.0.1:0', '--insecure', '--codec', 'lz4']);
+  const src = await startFerry(t, [
+    'source',
+    '--image',
+    path.join(dir, 'disk.img'),
+    '--listen',
+    '127.0.0.1:0',
+    '--insecure',
+    '--codec',
+    'lz4',
+  ]);
   const proxy = new CorruptingProxy({ host: '127.0.0.1', port: servingPort(src) }, 100);
   const port = await proxy.start();
   t.teardown(() => proxy.close());
@@ -156,7 +188,10 @@ t.test('a link that flips a bit in 1 frame in 100: correct image, every corrupti
   const s = await status(control);
   const counted = s.checksumFailures + s.corruptFrames;
   t.ok(proxy.flips >= 3, `${proxy.flips} bits flipped in ${proxy.frames} frames`);
-  t.ok(counted >= 1 && counted <= proxy.flips, `${counted} corruptions counted (${s.checksumFailures} checksum, ${s.corruptFrames} frames)`);
+  t.ok(
+    counted >= 1 && counted <= proxy.flips,
+    `${counted} corruptions counted (${s.checksumFailures} checksum, ${s.corruptFrames} frames)`,
+  );
   // A corrupt frame drops its connection, and with it any frame in flight behind it: those were never seen.
   t.ok(proxy.flips - counted <= s.corruptFrames * 2, 'every flip that reached the destination was counted');
   await dest.stop();
@@ -169,13 +204,24 @@ t.test('a wrong key is refused with a reason on both sides', async (t) => {
   await run(process.execPath, [FERRY, 'keygen', '--psk', a]);
   await run(process.execPath, [FERRY, 'keygen', '--psk', b]);
   fs.writeFileSync(path.join(dir, 'disk.img'), Buffer.alloc(1 << 20));
-  const src = await startFerry(t, ['source', '--image', path.join(dir, 'disk.img'), '--listen', '127.0.0.1:0', '--psk-file', a]);
+  const src = await startFerry(t, [
+    'source',
+    '--image',
+    path.join(dir, 'disk.img'),
+    '--listen',
+    '127.0.0.1:0',
+    '--psk-file',
+    a,
+  ]);
   const r = await run(process.execPath, [
     ...[FERRY, 'dest', '--source', `ferry://127.0.0.1:${servingPort(src)}/disk.img`],
     ...['--image', path.join(dir, 'dest.img'), '--psk-file', b],
   ]);
   t.equal(r.code, 2);
-  t.match(r.stderr, /cannot connect to ferry source at 127\.0\.0\.1:\d+: TLS handshake failed \(a wrong key or certificate\?\)/);
+  t.match(
+    r.stderr,
+    /cannot connect to ferry source at 127\.0\.0\.1:\d+: TLS handshake failed \(a wrong key or certificate\?\)/,
+  );
   await src.waitForLog('refused a connection that failed authentication', 5000);
   const noAuth = await run(process.execPath, [FERRY, 'source', '--image', path.join(dir, 'disk.img')]);
   t.equal(noAuth.code, 2);
@@ -197,7 +243,10 @@ t.test('a destination killed mid-migration resumes over the wire', async (t) => 
   t.ok(Number(resumed.held) > 0, `resumed with ${resumed.held} blocks held`);
   await again.waitForLog('migration complete: every block held, source disconnected', 60_000);
   const after = await status(p.control);
-  t.ok(after.bytesBeforeEncoding < source.length, `fetched ${after.bytesBeforeEncoding} bytes after the restart, less than the image`);
+  t.ok(
+    after.bytesBeforeEncoding < source.length,
+    `fetched ${after.bytesBeforeEncoding} bytes after the restart, less than the image`,
+  );
   await again.stop();
   t.ok(fs.readFileSync(p.destImage).equals(source));
 });

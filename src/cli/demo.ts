@@ -33,7 +33,11 @@ export function registerDemo(program: Command): void {
   program
     .command('demo')
     .description('migrate a generated disk between two local daemons over an emulated WAN link, with a VM using it')
-    .option('--wire <kind>', 'ferry (compressed, deduplicated, TLS with a pre-shared key) or nbd (plain NBD, as xNBD)', 'ferry')
+    .option(
+      '--wire <kind>',
+      'ferry (compressed, deduplicated, TLS with a pre-shared key) or nbd (plain NBD, as xNBD)',
+      'ferry',
+    )
     .option('--size-mib <n>', 'image size in MiB', '256')
     .option('--latency-ms <ms>', 'one-way link latency', '20')
     .option('--bandwidth-mbit <n>', 'link bandwidth in Mbit/s', '200')
@@ -42,7 +46,8 @@ export function registerDemo(program: Command): void {
       const sizeMib = positive(flags.sizeMib, '--size-mib', 4096);
       const latencyMs = positive(flags.latencyMs, '--latency-ms', 10_000, true);
       const mbit = positive(flags.bandwidthMbit, '--bandwidth-mbit', 100_000);
-      if (flags.wire !== 'ferry' && flags.wire !== 'nbd') throw new Error(`demo: --wire must be ferry or nbd (got "${flags.wire}")`);
+      if (flags.wire !== 'ferry' && flags.wire !== 'nbd')
+        throw new Error(`demo: --wire must be ferry or nbd (got "${flags.wire}")`);
       const ok = await runDemo(flags.wire, sizeMib, latencyMs, mbit, flags.keep ?? false);
       if (!ok) process.exitCode = 1;
     });
@@ -50,13 +55,20 @@ export function registerDemo(program: Command): void {
 
 function positive(text: string, flag: string, max: number, zeroOk = false): number {
   const n = Number(text);
-  if (!Number.isInteger(n) || n < (zeroOk ? 0 : 1) || n > max) throw new Error(`demo: ${flag} must be an integer 1..${max} (got "${text}")`);
+  if (!Number.isInteger(n) || n < (zeroOk ? 0 : 1) || n > max)
+    throw new Error(`demo: ${flag} must be an integer 1..${max} (got "${text}")`);
   return n;
 }
 
 const say = (line: string): void => void process.stdout.write(line + '\n');
 
-async function runDemo(wire: 'ferry' | 'nbd', sizeMib: number, latencyMs: number, mbit: number, keep: boolean): Promise<boolean> {
+async function runDemo(
+  wire: 'ferry' | 'nbd',
+  sizeMib: number,
+  latencyMs: number,
+  mbit: number,
+  keep: boolean,
+): Promise<boolean> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-demo-'));
   const sourcePath = path.join(dir, 'source.img');
   const destPath = path.join(dir, 'dest.img');
@@ -76,8 +88,27 @@ async function runDemo(wire: 'ferry' | 'nbd', sizeMib: number, latencyMs: number
     fs.writeFileSync(keyPath, crypto.randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
     const src =
       wire === 'ferry'
-        ? await startChild(['source', '--image', sourcePath, '--export', 'disk', '--listen', '127.0.0.1:0', '--psk-file', keyPath])
-        : await startChild(['serve', '--image', sourcePath, '--export', 'disk', '--read-only', '--listen', '127.0.0.1:0']);
+        ? await startChild([
+            'source',
+            '--image',
+            sourcePath,
+            '--export',
+            'disk',
+            '--listen',
+            '127.0.0.1:0',
+            '--psk-file',
+            keyPath,
+          ])
+        : await startChild([
+            'serve',
+            '--image',
+            sourcePath,
+            '--export',
+            'disk',
+            '--read-only',
+            '--listen',
+            '127.0.0.1:0',
+          ]);
     daemons.push(src);
     link = new SlowLink({
       listen: { host: '127.0.0.1', port: 0 },
@@ -87,7 +118,9 @@ async function runDemo(wire: 'ferry' | 'nbd', sizeMib: number, latencyMs: number
     });
     const linkAddress = await link.start();
     const what = wire === 'ferry' ? 'ferry source (TLS, pre-shared key)' : 'ferry serve (plain NBD)';
-    say(`2. source: ${what} on ${src.address}; WAN link ${linkAddress.host}:${linkAddress.port}: ${mbit} Mbit/s, ${latencyMs} ms one way`);
+    say(
+      `2. source: ${what} on ${src.address}; WAN link ${linkAddress.host}:${linkAddress.port}: ${mbit} Mbit/s, ${latencyMs} ms one way`,
+    );
 
     const url = `${wire === 'ferry' ? 'ferry' : 'nbd'}://${linkAddress.host}:${linkAddress.port}/disk`;
     const dest = await startChild([
@@ -160,7 +193,10 @@ async function followProgress(controlPath: string): Promise<MigrationStatus> {
   const tty = process.stdout.isTTY === true;
   const bar = tty
     ? new cliProgress.SingleBar(
-        { format: '   [{bar}] {percentage}% | {held} | {rate} | ETA {eta_text} | on-demand {ondemand} p99 {p99} ms', hideCursor: true },
+        {
+          format: '   [{bar}] {percentage}% | {held} | {rate} | ETA {eta_text} | on-demand {ondemand} p99 {p99} ms',
+          hideCursor: true,
+        },
         cliProgress.Presets.shades_classic,
       )
     : null;
@@ -168,7 +204,8 @@ async function followProgress(controlPath: string): Promise<MigrationStatus> {
   let started = false;
   for (;;) {
     const reply = await sendControl(controlPath, { cmd: 'status' }, 5000);
-    if (!reply.ok || !('status' in reply) || !reply.status) throw new Error(`demo: status failed: ${JSON.stringify(reply)}`);
+    if (!reply.ok || !('status' in reply) || !reply.status)
+      throw new Error(`demo: status failed: ${JSON.stringify(reply)}`);
     const s = reply.status as MigrationStatus;
     const payload = {
       held: `${formatBytes(s.blocksHeld * s.blockSize)} / ${formatBytes(s.blocksTotal * s.blockSize)}`,

@@ -50,7 +50,10 @@ export function registerDest(program: Command): void {
     .option('--control <path>', 'control socket for `ferry ctl` (config dest.control)')
     .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (config dest.metrics)')
     .option('--block-size <bytes>', 'block size of a new migration; default 4096 (config dest.block_size)')
-    .option('--rate <bytes/s>', 'background copy limit, e.g. 50M (k/M/G = 1024-based) or off (config copy.rate_limit, 0 = none)');
+    .option(
+      '--rate <bytes/s>',
+      'background copy limit, e.g. 50M (k/M/G = 1024-based) or off (config copy.rate_limit, 0 = none)',
+    );
   addAuthOptions(command, 'wire')
     .option('--config <file>', 'TOML configuration file; flags override it')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (config log.level)')
@@ -96,18 +99,25 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
     log,
   );
   const name = d.export ?? path.basename(d.image);
-  const server = new NbdServer(new StaticExportTable([{ name, description: d.description, device: migration.device }]), log, {
-    maxInFlightRequests: config.nbd.max_in_flight_requests,
-    maxInFlightBytes: config.nbd.max_in_flight_bytes,
-    maxPayload: config.nbd.max_request_bytes,
-    handshakeTimeoutMs: config.nbd.handshake_timeout_ms,
-  });
+  const server = new NbdServer(
+    new StaticExportTable([{ name, description: d.description, device: migration.device }]),
+    log,
+    {
+      maxInFlightRequests: config.nbd.max_in_flight_requests,
+      maxInFlightBytes: config.nbd.max_in_flight_bytes,
+      maxPayload: config.nbd.max_request_bytes,
+      handshakeTimeoutMs: config.nbd.handshake_timeout_ms,
+    },
+  );
   const address = await server.listen(listenAddress(d));
   const control = d.control ? new ControlServer(migration, log) : null;
   if (control && d.control) await control.listen(d.control);
   const metrics = d.metrics ? await startMetricsServer(migration, parseHostPort(d.metrics), log) : null;
   migration.start();
-  log.info({ address, export: name, image: d.image, control: d.control, metrics: d.metrics, state: migration.state }, 'serving');
+  log.info(
+    { address, export: name, image: d.image, control: d.control, metrics: d.metrics, state: migration.state },
+    'serving',
+  );
   await runUntilSignal(log, async () => {
     await server.close();
     await control?.close();
@@ -117,22 +127,35 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   });
 }
 
-async function openUpstream(url: string, blockSize: number, config: FerryConfig, log: Logger, pools: CodecPool[]): Promise<Upstream> {
+async function openUpstream(
+  url: string,
+  blockSize: number,
+  config: FerryConfig,
+  log: Logger,
+  pools: CodecPool[],
+): Promise<Upstream> {
   if (url.startsWith('ferry://')) {
     const w = config.wire;
     const auth = loadAuth({ pskFile: w.psk_file, cert: w.cert, key: w.key, ca: w.ca, insecure: w.insecure }, 'dest');
-    if (auth.kind === 'insecure') log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
+    if (auth.kind === 'insecure')
+      log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
     const pool = new CodecPool({ workers: w.workers || Math.max(1, os.availableParallelism()), codec: 'lz4' });
     pools.push(pool);
-    return WireUpstream.open(url, auth, pool, {
-      blockSize,
-      backgroundStreams: w.background_streams,
-      maxBatchBlocks: config.copy.batch_blocks,
-      connectTimeoutMs: 10_000,
-      minBackoffMs: config.dest.reconnect_min_ms,
-      maxBackoffMs: config.dest.reconnect_max_ms,
-      maxAttempts: w.max_attempts,
-    }, log.child({ upstream: 'ferry' }));
+    return WireUpstream.open(
+      url,
+      auth,
+      pool,
+      {
+        blockSize,
+        backgroundStreams: w.background_streams,
+        maxBatchBlocks: config.copy.batch_blocks,
+        connectTimeoutMs: 10_000,
+        minBackoffMs: config.dest.reconnect_min_ms,
+        maxBackoffMs: config.dest.reconnect_max_ms,
+        maxAttempts: w.max_attempts,
+      },
+      log.child({ upstream: 'ferry' }),
+    );
   }
   if (url.startsWith('nbd://') || url.startsWith('nbd+unix://')) {
     return NbdUpstream.open(url, log.child({ upstream: 'nbd' }), {
@@ -141,5 +164,7 @@ async function openUpstream(url: string, blockSize: number, config: FerryConfig,
       connectTimeoutMs: 10_000,
     });
   }
-  throw new Error(`dest: unsupported source URL "${url}" (use ferry://HOST:PORT/EXPORT, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)`);
+  throw new Error(
+    `dest: unsupported source URL "${url}" (use ferry://HOST:PORT/EXPORT, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)`,
+  );
 }

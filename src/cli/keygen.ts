@@ -14,9 +14,12 @@ export function registerKeygen(program: Command): void {
         fs.writeFileSync(flags.psk, key + '\n', { flag: 'wx', mode: 0o600 });
       } catch (e) {
         const err = e as NodeJS.ErrnoException;
-        if (err.code === 'EEXIST') throw new Error(`keygen: ${flags.psk} exists; refusing to overwrite a key`, { cause: e });
+        if (err.code === 'EEXIST')
+          throw new Error(`keygen: ${flags.psk} exists; refusing to overwrite a key`, { cause: e });
         throw new Error(`keygen: cannot write ${flags.psk}: ${err.message}`, { cause: e });
       }
-      process.stdout.write(`wrote a 256-bit pre-shared key to ${flags.psk}; use --psk-file ${flags.psk} on both ends\n`);
+      process.stdout.write(
+        `wrote a 256-bit pre-shared key to ${flags.psk}; use --psk-file ${flags.psk} on both ends\n`,
+      );
     });
 }

@@ -51,9 +51,13 @@ export function registerSource(program: Command): void {
       });
       const s = config.source;
       if (!s.image) throw new Error('source: --image (or source.image in the config) is required');
-      const auth = loadAuth({ pskFile: s.psk_file, cert: s.cert, key: s.key, ca: s.ca, insecure: s.insecure }, 'source');
+      const auth = loadAuth(
+        { pskFile: s.psk_file, cert: s.cert, key: s.key, ca: s.ca, insecure: s.insecure },
+        'source',
+      );
       const log = createLogger(config.log.level);
-      if (auth.kind === 'insecure') log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
+      if (auth.kind === 'insecure')
+        log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
       // The VM may still run here (pre-copy, or the paper's source-side setup), so the image stays writable when served over NBD.
       const device = FileDevice.open(s.image, { readOnly: !s.nbd_listen });
       const identity = imageIdentity(s.image);
@@ -61,7 +65,15 @@ export function registerSource(program: Command): void {
       const pool = new CodecPool({ workers, codec: s.codec === 'auto' ? 'lz4' : s.codec, level: s.deflate_level });
       const chooser = new CodecChooser(s.codec, ['none', 'lz4', 'deflate'], workers);
       const name = s.export ?? path.basename(s.image);
-      const wire = new WireSourceServer({ device, exportName: name, identity, auth, pool, chooser, log: log.child({ component: 'wire' }) });
+      const wire = new WireSourceServer({
+        device,
+        exportName: name,
+        identity,
+        auth,
+        pool,
+        chooser,
+        log: log.child({ component: 'wire' }),
+      });
       const hp = parseHostPort(s.listen);
       const address = await wire.listen(hp.host, hp.port);
       let nbd: NbdServer | null = null;
@@ -70,7 +82,20 @@ export function registerSource(program: Command): void {
         nbd = new NbdServer(new StaticExportTable([{ name, description: '', device }]), log);
         nbdAddress = await nbd.listen(parseHostPort(s.nbd_listen));
       }
-      log.info({ address, nbd: nbdAddress, export: name, image: s.image, size: device.size, identity, codec: s.codec, auth: auth.kind, workers }, 'serving');
+      log.info(
+        {
+          address,
+          nbd: nbdAddress,
+          export: name,
+          image: s.image,
+          size: device.size,
+          identity,
+          codec: s.codec,
+          auth: auth.kind,
+          workers,
+        },
+        'serving',
+      );
       await runUntilSignal(log, async () => {
         await nbd?.close();
         await wire.close();

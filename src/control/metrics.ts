@@ -51,7 +51,12 @@ const STATUS_METRICS: Array<{
     value: (s) => s.etaSeconds ?? -1,
   },
   { name: 'ferry_connected', help: '1 when the upstream connection is up', kind: 'gauge', value: (s) => +s.connected },
-  { name: 'ferry_wire_bytes_total', help: 'Bytes received from the source, framing included', kind: 'counter', value: (s) => s.bytesOnWire },
+  {
+    name: 'ferry_wire_bytes_total',
+    help: 'Bytes received from the source, framing included',
+    kind: 'counter',
+    value: (s) => s.bytesOnWire,
+  },
   {
     name: 'ferry_wire_decoded_bytes_total',
     help: 'Block bytes the wire bytes decoded to',

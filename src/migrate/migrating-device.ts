@@ -245,7 +245,12 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
    * Applies a VM change to [offset, offset+length). Whole missing blocks are
    * claimed; partial ones are fetched first when `partialNeedsData`.
    */
-  private async modify(offset: number, length: number, partialNeedsData: boolean, op: () => Promise<void>): Promise<void> {
+  private async modify(
+    offset: number,
+    length: number,
+    partialNeedsData: boolean,
+    op: () => Promise<void>,
+  ): Promise<void> {
     const [first, last] = this.blocksOf(offset, length);
     const end = offset + length;
     let claims: Array<[number, Transit]>;

@@ -41,7 +41,13 @@ export class Migration implements MigrationControl {
   private readonly startedAt = new Date();
   private closed = false;
   /** The link's figures when it was closed (they stay in the status after completion). */
-  private lastLinkStats: LinkStats = { bytesOnWire: 0, bytesBeforeEncoding: 0, checksumFailures: 0, corruptFrames: 0, codec: 'none' };
+  private lastLinkStats: LinkStats = {
+    bytesOnWire: 0,
+    bytesBeforeEncoding: 0,
+    checksumFailures: 0,
+    corruptFrames: 0,
+    codec: 'none',
+  };
 
   private constructor(
     readonly device: MigratingDevice,
@@ -86,7 +92,10 @@ export class Migration implements MigrationControl {
       await upstream.close();
       throw e;
     }
-    log.info({ source: upstream.description, size: upstream.size, blocks: map.blockCount, blockSize: map.blockSize }, 'migration started');
+    log.info(
+      { source: upstream.description, size: upstream.size, blocks: map.blockCount, blockSize: map.blockSize },
+      'migration started',
+    );
     const migration = new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
     if (map.blockCount === 0) void migration.complete();
     return migration;
@@ -102,7 +111,9 @@ export class Migration implements MigrationControl {
     if (local.size !== map.imageSize) {
       map.close();
       await local.close();
-      throw new MigrationError(`image ${options.imagePath} has ${local.size} bytes but its state records ${map.imageSize}`);
+      throw new MigrationError(
+        `image ${options.imagePath} has ${local.size} bytes but its state records ${map.imageSize}`,
+      );
     }
     if (map.complete) {
       log.info({ image: options.imagePath }, 'migration already complete; serving locally without a source');
@@ -131,7 +142,13 @@ export class Migration implements MigrationControl {
     return migration;
   }
 
-  private static device(local: FileDevice, map: BlockMap, upstream: Upstream | null, options: MigrationOptions, log: Logger) {
+  private static device(
+    local: FileDevice,
+    map: BlockMap,
+    upstream: Upstream | null,
+    options: MigrationOptions,
+    log: Logger,
+  ) {
     upstream?.attachLocal?.({ isHeld: (b) => map.isHeld(b), read: (offset, into) => local.read(offset, into) });
     return new MigratingDevice(local, map, upstream, { fetchTimeoutMs: options.fetchTimeoutMs }, log);
   }
@@ -200,7 +217,9 @@ export class Migration implements MigrationControl {
   async detach(): Promise<void> {
     if (!this.completedAt) {
       const s = this.status();
-      throw new MigrationError(`cannot detach: ${s.blocksTotal - s.blocksHeld} of ${s.blocksTotal} blocks are not held yet`);
+      throw new MigrationError(
+        `cannot detach: ${s.blocksTotal - s.blocksHeld} of ${s.blocksTotal} blocks are not held yet`,
+      );
     }
     if (this.upstream) this.lastLinkStats = this.upstream.linkStats();
     await this.upstream?.close();
@@ -243,7 +262,11 @@ export class Migration implements MigrationControl {
       if (this.upstream) this.lastLinkStats = this.upstream.linkStats();
       await this.upstream?.close();
       this.log.info(
-        { blocks: map.blockCount, bytesFetched: this.device.counters.bytesFetched, seconds: (Date.now() - this.startedAt.getTime()) / 1000 },
+        {
+          blocks: map.blockCount,
+          bytesFetched: this.device.counters.bytesFetched,
+          seconds: (Date.now() - this.startedAt.getTime()) / 1000,
+        },
         'migration complete: every block held, source disconnected',
       );
     })().catch((e: Error) => {

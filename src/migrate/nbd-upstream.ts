@@ -106,7 +106,11 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   }
 
   private async connectOnce(): Promise<void> {
-    const opts = { exportName: this.target.exportName, structured: false, connectTimeoutMs: this.options.connectTimeoutMs };
+    const opts = {
+      exportName: this.target.exportName,
+      structured: false,
+      connectTimeoutMs: this.options.connectTimeoutMs,
+    };
     const urgent = await NbdClient.connect(this.target.address, opts);
     let background: NbdClient;
     try {

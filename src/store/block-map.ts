@@ -241,7 +241,8 @@ function decodeHeader(b: Buffer): { header: BlockMapHeader; generation: number }
   if (b.toString('latin1', 0, 8) !== MAGIC) return null;
   if (b.readUInt32LE(HEADER_SLOT - 4) !== zlib.crc32(b.subarray(0, HEADER_SLOT - 4))) return null;
   const version = b.readUInt32LE(8);
-  if (version !== VERSION) throw new BlockMapError(`block map version ${version} is not supported (expected ${VERSION})`);
+  if (version !== VERSION)
+    throw new BlockMapError(`block map version ${version} is not supported (expected ${VERSION})`);
   const texts: string[] = [];
   let at = 36;
   for (let i = 0; i < 2; i++) {

@@ -24,15 +24,25 @@ const PSK_IDENTITY = 'ferry';
 const PSK_CIPHERS = 'TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:PSK-AES256-GCM-SHA384:PSK-CHACHA20-POLY1305';
 
 export function loadAuth(flags: AuthFlags, where: string): WireAuth {
-  const chosen = [flags.pskFile ? 'psk' : null, flags.cert || flags.key || flags.ca ? 'cert' : null, flags.insecure ? 'insecure' : null].filter(Boolean);
+  const chosen = [
+    flags.pskFile ? 'psk' : null,
+    flags.cert || flags.key || flags.ca ? 'cert' : null,
+    flags.insecure ? 'insecure' : null,
+  ].filter(Boolean);
   if (chosen.length === 0) {
     throw new Error(`${where}: the ferry wire needs --psk-file FILE, or --cert/--key/--ca, or an explicit --insecure`);
   }
-  if (chosen.length > 1) throw new Error(`${where}: choose one of --psk-file, --cert/--key/--ca and --insecure (got ${chosen.join(' and ')})`);
+  if (chosen.length > 1)
+    throw new Error(
+      `${where}: choose one of --psk-file, --cert/--key/--ca and --insecure (got ${chosen.join(' and ')})`,
+    );
   if (flags.insecure) return { kind: 'insecure' };
   if (flags.pskFile) return { kind: 'psk', key: readPsk(flags.pskFile), source: flags.pskFile };
   const missing = (['cert', 'key', 'ca'] as const).filter((k) => !flags[k]);
-  if (missing.length) throw new Error(`${where}: certificate authentication needs --cert, --key and --ca (missing ${missing.map((m) => '--' + m).join(', ')})`);
+  if (missing.length)
+    throw new Error(
+      `${where}: certificate authentication needs --cert, --key and --ca (missing ${missing.map((m) => '--' + m).join(', ')})`,
+    );
   const read = (file: string, what: string): Buffer => {
     try {
       return fs.readFileSync(file);
@@ -40,7 +50,12 @@ export function loadAuth(flags: AuthFlags, where: string): WireAuth {
       throw new Error(`${where}: cannot read ${what} ${file}: ${(e as Error).message}`, { cause: e });
     }
   };
-  return { kind: 'cert', cert: read(flags.cert!, 'certificate'), key: read(flags.key!, 'key'), ca: read(flags.ca!, 'CA') };
+  return {
+    kind: 'cert',
+    cert: read(flags.cert!, 'certificate'),
+    key: read(flags.key!, 'key'),
+    ca: read(flags.ca!, 'CA'),
+  };
 }
 
 /** A key file holds 32 or more random bytes as hex (as `ferry keygen` writes it). */
@@ -52,12 +67,18 @@ export function readPsk(file: string): Buffer {
     throw new Error(`cannot read pre-shared key ${file}: ${(e as Error).message}`, { cause: e });
   }
   if (!/^([0-9a-fA-F]{2}){32,}$/.test(text)) {
-    throw new Error(`pre-shared key ${file} must hold at least 64 hex digits (32 bytes), as \`ferry keygen --psk FILE\` writes`);
+    throw new Error(
+      `pre-shared key ${file} must hold at least 64 hex digits (32 bytes), as \`ferry keygen --psk FILE\` writes`,
+    );
   }
   return Buffer.from(text, 'hex');
 }
 
-export function createWireServer(auth: WireAuth, onConnection: (socket: net.Socket) => void, onAuthFailure: (reason: string, peer: string) => void): net.Server {
+export function createWireServer(
+  auth: WireAuth,
+  onConnection: (socket: net.Socket) => void,
+  onAuthFailure: (reason: string, peer: string) => void,
+): net.Server {
   if (auth.kind === 'insecure') return net.createServer(onConnection);
   const options: tls.TlsOptions =
     auth.kind === 'psk'
@@ -67,9 +88,18 @@ export function createWireServer(auth: WireAuth, onConnection: (socket: net.Sock
           ciphers: PSK_CIPHERS,
           minVersion: 'TLSv1.2',
         }
-      : { cert: auth.cert, key: auth.key, ca: auth.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' };
+      : {
+          cert: auth.cert,
+          key: auth.key,
+          ca: auth.ca,
+          requestCert: true,
+          rejectUnauthorized: true,
+          minVersion: 'TLSv1.3',
+        };
   const server = tls.createServer(options, onConnection);
-  server.on('tlsClientError', (err, socket) => onAuthFailure(err.message, `${socket.remoteAddress}:${socket.remotePort}`));
+  server.on('tlsClientError', (err, socket) =>
+    onAuthFailure(err.message, `${socket.remoteAddress}:${socket.remotePort}`),
+  );
   return server;
 }
 
@@ -89,7 +119,15 @@ export function connectWire(auth: WireAuth, host: string, port: number, timeoutM
         checkServerIdentity: () => undefined, // the key is the identity
       });
     } else {
-      socket = tls.connect({ host, port, cert: auth.cert, key: auth.key, ca: auth.ca, minVersion: 'TLSv1.3', checkServerIdentity: () => undefined });
+      socket = tls.connect({
+        host,
+        port,
+        cert: auth.cert,
+        key: auth.key,
+        ca: auth.ca,
+        minVersion: 'TLSv1.3',
+        checkServerIdentity: () => undefined,
+      });
     }
     const timer = setTimeout(() => {
       socket.destroy();

@@ -69,7 +69,10 @@ export class CodecChooser {
 
   /** The rate the link delivered while it was the bottleneck (sockets backlogged). */
   recordLinkRate(bytesPerSecond: number): void {
-    this.linkBytesPerSecond = this.linkBytesPerSecond === null ? bytesPerSecond : this.linkBytesPerSecond + ALPHA * (bytesPerSecond - this.linkBytesPerSecond);
+    this.linkBytesPerSecond =
+      this.linkBytesPerSecond === null
+        ? bytesPerSecond
+        : this.linkBytesPerSecond + ALPHA * (bytesPerSecond - this.linkBytesPerSecond);
   }
 
   /** Effective raw bytes per second a codec would give now. */

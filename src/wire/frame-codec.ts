@@ -16,9 +16,7 @@ export interface Frame {
 }
 
 export type WireEvent =
-  | { kind: 'preamble'; version: number }
-  | { kind: 'frame'; frame: Frame }
-  | { kind: 'corrupt'; reason: string };
+  { kind: 'preamble'; version: number } | { kind: 'frame'; frame: Frame } | { kind: 'corrupt'; reason: string };
 
 export function encodePreamble(version = WIRE_VERSION): Buffer {
   const b = Buffer.alloc(PREAMBLE_SIZE);
@@ -30,7 +28,8 @@ export function encodePreamble(version = WIRE_VERSION): Buffer {
 /** Header and metadata of a frame; the payload (payloadLength bytes) is written after it. */
 export function encodeFrameHead(type: number, flags: number, meta: Buffer, payloadLength = 0): Buffer {
   if (meta.length > MAX_META) throw new RangeError(`frame metadata of ${meta.length} bytes exceeds ${MAX_META}`);
-  if (payloadLength > MAX_PAYLOAD) throw new RangeError(`frame payload of ${payloadLength} bytes exceeds ${MAX_PAYLOAD}`);
+  if (payloadLength > MAX_PAYLOAD)
+    throw new RangeError(`frame payload of ${payloadLength} bytes exceeds ${MAX_PAYLOAD}`);
   const b = Buffer.allocUnsafe(FRAME_HEADER_SIZE + meta.length);
   b.writeUInt32BE(meta.length, 0);
   b.writeUInt32BE(payloadLength, 4);

@@ -167,12 +167,25 @@ export function decodeHello(meta: Buffer): Hello | string {
   const n = r.u8();
   const encodings: number[] = [];
   for (let i = 0; i < n; i++) encodings.push(r.u8());
-  const m = { version, role, blockSize, maxBatchBlocks, encodings, exportName: r.str(), session: r.str(), identity: r.str() };
+  const m = {
+    version,
+    role,
+    blockSize,
+    maxBatchBlocks,
+    encodings,
+    exportName: r.str(),
+    session: r.str(),
+    identity: r.str(),
+  };
   return r.ok && r.atEnd ? m : 'malformed HELLO';
 }
 
 export function encodeWelcome(m: Welcome): Buffer {
-  return encodeFrameHead(MessageType.Welcome, 0, new Writer().u16(m.version).u64(m.imageSize).str(m.identity).str(m.codec).done());
+  return encodeFrameHead(
+    MessageType.Welcome,
+    0,
+    new Writer().u16(m.version).u64(m.imageSize).str(m.identity).str(m.codec).done(),
+  );
 }
 
 export function decodeWelcome(meta: Buffer): Welcome | string {
@@ -241,13 +254,28 @@ export function decodeBatchMeta(meta: Buffer): BatchMeta | string {
     const high = meta.readUInt16BE(at + 2);
     const low = meta.readUInt32BE(at + 4);
     const reference = encoding === WireEncoding.Reference ? high * 0x100000000 + low : 0;
-    entries[i] = { encoding, length: encoding === WireEncoding.Reference ? 0 : low, checksum: meta.readBigUInt64BE(at + 8), reference };
+    entries[i] = {
+      encoding,
+      length: encoding === WireEncoding.Reference ? 0 : low,
+      checksum: meta.readBigUInt64BE(at + 8),
+      reference,
+    };
   }
-  return { requestId: meta.readUInt32BE(0), offset: Number(offsetBig), count, lastLength: meta.readUInt32BE(16), entries };
+  return {
+    requestId: meta.readUInt32BE(0),
+    offset: Number(offsetBig),
+    count,
+    lastLength: meta.readUInt32BE(16),
+    entries,
+  };
 }
 
 export function encodeFetchError(m: FetchError): Buffer {
-  return encodeFrameHead(MessageType.FetchError, 0, new Writer().u32(m.requestId).u16(m.code).str(m.reason.slice(0, 1000)).done());
+  return encodeFrameHead(
+    MessageType.FetchError,
+    0,
+    new Writer().u32(m.requestId).u16(m.code).str(m.reason.slice(0, 1000)).done(),
+  );
 }
 
 export function decodeFetchError(meta: Buffer): FetchError | string {
@@ -262,4 +290,3 @@ export function batchPayloadLength(entries: readonly WireEntry[]): number {
   for (const e of entries) n += e.length;
   return n;
 }
-

@@ -139,7 +139,8 @@ class SourceConnection {
       // Keep the dedupe table a while: the destination reconnects after a drop.
       const session = this.session;
       setTimeout(() => {
-        if (session.connections === 0 && this.sessions.get(this.sessionId) === session) this.sessions.delete(this.sessionId);
+        if (session.connections === 0 && this.sessions.get(this.sessionId) === session)
+          this.sessions.delete(this.sessionId);
       }, 60_000).unref();
     }
   }
@@ -151,7 +152,10 @@ class SourceConnection {
       if (event.kind === 'corrupt') return this.refuse(RefuseCode.BadRequest, `corrupt frame: ${event.reason}`);
       if (event.kind === 'preamble') {
         if (event.version !== WIRE_VERSION) {
-          return this.refuse(RefuseCode.Version, `wire version ${event.version} is not supported (this source speaks ${WIRE_VERSION})`);
+          return this.refuse(
+            RefuseCode.Version,
+            `wire version ${event.version} is not supported (this source speaks ${WIRE_VERSION})`,
+          );
         }
         continue;
       }
@@ -161,7 +165,8 @@ class SourceConnection {
         this.onHello(frame.meta);
         continue;
       }
-      if (frame.type !== MessageType.Fetch) return this.refuse(RefuseCode.BadRequest, `unexpected message type ${frame.type}`);
+      if (frame.type !== MessageType.Fetch)
+        return this.refuse(RefuseCode.BadRequest, `unexpected message type ${frame.type}`);
       const fetch = decodeFetch(frame.meta);
       if (typeof fetch === 'string') return this.refuse(RefuseCode.BadRequest, fetch);
       this.inFlight++;
@@ -169,7 +174,9 @@ class SourceConnection {
         .catch((e: Error) => {
           // The destination must hear of it, or it waits for a final batch that never comes.
           this.log.warn({ err: e.message, requestId: fetch.requestId }, 'fetch failed');
-          this.send([encodeFetchError({ requestId: fetch.requestId, code: FetchErrorCode.ReadError, reason: e.message })]);
+          this.send([
+            encodeFetchError({ requestId: fetch.requestId, code: FetchErrorCode.ReadError, reason: e.message }),
+          ]);
         })
         .finally(() => {
           this.inFlight--;
@@ -185,9 +192,13 @@ class SourceConnection {
     const hello = decodeHello(meta);
     if (typeof hello === 'string') return this.refuse(RefuseCode.BadRequest, hello);
     const { device, exportName, identity } = this.options;
-    if (hello.version !== WIRE_VERSION) return this.refuse(RefuseCode.Version, `wire version ${hello.version} is not supported`);
+    if (hello.version !== WIRE_VERSION)
+      return this.refuse(RefuseCode.Version, `wire version ${hello.version} is not supported`);
     if (hello.exportName !== exportName && hello.exportName !== '') {
-      return this.refuse(RefuseCode.UnknownExport, `unknown export "${hello.exportName}" (this source serves "${exportName}")`);
+      return this.refuse(
+        RefuseCode.UnknownExport,
+        `unknown export "${hello.exportName}" (this source serves "${exportName}")`,
+      );
     }
     if (hello.identity && hello.identity !== identity) {
       return this.refuse(RefuseCode.IdentityMismatch, `this source serves image ${identity}, not ${hello.identity}`);
@@ -208,8 +219,13 @@ class SourceConnection {
     }
     session.connections++;
     this.session = session;
-    this.socket.write(encodeWelcome({ version: WIRE_VERSION, imageSize: device.size, identity, codec: this.options.chooser.current }));
-    this.log.info({ role: hello.role === Role.Urgent ? 'urgent' : 'background', blockSize: bs, session: hello.session }, 'destination connected');
+    this.socket.write(
+      encodeWelcome({ version: WIRE_VERSION, imageSize: device.size, identity, codec: this.options.chooser.current }),
+    );
+    this.log.info(
+      { role: hello.role === Role.Urgent ? 'urgent' : 'background', blockSize: bs, session: hello.session },
+      'destination connected',
+    );
   }
 
   private async serveFetch(fetch: Fetch): Promise<void> {
@@ -240,23 +256,39 @@ class SourceConnection {
       const offset = (firstBlock + done) * bs;
       const bytes = Math.min(count * bs, device.size - offset);
       // Wait while the peer is slow to read: bounded memory, and the pool is not fed for nothing.
-      while (!this.dead && this.socket.writableLength > SOCKET_HIGH_WATER) await new Promise((r) => this.socket.once('drain', r));
+      while (!this.dead && this.socket.writableLength > SOCKET_HIGH_WATER)
+        await new Promise((r) => this.socket.once('drain', r));
       const buffer = new ArrayBuffer(count * bs); // the tail block is padded with zeros
       try {
         await device.read(offset, Buffer.from(buffer, 0, bytes));
       } catch (e) {
-        this.send([encodeFetchError({ requestId: fetch.requestId, code: FetchErrorCode.ReadError, reason: (e as Error).message })]);
+        this.send([
+          encodeFetchError({
+            requestId: fetch.requestId,
+            code: FetchErrorCode.ReadError,
+            reason: (e as Error).message,
+          }),
+        ]);
         return;
       }
       this.counters.bytesRead += bytes;
       const codec = this.options.chooser.current;
       const encoded = await this.encode(buffer, bs, urgent, codec);
       this.options.chooser.recordEncode(codec, bytes, encoded.payload.length, encoded.workerMs);
-      const entries: WireEntry[] = encoded.entries.map((e) => ({ encoding: e.encoding as number as WireEncoding, length: e.length, checksum: e.checksum, reference: 0 }));
+      const entries: WireEntry[] = encoded.entries.map((e) => ({
+        encoding: e.encoding as number as WireEncoding,
+        length: e.length,
+        checksum: e.checksum,
+        reference: 0,
+      }));
       let payload = Buffer.from(encoded.payload.buffer, encoded.payload.byteOffset, encoded.payload.byteLength);
       if (!(fetch.flags & FetchFlag.NoReferences)) payload = this.applyReferences(entries, payload, firstBlock + done);
       const final = done + count >= blocks;
-      const head = encodeBatchHead({ requestId: fetch.requestId, offset, count, lastLength: bytes - (count - 1) * bs, entries }, final, payload.length);
+      const head = encodeBatchHead(
+        { requestId: fetch.requestId, offset, count, lastLength: bytes - (count - 1) * bs, entries },
+        final,
+        payload.length,
+      );
       this.send([head, payload]);
       this.counters.batches++;
       this.counters.bytesSent += head.length + payload.length;
@@ -314,4 +346,3 @@ class SourceConnection {
     setTimeout(() => this.socket.destroy(), 2000).unref();
   }
 }
-

@@ -68,11 +68,14 @@ export class WireStream extends EventEmitter {
   ) {
     super();
     // A frame whose length field was damaged can leave the decoder waiting for bytes that never come.
-    this.watchdog = setInterval(() => {
-      if (this.pending.size > 0 && Date.now() - this.lastFrameAt > stallTimeoutMs) {
-        this.destroy(new Error(`source sent no frame for ${stallTimeoutMs} ms with requests outstanding`));
-      }
-    }, Math.min(1000, stallTimeoutMs));
+    this.watchdog = setInterval(
+      () => {
+        if (this.pending.size > 0 && Date.now() - this.lastFrameAt > stallTimeoutMs) {
+          this.destroy(new Error(`source sent no frame for ${stallTimeoutMs} ms with requests outstanding`));
+        }
+      },
+      Math.min(1000, stallTimeoutMs),
+    );
     this.watchdog.unref();
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
@@ -84,7 +87,14 @@ export class WireStream extends EventEmitter {
     socket.on('close', () => this.onClose());
   }
 
-  static async open(auth: WireAuth, host: string, port: number, hello: Hello, timeoutMs: number, stallTimeoutMs = 20_000): Promise<WireStream> {
+  static async open(
+    auth: WireAuth,
+    host: string,
+    port: number,
+    hello: Hello,
+    timeoutMs: number,
+    stallTimeoutMs = 20_000,
+  ): Promise<WireStream> {
     const socket = await connectWire(auth, host, port, timeoutMs);
     const stream = new WireStream(socket, stallTimeoutMs);
     socket.write(encodePreamble());
@@ -115,7 +125,13 @@ export class WireStream extends EventEmitter {
   }
 
   /** Sends a FETCH; batches arrive through onBatch until the final one. */
-  fetch(priority: number, flags: number, offset: number, length: number, onBatch: (b: BatchFrame) => void): Promise<void> {
+  fetch(
+    priority: number,
+    flags: number,
+    offset: number,
+    length: number,
+    onBatch: (b: BatchFrame) => void,
+  ): Promise<void> {
     if (this.closed) return Promise.reject(this.closeError);
     if (this.pending.size === 0) this.lastFrameAt = Date.now();
     const requestId = this.nextRequest;
@@ -149,7 +165,8 @@ export class WireStream extends EventEmitter {
         return this.destroy(new CorruptFrameError(event.reason));
       }
       if (event.kind === 'preamble') {
-        if (event.version !== WIRE_VERSION) return this.destroy(new Error(`source speaks wire version ${event.version}, not ${WIRE_VERSION}`));
+        if (event.version !== WIRE_VERSION)
+          return this.destroy(new Error(`source speaks wire version ${event.version}, not ${WIRE_VERSION}`));
         continue;
       }
       const { frame } = event;
@@ -165,13 +182,18 @@ export class WireStream extends EventEmitter {
         }
         case MessageType.Refuse: {
           const r = decodeRefuse(frame.meta);
-          const err = typeof r === 'string' ? new CorruptFrameError(r) : new WireRefusedError(r.code, `source refused: ${r.reason}`);
+          const err =
+            typeof r === 'string'
+              ? new CorruptFrameError(r)
+              : new WireRefusedError(r.code, `source refused: ${r.reason}`);
           return this.destroy(err);
         }
         case MessageType.Batch: {
           const meta = decodeBatchMeta(frame.meta);
           if (typeof meta === 'string') return this.destroy(new CorruptFrameError(meta));
-          this.pending.get(meta.requestId)?.onBatch({ meta, payload: frame.payload, final: (frame.flags & 1) === 1, wireBytes });
+          this.pending
+            .get(meta.requestId)
+            ?.onBatch({ meta, payload: frame.payload, final: (frame.flags & 1) === 1, wireBytes });
           break;
         }
         case MessageType.FetchError: {
@@ -196,4 +218,3 @@ export class WireStream extends EventEmitter {
     this.emit('closed', this.closeError);
   }
 }
-

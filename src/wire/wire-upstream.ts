@@ -97,7 +97,13 @@ export class WireUpstream extends EventEmitter implements Upstream {
     this.background = new Array(options.backgroundStreams).fill(null);
   }
 
-  static async open(url: string, auth: WireAuth, pool: CodecPool, options: WireUpstreamOptions, log: Logger): Promise<WireUpstream> {
+  static async open(
+    url: string,
+    auth: WireAuth,
+    pool: CodecPool,
+    options: WireUpstreamOptions,
+    log: Logger,
+  ): Promise<WireUpstream> {
     const u = new WireUpstream(url, auth, pool, options, log);
     u.urgent = await u.openStream(Role.Urgent);
     u.size = u.urgent.welcome!.imageSize;
@@ -149,7 +155,9 @@ export class WireUpstream extends EventEmitter implements Upstream {
     let flags = 0;
     for (let attempt = 0; todo.length; attempt++) {
       if (attempt >= this.options.maxAttempts) {
-        throw new Error(`blocks ${firstBlock + todo[0]}… failed verification ${attempt} times; giving up on this fetch`);
+        throw new Error(
+          `blocks ${firstBlock + todo[0]}… failed verification ${attempt} times; giving up on this fetch`,
+        );
       }
       const failed: number[] = [];
       for (const [start, n] of runs(todo)) {
@@ -183,7 +191,14 @@ export class WireUpstream extends EventEmitter implements Upstream {
   }
 
   /** Fetches one run on a stream; returns the absolute blocks that must be fetched again. */
-  private async fetchRun(runOffset: number, runLength: number, priority: FetchPriority, flags: number, out: Buffer, outOffset: number): Promise<number[]> {
+  private async fetchRun(
+    runOffset: number,
+    runLength: number,
+    priority: FetchPriority,
+    flags: number,
+    out: Buffer,
+    outOffset: number,
+  ): Promise<number[]> {
     const stream = await this.streamFor(priority);
     const bs = this.options.blockSize;
     const decodes: Array<Promise<number[]>> = [];
@@ -197,21 +212,32 @@ export class WireUpstream extends EventEmitter implements Upstream {
   }
 
   /** Decodes and verifies one batch into `out`; returns the absolute blocks that failed. */
-  private async decodeBatch(batch: BatchFrame, priority: FetchPriority, out: Buffer, outOffset: number): Promise<number[]> {
+  private async decodeBatch(
+    batch: BatchFrame,
+    priority: FetchPriority,
+    out: Buffer,
+    outOffset: number,
+  ): Promise<number[]> {
     const bs = this.options.blockSize;
     const { meta } = batch;
     const first = meta.offset / bs;
     const failed: number[] = [];
     // References are resolved here, not by the kernels: hand them over as empty zero blocks and ignore their status.
     const entries: BlockEntry[] = meta.entries.map((e) =>
-      e.encoding === WireEncoding.Reference ? { encoding: BlockEncoding.Zero, length: 0, checksum: 0n } : { encoding: e.encoding as number as BlockEncoding, length: e.length, checksum: e.checksum },
+      e.encoding === WireEncoding.Reference
+        ? { encoding: BlockEncoding.Zero, length: 0, checksum: 0n }
+        : { encoding: e.encoding as number as BlockEncoding, length: e.length, checksum: e.checksum },
     );
     for (const e of meta.entries) {
       const name = ENCODING_NAMES[e.encoding] ?? `encoding ${e.encoding}`;
       this.stats.blocksByEncoding[name] = (this.stats.blocksByEncoding[name] ?? 0) + 1;
     }
     const decoded = await this.pool.decode(
-      { blockSize: bs, entries, payload: new Uint8Array(batch.payload.buffer, batch.payload.byteOffset, batch.payload.byteLength) },
+      {
+        blockSize: bs,
+        entries,
+        payload: new Uint8Array(batch.payload.buffer, batch.payload.byteOffset, batch.payload.byteLength),
+      },
       { urgent: priority === 'urgent' },
     );
     const blocks = Buffer.from(decoded.blocks.buffer, decoded.blocks.byteOffset, decoded.blocks.byteLength);
@@ -231,7 +257,16 @@ export class WireUpstream extends EventEmitter implements Upstream {
     }
     for (const i of references) {
       const e = meta.entries[i];
-      const ok = await this.resolveReference(e.reference, e.checksum, meta, blocks, decoded.status, out, outOffset, first + i);
+      const ok = await this.resolveReference(
+        e.reference,
+        e.checksum,
+        meta,
+        blocks,
+        decoded.status,
+        out,
+        outOffset,
+        first + i,
+      );
       if (ok) this.stats.referencesUsed++;
       else {
         this.stats.referencesRefused++;
@@ -306,7 +341,13 @@ export class WireUpstream extends EventEmitter implements Upstream {
   }
 
   private openStream(role: Role): Promise<WireStream> {
-    return WireStream.open(this.auth, this.target.host, this.target.port, this.hello(role), this.options.connectTimeoutMs);
+    return WireStream.open(
+      this.auth,
+      this.target.host,
+      this.target.port,
+      this.hello(role),
+      this.options.connectTimeoutMs,
+    );
   }
 
   /** Replaces a stream when it closes, with backoff. Index -1 is the urgent stream. */
@@ -320,7 +361,10 @@ export class WireUpstream extends EventEmitter implements Upstream {
       else this.background[index] = null;
       if (this.closing) return;
       const wasConnected = this.connected;
-      this.log.warn({ stream: index < 0 ? 'urgent' : `background ${index}`, err: err.message }, 'source stream lost; reconnecting');
+      this.log.warn(
+        { stream: index < 0 ? 'urgent' : `background ${index}`, err: err.message },
+        'source stream lost; reconnecting',
+      );
       if (!wasConnected) this.emit('disconnected');
       void this.reopen(index);
     });
@@ -338,7 +382,10 @@ export class WireUpstream extends EventEmitter implements Upstream {
           else this.background[index] = s;
           this.watch(index, s);
           this.reconnects++;
-          this.log.info({ stream: index < 0 ? 'urgent' : `background ${index}`, reconnects: this.reconnects }, 'source reconnected');
+          this.log.info(
+            { stream: index < 0 ? 'urgent' : `background ${index}`, reconnects: this.reconnects },
+            'source reconnected',
+          );
           this.emit('connected');
           for (const w of this.waiters.splice(0)) w();
           return;
