@@ -17,6 +17,7 @@ import type { BlockMap } from '../store/block-map';
 import type { FileDevice } from '../store/file-device';
 import type { FetchPriority, Upstream } from './upstream';
 import { LatencyWindow, RateMeter } from './latency-window';
+import { blockRuns } from './block-runs';
 
 interface Transit {
   /** A VM write, zero or trim has taken the block over; fetched data is discarded. */
@@ -222,7 +223,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         if (!this.upstream) throw new BlockDeviceError('EIO', 'block missing and no source is attached');
         fetched += toFetch.length;
         this.counters.onDemandFetches += toFetch.length;
-        for (const [first, count] of runs(toFetch)) {
+        for (const [first, count] of blockRuns(toFetch)) {
           for (let b = first; b < first + count; b++) this.transits.get(b)!.fetches++;
           this.fetchRun(first, count, 'urgent').catch(() => undefined); // waiters see the block go missing again
         }
@@ -326,7 +327,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       t.landing = true;
       landing.push([b, t]);
     }
-    for (const [runFirst, runCount] of runs(landing.map(([b]) => b))) {
+    for (const [runFirst, runCount] of blockRuns(landing.map(([b]) => b))) {
       const start = (runFirst - first) * this.bs;
       const bytes = data.subarray(start, Math.min(start + runCount * this.bs, data.length));
       const group = landing.filter(([b]) => b >= runFirst && b < runFirst + runCount);
@@ -345,17 +346,6 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       for (const [b, t] of group) this.endTransit(b, t, true);
     }
   }
-}
-
-/** Consecutive runs of a sorted list of block numbers, as [first, count]. */
-function runs(blocks: number[]): Array<[number, number]> {
-  const out: Array<[number, number]> = [];
-  for (const b of blocks) {
-    const lastRun = out[out.length - 1];
-    if (lastRun && lastRun[0] + lastRun[1] === b) lastRun[1]++;
-    else out.push([b, 1]);
-  }
-  return out;
 }
 
 /** Resolves true if the time ran out before every promise settled. */

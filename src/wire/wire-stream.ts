@@ -110,7 +110,15 @@ export class WireStream extends EventEmitter {
       });
       stream.once('closed', (err: Error) => {
         clearTimeout(timer);
-        reject(err);
+        // With TLS 1.3 a peer certificate is judged after our handshake completes: a refusal shows up as a close here.
+        if (err instanceof WireRefusedError) return reject(err);
+        const hint = auth.kind === 'cert' ? ' (was this certificate refused? the source logs why)' : '';
+        reject(
+          new Error(
+            `cannot connect to ferry source at ${host}:${port}: it closed the connection during the handshake${hint}: ${err.message}`,
+            { cause: err },
+          ),
+        );
       });
     });
     return stream;

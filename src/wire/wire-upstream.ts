@@ -12,6 +12,7 @@ import type { CodecPool } from '../pool';
 import { BlockEncoding, type BlockEntry } from '../codec/batch';
 import type { FetchPriority, LinkStats, LocalBlocks, Upstream } from '../migrate/upstream';
 import type { WireAuth } from './auth';
+import { blockRuns } from '../migrate/block-runs';
 import { BatchFrame, WireRefusedError, WireStream } from './wire-stream';
 import { FetchFlag, RefuseCode, Role, WIRE_VERSION, WireEncoding } from './protocol';
 
@@ -160,7 +161,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
         );
       }
       const failed: number[] = [];
-      for (const [start, n] of runs(todo)) {
+      for (const [start, n] of blockRuns(todo)) {
         const runOffset = (firstBlock + start) * bs;
         const runLength = Math.min(n * bs, offset + length - runOffset);
         const bad = await this.fetchRun(runOffset, runLength, priority, flags, out, offset);
@@ -406,14 +407,4 @@ export class WireUpstream extends EventEmitter implements Upstream {
       this.reconnecting.delete(index);
     }
   }
-}
-
-function runs(sorted: number[]): Array<[number, number]> {
-  const out: Array<[number, number]> = [];
-  for (const b of sorted) {
-    const last = out[out.length - 1];
-    if (last && last[0] + last[1] === b) last[1]++;
-    else out.push([b, 1]);
-  }
-  return out;
 }
