@@ -190,3 +190,22 @@ t.test('model: random interleavings of VM requests with a background copy and ra
   }
   t.ok(checkedReads > 1000, `checked ${checkedReads} reads`);
 });
+
+t.test('a source that fails every fetch at once does not freeze the event loop', async (t) => {
+  const source = makeSource(64);
+  const upstream = new FakeUpstream(source, () => 0, 1); // every fetch fails immediately
+  const { device } = setup(t, source, upstream, 500);
+  const copy = new BackgroundCopy(device, { batchBlocks: 4, windowBytes: 16 * BS, storeErrorBackoffMs: 10 }, null, log);
+  copy.start();
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 20);
+  const err = await device.read(0, Buffer.alloc(10)).then(
+    () => null,
+    (e: { errno?: string }) => e,
+  );
+  clearInterval(timer);
+  await copy.stop();
+  t.equal(err?.errno, 'EIO', 'the read fails after the limit');
+  t.ok(ticks >= 10, `timers kept running meanwhile (${ticks} ticks of 20 ms in 500 ms)`);
+  t.ok(upstream.fetchCalls.length < 500, `fetches were paced (${upstream.fetchCalls.length} in 500 ms)`);
+});

@@ -26,6 +26,8 @@ export class BackgroundCopy {
   private wakeUp: (() => void) | null = null;
   private readonly bucket: TokenBucket;
   private loop: Promise<void> | null = null;
+  private failures = 0;
+  private readonly running = new Set<Promise<void>>();
   private readonly window: WindowEstimator;
 
   constructor(
@@ -77,10 +79,16 @@ export class BackgroundCopy {
     this.wake();
   }
 
+  /** Stops taking runs. Runs in flight go on: close the upstream, then settle(). */
   async stop(): Promise<void> {
     this.stopped = true;
     this.wake();
     await this.loop;
+  }
+
+  /** Waits for the runs in flight to finish (land or fail). */
+  async settle(): Promise<void> {
+    await Promise.all(this.running);
   }
 
   private wake(): void {
@@ -133,16 +141,29 @@ export class BackgroundCopy {
       this.inFlightBytes += bytes;
       const sentAt = performance.now();
       const inFlightAtSend = this.inFlightBytes;
-      this.device
+      const fetch = this.device
         .fetchBackgroundRun(run.first, run.count)
         .then(
-          () => this.window.sample(inFlightAtSend, performance.now() - sentAt),
-          (e: Error) => this.log.debug({ err: e.message }, 'background fetch failed; will retry'),
+          () => {
+            this.failures = 0;
+            this.window.sample(inFlightAtSend, performance.now() - sentAt);
+          },
+          (e: Error) => {
+            // Wait on a real timer before the next run, so a source that fails at once cannot spin the loop.
+            this.failures++;
+            this.blockedUntil = Math.max(
+              this.blockedUntil,
+              Date.now() + Math.min(20 * 2 ** Math.min(this.failures, 6), 1000),
+            );
+            this.log.debug({ err: e.message }, 'background fetch failed; will retry');
+          },
         )
         .finally(() => {
           this.inFlightBytes -= bytes;
+          this.running.delete(fetch);
           this.wake();
         });
+      this.running.add(fetch);
     }
   }
 }

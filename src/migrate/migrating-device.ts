@@ -48,7 +48,7 @@ export interface CopyCounters {
 
 export class MigratingDevice extends EventEmitter implements BlockDevice {
   readonly readOnly = false;
-  readonly canTrim = true;
+  readonly canTrim: boolean;
   readonly canFastZero: boolean;
   readonly blockSize: BlockSizeHint;
   readonly counters: CopyCounters = { bytesFetched: 0, onDemandFetches: 0, fetchErrors: 0, discardedFetches: 0 };
@@ -67,6 +67,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     super();
     this.bs = map.blockSize;
     this.canFastZero = local.canFastZero;
+    // A trim that frees nothing would leave claimed blocks with stale bytes: only trim where the file can.
+    this.canTrim = local.canTrim;
     this.blockSize = { minimum: 1, preferred: this.bs, maximum: local.blockSize.maximum };
   }
 
@@ -207,7 +209,14 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     const started = performance.now();
     const deadline = Date.now() + this.options.fetchTimeoutMs;
     let fetched = 0;
+    let round = 0;
     for (;;) {
+      if (round++ > 0) {
+        // Blocks went missing again (a fetch failed): back off on a real timer,
+        // so a source that fails at once cannot spin the event loop the VM's disk runs on.
+        const pause = Math.min(20 * 2 ** Math.min(round, 6), 1000, Math.max(0, deadline - Date.now()));
+        await new Promise((r) => setTimeout(r, pause));
+      }
       const waiting: Transit[] = [];
       const toFetch: number[] = [];
       for (const b of blocks) {
@@ -236,6 +245,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       const failed = waiting.find((t) => t.error);
       if (failed) throw failed.error!;
       if (timedOut) {
+        // Let the next request fetch afresh rather than wait on a fetch that may never settle.
+        for (const t of waiting) if (!t.claimed && !t.landing) t.urgent = false;
         throw new BlockDeviceError('EIO', `source did not deliver within ${this.options.fetchTimeoutMs} ms`);
       }
     }

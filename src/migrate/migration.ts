@@ -239,8 +239,10 @@ export class Migration implements MigrationControl {
     if (this.persistTimer) clearInterval(this.persistTimer);
     await this.copy?.stop();
     await this.completing?.catch(() => undefined);
-    await this.device.flush().catch((e: Error) => this.log.error({ err: e.message }, 'final persist failed'));
+    // Closing the upstream fails the fetches still waiting on it; then nothing lands after the image closes.
     await this.upstream?.close();
+    await this.copy?.settle();
+    await this.device.flush().catch((e: Error) => this.log.error({ err: e.message }, 'final persist failed'));
     this.device.map.close();
     await this.device.close();
   }
@@ -261,6 +263,7 @@ export class Migration implements MigrationControl {
       this.device.detachUpstream();
       if (this.upstream) this.lastLinkStats = this.upstream.linkStats();
       await this.upstream?.close();
+      await this.copy?.settle();
       this.log.info(
         {
           blocks: map.blockCount,

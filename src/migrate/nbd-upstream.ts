@@ -71,9 +71,17 @@ export class NbdUpstream extends EventEmitter implements Upstream {
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
     const client = priority === 'urgent' ? this.urgent! : this.background!;
-    const data = await client.read(offset, length);
+    // Stay within the server's largest request (qemu-nbd and nbdkit refuse more than 32 MiB).
+    const max = Math.max(4096, Math.min(client.blockSize.maximum || 32 << 20, 32 << 20));
+    let data: Buffer;
+    if (length <= max) data = await client.read(offset, length);
+    else {
+      data = Buffer.allocUnsafe(length);
+      for (let at = 0; at < length; at += max)
+        (await client.read(offset + at, Math.min(max, length - at))).copy(data, at);
+    }
     this.bytesFetched += data.length;
-    this.replies++;
+    this.replies += Math.ceil(length / max);
     return data;
   }
 
@@ -90,7 +98,24 @@ export class NbdUpstream extends EventEmitter implements Upstream {
 
   async reconnect(url?: string): Promise<void> {
     if (url && url !== this.url) {
-      this.target = parseNbdUrl(url);
+      // Check the new address first: a wrong one is refused here and the working connections stay up.
+      const target = parseNbdUrl(url);
+      const probe = await NbdClient.connect(target.address, {
+        exportName: target.exportName,
+        structured: false,
+        connectTimeoutMs: this.options.connectTimeoutMs,
+      });
+      try {
+        const identity = await sampleIdentity(probe, target.exportName);
+        if (probe.size !== this.size || identity !== this.identity) {
+          throw new Error(
+            `${url} serves another image (size ${probe.size}, identity ${identity}; expected ${this.size}, ${this.identity})`,
+          );
+        }
+      } finally {
+        probe.destroy();
+      }
+      this.target = target;
       this.url = url;
     }
     this.dropClients();
@@ -119,8 +144,14 @@ export class NbdUpstream extends EventEmitter implements Upstream {
       urgent.destroy();
       throw e;
     }
+    // Watch them from the start: one that dies while its identity is sampled must not be kept.
+    let dead = false;
+    for (const client of [urgent, background]) client.once('close', () => (dead = true));
     try {
       const identity = await sampleIdentity(urgent, this.target.exportName);
+      if (dead || urgent.isClosed || background.isClosed)
+        throw new Error(`source at ${this.url} closed the connection`);
+      if (this.closing) throw new Error('upstream closed');
       if (this.identity && (urgent.size !== this.size || identity !== this.identity)) {
         throw new Error(
           `source at ${this.url} is not the image being migrated (size ${urgent.size}, expected ${this.size}; identity ${identity}, expected ${this.identity})`,

@@ -74,6 +74,10 @@ export class NbdClient extends EventEmitter {
   private closed = false;
   private closeError: Error = new Error('NBD connection closed');
   private optionWaiter: ((m: ServerMessage) => void) | null = null;
+  private lastData = Date.now();
+  private readonly watchdog: NodeJS.Timeout;
+  /** How long requests may wait with no byte from the server before the connection is dropped. */
+  static stallTimeoutMs = 30_000;
   private handshaking = true;
 
   private constructor(private readonly socket: net.Socket) {
@@ -83,10 +87,22 @@ export class NbdClient extends EventEmitter {
       return p && p.type === Command.Read ? p.length : 0;
     });
     socket.setNoDelay(true);
+    socket.setKeepAlive(true, 10_000);
     socket.on('data', (chunk: Buffer) => {
+      this.lastData = Date.now();
       this.decoder.push(chunk);
       this.drain();
     });
+    // A path that dies without a reset leaves requests waiting forever: give up on a silent server.
+    this.watchdog = setInterval(() => {
+      if (this.pending.size > 0 && Date.now() - this.lastData > NbdClient.stallTimeoutMs) {
+        this.closeError = new Error(
+          `NBD server sent nothing for ${NbdClient.stallTimeoutMs} ms with requests outstanding`,
+        );
+        socket.destroy();
+      }
+    }, 1000);
+    this.watchdog.unref();
     socket.on('error', (err) => {
       this.closeError = new Error(`NBD connection failed: ${err.message}`);
     });
@@ -96,11 +112,20 @@ export class NbdClient extends EventEmitter {
   static async connect(address: ListenAddress, options: NbdClientOptions = {}): Promise<NbdClient> {
     const socket = await openSocket(address, options.connectTimeoutMs ?? 10_000);
     const client = new NbdClient(socket);
+    const timeoutMs = options.connectTimeoutMs ?? 10_000;
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await client.handshake(options.exportName ?? '', options.structured ?? true);
+      await Promise.race([
+        client.handshake(options.exportName ?? '', options.structured ?? true),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`NBD handshake did not finish within ${timeoutMs} ms`)), timeoutMs);
+        }),
+      ]);
     } catch (err) {
       socket.destroy();
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
     return client;
   }
@@ -167,6 +192,7 @@ export class NbdClient extends EventEmitter {
   ): Promise<Buffer | Extent[] | null> {
     if (this.closed) return Promise.reject(this.closeError);
     const cookie = this.nextCookie++;
+    if (this.pending.size === 0) this.lastData = Date.now();
     return new Promise((resolve, reject) => {
       this.pending.set(cookie, { type, offset, length, resolve, reject, data: null, extents: null, error: null });
       const header = encodeRequestHeader(flags, type, cookie, offset, length);
@@ -299,7 +325,12 @@ export class NbdClient extends EventEmitter {
     const p = this.pending.get(cookie);
     if (!p) return;
     if (type === ReplyType.OffsetData) {
-      const offset = payload.readUInt32BE(0) * 0x100000000 + payload.readUInt32BE(4);
+      const offset = payload.length >= 8 ? payload.readUInt32BE(0) * 0x100000000 + payload.readUInt32BE(4) : -1;
+      if (offset < p.offset || offset + payload.length - 8 > p.offset + p.length) {
+        this.closeError = new Error(`NBD protocol error from server: data chunk outside the request`);
+        this.socket.destroy();
+        return;
+      }
       p.data ??= Buffer.alloc(p.length);
       payload.copy(p.data, offset - p.offset, 8);
     } else if (type === ReplyType.OffsetHole) {
@@ -328,6 +359,7 @@ export class NbdClient extends EventEmitter {
 
   private onClose(): void {
     this.closed = true;
+    clearInterval(this.watchdog);
     this.emit('handshake-closed');
     for (const p of this.pending.values()) p.reject(this.closeError);
     this.pending.clear();

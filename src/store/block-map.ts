@@ -42,6 +42,7 @@ export class BlockMap {
   private readonly dirtyPages = new Set<number>();
   private generation: number;
   private persisting: Promise<void> = Promise.resolve();
+  private headerWrites: Promise<void> = Promise.resolve();
 
   private constructor(
     readonly path: string,
@@ -195,20 +196,27 @@ export class BlockMap {
   async markComplete(syncData: () => Promise<void>): Promise<void> {
     if (!this.allHeld) throw new BlockMapError('cannot mark complete: blocks are still missing');
     await this.persist(syncData);
-    await this.writeHeader({ ...this.header, complete: true });
+    await this.writeHeader((h) => ({ ...h, complete: true }));
   }
 
   /** Points the map at a new source URL of the same image. */
   async setSourceUrl(url: string): Promise<void> {
     if (url === this.header.sourceUrl) return;
-    await this.writeHeader({ ...this.header, sourceUrl: url });
+    await this.writeHeader((h) => ({ ...h, sourceUrl: url }));
   }
 
   close(): void {
     fs.closeSync(this.fd);
   }
 
-  private async writeHeader(header: BlockMapHeader): Promise<void> {
+  /** Header rewrites run one at a time, so two can never pick the same slot. */
+  private writeHeader(change: (current: BlockMapHeader) => BlockMapHeader): Promise<void> {
+    const write = this.headerWrites.then(() => this.writeHeaderNow(change(this.header)));
+    this.headerWrites = write.catch(() => undefined);
+    return write;
+  }
+
+  private async writeHeaderNow(header: BlockMapHeader): Promise<void> {
     const generation = this.generation + 1;
     const slot = encodeHeader(header, generation);
     await writeAll(this.fd, slot, (generation % 2) * HEADER_SLOT);

@@ -54,6 +54,7 @@ export class FileDevice implements BlockDevice {
   }
 
   read(offset: number, into: Buffer): Promise<void> {
+    if (this.closed) return Promise.reject(new BlockDeviceError('EIO', `image ${this.path} is closed`));
     // A read the page cache can satisfy is done here and now; only a miss
     // pays for the thread pool (and may wait on the disk there).
     if (fileOps && into.length <= NOWAIT_MAX) {
@@ -91,6 +92,7 @@ export class FileDevice implements BlockDevice {
   }
 
   flush(): Promise<void> {
+    if (this.closed) return Promise.reject(new BlockDeviceError('EIO', `image ${this.path} is closed`));
     return new Promise((resolve, reject) => {
       fs.fdatasync(this.fd, (err) => (err ? reject(deviceError(err, 'flush')) : resolve()));
     });
@@ -166,6 +168,8 @@ export class FileDevice implements BlockDevice {
   }
 
   private checkWritable(): void {
+    // After close the descriptor number may belong to another file: never write through it.
+    if (this.closed) throw new BlockDeviceError('EIO', `image ${this.path} is closed`);
     if (this.readOnly) throw new BlockDeviceError('EPERM', 'the image is read-only');
   }
 }

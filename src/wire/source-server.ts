@@ -303,6 +303,8 @@ class SourceConnection {
         return await this.options.pool.encode(buffer, bs, { urgent, codec });
       } catch (e) {
         if (!(e instanceof QueueFullError)) throw e;
+        // The urgent queue is full too: give the workers a moment (a real timer, not a spin).
+        if (urgent) await new Promise((r) => setTimeout(r, 1));
       }
     }
   }

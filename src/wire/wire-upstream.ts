@@ -8,7 +8,7 @@
 import { EventEmitter } from 'node:events';
 import crypto from 'node:crypto';
 import type { Logger } from 'pino';
-import type { CodecPool } from '../pool';
+import { QueueFullError, type CodecPool } from '../pool';
 import { BlockEncoding, type BlockEntry } from '../codec/batch';
 import type { FetchPriority, LinkStats, LocalBlocks, Upstream } from '../migrate/upstream';
 import type { WireAuth } from './auth';
@@ -61,6 +61,8 @@ export function parseFerryUrl(text: string): FerryTarget {
 }
 
 const ENCODING_NAMES = ['zero', 'raw', 'lz4', 'deflate', 'reference'];
+/** Largest FETCH sent (the source accepts up to 16 MiB). */
+const MAX_FETCH = 8 << 20;
 
 export class WireUpstream extends EventEmitter implements Upstream {
   size = 0;
@@ -106,19 +108,22 @@ export class WireUpstream extends EventEmitter implements Upstream {
     log: Logger,
   ): Promise<WireUpstream> {
     const u = new WireUpstream(url, auth, pool, options, log);
-    u.urgent = await u.openStream(Role.Urgent);
-    u.size = u.urgent.welcome!.imageSize;
-    u.identity = u.urgent.welcome!.identity;
-    u.stats.codec = u.urgent.welcome!.codec;
+    const urgent = await u.openStream(Role.Urgent);
+    u.size = urgent.welcome!.imageSize;
+    u.identity = urgent.welcome!.identity;
+    u.stats.codec = urgent.welcome!.codec;
+    u.urgent = urgent;
+    u.watch(-1, urgent); // from now on a dropped stream is replaced
     try {
-      for (let i = 0; i < u.background.length; i++) u.background[i] = await u.openStream(Role.Background);
+      for (let i = 0; i < u.background.length; i++) {
+        const s = await u.openStream(Role.Background);
+        u.background[i] = s;
+        u.watch(i, s);
+      }
     } catch (e) {
-      u.urgent.destroy();
-      for (const s of u.background) s?.destroy();
+      await u.close();
       throw e;
     }
-    u.watch(-1, u.urgent);
-    u.background.forEach((s, i) => u.watch(i, s!));
     return u;
   }
 
@@ -161,11 +166,14 @@ export class WireUpstream extends EventEmitter implements Upstream {
         );
       }
       const failed: number[] = [];
+      const perFetch = Math.max(1, Math.floor(MAX_FETCH / bs));
       for (const [start, n] of blockRuns(todo)) {
-        const runOffset = (firstBlock + start) * bs;
-        const runLength = Math.min(n * bs, offset + length - runOffset);
-        const bad = await this.fetchRun(runOffset, runLength, priority, flags, out, offset);
-        failed.push(...bad.map((b) => b - firstBlock));
+        for (let piece = 0; piece < n; piece += perFetch) {
+          const runOffset = (firstBlock + start + piece) * bs;
+          const runLength = Math.min(Math.min(perFetch, n - piece) * bs, offset + length - runOffset);
+          const bad = await this.fetchRun(runOffset, runLength, priority, flags, out, offset);
+          failed.push(...bad.map((b) => b - firstBlock));
+        }
       }
       todo = failed;
       flags = FetchFlag.NoReferences; // a retry asks for bytes
@@ -174,14 +182,34 @@ export class WireUpstream extends EventEmitter implements Upstream {
   }
 
   async reconnect(url?: string): Promise<void> {
-    if (url && url !== this.url) {
-      this.target = parseFerryUrl(url);
-      this.url = url;
+    const target = url ? parseFerryUrl(url) : this.target;
+    // Try the new address first: a wrong one is refused here, and the working streams stay up.
+    const probe = await WireStream.open(
+      this.auth,
+      target.host,
+      target.port,
+      { ...this.hello(Role.Urgent), exportName: target.exportName },
+      this.options.connectTimeoutMs,
+    );
+    probe.destroy();
+    if (probe.welcome!.identity !== this.identity || probe.welcome!.imageSize !== this.size) {
+      throw new Error(
+        `${url ?? this.url} serves another image (identity ${probe.welcome!.identity}, expected ${this.identity})`,
+      );
     }
-    this.urgent?.destroy();
-    for (const s of this.background) s?.destroy();
+    this.target = target;
+    if (url) this.url = url;
+    this.fatal = null;
+    const old = [this.urgent, ...this.background];
+    for (const s of old) s?.destroy();
+    // Streams already gone (none to emit 'closed') are reopened here.
+    if (!this.urgent) void this.reopen(-1);
+    this.background.forEach((s, i) => {
+      if (!s) void this.reopen(i);
+    });
     await new Promise((r) => setTimeout(r, 10));
-    while (!this.connected && !this.closing) await this.waitConnected();
+    while (!this.connected && !this.closing && !this.fatal) await this.waitConnected();
+    if (this.fatal) throw this.fatal;
   }
 
   async close(): Promise<void> {
@@ -202,14 +230,34 @@ export class WireUpstream extends EventEmitter implements Upstream {
   ): Promise<number[]> {
     const stream = await this.streamFor(priority);
     const bs = this.options.blockSize;
+    const first = runOffset / bs;
+    const count = Math.ceil(runLength / bs);
+    const covered = new Uint8Array(count);
     const decodes: Array<Promise<number[]>> = [];
+    let decodeError: Error | null = null;
     await stream.fetch(priority === 'urgent' ? Role.Urgent : Role.Background, flags, runOffset, runLength, (batch) => {
       this.stats.bytesOnWire += batch.wireBytes;
-      this.stats.bytesBeforeEncoding += batch.meta.count * bs;
-      decodes.push(this.decodeBatch(batch, priority, out, outOffset));
+      const { offset, count: n } = batch.meta;
+      const at = offset / bs - first;
+      if (offset % bs !== 0 || at < 0 || at + n > count) {
+        // Not what was asked: nothing of it is used; the blocks it should have carried are fetched again.
+        this.stats.corruptFrames++;
+        return;
+      }
+      this.stats.bytesBeforeEncoding += n * bs;
+      covered.fill(1, at, at + n);
+      // Handled here: a decode that fails before the last batch arrives must not go unobserved.
+      decodes.push(
+        this.decodeBatch(batch, priority, out, outOffset).catch((e: Error) => {
+          decodeError ??= e;
+          return [];
+        }),
+      );
     });
-    const results = await Promise.all(decodes);
-    return results.flat();
+    const failed = (await Promise.all(decodes)).flat();
+    if (decodeError) throw decodeError;
+    for (let i = 0; i < count; i++) if (!covered[i]) failed.push(first + i); // never sent: never returned as data
+    return failed;
   }
 
   /** Decodes and verifies one batch into `out`; returns the absolute blocks that failed. */
@@ -233,13 +281,11 @@ export class WireUpstream extends EventEmitter implements Upstream {
       const name = ENCODING_NAMES[e.encoding] ?? `encoding ${e.encoding}`;
       this.stats.blocksByEncoding[name] = (this.stats.blocksByEncoding[name] ?? 0) + 1;
     }
-    const decoded = await this.pool.decode(
-      {
-        blockSize: bs,
-        entries,
-        payload: new Uint8Array(batch.payload.buffer, batch.payload.byteOffset, batch.payload.byteLength),
-      },
-      { urgent: priority === 'urgent' },
+    const urgent = priority === 'urgent';
+    const payload = new Uint8Array(batch.payload.buffer, batch.payload.byteOffset, batch.payload.byteLength);
+    const decoded = await this.whenQueued(
+      () => this.pool.decode({ blockSize: bs, entries, payload }, { urgent }),
+      urgent,
     );
     const blocks = Buffer.from(decoded.blocks.buffer, decoded.blocks.byteOffset, decoded.blocks.byteLength);
     const references: number[] = [];
@@ -267,6 +313,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
         out,
         outOffset,
         first + i,
+        urgent,
       );
       if (ok) this.stats.referencesUsed++;
       else {
@@ -292,6 +339,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
     out: Buffer,
     outOffset: number,
     block: number,
+    urgent: boolean,
   ): Promise<boolean> {
     const bs = this.options.blockSize;
     const first = meta.offset / bs;
@@ -304,10 +352,23 @@ export class WireUpstream extends EventEmitter implements Upstream {
     if (!this.local || !this.local.isHeld(target)) return false;
     const copy = new ArrayBuffer(bs);
     await this.local.read(target * bs, Buffer.from(copy, 0, Math.min(bs, this.size - target * bs)));
-    const hashed = await this.pool.hash(copy, bs);
+    const hashed = await this.whenQueued(() => this.pool.hash(copy, bs, { urgent }), urgent);
     if (hashed.checksums[0] !== checksum) return false; // the VM has overwritten it since
     this.place(out, outOffset, block * bs, Buffer.from(hashed.blocks));
     return true;
+  }
+
+  /** Runs a pool task, waiting (on a timer or the pool's signal, never a spin) while its queue is full. */
+  private async whenQueued<T>(task: () => Promise<T>, urgent: boolean): Promise<T> {
+    for (;;) {
+      try {
+        return await task();
+      } catch (e) {
+        if (!(e instanceof QueueFullError)) throw e;
+        if (urgent) await new Promise((r) => setTimeout(r, 1));
+        else await this.pool.whenNotFull();
+      }
+    }
   }
 
   private async streamFor(priority: FetchPriority): Promise<WireStream> {
@@ -379,6 +440,10 @@ export class WireUpstream extends EventEmitter implements Upstream {
       while (!this.closing) {
         try {
           const s = await this.openStream(index < 0 ? Role.Urgent : Role.Background);
+          if (this.closing) {
+            s.destroy(); // closed while this one was opening: keep no link to the source
+            return;
+          }
           if (index < 0) this.urgent = s;
           else this.background[index] = s;
           this.watch(index, s);
