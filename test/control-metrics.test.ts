@@ -2,7 +2,7 @@ import http from 'node:http';
 import pino from 'pino';
 import t from 'tap';
 import { MigrationMetrics, startMetricsServer } from '../src/control/metrics';
-import { SimulatedMigration } from '../src/control/simulated-migration';
+import { SimulatedMigration } from './helpers/simulated-migration';
 
 const log = pino({ level: 'silent' });
 

@@ -14,7 +14,7 @@ import {
   parseRequestLine,
   parseResponseLine,
 } from '../src/control/protocol';
-import { SimulatedMigration, initialStatus } from '../src/control/simulated-migration';
+import { SimulatedMigration, initialStatus } from './helpers/simulated-migration';
 
 const log = pino({ level: 'silent' });
 

@@ -6,7 +6,7 @@ import pino from 'pino';
 import t from 'tap';
 import { formatDuration, parseByteRate } from '../src/control/byte-rate';
 import { ControlServer } from '../src/control/control-server';
-import { SimulatedMigration } from '../src/control/simulated-migration';
+import { SimulatedMigration } from './helpers/simulated-migration';
 import { formatStatusSummary } from '../src/control/status-text';
 
 const log = pino({ level: 'silent' });

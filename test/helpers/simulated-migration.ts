@@ -2,7 +2,7 @@
  * A MigrationControl with no disk behind it: its status is whatever the caller sets.
  * It lets the control socket, `ferry ctl` and the metrics be exercised without a source.
  */
-import type { MigrationControl, MigrationStatus } from '../migrate/status';
+import type { MigrationControl, MigrationStatus } from '../../src/migrate/status';
 
 export function initialStatus(overrides: Partial<MigrationStatus> = {}): MigrationStatus {
   return {
