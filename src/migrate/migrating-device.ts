@@ -139,8 +139,12 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       while (runEnd < end && this.map.isHeld(runEnd / this.bs) === held) runEnd += this.bs;
       runEnd = Math.min(runEnd, end);
       // A missing block's allocation is the source's business: report it as data.
-      if (held) extents.push(...(await this.local.status(at, runEnd - at)));
-      else extents.push({ length: runEnd - at, flags: 0 });
+      if (held) {
+        const local = await this.local.status(at, runEnd - at);
+        extents.push(...local);
+        const covered = local.reduce((n, e) => n + e.length, 0);
+        if (covered < runEnd - at) break; // a short answer: stop where it ends, never misplace what follows
+      } else extents.push({ length: runEnd - at, flags: 0 });
       at = runEnd;
     }
     return mergeExtents(extents);
@@ -301,6 +305,9 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   }
 
   private async fetchRun(first: number, count: number, priority: FetchPriority): Promise<void> {
+    // The transits this fetch counts in: a later transit of the same block is not this fetch's to settle.
+    const mine: Array<Transit | undefined> = [];
+    for (let b = first; b < first + count; b++) mine.push(this.transits.get(b));
     const offset = first * this.bs;
     const length = Math.min(count * this.bs, this.size - offset);
     let data: Buffer;
@@ -312,7 +319,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       this.log.debug({ err: (e as Error).message, first, count, priority }, 'fetch failed');
       for (let b = first; b < first + count; b++) {
         const t = this.transits.get(b);
-        if (!t) continue;
+        if (!t || t !== mine[b - first]) continue;
         t.fetches--;
         // Back to missing so waiters fetch it again, unless someone else is on it.
         if (t.fetches === 0 && !t.claimed && !t.landing) this.endTransit(b, t, false);
@@ -321,15 +328,15 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     }
     this.counters.bytesFetched += length;
     if (priority === 'background') this.backgroundRate.add(length);
-    await this.land(first, count, data);
+    await this.land(first, count, data, mine);
   }
 
   /** Writes fetched blocks that are still wanted, in as few writes as possible. */
-  private async land(first: number, count: number, data: Buffer): Promise<void> {
+  private async land(first: number, count: number, data: Buffer, mine: Array<Transit | undefined>): Promise<void> {
     const landing: Array<[number, Transit]> = [];
     for (let b = first; b < first + count; b++) {
       let t = this.transits.get(b);
-      if (t) t.fetches--;
+      if (t && t === mine[b - first]) t.fetches--;
       if (this.map.isHeld(b) || (t && (t.claimed || t.landing))) {
         this.counters.discardedFetches++;
         continue;
