@@ -7,6 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 
 const FERRY_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'ferry.js');
+const EXIT_WITH_PARENT = path.join(__dirname, 'exit-with-parent.js');
 
 export interface FerryDaemon {
   child: ChildProcess;
@@ -24,13 +25,16 @@ interface Teardownable {
 }
 
 export function startFerry(t: Teardownable, args: string[], timeoutMs = 20_000): Promise<FerryDaemon> {
-  const child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, ['-r', EXIT_WITH_PARENT, FERRY_BIN, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe', 'pipe'], // fd 3: the daemon goes when the test process does (exit-with-parent)
+  });
   let stderr = '';
   let alive = true;
   const records: Array<Record<string, unknown>> = [];
   const listeners = new Set<() => void>();
   const exited = new Promise<number | null>((resolve) =>
-    child.on('exit', (code) => {
+    // 'close' rather than 'exit': the last log lines are read by then
+    child.on('close', (code) => {
       alive = false;
       resolve(code);
       for (const l of listeners) l();

@@ -1,14 +1,10 @@
 /**
  * Starts `ferry serve` as a child process on a loopback port (port 0: the
- * kernel picks one) and reads its address from the `serving` log line. The
- * process is killed when the test ends, whatever happened.
+ * kernel picks one), with the address parts the interop tests use.
  */
-import { ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
-
-const FERRY_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'ferry.js');
-const EXIT_WITH_PARENT = path.join(__dirname, 'exit-with-parent.js');
+import { startFerry } from './ferry-daemon';
 
 interface Teardownable {
   teardown(fn: () => void | Promise<void>): void;
@@ -37,78 +33,29 @@ export interface StartOptions {
   timeoutMs?: number;
 }
 
-export function startFerryServe(t: Teardownable, args: string[], options: StartOptions = {}): Promise<FerryServe> {
+export async function startFerryServe(
+  t: Teardownable,
+  args: string[],
+  options: StartOptions = {},
+): Promise<FerryServe> {
   const full = ['serve', ...args];
   if (!args.includes('--listen') && !args.includes('--socket')) full.push('--listen', options.listen ?? '127.0.0.1:0');
-  const child = spawn(process.execPath, ['-r', EXIT_WITH_PARENT, FERRY_BIN, ...full], {
-    stdio: ['ignore', 'ignore', 'pipe', 'pipe'], // fd 3: see exit-with-parent
-  });
-  let stderr = '';
-  let exitCode: number | null | undefined;
-  const exited = new Promise<number | null>((resolve) =>
-    // 'close' rather than 'exit': the last log lines are read by then
-    child.on('close', (code) => {
-      exitCode = code;
-      resolve(code);
-    }),
-  );
-  t.teardown(async () => {
-    if (exitCode === undefined) {
-      child.kill('SIGKILL');
-      await exited;
-    }
-  });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`ferry serve did not report its address in time; stderr:\n${stderr}`));
-    }, options.timeoutMs ?? 15_000);
-    let pending = '';
-    child.stderr!.setEncoding('utf8');
-    child.stderr!.on('data', (text: string) => {
-      stderr += text;
-      pending += text;
-      let nl: number;
-      while ((nl = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, nl);
-        pending = pending.slice(nl + 1);
-        const address = servingAddress(line);
-        if (address === null) continue;
-        clearTimeout(timer);
-        const at = address.lastIndexOf(':');
-        const host = at > 0 ? address.slice(0, at) : '';
-        const port = at > 0 ? Number(address.slice(at + 1)) : 0;
-        resolve({
-          child,
-          pid: child.pid!,
-          address,
-          host,
-          port,
-          uri: (name = '') => `nbd://${host}:${port}/${name}`,
-          stderr: () => stderr,
-          stop: (signal = 'SIGTERM') => {
-            if (exitCode === undefined) child.kill(signal);
-            return exited;
-          },
-          exited,
-        });
-      }
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`ferry serve exited (${code}) before serving; stderr:\n${stderr}`));
-    });
-  });
-}
-
-function servingAddress(line: string): string | null {
-  if (!line.includes('"serving"')) return null;
-  try {
-    const entry = JSON.parse(line) as { msg?: string; address?: string };
-    return entry.msg === 'serving' && entry.address ? entry.address : null;
-  } catch {
-    return null;
-  }
+  const daemon = await startFerry(t, full, options.timeoutMs ?? 15_000);
+  const address = String(daemon.serving.address);
+  const at = address.lastIndexOf(':');
+  const host = at > 0 ? address.slice(0, at) : '';
+  const port = at > 0 ? Number(address.slice(at + 1)) : 0;
+  return {
+    child: daemon.child,
+    pid: daemon.child.pid!,
+    address,
+    host,
+    port,
+    uri: (name = '') => `nbd://${host}:${port}/${name}`,
+    stderr: daemon.stderr,
+    stop: daemon.stop,
+    exited: daemon.exited,
+  };
 }
 
 /** Resident set size of a process in bytes, from /proc/PID/status. */
