@@ -63,4 +63,12 @@ t.test('source stopped and restarted mid-migration', async (t) => {
   write.copy(expected, 12345);
   t.ok(fs.readFileSync(image).equals(expected), 'final image equals the source plus the write');
   await src.stop();
+
+  // A completed destination restarts without any source.
+  const alone = await startFerry(t, ['dest', '--image', image, '--listen', '127.0.0.1:0']);
+  await alone.waitForLog('migration already complete; serving locally without a source', 10_000);
+  const local = await NbdClient.connect({ host: '127.0.0.1', port: servingPort(alone) }, { exportName: 'dest.img' });
+  t.ok((await local.read(12345, 10000)).equals(write), 'served locally after completion');
+  await local.close();
+  t.equal(await alone.stop(), 0);
 });
