@@ -183,6 +183,24 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
 
   // ---- internals ----
 
+  /** Writes fetched bytes; all-zero blocks become holes, so the image stays as sparse as the source. */
+  private async store(offset: number, bytes: Buffer): Promise<void> {
+    const zero = zeroBlock(this.bs);
+    let at = 0;
+    while (at < bytes.length) {
+      const isZero = (i: number): boolean =>
+        bytes.subarray(i, i + this.bs).equals(zero.subarray(0, Math.min(this.bs, bytes.length - i)));
+      const zeroRun = isZero(at);
+      let end = at + this.bs;
+      while (end < bytes.length && isZero(end) === zeroRun) end += this.bs;
+      end = Math.min(end, bytes.length);
+      if (zeroRun && this.local.canTrim)
+        await this.local.zero(offset + at, end - at, { fua: false, noHole: false, fastZero: false });
+      else await this.local.write(offset + at, bytes.subarray(at, end), false);
+      at = end;
+    }
+  }
+
   private blocksOf(offset: number, length: number): [number, number] {
     return [Math.floor(offset / this.bs), Math.floor((offset + length - 1) / this.bs)];
   }
@@ -350,7 +368,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       const bytes = data.subarray(start, Math.min(start + runCount * this.bs, data.length));
       const group = landing.filter(([b]) => b >= runFirst && b < runFirst + runCount);
       try {
-        await this.local.write(runFirst * this.bs, bytes, false);
+        await this.store(runFirst * this.bs, bytes);
       } catch (e) {
         const err = e instanceof BlockDeviceError ? e : new BlockDeviceError('EIO', (e as Error).message);
         this.log.error({ err: err.message, block: runFirst, count: runCount }, 'cannot store fetched blocks');
@@ -364,6 +382,12 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       for (const [b, t] of group) this.endTransit(b, t, true);
     }
   }
+}
+
+let zeros: Buffer = Buffer.alloc(0);
+function zeroBlock(size: number): Buffer {
+  if (zeros.length < size) zeros = Buffer.alloc(size);
+  return zeros;
 }
 
 /** Resolves true if the time ran out before every promise settled. */
