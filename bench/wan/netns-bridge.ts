@@ -163,6 +163,17 @@ export class NetnsBridge implements WanLink {
         await ip('-n', ns, 'addr', 'add', `${address}/30`, 'dev', tun);
         await ip('-n', ns, 'link', 'set', tun, 'up');
       }
+      if (options.congestionControl) {
+        for (const ns of [srcNs, dstNs]) {
+          await run(
+            'ip',
+            ['netns', 'exec', ns, 'sysctl', '-q', '-w', `net.ipv4.tcp_congestion_control=${options.congestionControl}`],
+            {
+              timeout: 5000,
+            },
+          );
+        }
+      }
       congestionControl = await readCongestionControl(srcNs);
     } catch (err) {
       bridge?.kill('SIGKILL');
@@ -172,7 +183,7 @@ export class NetnsBridge implements WanLink {
     }
     const link = new NetnsBridge(
       `network namespaces ${srcNs} (${SOURCE_ADDRESS}) and ${dstNs} (${DEST_ADDRESS}) joined by tunbridge; ` +
-        `TCP congestion control ${congestionControl} (the host's)`,
+        `TCP congestion control ${congestionControl}${options.congestionControl ? '' : " (the host's)"}`,
       srcNs,
       dstNs,
       bridge,

@@ -11,6 +11,8 @@ export interface WanLinkOptions {
   oneWayLatencyMs: number;
   /** Packet loss in [0, 1); only the namespace bridge can do it. */
   loss?: number;
+  /** TCP congestion control inside the namespaces (e.g. cubic); default: the host's. */
+  congestionControl?: string;
 }
 
 export interface LinkFidelity {

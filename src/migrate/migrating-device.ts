@@ -233,7 +233,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     let fetched = 0;
     let round = 0;
     for (;;) {
-      if (round++ > 0) {
+      if (round++ > 0 && !blocks.every((b) => this.map.isHeld(b))) {
         // Blocks went missing again (a fetch failed): back off on a real timer,
         // so a source that fails at once cannot spin the event loop the VM's disk runs on.
         const pause = Math.min(20 * 2 ** Math.min(round, 6), 1000, Math.max(0, deadline - Date.now()));
