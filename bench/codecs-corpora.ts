@@ -1,9 +1,9 @@
 // Benchmark corpora: zeros, text, random, binaries and a real ext4 image.
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
+import { buildExt4Image, findMkfs } from './migrate-image';
 
 export interface Corpus {
   name: string;
@@ -77,39 +77,16 @@ export function buildCorpora(size: number, log: (line: string) => void): Corpus[
   return corpora;
 }
 
-/** An ext4 image made with mkfs.ext4 -d from a copy of system libraries, about 40% full. */
+/** An ext4 image of real system files, about 40% full (the migration bench's disk, smaller). */
 function ext4Image(size: number, log: (line: string) => void): Corpus | undefined {
-  let mkfs = '';
-  for (const p of ['/usr/sbin/mkfs.ext4', '/sbin/mkfs.ext4']) {
-    try {
-      statSync(p);
-      mkfs = p;
-      break;
-    } catch {
-      // try the next one
-    }
-  }
-  if (!mkfs) {
+  if (!findMkfs()) {
     log('skipping the ext4 corpus: mkfs.ext4 not found (install e2fsprogs)');
     return undefined;
   }
   const dir = mkdtempSync(join(tmpdir(), 'ferry-bench-'));
   try {
-    const content = join(dir, 'content');
-    const files = filesUnder(LIB_DIR, () => true, size * 0.4);
-    for (const f of files) {
-      const target = join(content, f.slice(LIB_DIR.length));
-      mkdirSync(dirname(target), { recursive: true });
-      copyFileSync(f, target);
-    }
-    const img = join(dir, 'disk.img');
-    execFileSync(mkfs, ['-q', '-d', content, '-F', img, `${Math.floor(size / 1024)}k`], { stdio: 'pipe' });
-    const bytes = new Uint8Array(readFileSync(img));
-    return {
-      name: 'ext4',
-      description: `ext4 image (mkfs.ext4 -d) holding ${files.length} files from ${LIB_DIR}, ~40% full`,
-      bytes,
-    };
+    const image = buildExt4Image(dir, join(dir, 'disk.img'), size, 0.4);
+    return { name: 'ext4', description: image.description, bytes: new Uint8Array(readFileSync(image.path)) };
   } catch (err) {
     log(`skipping the ext4 corpus: ${(err as Error).message}`);
     return undefined;

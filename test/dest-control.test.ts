@@ -7,21 +7,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import http from 'node:http';
 import crypto from 'node:crypto';
-import { startFerry, servingPort, freePort } from './helpers/ferry-daemon';
+import { startFerry, servingPort, freePort, ferryCtl, ctlStatus } from './helpers/ferry-daemon';
 import { tempDir } from './helpers/temp-dir';
 import { run } from './helpers/run';
 import { hasTool } from './helpers/tools';
 import { NbdClient } from '../src/nbd/client';
-import type { MigrationStatus } from '../src/migrate/status';
 
 const FERRY = path.resolve(__dirname, '..', '..', 'bin', 'ferry.js');
-const ctl = (control: string, ...args: string[]) =>
-  run(process.execPath, [FERRY, 'ctl', '--control', control, ...args], { timeoutMs: 15_000 });
-
-async function status(control: string): Promise<MigrationStatus> {
-  const r = await ctl(control, 'status', '--json');
-  return JSON.parse(r.stdout) as MigrationStatus;
-}
+const ctl = ferryCtl;
+const status = ctlStatus;
 
 function scrape(port: number): Promise<string> {
   return new Promise((resolve, reject) => {

@@ -200,3 +200,9 @@ t.test('request checks give the errors the spec names', async (t) => {
     t.equal(checkRequest(req(Command.Trim, 0, 1), ro.session, limits), 'EPERM');
   }
 });
+
+t.test('the advertised maximum block size never exceeds what the server accepts', async (t) => {
+  const step = new Negotiation(table, 65536).option(option(Option.Go, encodeGoData('disk', [InfoType.BlockSize])));
+  const info = replies(step).find((r) => r.data.readUInt16BE(0) === InfoType.BlockSize)!;
+  t.equal(info.data.readUInt32BE(10), 65536);
+});

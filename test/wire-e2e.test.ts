@@ -7,24 +7,17 @@ import t, { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { startFerry, servingPort, FerryDaemon } from './helpers/ferry-daemon';
+import { startFerry, servingPort, FerryDaemon, ctlStatus } from './helpers/ferry-daemon';
 import { tempDir } from './helpers/temp-dir';
 import { run } from './helpers/run';
 import { CorruptingProxy } from './helpers/corrupting-proxy';
 import { SlowLink } from '../src/link/slow-link';
 import { NbdClient } from '../src/nbd/client';
 import { fillDemoImage } from '../src/demo/demo-image';
-import type { MigrationStatus } from '../src/migrate/status';
 
 const FERRY = path.resolve(__dirname, '..', '..', 'bin', 'ferry.js');
 
-async function status(controlPath: string): Promise<MigrationStatus> {
-  const r = await run(process.execPath, [FERRY, 'ctl', '--control', controlPath, 'status', '--json'], {
-    timeoutMs: 10_000,
-  });
-  if (r.code !== 0) throw new Error(`ctl status failed: ${r.stderr}`);
-  return JSON.parse(r.stdout) as MigrationStatus;
-}
+const status = ctlStatus;
 
 async function slowLink(t: Test, port: number, latencyMs = 5, mbit = 400): Promise<number> {
   const link = new SlowLink({

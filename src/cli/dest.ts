@@ -11,7 +11,7 @@ import { NbdUpstream } from '../migrate/nbd-upstream';
 import type { Upstream } from '../migrate/upstream';
 import { ControlServer } from '../control/control-server';
 import { startMetricsServer } from '../control/metrics';
-import { listenAddress, parseHostPort, runUntilSignal } from './process';
+import { listenAddress, nbdLimits, parseHostPort, runUntilSignal } from './process';
 import { parseByteRate } from '../control/byte-rate';
 import os from 'node:os';
 import { CodecPool } from '../pool';
@@ -102,12 +102,7 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   const server = new NbdServer(
     new StaticExportTable([{ name, description: d.description, device: migration.device }]),
     log,
-    {
-      maxInFlightRequests: config.nbd.max_in_flight_requests,
-      maxInFlightBytes: config.nbd.max_in_flight_bytes,
-      maxPayload: config.nbd.max_request_bytes,
-      handshakeTimeoutMs: config.nbd.handshake_timeout_ms,
-    },
+    nbdLimits(config),
   );
   const address = await server.listen(listenAddress(d));
   const control = d.control ? new ControlServer(migration, log) : null;

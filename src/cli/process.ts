@@ -1,6 +1,18 @@
 /** Process edges shared by the long-running commands: addresses and signals. */
 import type { Logger } from 'pino';
 import type { ListenAddress } from '../nbd/server';
+import type { ConnectionLimits } from '../nbd/connection';
+import type { FerryConfig } from '../config/schema';
+
+/** The NBD server's per-connection limits from the `[nbd]` section. */
+export function nbdLimits(config: FerryConfig): ConnectionLimits {
+  return {
+    maxInFlightRequests: config.nbd.max_in_flight_requests,
+    maxInFlightBytes: config.nbd.max_in_flight_bytes,
+    maxPayload: config.nbd.max_request_bytes,
+    handshakeTimeoutMs: config.nbd.handshake_timeout_ms,
+  };
+}
 
 export function parseHostPort(value: string): { host: string; port: number } {
   const at = value.lastIndexOf(':');

@@ -6,7 +6,7 @@ import { createLogger } from '../log';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { FileDevice } from '../store/file-device';
 import { fileOpsError } from '../store/fileops';
-import { listenAddress, runUntilSignal } from './process';
+import { listenAddress, nbdLimits, runUntilSignal } from './process';
 
 interface ServeFlags {
   image?: string;
@@ -46,12 +46,7 @@ export function registerServe(program: Command): void {
       const device = FileDevice.open(image, { readOnly: config.serve.read_only });
       const name = config.serve.export ?? path.basename(image);
       const exports = new StaticExportTable([{ name, description: config.serve.description, device }]);
-      const server = new NbdServer(exports, log, {
-        maxInFlightRequests: config.nbd.max_in_flight_requests,
-        maxInFlightBytes: config.nbd.max_in_flight_bytes,
-        maxPayload: config.nbd.max_request_bytes,
-        handshakeTimeoutMs: config.nbd.handshake_timeout_ms,
-      });
+      const server = new NbdServer(exports, log, nbdLimits(config));
       const address = await server.listen(listenAddress(config.serve));
       log.info({ address, export: name, image, size: device.size, readOnly: device.readOnly }, 'serving');
       await runUntilSignal(log, async () => {

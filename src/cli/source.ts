@@ -11,7 +11,7 @@ import { loadAuth } from '../wire/auth';
 import { CodecChooser } from '../wire/codec-chooser';
 import { imageIdentity } from '../wire/image-identity';
 import { WireSourceServer } from '../wire/source-server';
-import { parseHostPort, runUntilSignal } from './process';
+import { nbdLimits, parseHostPort, runUntilSignal } from './process';
 import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
 
 interface SourceFlags extends AuthCliFlags {
@@ -79,7 +79,7 @@ export function registerSource(program: Command): void {
       let nbd: NbdServer | null = null;
       let nbdAddress: string | undefined;
       if (s.nbd_listen) {
-        nbd = new NbdServer(new StaticExportTable([{ name, description: '', device }]), log);
+        nbd = new NbdServer(new StaticExportTable([{ name, description: '', device }]), log, nbdLimits(config));
         nbdAddress = await nbd.listen(parseHostPort(s.nbd_listen));
       }
       log.info(

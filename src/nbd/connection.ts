@@ -44,7 +44,7 @@ export class NbdConnection {
       maxWritePayload: limits.maxPayload,
       allocatePayload: takeBuffer,
     });
-    this.negotiation = new Negotiation(exportTable);
+    this.negotiation = new Negotiation(exportTable, limits.maxPayload);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
       if (this.draining) return;

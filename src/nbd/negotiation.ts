@@ -39,7 +39,11 @@ export class Negotiation {
   private structuredReplies = false;
   private metaContextExport: string | null = null; // export SET_META_CONTEXT chose base:allocation for
 
-  constructor(private readonly exportTable: ExportTable) {}
+  /** maxPayload: the largest request the server accepts, so the advertised maximum block size never exceeds it. */
+  constructor(
+    private readonly exportTable: ExportTable,
+    private readonly maxPayload = Infinity,
+  ) {}
 
   /** Returns a reason to close when the client's flags are not acceptable. */
   clientFlags(flags: number): string | null {
@@ -116,7 +120,7 @@ export class Negotiation {
         replies.push(enc.infoString(option, InfoType.Description, found.description));
       else if (info === InfoType.BlockSize) {
         const b = found.device.blockSize;
-        replies.push(enc.infoBlockSize(option, b.minimum, b.preferred, b.maximum));
+        replies.push(enc.infoBlockSize(option, b.minimum, b.preferred, Math.min(b.maximum, this.maxPayload)));
       }
     }
     replies.push(enc.optionReply(option, OptionReply.Ack));

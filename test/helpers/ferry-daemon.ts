@@ -5,6 +5,8 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
+import type { MigrationStatus } from '../../src/migrate/status';
+import { run, RunResult } from './run';
 
 const FERRY_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'ferry.js');
 const EXIT_WITH_PARENT = path.join(__dirname, 'exit-with-parent.js');
@@ -119,4 +121,16 @@ export function freePort(): Promise<number> {
 export function servingPort(d: FerryDaemon): number {
   const address = String(d.serving.address);
   return Number(address.slice(address.lastIndexOf(':') + 1));
+}
+
+/** Runs `ferry ctl --control PATH ARGS…` to completion. */
+export function ferryCtl(control: string, ...args: string[]): Promise<RunResult> {
+  return run(process.execPath, [FERRY_BIN, 'ctl', '--control', control, ...args], { timeoutMs: 15_000 });
+}
+
+/** A destination's status through `ferry ctl status --json`. */
+export async function ctlStatus(control: string): Promise<MigrationStatus> {
+  const r = await ferryCtl(control, 'status', '--json');
+  if (r.code !== 0) throw new Error(`ferry ctl status failed: ${r.stderr}`);
+  return JSON.parse(r.stdout) as MigrationStatus;
 }
