@@ -1,5 +1,6 @@
 // npm run bench:migrate [-- --quick] [--json FILE] [--out DIR] [--size-mib N] [--runtime SECONDS]
 //                           [--codecs lz4,auto,...] [--scenarios nbdcopy,nbd,ferry,remote,local] [--links 100M/25,1G/5]
+//                           [--queue-batches N]
 // Live migration of a VM disk over an emulated WAN, against the alternatives:
 // (a) nbdcopy of the whole export, (b) ferry dest over plain NBD, (c) ferry dest
 // over the ferry wire per codec, (d) the VM on remote storage, (e) local disk.
@@ -23,7 +24,8 @@ const flag = (name: string): string | undefined => {
 if (args.includes('--help') || args.includes('-h')) {
   process.stdout.write(
     'usage: node build/bench/migrate.js [--quick] [--json FILE] [--out DIR] [--size-mib N] [--runtime SECONDS]\n' +
-      '         [--codecs none,lz4,deflate,auto] [--scenarios nbdcopy,nbd,ferry,remote,local] [--links 100M/25,1G/5]\n',
+      '         [--codecs none,lz4,deflate,auto] [--scenarios nbdcopy,nbd,ferry,remote,local] [--links 100M/25,1G/5]\n' +
+      '         [--queue-batches N]\n',
   );
   process.exit(0);
 }
@@ -35,6 +37,8 @@ const SIZE_MIB = Number(flag('--size-mib') ?? (QUICK ? 128 : 1024));
 const RUNTIME = Number(flag('--runtime') ?? (QUICK ? 5 : 10));
 const CODECS = (flag('--codecs') ?? 'none,lz4,deflate,auto').split(',').filter(Boolean);
 const SCENARIOS = (flag('--scenarios') ?? 'nbdcopy,nbd,ferry,remote,local').split(',');
+/** ferry dest's copy.queue_batches (batches in flight above the measured BDP); default: ferry's own. */
+const QUEUE_BATCHES = flag('--queue-batches');
 const MiB = 1 << 20;
 const SAMPLE_MS = 500;
 
@@ -56,6 +60,17 @@ const WORKLOAD: FioJob[] = [
   { name: '4k random write QD4', rw: 'randwrite', bs: '4k', iodepth: 4 },
   { name: '1M sequential read QD2', rw: 'read', bs: '1M', iodepth: 2 },
 ];
+
+/**
+ * The random writes go to the image's last eighth only, as a fixed pattern, so the
+ * final image can be verified: the rest must equal the source byte for byte, and
+ * every block of the last eighth must be the source's block or the pattern whole.
+ */
+const WRITE_PATTERN = 0x46455252; // "FERR"
+const writeRegion = (size: number): { offset: number; length: number } => {
+  const offset = Math.floor((size * 7) / 8 / 4096) * 4096;
+  return { offset, length: size - offset };
+};
 
 const log = (line: string): void => void process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${line}\n`);
 
@@ -100,6 +115,8 @@ interface ScenarioResult {
   /** bytesBeforeEncoding / (switch-off time − dest startup): the copy's own rate. */
   goodputBytesPerSecond: number | null;
   peakRssBytes: number | null;
+  /** Final destination image checked against the source and the workload's writes; null when not checked. */
+  verified: { ok: boolean; detail: string } | null;
   status: Record<string, unknown> | null;
 }
 interface PointResult {
@@ -204,7 +221,16 @@ async function runWorkload(
       prefix,
       [
         'fio',
-        ...fioArgs(job, uri, size, RUNTIME).filter((a) => !a.startsWith('--ramp_time')),
+        ...fioArgs(job, uri, size, RUNTIME)
+          .filter((a) => !a.startsWith('--ramp_time'))
+          .map((a) => (job.rw === 'randwrite' && a.startsWith('--size=') ? `--size=${writeRegion(size).length}` : a)),
+        ...(job.rw === 'randwrite'
+          ? [
+              `--offset=${writeRegion(size).offset}`,
+              `--buffer_pattern=0x${WRITE_PATTERN.toString(16)}`,
+              '--scramble_buffers=0',
+            ]
+          : []),
         `--write_bw_log=${bwPrefix}`,
         `--log_avg_msec=${SAMPLE_MS}`,
         '--thread', // the job in fio's own process: killing fio (by pid) stops the I/O too
@@ -267,6 +293,7 @@ function emptyResult(name: string, kind: ScenarioResult['kind'], codec?: string)
     goodputBytesPerSecond: null,
     destStartupSeconds: null,
     peakRssBytes: null,
+    verified: null,
     status: null,
   };
 }
@@ -366,6 +393,7 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
         '--control',
         control,
         ...(kind === 'ferry' ? ['--insecure'] : []),
+        ...(QUEUE_BATCHES !== undefined ? ['--config', destConfig(ctx)] : []),
       ),
     );
     const destPid = dest.child.pid;
@@ -414,10 +442,63 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
   } finally {
     await dest?.stop();
     await src.stop();
+    if (r.complete) {
+      r.verified = verifyImage(ctx.image.path, destImage);
+      log(`  ${r.name}: final image ${r.verified.ok ? 'verified' : 'WRONG'}: ${r.verified.detail}`);
+      if (!r.verified.ok) r.complete = false;
+    }
     fs.rmSync(destImage, { force: true });
     fs.rmSync(`${destImage}.ferry-state`, { force: true });
   }
   return r;
+}
+
+function destConfig(ctx: Ctx): string {
+  const file = path.join(ctx.dir, 'dest.toml');
+  fs.writeFileSync(file, `[copy]\nqueue_batches = ${Number(QUEUE_BATCHES)}\n`);
+  return file;
+}
+
+/** Source bytes everywhere but the write region; there, each 4 KiB block is the source's or the write pattern whole. */
+function verifyImage(sourcePath: string, destPath: string): { ok: boolean; detail: string } {
+  const size = fs.statSync(sourcePath).size;
+  if (fs.statSync(destPath).size !== size) return { ok: false, detail: `size ${fs.statSync(destPath).size} ≠ ${size}` };
+  const region = writeRegion(size);
+  const pattern = Buffer.alloc(4096);
+  for (let i = 0; i < pattern.length; i += 4) pattern.writeUInt32BE(WRITE_PATTERN, i);
+  const chunk = 4 << 20;
+  const a = Buffer.alloc(chunk);
+  const b = Buffer.alloc(chunk);
+  const fa = fs.openSync(sourcePath, 'r');
+  const fb = fs.openSync(destPath, 'r');
+  let written = 0;
+  try {
+    for (let at = 0; at < size; at += chunk) {
+      const n = Math.min(chunk, size - at);
+      fs.readSync(fa, a, 0, n, at);
+      fs.readSync(fb, b, 0, n, at);
+      for (let o = 0; o < n; o += 4096) {
+        const end = Math.min(o + 4096, n);
+        if (a.subarray(o, end).equals(b.subarray(o, end))) continue;
+        const inRegion = at + o >= region.offset;
+        if (inRegion && b.subarray(o, end).equals(pattern.subarray(0, end - o))) {
+          written++;
+          continue;
+        }
+        return {
+          ok: false,
+          detail: `block at ${at + o} differs from the source${inRegion ? ' and is not a whole write' : ''}`,
+        };
+      }
+    }
+  } finally {
+    fs.closeSync(fa);
+    fs.closeSync(fb);
+  }
+  return {
+    ok: true,
+    detail: `${(size / MiB).toFixed(0)} MiB compared: the source's bytes, plus ${written} whole 4 KiB blocks written by the workload`,
+  };
 }
 
 /** (d) remote: the workload straight against the source over the link; (e) local: against a local copy. */
@@ -544,6 +625,7 @@ function markdown(
   const L: string[] = [];
   L.push(`# ferry migration benchmark`, '');
   L.push(`Command: \`${String(meta.command)}\`  `);
+  L.push(`Link points measured: ${String(meta.linkPointsDone)}  `);
   L.push(`Date: ${String(meta.date)}; host: ${String(meta.host)}  `);
   L.push(`Image: ${(image.sizeBytes / MiB).toFixed(0)} MiB ${image.description}  `);
   L.push(
@@ -561,15 +643,15 @@ function markdown(
       '',
     );
     L.push(
-      '| scenario | complete | switch-off s (of which dest start-up) | wire → dest MiB | wire → src MiB | compression × | goodput MiB/s | mean link util (until switch-off) | workload MiB/s (whole run) | vs local | workload MiB/s until switch-off | vs local, same window | on-demand p50 / p99 ms (n) | dest peak RSS MiB |',
+      '| scenario | complete | switch-off s (of which dest start-up) | wire → dest MiB | wire → src MiB | compression × | goodput MiB/s | mean link util (until switch-off) | workload MiB/s (whole run) | vs local | workload MiB/s until switch-off | vs local, same window | on-demand p50 / p99 ms (n) | dest peak RSS MiB | final image |',
     );
-    L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+    L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
     for (const s of p.scenarios) {
       // until switch-off where there is one (the workload goes on after it), else the whole run
       const window = s.linkUtilisation.filter(([t]) => s.switchOffSeconds === null || t <= s.switchOffSeconds);
       const util = window.length ? window.reduce((a, b) => a + b[1], 0) / window.length : null;
       L.push(
-        `| ${s.name} | ${s.complete ? 'yes' : `NO${s.error ? ` (${s.error.split('\n')[0].slice(0, 80)})` : ''}`} | ${f1(s.switchOffSeconds)}${s.destStartupSeconds !== null ? ` (${f1(s.destStartupSeconds)})` : ''} | ${mib(s.wire.bytesToDest)} | ${mib(s.wire.bytesToSource)} | ${f1(s.compressionFactor, 2)} | ${s.goodputBytesPerSecond ? f1(s.goodputBytesPerSecond / MiB) : '—'} | ${util === null ? '—' : `${(util * 100).toFixed(0)}%`} | ${s.workload ? f1(s.workload.bytesPerSecond / MiB) : '—'} | ${f1(s.workloadVsLocal, 2)} | ${s.workloadDuringMigration !== null ? f1(s.workloadDuringMigration / MiB) : '—'} | ${f1(s.workloadDuringMigrationVsLocal, 2)} | ${s.onDemand ? `${f1(s.onDemand.p50)} / ${f1(s.onDemand.p99)} (${s.onDemand.count})` : '—'} | ${mib(s.peakRssBytes)} |`,
+        `| ${s.name} | ${s.complete ? 'yes' : `NO${s.error ? ` (${s.error.split('\n')[0].slice(0, 80)})` : ''}`} | ${f1(s.switchOffSeconds)}${s.destStartupSeconds !== null ? ` (${f1(s.destStartupSeconds)})` : ''} | ${mib(s.wire.bytesToDest)} | ${mib(s.wire.bytesToSource)} | ${f1(s.compressionFactor, 2)} | ${s.goodputBytesPerSecond ? f1(s.goodputBytesPerSecond / MiB) : '—'} | ${util === null ? '—' : `${(util * 100).toFixed(0)}%`} | ${s.workload ? f1(s.workload.bytesPerSecond / MiB) : '—'} | ${f1(s.workloadVsLocal, 2)} | ${s.workloadDuringMigration !== null ? f1(s.workloadDuringMigration / MiB) : '—'} | ${f1(s.workloadDuringMigrationVsLocal, 2)} | ${s.onDemand ? `${f1(s.onDemand.p50)} / ${f1(s.onDemand.p99)} (${s.onDemand.count})` : '—'} | ${mib(s.peakRssBytes)} | ${s.verified ? (s.verified.ok ? 'verified' : `WRONG: ${s.verified.detail}`) : '—'} |`,
       );
     }
     L.push('', 'Workload per job (MiB/s, IOPS, mean latency µs):', '');
@@ -590,6 +672,64 @@ function markdown(
     L.push('', 'The 1 Gbit/s × 25 ms goodput target is not measured in this run (full mode only).');
   L.push('');
   return L.join('\n');
+}
+
+/** Writes report.md, report.json (and --json) and the plots for the points measured so far. */
+function writeReport(
+  image: DiskImage,
+  points: PointResult[],
+  started: number,
+): { report: string; targets: Target[]; wallSeconds: number } {
+  // plots
+  const svgs: string[] = [];
+  for (const p of points) {
+    const key = pointKey(p);
+    const util = `${key}-link.svg`;
+    fs.writeFileSync(
+      path.join(OUT, util),
+      timeSeriesSvg(
+        `Link utilisation source → destination, ${linkName(p)}`,
+        p.scenarios
+          .filter((s) => s.kind !== 'local')
+          .map((s) => ({ name: s.name, points: s.linkUtilisation.map(([t, v]) => [t, v * 100]) })),
+        '% of link rate',
+        100,
+      ),
+    );
+    const wl = `${key}-workload.svg`;
+    fs.writeFileSync(
+      path.join(OUT, wl),
+      timeSeriesSvg(
+        `Workload throughput on the destination, ${linkName(p)}`,
+        p.scenarios
+          .filter((s) => s.workload)
+          .map((s) => ({ name: s.name, points: s.workload!.timeline.map(([t, v]) => [t, v / MiB]) })),
+        'MiB/s (fio, 500 ms averages)',
+      ),
+    );
+    svgs.push(util, wl);
+  }
+  const targets = evaluateTargets(points);
+  const meta = {
+    command: `node build/bench/migrate.js ${args.join(' ')}`.trim(),
+    date: new Date().toISOString(),
+    host: `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
+    mode: QUICK ? 'quick' : 'full',
+    linkPointsDone: `${points.length} of ${LINKS.length}`,
+    runtimePerJobSeconds: RUNTIME,
+    wallSeconds: 0,
+  };
+  meta.wallSeconds = (Date.now() - started) / 1000;
+  const report = markdown(meta, image, points, targets, svgs);
+  fs.writeFileSync(path.join(OUT, 'report.md'), report);
+  const json = JSON.stringify(
+    { ...meta, image: { ...image, path: undefined }, workload: WORKLOAD, points, targets },
+    null,
+    1,
+  );
+  fs.writeFileSync(path.join(OUT, 'report.json'), json);
+  if (JSON_FILE) fs.writeFileSync(JSON_FILE, json);
+  return { report, targets, wallSeconds: meta.wallSeconds };
 }
 
 // ---------- main ----------
@@ -681,64 +821,19 @@ async function main(): Promise<void> {
         }
       }
       points.push(pr);
+      // After every point: a long run that is stopped keeps what it measured.
+      if (points.length < LINKS.length) writeReport(image, points, started);
     } finally {
       await closeLink(link);
     }
   }
 
-  if (signalled) return; // interrupted: no partial report
-  // plots
-  const svgs: string[] = [];
-  for (const p of points) {
-    const key = pointKey(p);
-    const util = `${key}-link.svg`;
-    fs.writeFileSync(
-      path.join(OUT, util),
-      timeSeriesSvg(
-        `Link utilisation source → destination, ${linkName(p)}`,
-        p.scenarios
-          .filter((s) => s.kind !== 'local')
-          .map((s) => ({ name: s.name, points: s.linkUtilisation.map(([t, v]) => [t, v * 100]) })),
-        '% of link rate',
-        100,
-      ),
-    );
-    const wl = `${key}-workload.svg`;
-    fs.writeFileSync(
-      path.join(OUT, wl),
-      timeSeriesSvg(
-        `Workload throughput on the destination, ${linkName(p)}`,
-        p.scenarios
-          .filter((s) => s.workload)
-          .map((s) => ({ name: s.name, points: s.workload!.timeline.map(([t, v]) => [t, v / MiB]) })),
-        'MiB/s (fio, 500 ms averages)',
-      ),
-    );
-    svgs.push(util, wl);
-  }
-  const targets = evaluateTargets(points);
-  const meta = {
-    command: `node build/bench/migrate.js ${args.join(' ')}`.trim(),
-    date: new Date().toISOString(),
-    host: `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
-    mode: QUICK ? 'quick' : 'full',
-    runtimePerJobSeconds: RUNTIME,
-    wallSeconds: 0,
-  };
-  meta.wallSeconds = (Date.now() - started) / 1000;
-  const report = markdown(meta, image, points, targets, svgs);
-  fs.writeFileSync(path.join(OUT, 'report.md'), report);
-  const json = JSON.stringify(
-    { ...meta, image: { ...image, path: undefined }, workload: WORKLOAD, points, targets },
-    null,
-    1,
-  );
-  fs.writeFileSync(path.join(OUT, 'report.json'), json);
-  if (JSON_FILE) fs.writeFileSync(JSON_FILE, json);
+  if (signalled) return; // interrupted: the report of the points done so far stays
+  const { report, targets, wallSeconds } = writeReport(image, points, started);
   process.stdout.write(report);
   for (const t of targets)
     log(`${t.pass ? 'PASS' : 'MISS'}  ${t.target} [${t.point}, ${t.scenario}]: ${t.value} (limit ${t.limit})`);
-  log(`done in ${meta.wallSeconds.toFixed(0)} s; report in ${OUT}`);
+  log(`done in ${wallSeconds.toFixed(0)} s; report in ${OUT}`);
 }
 
 main().then(

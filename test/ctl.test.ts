@@ -83,7 +83,8 @@ t.test('status summary text', async (t) => {
   const text = formatStatusSummary(sim.status());
   t.match(text, /^state:\s+migrating$/m);
   t.match(text, /^held:\s+512 \/ 1024 blocks of 64\.0 KiB \(50\.0%\), 32\.0 MiB of 64\.0 MiB$/m);
-  t.match(text, /^rate:\s+2\.50 MiB\/s background \(limit 10\.0 MiB\/s\)$/m);
+  t.match(text, /^rate:\s+2\.50 MiB\/s background \(limit 10\.0 MiB\/s\), 0 B in flight of a 0 B window$/m);
+  t.match(text, /^fetched:\s+0 B, 0 B skipped \(zeros at the source\)$/m);
   t.match(text, /^on-demand:\s+9 fetches, latency p50 3\.3 ms, p99 41\.0 ms$/m);
   t.match(text, /^eta:\s+2m 5s$/m);
   t.match(text, /^connected:\s+yes \(reconnects 1, fetch errors 0\)$/m);

@@ -71,7 +71,15 @@ t.test('hash returns checksums and zero flags', async (t) => {
 
 t.test('urgent tasks run before queued background batches; the queue is bounded', async (t) => {
   // One worker, slow tasks (deflate level 9 of 4 MiB) so that the queue fills.
-  const pool = new CodecPool({ workers: 1, maxQueued: 3, maxUrgentQueued: 2, codec: 'deflate', level: 9 });
+  // Inline urgent tasks off: this is about the queue.
+  const pool = new CodecPool({
+    workers: 1,
+    maxQueued: 3,
+    maxUrgentQueued: 2,
+    codec: 'deflate',
+    level: 9,
+    inlineUrgentBytes: 0,
+  });
   const order: string[] = [];
   const track = (name: string, p: Promise<unknown>) =>
     p.then(() => {
@@ -100,6 +108,27 @@ t.test('urgent tasks run before queued background batches; the queue is bounded'
   );
   t.ok(notFullAt >= 0 && notFullAt <= 2, `whenNotFull resolved once a task left the queue (after ${notFullAt})`);
   t.notOk(pool.isFull);
+  await pool.close();
+});
+
+t.test('a small urgent task runs on the calling thread at once; a larger one waits for a worker', async (t) => {
+  const pool = new CodecPool({ workers: 1, codec: 'deflate', level: 9, inlineUrgentBytes: 4 * BS });
+  const order: string[] = [];
+  const track = (name: string, p: Promise<unknown>) => p.then(() => void order.push(name));
+  const background = track('background', pool.encode(batch(1024, 1), BS));
+  const input = batch(4, 2);
+  const copy = new Uint8Array(input).slice();
+  const small = pool.encode(input, BS, { urgent: true });
+  const large = track('large urgent', pool.encode(batch(8, 3), BS, { urgent: true }));
+  const enc = await small;
+  order.push('small urgent');
+  t.equal(order[0], 'small urgent', 'done before the busy worker finished its batch');
+  t.equal(enc.entries[1].checksum, xxh64(copy.subarray(BS, 2 * BS)), 'same result as a worker gives');
+  const dec = await pool.decode(enc, { urgent: true });
+  t.same(dec.failed, [], 'decoded inline and verified');
+  t.same(new Uint8Array(dec.blocks.buffer, dec.blocks.byteOffset, 4 * BS), copy, 'round trip');
+  await Promise.all([background, large]);
+  t.same(order.slice(1), ['background', 'large urgent'], 'the larger urgent task waited for the worker');
   await pool.close();
 });
 

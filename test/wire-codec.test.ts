@@ -13,6 +13,10 @@ import {
   encodeHello,
   encodeRefuse,
   encodeWelcome,
+  decodeZeroQuery,
+  decodeZeroRanges,
+  encodeZeroQuery,
+  encodeZeroRanges,
 } from '../src/wire/messages';
 import { MessageType, WireEncoding } from '../src/wire/protocol';
 
@@ -129,4 +133,33 @@ t.test('bad preamble, oversized lengths and malformed metadata are reported, not
     'string',
     'trailing bytes',
   );
+});
+
+t.test('ZERO_QUERY and ZERO_RANGES round-trip; bad ranges are refused', async (t) => {
+  const q = { requestId: 12, offset: 1 << 30, length: 2 ** 36 };
+  const [qf] = decodeAll([encodePreamble(), encodeZeroQuery(q)]).filter((e) => e.kind === 'frame') as Array<
+    Extract<WireEvent, { kind: 'frame' }>
+  >;
+  t.equal(qf.frame.type, MessageType.ZeroQuery);
+  t.same(decodeZeroQuery(qf.frame.meta), q);
+  const answer = {
+    requestId: 12,
+    offset: 1 << 30,
+    covered: 1 << 28,
+    ranges: [
+      { offset: 1 << 30, length: 8192 },
+      { offset: (1 << 30) + 65536, length: 1 << 20 },
+    ],
+  };
+  const meta = (bytes: Buffer): Buffer => bytes.subarray(16);
+  t.same(decodeZeroRanges(meta(encodeZeroRanges(answer))), answer);
+  const outside = { ...answer, ranges: [{ offset: (1 << 30) + (1 << 28) - 4096, length: 8192 }] };
+  t.match(decodeZeroRanges(meta(encodeZeroRanges(outside))), /outside the covered span/);
+  const unordered = { ...answer, ranges: [answer.ranges[1], answer.ranges[0]] };
+  t.match(decodeZeroRanges(meta(encodeZeroRanges(unordered))), /out of order/);
+  const empty = { ...answer, ranges: [{ offset: 1 << 30, length: 0 }] };
+  t.type(decodeZeroRanges(meta(encodeZeroRanges(empty))), 'string');
+  t.type(decodeZeroRanges(meta(encodeZeroRanges({ ...answer, covered: 0, ranges: [] }))), 'string', 'covers nothing');
+  t.type(decodeZeroRanges(Buffer.alloc(23)), 'string', 'truncated');
+  t.type(decodeZeroQuery(Buffer.alloc(19)), 'string');
 });

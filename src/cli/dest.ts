@@ -89,10 +89,12 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
       fetchTimeoutMs: d.fetch_timeout_ms,
       persistIntervalMs: d.persist_interval_ms,
       rateLimit: config.copy.rate_limit || null,
+      skipZeroRanges: config.copy.skip_zero_ranges,
       copy: {
         batchBlocks: config.copy.batch_blocks,
         windowBytes: config.copy.window_bytes,
         storeErrorBackoffMs: config.copy.store_error_backoff_ms,
+        queueBatches: config.copy.queue_batches,
       },
       openUpstream: (url, blockSize) => openUpstream(url, blockSize, config, log, pools),
     },

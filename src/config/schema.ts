@@ -88,10 +88,14 @@ export const CopySection = z
     batch_blocks: powerOfTwo(1, 1024).default(64),
     /** Background bytes in flight at most: about one bandwidth-delay product of the link. */
     window_bytes: positiveInt.min(4096).default(8 << 20),
+    /** Batches in flight above the measured bandwidth-delay product: fills the link vs. queues on-demand fetches. */
+    queue_batches: z.number().min(0).max(16).default(1),
     /** Background copy cap in bytes per second; 0 means none. */
     rate_limit: z.number().int().min(0).default(0),
     /** Pause of the background copy after the local disk refused a write. */
     store_error_backoff_ms: positiveInt.default(5000),
+    /** Ask the source where it reads as zeros (its holes) and hold those blocks without fetching them. */
+    skip_zero_ranges: z.boolean().default(true),
   })
   .strict();
 

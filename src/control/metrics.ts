@@ -27,6 +27,12 @@ const STATUS_METRICS: Array<{
     value: (s) => s.bytesFetched,
   },
   {
+    name: 'ferry_bytes_skipped_as_zero_total',
+    help: 'Bytes held without fetching them: the source reads as zeros there',
+    kind: 'counter',
+    value: (s) => s.bytesSkippedAsZero,
+  },
+  {
     name: 'ferry_on_demand_fetches_total',
     help: 'Blocks fetched because the VM was waiting for them',
     kind: 'counter',
@@ -37,6 +43,18 @@ const STATUS_METRICS: Array<{
     help: 'Background copy rate over the last few seconds',
     kind: 'gauge',
     value: (s) => s.backgroundBytesPerSecond,
+  },
+  {
+    name: 'ferry_background_window_bytes',
+    help: "The background copy's in-flight target (adaptive window), image bytes",
+    kind: 'gauge',
+    value: (s) => s.backgroundWindowBytes,
+  },
+  {
+    name: 'ferry_background_in_flight_bytes',
+    help: 'Image bytes of background fetches in flight',
+    kind: 'gauge',
+    value: (s) => s.backgroundInFlightBytes,
   },
   {
     name: 'ferry_rate_limit_bytes_per_second',

@@ -22,14 +22,18 @@ export function formatStatusSummary(s: MigrationStatus): string {
       `${s.blocksHeld} / ${s.blocksTotal} blocks of ${formatBytes(s.blockSize)} (${heldPercent(s).toFixed(1)}%),` +
         ` ${formatBytes(s.blocksHeld * s.blockSize)} of ${formatBytes(s.blocksTotal * s.blockSize)}`,
     ],
-    ['fetched', formatBytes(s.bytesFetched)],
+    ['fetched', `${formatBytes(s.bytesFetched)}, ${formatBytes(s.bytesSkippedAsZero)} skipped (zeros at the source)`],
     [
       'link',
       `${formatBytes(s.bytesOnWire)} on the wire for ${formatBytes(s.bytesBeforeEncoding)} of blocks` +
         (s.bytesOnWire > 0 ? ` (${(s.bytesBeforeEncoding / s.bytesOnWire).toFixed(2)}x)` : '') +
         `, codec ${s.codec}, ${s.checksumFailures} checksum failures, ${s.corruptFrames} corrupt frames`,
     ],
-    ['rate', `${formatRate(s.backgroundBytesPerSecond)} background (${limit})`],
+    [
+      'rate',
+      `${formatRate(s.backgroundBytesPerSecond)} background (${limit}),` +
+        ` ${formatBytes(s.backgroundInFlightBytes)} in flight of a ${formatBytes(s.backgroundWindowBytes)} window`,
+    ],
     ['on-demand', `${s.onDemandFetches} fetches, ${latency}`],
     ['eta', s.state === 'complete' ? `done at ${s.completedAt ?? 'unknown time'}` : formatDuration(s.etaSeconds)],
     ['started', s.startedAt],

@@ -15,6 +15,11 @@ export interface BackgroundCopyOptions {
   windowBytes: number;
   /** Pause after the local image refused a write (full disk). */
   storeErrorBackoffMs: number;
+  /**
+   * Batches kept in flight above the measured bandwidth-delay product (default 1):
+   * more fills the link sooner; each queues on-demand fetches behind one more batch.
+   */
+  queueBatches?: number;
 }
 
 export class BackgroundCopy {
@@ -29,6 +34,8 @@ export class BackgroundCopy {
   private failures = 0;
   private readonly running = new Set<Promise<void>>();
   private readonly window: WindowEstimator;
+  /** Runs are claimed only below this block (a zero scan raises it as it goes). */
+  private limit: number;
 
   constructor(
     private readonly device: MigratingDevice,
@@ -36,9 +43,15 @@ export class BackgroundCopy {
     rateLimit: number | null,
     private readonly log: Logger,
   ) {
+    this.limit = device.map.blockCount;
     this.bucket = new TokenBucket(rateLimit);
     const batchBytes = options.batchBlocks * device.map.blockSize;
-    this.window = new WindowEstimator(Math.min(2 * batchBytes, options.windowBytes), options.windowBytes, batchBytes);
+    this.window = new WindowEstimator(
+      Math.min(2 * batchBytes, options.windowBytes),
+      options.windowBytes,
+      batchBytes,
+      Math.round((options.queueBatches ?? 1) * batchBytes),
+    );
     device.on('store-error', () => {
       this.blockedUntil = Date.now() + options.storeErrorBackoffMs;
     });
@@ -79,6 +92,12 @@ export class BackgroundCopy {
     this.wake();
   }
 
+  /** Copies only blocks below `blocks` until raised (blocks above may still be found to be holes). */
+  setLimit(blocks: number): void {
+    this.limit = Math.min(blocks, this.device.map.blockCount);
+    this.wake();
+  }
+
   /** Stops taking runs. Runs in flight go on: close the upstream, then settle(). */
   async stop(): Promise<void> {
     this.stopped = true;
@@ -112,7 +131,7 @@ export class BackgroundCopy {
     const batchBytes = this.options.batchBlocks * bs;
     while (!this.stopped) {
       if (this.device.map.allHeld) return;
-      if (this.paused || (this.inFlightBytes > 0 && this.inFlightBytes + batchBytes > this.window.bytes)) {
+      if (this.paused || this.inFlightBytes >= this.window.bytes) {
         await this.sleep(this.paused ? null : 1000);
         continue;
       }
@@ -126,13 +145,14 @@ export class BackgroundCopy {
         await this.sleep(wait);
         continue;
       }
-      let run = this.device.claimBackgroundRun(this.cursor, this.options.batchBlocks);
+      let run = this.device.claimBackgroundRun(this.cursor, this.options.batchBlocks, this.limit);
       if (!run && this.cursor > 0) {
         this.cursor = 0; // wrap: blocks that went missing again after a failed fetch lie behind
-        run = this.device.claimBackgroundRun(0, this.options.batchBlocks);
+        run = this.device.claimBackgroundRun(0, this.options.batchBlocks, this.limit);
       }
       if (!run) {
-        // Everything missing is in flight already (on demand or here); wait for it to settle.
+        // Everything missing below the limit is in flight already (on demand or here), or the
+        // zero scan has not got further yet: wait for either to move.
         await this.sleep(200);
         continue;
       }
@@ -146,7 +166,7 @@ export class BackgroundCopy {
         .then(
           () => {
             this.failures = 0;
-            this.window.sample(inFlightAtSend, performance.now() - sentAt);
+            this.window.sample(inFlightAtSend, performance.now() - sentAt, bytes);
           },
           (e: Error) => {
             // Wait on a real timer before the next run, so a source that fails at once cannot spin the loop.
@@ -170,17 +190,21 @@ export class BackgroundCopy {
 
 /**
  * In-flight target from delivery samples, as BBR estimates a path: each
- * completed batch gives the latency it saw and the rate it implies (bytes in
- * flight when it was sent, over its latency). The largest recent rate times
- * the smallest recent latency is the bandwidth-delay product; the window is
- * that plus one batch. A window above
- * it only builds a queue, and a standing queue hides the true latency, so
- * every few seconds the window drops to its floor for a moment (a latency
- * probe) to let the queue drain and measure the path again.
+ * completed batch gives the latency it saw and a delivery rate: the larger
+ * of its bytes in flight over its latency and the bytes completed over the
+ * last base latency (the second sees the bottleneck's rate as soon as a burst
+ * keeps it busy, where the first needs a deep queue to). The largest recent
+ * rate times the smallest recent latency is the bandwidth-delay product; the
+ * window is that plus a headroom (a batch by default), and the copy may send
+ * while it has less than the window in flight, so the window can grow. A
+ * window above the product only builds a queue, and a standing queue hides
+ * the true latency, so every few seconds the window drops to its floor for a
+ * moment (a latency probe) to let the queue drain and measure the path again.
  */
 export class WindowEstimator {
   private readonly rates: Array<[number, number]> = []; // [time, bytes/ms]
   private readonly latencies: Array<[number, number]> = []; // [time, ms]
+  private readonly completions: Array<[number, number]> = []; // [time, bytes]
   private probeUntil = 0;
   private nextProbe: number;
   private estimate: number;
@@ -189,9 +213,11 @@ export class WindowEstimator {
     initial: number,
     private readonly ceiling: number,
     private readonly floor: number,
+    /** Bytes kept in flight above the bandwidth-delay product. */
+    private readonly headroom: number = floor,
     private readonly now: () => number = () => performance.now(),
-    private readonly filterMs = 5_000,
-    private readonly probeEveryMs = 2_500,
+    private readonly filterMs = 10_000,
+    private readonly probeEveryMs = 8_000,
   ) {
     this.estimate = initial;
     this.nextProbe = now() + 1000; // early: the start-up ramp overshoots
@@ -208,16 +234,24 @@ export class WindowEstimator {
     return t < this.probeUntil ? this.floor : this.estimate;
   }
 
-  sample(inFlightBytes: number, latencyMs: number): void {
+  /** A batch of `bytes` completed `latencyMs` after it was sent with `inFlightBytes` in flight (itself included). */
+  sample(inFlightBytes: number, latencyMs: number, bytes = 0): void {
     if (latencyMs <= 0) return;
     const t = this.now();
-    keepRecent(this.rates, t, this.filterMs / 4).push([t, inFlightBytes / latencyMs]);
     keepRecent(this.latencies, t, this.filterMs).push([t, latencyMs]);
-    let rate = 0;
-    for (const [, r] of this.rates) rate = Math.max(rate, r);
-    const bdp = rate * (this.minLatency() ?? latencyMs);
-    // One batch above the BDP: enough to keep the link full and to grow by a batch per round trip until it is.
-    this.estimate = Math.max(this.floor, Math.min(this.ceiling, Math.round(bdp + this.floor)));
+    const base = this.minLatency() ?? latencyMs;
+    let rate = inFlightBytes / latencyMs;
+    if (bytes > 0) {
+      keepRecent(this.completions, t, base).push([t, bytes]);
+      let completed = 0;
+      for (const [, b] of this.completions) completed += b;
+      // Only once the span holds more than this batch: one completion alone says nothing of the rate.
+      if (this.completions.length > 1 && t - this.completions[0][0] > 0) rate = Math.max(rate, completed / base);
+    }
+    keepRecent(this.rates, t, this.filterMs / 4).push([t, rate]);
+    let best = 0;
+    for (const [, r] of this.rates) best = Math.max(best, r);
+    this.estimate = Math.max(this.floor, Math.min(this.ceiling, Math.round(best * base + this.headroom)));
   }
 
   private minLatency(): number | null {

@@ -44,6 +44,8 @@ export interface CopyCounters {
   onDemandFetches: number;
   fetchErrors: number;
   discardedFetches: number;
+  /** Blocks never fetched: the source said they read as zeros. */
+  zeroBlocksSkipped: number;
 }
 
 export class MigratingDevice extends EventEmitter implements BlockDevice {
@@ -51,7 +53,13 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   readonly canTrim: boolean;
   readonly canFastZero: boolean;
   readonly blockSize: BlockSizeHint;
-  readonly counters: CopyCounters = { bytesFetched: 0, onDemandFetches: 0, fetchErrors: 0, discardedFetches: 0 };
+  readonly counters: CopyCounters = {
+    bytesFetched: 0,
+    onDemandFetches: 0,
+    fetchErrors: 0,
+    discardedFetches: 0,
+    zeroBlocksSkipped: 0,
+  };
   readonly onDemandLatency = new LatencyWindow();
   readonly backgroundRate = new RateMeter();
   private readonly transits = new Map<number, Transit>();
@@ -156,16 +164,21 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
 
   /**
    * Takes the next run of missing blocks nobody is fetching, at or after
-   * `from`, for the background copy. Returns null when there is none.
+   * `from` and below `limit`, for the background copy. Returns null when
+   * there is none.
    */
-  claimBackgroundRun(from: number, maxBlocks: number): { first: number; count: number } | null {
+  claimBackgroundRun(
+    from: number,
+    maxBlocks: number,
+    limit = this.map.blockCount,
+  ): { first: number; count: number } | null {
     let first = this.map.nextMissing(from);
-    while (first >= 0 && this.transits.has(first)) first = this.map.nextMissing(first + 1);
-    if (first < 0) return null;
+    while (first >= 0 && first < limit && this.transits.has(first)) first = this.map.nextMissing(first + 1);
+    if (first < 0 || first >= limit) return null;
     let count = 0;
     while (
       count < maxBlocks &&
-      first + count < this.map.blockCount &&
+      first + count < limit &&
       !this.map.isHeld(first + count) &&
       !this.transits.has(first + count)
     ) {
@@ -174,6 +187,53 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       count++;
     }
     return { first, count };
+  }
+
+  /**
+   * Holds the missing blocks in [first, first+count) that nobody is fetching
+   * or writing as zeros without fetching them: the source reads as zeros
+   * there. The local range is zeroed (a hole) first, so a block is never held
+   * over stale bytes. Returns how many blocks became held.
+   */
+  async holdZeroRun(first: number, count: number): Promise<number> {
+    let held = 0;
+    const end = Math.min(first + count, this.map.blockCount);
+    // In slices, yielding between them, so a hole of a terabyte does not block the event loop.
+    for (let from = first; from < end; from += ZERO_SLICE_BLOCKS) {
+      const sliceEnd = Math.min(from + ZERO_SLICE_BLOCKS, end);
+      let b = this.map.nextMissing(from);
+      while (b >= 0 && b < sliceEnd) {
+        if (this.transits.has(b)) {
+          b = this.map.nextMissing(b + 1);
+          continue;
+        }
+        let runEnd = b + 1;
+        while (runEnd < sliceEnd && !this.map.isHeld(runEnd) && !this.transits.has(runEnd)) runEnd++;
+        // Punched and marked with no await in between: no VM write or landing fetch can
+        // start on these blocks meanwhile (each of those takes a transit first).
+        const offset = b * this.bs;
+        try {
+          this.local.punchHoleNow(offset, Math.min(runEnd * this.bs, this.size) - offset);
+        } catch (e) {
+          // Left missing: the copy fetches them.
+          this.log.warn(
+            { err: (e as Error).message, block: b, count: runEnd - b },
+            'cannot zero a source hole locally',
+          );
+          return held;
+        }
+        for (let i = b; i < runEnd; i++) this.map.markHeld(i);
+        held += runEnd - b;
+        this.counters.zeroBlocksSkipped += runEnd - b;
+        b = this.map.nextMissing(runEnd);
+      }
+      if (this.map.allHeld) {
+        this.emit('all-held');
+        break;
+      }
+      await new Promise((r) => setImmediate(r));
+    }
+    return held;
   }
 
   /** Fetches a run claimed with claimBackgroundRun and lands what is still wanted. */
@@ -383,6 +443,9 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     }
   }
 }
+
+/** Blocks holdZeroRun takes over at a time. */
+const ZERO_SLICE_BLOCKS = 16384;
 
 let zeros: Buffer = Buffer.alloc(0);
 function zeroBlock(size: number): Buffer {

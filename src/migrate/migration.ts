@@ -9,6 +9,7 @@ import { BlockMap } from '../store/block-map';
 import { FileDevice } from '../store/file-device';
 import { BackgroundCopy, BackgroundCopyOptions } from './background-copy';
 import { MigratingDevice } from './migrating-device';
+import { ZeroScan } from './zero-scan';
 import type { MigrationControl, MigrationState, MigrationStatus } from './status';
 import type { LinkStats, Upstream } from './upstream';
 
@@ -21,6 +22,8 @@ export interface MigrationOptions {
   fetchTimeoutMs: number;
   persistIntervalMs: number;
   rateLimit: number | null;
+  /** Hold the source's zero ranges without fetching them (when the source can tell and the image can punch holes). */
+  skipZeroRanges?: boolean;
   copy: BackgroundCopyOptions;
   /** Opens the upstream for a URL (plain NBD or ferry wire) with the migration's block size. */
   openUpstream: (url: string, blockSize: number) => Promise<Upstream>;
@@ -35,6 +38,7 @@ export class MigrationError extends Error {
 
 export class Migration implements MigrationControl {
   private readonly copy: BackgroundCopy | null;
+  private readonly zeroScan: ZeroScan | null = null;
   private persistTimer: NodeJS.Timeout | null = null;
   private completing: Promise<void> | null = null;
   private completedAt: Date | null;
@@ -61,7 +65,14 @@ export class Migration implements MigrationControl {
       this.copy = null;
       return;
     }
-    this.copy = new BackgroundCopy(device, options.copy, options.rateLimit, log);
+    const copy = new BackgroundCopy(device, options.copy, options.rateLimit, log);
+    this.copy = copy;
+    if ((options.skipZeroRanges ?? true) && upstream.zeroRanges && device.canFastZero) {
+      const scan = new ZeroScan(device, upstream, log);
+      copy.setLimit(0);
+      scan.on('progress', (blocks: number) => copy.setLimit(blocks));
+      this.zeroScan = scan;
+    }
     device.on('all-held', () => void this.complete());
     this.persistTimer = setInterval(() => {
       device.flush().catch((e: Error) => log.error({ err: e.message }, 'cannot persist progress'));
@@ -154,6 +165,7 @@ export class Migration implements MigrationControl {
   }
 
   start(): void {
+    this.zeroScan?.start();
     this.copy?.start();
   }
 
@@ -178,8 +190,11 @@ export class Migration implements MigrationControl {
       blocksTotal: map.blockCount,
       blocksHeld: map.heldCount,
       bytesFetched: d.counters.bytesFetched,
+      bytesSkippedAsZero: d.counters.zeroBlocksSkipped * map.blockSize,
       onDemandFetches: d.counters.onDemandFetches,
       backgroundBytesPerSecond: Math.round(rate),
+      backgroundWindowBytes: this.copy?.windowBytes ?? 0,
+      backgroundInFlightBytes: this.copy?.bytesInFlight ?? 0,
       onDemandLatencyMs: {
         p50: round2(d.onDemandLatency.percentile(50)),
         p99: round2(d.onDemandLatency.percentile(99)),
@@ -237,6 +252,7 @@ export class Migration implements MigrationControl {
     if (this.closed) return;
     this.closed = true;
     if (this.persistTimer) clearInterval(this.persistTimer);
+    await this.zeroScan?.stop();
     await this.copy?.stop();
     await this.completing?.catch(() => undefined);
     // Closing the upstream fails the fetches still waiting on it; then nothing lands after the image closes.
@@ -259,6 +275,7 @@ export class Migration implements MigrationControl {
       this.completedAt = new Date();
       if (this.persistTimer) clearInterval(this.persistTimer);
       this.persistTimer = null;
+      await this.zeroScan?.stop();
       await this.copy?.stop();
       this.device.detachUpstream();
       if (this.upstream) this.lastLinkStats = this.upstream.linkStats();

@@ -9,7 +9,8 @@ import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { NbdClient } from '../nbd/client';
 import { parseNbdUrl, NbdTarget } from '../nbd/url';
-import type { FetchPriority, LinkStats, Upstream } from './upstream';
+import { ExtentFlags } from '../store/block-device';
+import type { FetchPriority, LinkStats, Upstream, ZeroRangeAnswer } from './upstream';
 
 export interface NbdUpstreamOptions {
   /** First reconnect delay; doubles up to maxBackoffMs. */
@@ -27,6 +28,8 @@ export const DEFAULT_NBD_UPSTREAM_OPTIONS: NbdUpstreamOptions = {
 /** Sampled content that identifies a plain NBD source image (it has no identity of its own). */
 const IDENTITY_SAMPLES = 16;
 const IDENTITY_SAMPLE_BYTES = 4096;
+/** Longest block-status request (the length field is 32 bits). */
+const MAX_STATUS_SPAN = 1 << 30;
 
 export class NbdUpstream extends EventEmitter implements Upstream {
   size = 0;
@@ -85,6 +88,34 @@ export class NbdUpstream extends EventEmitter implements Upstream {
     return data;
   }
 
+  /** From base:allocation on the urgent connection (NBD_STATE_ZERO extents); null if the server has none. */
+  async zeroRanges(offset: number, length: number): Promise<ZeroRangeAnswer | null> {
+    while (!this.connected) {
+      if (this.closing) throw new Error('upstream closed');
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+    const client = this.urgent!;
+    if (!client.baseAllocationId) return null;
+    // The request length is 32 bits; stay well inside it and on a block boundary.
+    const asked = Math.min(length, MAX_STATUS_SPAN);
+    const extents = await client.blockStatus(offset, asked);
+    this.replies++;
+    const ranges: ZeroRangeAnswer['ranges'] = [];
+    let at = offset;
+    for (const e of extents) {
+      const len = Math.min(e.length, offset + asked - at);
+      if (len <= 0) break;
+      if (e.flags & ExtentFlags.Zero) {
+        const last = ranges[ranges.length - 1];
+        if (last && last.offset + last.length === at) last.length += len;
+        else ranges.push({ offset: at, length: len });
+      }
+      at += len;
+    }
+    if (at === offset) throw new Error(`NBD block status at ${offset} described nothing`);
+    return { covered: at - offset, ranges };
+  }
+
   linkStats(): LinkStats {
     // Plain NBD: the bytes as they are, plus a 16-byte reply header each.
     return {
@@ -136,7 +167,8 @@ export class NbdUpstream extends EventEmitter implements Upstream {
       structured: false,
       connectTimeoutMs: this.options.connectTimeoutMs,
     };
-    const urgent = await NbdClient.connect(this.target.address, opts);
+    // The urgent connection negotiates base:allocation for zeroRanges; the background one keeps simple replies.
+    const urgent = await NbdClient.connect(this.target.address, { ...opts, structured: true });
     let background: NbdClient;
     try {
       background = await NbdClient.connect(this.target.address, opts);

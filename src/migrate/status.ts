@@ -16,10 +16,16 @@ export interface MigrationStatus {
   blocksHeld: number;
   /** Bytes received from the source (decoded block bytes). */
   bytesFetched: number;
+  /** Bytes held without fetching them: the source reads as zeros there (its holes). */
+  bytesSkippedAsZero: number;
   /** Blocks fetched because the VM was waiting for them. */
   onDemandFetches: number;
   /** Background copy rate over the last few seconds. */
   backgroundBytesPerSecond: number;
+  /** The background copy's current in-flight target (its adaptive window), in image bytes. */
+  backgroundWindowBytes: number;
+  /** Image bytes of background fetches in flight now. */
+  backgroundInFlightBytes: number;
   /** Latency of on-demand fetches (request to data held), over the most recent ones. */
   onDemandLatencyMs: { p50: number; p99: number; count: number };
   /** Seconds until every block is held at the current rate; null when unknown. */

@@ -27,6 +27,13 @@ export interface LocalBlocks {
   read(offset: number, into: Buffer): Promise<void>;
 }
 
+/** Where the source reads as zeros, within [offset, offset+covered) of what was asked. */
+export interface ZeroRangeAnswer {
+  covered: number;
+  /** Ascending, disjoint, inside the covered span. */
+  ranges: Array<{ offset: number; length: number }>;
+}
+
 export interface Upstream extends EventEmitter {
   /** Size of the source image in bytes. */
   readonly size: number;
@@ -45,6 +52,12 @@ export interface Upstream extends EventEmitter {
   reconnect(url?: string): Promise<void>;
   close(): Promise<void>;
   linkStats(): LinkStats;
+  /**
+   * Which parts of [offset, offset+length) read as zeros at the source (its
+   * holes), so they need not be fetched. Resolves null when the source cannot
+   * tell; rejects when the link fails (the caller may ask again).
+   */
+  zeroRanges?(offset: number, length: number): Promise<ZeroRangeAnswer | null>;
   /** Gives the upstream read access to blocks the destination holds. */
   attachLocal?(local: LocalBlocks): void;
   // Events: 'connected', 'disconnected', 'connect-failed' (err) for a failed or refused reconnect.

@@ -14,6 +14,7 @@ import type { EncodedColumns, DecodedColumns, HashedColumns } from '../codec/bat
 import { isCodecName, codecNames } from '../codec/registry';
 import { PoolClosedError, QueueFullError, WorkerCrashError } from './errors';
 import { PriorityTaskQueue } from './priority-queue';
+import { executeTask, taskBytes } from './task-runner';
 import type { CodecSelection, WorkerTask } from './tasks';
 
 export interface CodecPoolOptions {
@@ -39,6 +40,13 @@ export interface CodecPoolOptions {
    * behind one more background batch per worker.
    */
   pipelineDepth?: number;
+  /**
+   * Urgent tasks of at most this many bytes run on the calling thread at once
+   * (default 64 KiB; 0 = never): a single block a VM waits for costs
+   * microseconds to code, far less than waiting for a worker busy with a
+   * background batch.
+   */
+  inlineUrgentBytes?: number;
 }
 
 export interface TaskOptions {
@@ -72,6 +80,7 @@ export class CodecPool extends EventEmitter {
   readonly maxUrgentQueued: number;
   readonly codec: string;
   readonly pipelineDepth: number;
+  readonly inlineUrgentBytes: number;
   private readonly selection: CodecSelection;
   private readonly queue = new PriorityTaskQueue();
   private readonly piscina: Piscina;
@@ -84,11 +93,13 @@ export class CodecPool extends EventEmitter {
     this.maxUrgentQueued = options.maxUrgentQueued ?? this.maxQueued;
     this.codec = options.codec ?? 'lz4';
     this.pipelineDepth = options.pipelineDepth ?? 1;
+    this.inlineUrgentBytes = options.inlineUrgentBytes ?? 64 << 10;
     for (const [key, value] of [
       ['workers', this.workers],
       ['maxQueued', this.maxQueued],
       ['maxUrgentQueued', this.maxUrgentQueued],
       ['pipelineDepth', this.pipelineDepth],
+      ['inlineUrgentBytes', this.inlineUrgentBytes],
     ] as const) {
       const min = key === 'workers' || key === 'pipelineDepth' ? 1 : 0;
       if (!Number.isInteger(value) || value < min) {
@@ -259,6 +270,7 @@ export class CodecPool extends EventEmitter {
   ): Promise<unknown> {
     if (this.closing) throw new PoolClosedError(`CodecPool: pool is closed, refusing ${what}`);
     const urgent = options.urgent === true;
+    if (urgent && task.op !== 'exit' && taskBytes(task) <= this.inlineUrgentBytes) return executeTask(task).value;
     if (urgent ? this.queue.urgentSize >= this.maxUrgentQueued : this.isFull) {
       throw new QueueFullError(
         `CodecPool: ${urgent ? 'urgent' : 'background'} queue is full (${urgent ? this.maxUrgentQueued : this.maxQueued} waiting), refusing ${what}`,

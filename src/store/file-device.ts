@@ -109,6 +109,23 @@ export class FileDevice implements BlockDevice {
     if (fua) await this.flush();
   }
 
+  /**
+   * Punches a hole at once, on this thread: nothing else can touch the range
+   * meanwhile. Throws ENOTSUP where the file system (or a missing addon) cannot.
+   */
+  punchHoleNow(offset: number, length: number): void {
+    this.checkWritable();
+    if (!fileOps) throw new BlockDeviceError('ENOTSUP', 'punching holes needs the fileops addon');
+    try {
+      fileOps.punchHole(this.fd, offset, length);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      throw err.code === 'ENOTSUP'
+        ? new BlockDeviceError('ENOTSUP', 'this file system cannot punch holes')
+        : deviceError(err, 'zero');
+    }
+  }
+
   async zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
     this.checkWritable();
     if (fileOps) {

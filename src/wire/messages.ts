@@ -3,7 +3,7 @@
  * A decoder returns a string (the reason) for metadata that does not parse.
  */
 import { encodeFrameHead } from './frame-codec';
-import { ENTRY_SIZE, MAX_STRING, MessageType, WireEncoding } from './protocol';
+import { ENTRY_SIZE, MAX_STRING, MAX_ZERO_RANGES, MessageType, WireEncoding } from './protocol';
 
 export interface Hello {
   version: number;
@@ -58,6 +58,22 @@ export interface FetchError {
   requestId: number;
   code: number;
   reason: string;
+}
+
+/** Asks which parts of [offset, offset+length) read as zeros at the source. */
+export interface ZeroQuery {
+  requestId: number;
+  offset: number;
+  length: number;
+}
+
+/** The answer: zero ranges within [offset, offset+covered), ascending and disjoint. */
+export interface ZeroRanges {
+  requestId: number;
+  offset: number;
+  /** How far the answer goes (at least one byte, at most the length asked). */
+  covered: number;
+  ranges: Array<{ offset: number; length: number }>;
 }
 
 class Writer {
@@ -289,4 +305,42 @@ export function batchPayloadLength(entries: readonly WireEntry[]): number {
   let n = 0;
   for (const e of entries) n += e.length;
   return n;
+}
+
+export function encodeZeroQuery(m: ZeroQuery): Buffer {
+  return encodeFrameHead(MessageType.ZeroQuery, 0, new Writer().u32(m.requestId).u64(m.offset).u64(m.length).done());
+}
+
+export function decodeZeroQuery(meta: Buffer): ZeroQuery | string {
+  const r = new Reader(meta);
+  const m = { requestId: r.u32(), offset: r.u64(), length: r.u64() };
+  return r.ok && r.atEnd ? m : 'malformed ZERO_QUERY';
+}
+
+export function encodeZeroRanges(m: ZeroRanges): Buffer {
+  const w = new Writer().u32(m.requestId).u64(m.offset).u64(m.covered).u32(m.ranges.length);
+  for (const range of m.ranges) w.u64(range.offset).u64(range.length);
+  return encodeFrameHead(MessageType.ZeroRanges, 0, w.done());
+}
+
+/** Decodes and checks the shape: ranges ascending, disjoint, non-empty and inside the covered span. */
+export function decodeZeroRanges(meta: Buffer): ZeroRanges | string {
+  const r = new Reader(meta);
+  const requestId = r.u32();
+  const offset = r.u64();
+  const covered = r.u64();
+  const n = r.u32();
+  if (!r.ok || n > MAX_ZERO_RANGES) return 'malformed ZERO_RANGES';
+  const ranges: ZeroRanges['ranges'] = [];
+  let floor = offset;
+  for (let i = 0; i < n; i++) {
+    const range = { offset: r.u64(), length: r.u64() };
+    if (!r.ok) return 'malformed ZERO_RANGES';
+    if (range.length === 0 || range.offset < floor || range.offset + range.length > offset + covered)
+      return 'ZERO_RANGES ranges out of order or outside the covered span';
+    floor = range.offset + range.length;
+    ranges.push(range);
+  }
+  if (!r.atEnd || covered === 0) return 'malformed ZERO_RANGES';
+  return { requestId, offset, covered, ranges };
 }

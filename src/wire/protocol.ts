@@ -10,6 +10,8 @@ export const FRAME_HEADER_SIZE = 16;
 export const MAX_META = 1 << 20;
 export const MAX_PAYLOAD = 64 << 20;
 export const MAX_STRING = 4096;
+/** Ranges in one ZERO_RANGES reply at most (16 bytes each). */
+export const MAX_ZERO_RANGES = 4096;
 export const ENTRY_SIZE = 16;
 
 export const enum MessageType {
@@ -19,6 +21,8 @@ export const enum MessageType {
   Fetch = 4,
   Batch = 5,
   FetchError = 6,
+  ZeroQuery = 7,
+  ZeroRanges = 8,
 }
 
 export const enum FrameFlag {

@@ -14,15 +14,29 @@ import { encodePreamble, FrameDecoder } from './frame-codec';
 import {
   decodeFetch,
   decodeHello,
+  decodeZeroQuery,
   encodeBatchHead,
   encodeFetchError,
   encodeRefuse,
   encodeWelcome,
+  encodeZeroRanges,
   Fetch,
   Hello,
   WireEntry,
+  ZeroQuery,
+  ZeroRanges,
 } from './messages';
-import { FetchErrorCode, FetchFlag, MessageType, RefuseCode, Role, WIRE_VERSION, WireEncoding } from './protocol';
+import {
+  FetchErrorCode,
+  FetchFlag,
+  MAX_ZERO_RANGES,
+  MessageType,
+  RefuseCode,
+  Role,
+  WIRE_VERSION,
+  WireEncoding,
+} from './protocol';
+import { ExtentFlags } from '../store/block-device';
 import { DedupeTable } from './dedupe-table';
 import type { CodecChooser } from './codec-chooser';
 import { LinkMeter } from './link-meter';
@@ -48,6 +62,8 @@ interface Session {
 
 const MAX_BATCH_BLOCKS = 1024;
 const SOCKET_HIGH_WATER = 8 << 20;
+/** Span one ZERO_QUERY is answered for at most (the destination asks again from where it ends). */
+const MAX_ZERO_QUERY = 2 ** 40;
 
 export class WireSourceServer {
   private readonly server: net.Server;
@@ -163,6 +179,22 @@ class SourceConnection {
       if (!this.hello) {
         if (frame.type !== MessageType.Hello) return this.refuse(RefuseCode.BadRequest, 'expected HELLO first');
         this.onHello(frame.meta);
+        continue;
+      }
+      if (frame.type === MessageType.ZeroQuery) {
+        const query = decodeZeroQuery(frame.meta);
+        if (typeof query === 'string') return this.refuse(RefuseCode.BadRequest, query);
+        this.inFlight++;
+        this.serveZeroQuery(query)
+          .catch((e: Error) => {
+            this.send([
+              encodeFetchError({ requestId: query.requestId, code: FetchErrorCode.ReadError, reason: e.message }),
+            ]);
+          })
+          .finally(() => {
+            this.inFlight--;
+            this.pump();
+          });
         continue;
       }
       if (frame.type !== MessageType.Fetch)
@@ -293,6 +325,32 @@ class SourceConnection {
       this.counters.batches++;
       this.counters.bytesSent += head.length + payload.length;
     }
+  }
+
+  /** Answers from the image's allocation: holes read as zeros, so the destination need not fetch them. */
+  private async serveZeroQuery(query: ZeroQuery): Promise<void> {
+    const { device } = this.options;
+    const { requestId, offset } = query;
+    if (query.length === 0 || offset + query.length > device.size) {
+      const reason = `zero query ${offset}+${query.length} is not inside the image (${device.size} bytes)`;
+      this.send([encodeFetchError({ requestId, code: FetchErrorCode.OutOfRange, reason })]);
+      return;
+    }
+    const extents = await device.status(offset, Math.min(query.length, MAX_ZERO_QUERY));
+    const ranges: ZeroRanges['ranges'] = [];
+    let at = offset;
+    for (const e of extents) {
+      if (e.flags & ExtentFlags.Zero) {
+        if (ranges.length === MAX_ZERO_RANGES) break;
+        const last = ranges[ranges.length - 1];
+        if (last && last.offset + last.length === at) last.length += e.length;
+        else ranges.push({ offset: at, length: e.length });
+      }
+      at += e.length;
+    }
+    const end =
+      ranges.length === MAX_ZERO_RANGES ? ranges[ranges.length - 1].offset + ranges[ranges.length - 1].length : at;
+    this.send([encodeZeroRanges({ requestId, offset, covered: Math.max(1, end - offset), ranges })]);
   }
 
   /** Encodes on the pool, waiting (not failing) while its bounded queue is full. */

@@ -14,10 +14,13 @@ import {
   decodeFetchError,
   decodeRefuse,
   decodeWelcome,
+  decodeZeroRanges,
   encodeFetch,
   encodeHello,
+  encodeZeroQuery,
   Hello,
   Welcome,
+  ZeroRanges,
 } from './messages';
 import { MessageType, WIRE_VERSION } from './protocol';
 
@@ -31,6 +34,8 @@ export interface BatchFrame {
 
 interface PendingFetch {
   onBatch: (batch: BatchFrame) => void;
+  /** Set for a ZERO_QUERY: its one answer. */
+  onZeroRanges?: (ranges: ZeroRanges) => void;
   reject: (err: Error) => void;
 }
 
@@ -142,8 +147,7 @@ export class WireStream extends EventEmitter {
   ): Promise<void> {
     if (this.closed) return Promise.reject(this.closeError);
     if (this.pending.size === 0) this.lastFrameAt = Date.now();
-    const requestId = this.nextRequest;
-    this.nextRequest = (this.nextRequest % 0xffffffff) + 1;
+    const requestId = this.takeRequestId();
     return new Promise((resolve, reject) => {
       this.pending.set(requestId, {
         onBatch: (b) => {
@@ -157,6 +161,35 @@ export class WireStream extends EventEmitter {
       });
       this.socket.write(encodeFetch({ requestId, priority, flags, offset, length }));
     });
+  }
+
+  /** Asks which parts of [offset, offset+length) read as zeros at the source. */
+  zeroRanges(offset: number, length: number): Promise<ZeroRanges> {
+    if (this.closed) return Promise.reject(this.closeError);
+    if (this.pending.size === 0) this.lastFrameAt = Date.now();
+    const requestId = this.takeRequestId();
+    return new Promise((resolve, reject) => {
+      this.pending.set(requestId, {
+        onBatch: () => this.destroy(new CorruptFrameError(`BATCH for zero query ${requestId}`)),
+        onZeroRanges: (answer) => {
+          this.pending.delete(requestId);
+          if (answer.offset !== offset || answer.covered > length) {
+            reject(
+              new CorruptFrameError(`ZERO_RANGES for ${answer.offset}+${answer.covered}, asked ${offset}+${length}`),
+            );
+            this.destroy(new CorruptFrameError('ZERO_RANGES outside its query'));
+          } else resolve(answer);
+        },
+        reject,
+      });
+      this.socket.write(encodeZeroQuery({ requestId, offset, length }));
+    });
+  }
+
+  private takeRequestId(): number {
+    const id = this.nextRequest;
+    this.nextRequest = (this.nextRequest % 0xffffffff) + 1;
+    return id;
   }
 
   destroy(err?: Error): void {
@@ -202,6 +235,14 @@ export class WireStream extends EventEmitter {
           this.pending
             .get(meta.requestId)
             ?.onBatch({ meta, payload: frame.payload, final: (frame.flags & 1) === 1, wireBytes });
+          break;
+        }
+        case MessageType.ZeroRanges: {
+          const z = decodeZeroRanges(frame.meta);
+          if (typeof z === 'string') return this.destroy(new CorruptFrameError(z));
+          const p = this.pending.get(z.requestId);
+          if (p && !p.onZeroRanges) return this.destroy(new CorruptFrameError(`ZERO_RANGES for fetch ${z.requestId}`));
+          p?.onZeroRanges!(z);
           break;
         }
         case MessageType.FetchError: {

@@ -10,7 +10,7 @@ import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { QueueFullError, type CodecPool } from '../pool';
 import { BlockEncoding, type BlockEntry } from '../codec/batch';
-import type { FetchPriority, LinkStats, LocalBlocks, Upstream } from '../migrate/upstream';
+import type { FetchPriority, LinkStats, LocalBlocks, Upstream, ZeroRangeAnswer } from '../migrate/upstream';
 import type { WireAuth } from './auth';
 import { blockRuns } from '../migrate/block-runs';
 import { BatchFrame, WireRefusedError, WireStream } from './wire-stream';
@@ -179,6 +179,14 @@ export class WireUpstream extends EventEmitter implements Upstream {
       flags = FetchFlag.NoReferences; // a retry asks for bytes
     }
     return out;
+  }
+
+  /** Asked on the urgent stream: its answer is small and must not wait behind background batches. */
+  async zeroRanges(offset: number, length: number): Promise<ZeroRangeAnswer | null> {
+    const stream = await this.streamFor('urgent');
+    const answer = await stream.zeroRanges(offset, length);
+    this.stats.bytesOnWire += 40 + 16 * answer.ranges.length;
+    return { covered: answer.covered, ranges: answer.ranges };
   }
 
   async reconnect(url?: string): Promise<void> {

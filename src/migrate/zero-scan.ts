@@ -1,0 +1,138 @@
+/**
+ * Asks the source, ahead of the background copy, where its image reads as
+ * zeros (its holes), and holds those blocks without fetching them: a VM disk
+ * is often mostly unallocated, and nbdcopy skips holes the same way. The copy
+ * claims runs only below `scannedBlocks`, so it never fetches a hole the scan
+ * is about to report. A source that cannot tell, or keeps failing to, ends
+ * the scan: everything is then copied.
+ */
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import type { MigratingDevice } from './migrating-device';
+import type { Upstream } from './upstream';
+
+export interface ZeroScanOptions {
+  /** Bytes asked about per query. */
+  spanBytes: number;
+  /** Queries in flight at once. */
+  parallel: number;
+  /** Failed queries in a row before the scan gives up. */
+  maxFailures: number;
+  retryMs: number;
+}
+
+export const DEFAULT_ZERO_SCAN_OPTIONS: ZeroScanOptions = {
+  spanBytes: 256 << 20,
+  parallel: 4,
+  maxFailures: 5,
+  retryMs: 500,
+};
+
+export class ZeroScan extends EventEmitter {
+  /** Every block below this has been scanned (or the scan has ended). */
+  scannedBlocks = 0;
+  private stopped = false;
+  private failures = 0;
+  private loop: Promise<void> | null = null;
+
+  constructor(
+    private readonly device: MigratingDevice,
+    private readonly upstream: Upstream,
+    private readonly log: Logger,
+    private readonly options: ZeroScanOptions = DEFAULT_ZERO_SCAN_OPTIONS,
+  ) {
+    super();
+  }
+
+  get done(): boolean {
+    return this.scannedBlocks >= this.device.map.blockCount;
+  }
+
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.loop;
+  }
+
+  private async run(): Promise<void> {
+    const { map } = this.device;
+    const bs = map.blockSize;
+    const size = map.imageSize;
+    const started = performance.now();
+    // Spans are block-aligned; each is scanned to its end (a short answer is asked again from where it ended).
+    const span = Math.max(bs, Math.floor(this.options.spanBytes / bs) * bs);
+    const spans = Math.ceil(size / span);
+    const finished = new Uint8Array(spans);
+    let next = 0;
+    let firstUnfinished = 0;
+    const worker = async (): Promise<void> => {
+      while (!this.stopped && !this.gaveUp && next < spans) {
+        const index = next++;
+        await this.scanSpan(index * span, Math.min(span, size - index * span));
+        finished[index] = 1;
+        while (firstUnfinished < spans && finished[firstUnfinished]) firstUnfinished++;
+        this.advance(Math.min(map.blockCount, Math.ceil((firstUnfinished * span) / bs)));
+      }
+    };
+    if (!this.upstream.zeroRanges) return this.end('the source cannot report zero ranges');
+    await Promise.all(Array.from({ length: Math.min(this.options.parallel, spans) }, worker));
+    if (this.stopped) return;
+    if (this.gaveUp) return this.end(this.gaveUp);
+    this.log.info(
+      {
+        blocksSkipped: this.device.counters.zeroBlocksSkipped,
+        ms: Math.round(performance.now() - started),
+      },
+      'source zero ranges scanned; those blocks are not fetched',
+    );
+    this.advance(map.blockCount);
+  }
+
+  private gaveUp: string | null = null;
+
+  private async scanSpan(offset: number, length: number): Promise<void> {
+    const bs = this.device.map.blockSize;
+    let at = offset;
+    const end = offset + length;
+    while (at < end && !this.stopped && !this.gaveUp) {
+      let answer;
+      try {
+        answer = await this.upstream.zeroRanges!(at, end - at);
+      } catch (e) {
+        if (++this.failures >= this.options.maxFailures) {
+          this.gaveUp = `zero-range queries failed ${this.failures} times in a row (${(e as Error).message})`;
+          return;
+        }
+        await new Promise((r) => setTimeout(r, this.options.retryMs));
+        continue;
+      }
+      if (answer === null) {
+        this.gaveUp = 'the source cannot report zero ranges';
+        return;
+      }
+      this.failures = 0;
+      for (const r of answer.ranges) {
+        // Only whole blocks; the image's last block may be partial and ends at the image's end.
+        const first = Math.ceil(r.offset / bs);
+        const rangeEnd = r.offset + r.length;
+        const last = rangeEnd >= this.device.map.imageSize ? this.device.map.blockCount : Math.floor(rangeEnd / bs);
+        if (last > first) await this.device.holdZeroRun(first, last - first);
+      }
+      at += answer.covered;
+    }
+  }
+
+  private advance(blocks: number): void {
+    if (blocks <= this.scannedBlocks) return;
+    this.scannedBlocks = blocks;
+    this.emit('progress', blocks);
+  }
+
+  private end(reason: string): void {
+    if (!this.stopped) this.log.info({ reason }, 'not skipping source holes; copying every block');
+    this.advance(this.device.map.blockCount);
+  }
+}
