@@ -87,7 +87,7 @@ export const CopySection = z
     /** Blocks per background fetch request. */
     batch_blocks: powerOfTwo(1, 1024).default(64),
     /** Background bytes in flight at most: about one bandwidth-delay product of the link. */
-    window_bytes: positiveInt.min(4096).default(8 << 20),
+    window_bytes: positiveInt.min(4096).default(16 << 20),
     /** Batches in flight above the measured bandwidth-delay product: fills the link vs. queues on-demand fetches. */
     queue_batches: z.number().min(0).max(16).default(1),
     /** Background copy cap in bytes per second; 0 means none. */
