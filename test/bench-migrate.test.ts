@@ -20,6 +20,7 @@ interface Scenario {
   workload: { bytesPerSecond: number; jobs: unknown[]; timeline: unknown[] } | null;
   onDemand: { p50: number; p99: number; count: number } | null;
   peakRssBytes: number | null;
+  verified: { ok: boolean; detail: string } | null;
 }
 
 /** The environment without tap's NODE_OPTIONS hooks, so the daemons' RSS and CPU are their own. */
@@ -99,6 +100,12 @@ t.test('bench:migrate --quick with a 32 MiB image', { timeout: 150_000 }, async 
       t.ok(s!.wire.bytesToDest > 1 << 20, `${s!.name} fetched over 1 MiB`);
       t.ok(s!.peakRssBytes! > 10 << 20 && s!.peakRssBytes! < 2 * 2 ** 30, `${s!.name} peak RSS ${s!.peakRssBytes}`);
       t.ok(s!.onDemand && s!.onDemand.count >= 0 && s!.onDemand.p99 >= s!.onDemand.p50, `${s!.name} on-demand latency`);
+      t.equal(s!.verified?.ok, true, `${s!.name} final image verified: ${s!.verified?.detail}`);
+      t.match(
+        s!.verified?.detail ?? '',
+        /plus [1-9]\d* whole 4 KiB blocks written by the workload/,
+        'the writes are in it',
+      );
     }
     if (kind !== 'nbdcopy') {
       t.ok(s!.workload && s!.workload.bytesPerSecond > 0, `${s!.name} workload throughput`);

@@ -66,8 +66,9 @@ function setup(t: Test, source: Buffer, upstream: FakeUpstream) {
   copy.setLimit(0);
   scan.on('progress', (blocks: number) => copy.setLimit(blocks));
   t.teardown(async () => {
-    await scan.stop();
+    scan.stop();
     await copy.stop();
+    await scan.settle();
     map.close();
     await device.close();
   });

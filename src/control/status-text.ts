@@ -27,7 +27,8 @@ export function formatStatusSummary(s: MigrationStatus): string {
       'link',
       `${formatBytes(s.bytesOnWire)} on the wire for ${formatBytes(s.bytesBeforeEncoding)} of blocks` +
         (s.bytesOnWire > 0 ? ` (${(s.bytesBeforeEncoding / s.bytesOnWire).toFixed(2)}x)` : '') +
-        `, codec ${s.codec}, ${s.checksumFailures} checksum failures, ${s.corruptFrames} corrupt frames`,
+        `, codec ${s.codec}, ${s.referencesUsed} references (${s.referencesRefused} refused),` +
+        ` ${s.checksumFailures} checksum failures, ${s.corruptFrames} corrupt frames`,
     ],
     [
       'rate',

@@ -193,7 +193,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
    * Holds the missing blocks in [first, first+count) that nobody is fetching
    * or writing as zeros without fetching them: the source reads as zeros
    * there. The local range is zeroed (a hole) first, so a block is never held
-   * over stale bytes. Returns how many blocks became held.
+   * over stale bytes. Returns how many blocks became held; throws when the
+   * local image cannot punch holes.
    */
   async holdZeroRun(first: number, count: number): Promise<number> {
     let held = 0;
@@ -212,16 +213,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         // Punched and marked with no await in between: no VM write or landing fetch can
         // start on these blocks meanwhile (each of those takes a transit first).
         const offset = b * this.bs;
-        try {
-          this.local.punchHoleNow(offset, Math.min(runEnd * this.bs, this.size) - offset);
-        } catch (e) {
-          // Left missing: the copy fetches them.
-          this.log.warn(
-            { err: (e as Error).message, block: b, count: runEnd - b },
-            'cannot zero a source hole locally',
-          );
-          return held;
-        }
+        // A failure leaves the blocks missing (the copy fetches them) and is the caller's to act on.
+        this.local.punchHoleNow(offset, Math.min(runEnd * this.bs, this.size) - offset);
         for (let i = b; i < runEnd; i++) this.map.markHeld(i);
         held += runEnd - b;
         this.counters.zeroBlocksSkipped += runEnd - b;

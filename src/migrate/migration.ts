@@ -50,6 +50,8 @@ export class Migration implements MigrationControl {
     bytesBeforeEncoding: 0,
     checksumFailures: 0,
     corruptFrames: 0,
+    referencesUsed: 0,
+    referencesRefused: 0,
     codec: 'none',
   };
 
@@ -208,6 +210,8 @@ export class Migration implements MigrationControl {
       bytesBeforeEncoding: link.bytesBeforeEncoding,
       checksumFailures: link.checksumFailures,
       corruptFrames: link.corruptFrames,
+      referencesUsed: link.referencesUsed,
+      referencesRefused: link.referencesRefused,
       codec: link.codec,
       startedAt: this.startedAt.toISOString(),
       completedAt: this.completedAt?.toISOString() ?? null,
@@ -252,12 +256,13 @@ export class Migration implements MigrationControl {
     if (this.closed) return;
     this.closed = true;
     if (this.persistTimer) clearInterval(this.persistTimer);
-    await this.zeroScan?.stop();
+    this.zeroScan?.stop();
     await this.copy?.stop();
     await this.completing?.catch(() => undefined);
-    // Closing the upstream fails the fetches still waiting on it; then nothing lands after the image closes.
+    // Closing the upstream fails the fetches and queries still waiting on it; then nothing lands after the image closes.
     await this.upstream?.close();
     await this.copy?.settle();
+    await this.zeroScan?.settle();
     await this.device.flush().catch((e: Error) => this.log.error({ err: e.message }, 'final persist failed'));
     this.device.map.close();
     await this.device.close();
@@ -275,12 +280,13 @@ export class Migration implements MigrationControl {
       this.completedAt = new Date();
       if (this.persistTimer) clearInterval(this.persistTimer);
       this.persistTimer = null;
-      await this.zeroScan?.stop();
+      this.zeroScan?.stop();
       await this.copy?.stop();
       this.device.detachUpstream();
       if (this.upstream) this.lastLinkStats = this.upstream.linkStats();
       await this.upstream?.close();
       await this.copy?.settle();
+      await this.zeroScan?.settle();
       this.log.info(
         {
           blocks: map.blockCount,

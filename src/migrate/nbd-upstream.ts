@@ -123,6 +123,8 @@ export class NbdUpstream extends EventEmitter implements Upstream {
       bytesBeforeEncoding: this.bytesFetched,
       checksumFailures: 0,
       corruptFrames: 0,
+      referencesUsed: 0,
+      referencesRefused: 0,
       codec: 'none',
     };
   }

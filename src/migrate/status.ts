@@ -42,6 +42,9 @@ export interface MigrationStatus {
   checksumFailures: number;
   /** Corrupt frames (connection dropped and re-opened). */
   corruptFrames: number;
+  /** Blocks that arrived as references to content already held here (dedupe), and those refused (the VM had overwritten the content). */
+  referencesUsed: number;
+  referencesRefused: number;
   /** The encoding most blocks arrive in ("none" for a plain NBD source). */
   codec: string;
   startedAt: string;

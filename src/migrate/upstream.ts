@@ -16,6 +16,9 @@ export interface LinkStats {
   checksumFailures: number;
   /** Frames that failed their CRC or bounds (the connection was dropped and re-opened). */
   corruptFrames: number;
+  /** Blocks sent as references to content the destination already held, and those it could not use. */
+  referencesUsed: number;
+  referencesRefused: number;
   /** Encoding in use (or "none" for a plain NBD source). */
   codec: string;
 }

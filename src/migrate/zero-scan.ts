@@ -52,8 +52,12 @@ export class ZeroScan extends EventEmitter {
     this.loop ??= this.run();
   }
 
-  async stop(): Promise<void> {
+  /** Stops asking. Queries in flight end when the upstream answers or closes: then settle(). */
+  stop(): void {
     this.stopped = true;
+  }
+
+  async settle(): Promise<void> {
     await this.loop;
   }
 
@@ -115,11 +119,18 @@ export class ZeroScan extends EventEmitter {
       }
       this.failures = 0;
       for (const r of answer.ranges) {
+        if (this.stopped) return;
         // Only whole blocks; the image's last block may be partial and ends at the image's end.
         const first = Math.ceil(r.offset / bs);
         const rangeEnd = r.offset + r.length;
         const last = rangeEnd >= this.device.map.imageSize ? this.device.map.blockCount : Math.floor(rangeEnd / bs);
-        if (last > first) await this.device.holdZeroRun(first, last - first);
+        if (last <= first) continue;
+        try {
+          await this.device.holdZeroRun(first, last - first);
+        } catch (e) {
+          this.gaveUp = `cannot punch holes in the local image (${(e as Error).message})`;
+          return;
+        }
       }
       at += answer.covered;
     }

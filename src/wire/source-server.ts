@@ -350,7 +350,9 @@ class SourceConnection {
     }
     const end =
       ranges.length === MAX_ZERO_RANGES ? ranges[ranges.length - 1].offset + ranges[ranges.length - 1].length : at;
-    this.send([encodeZeroRanges({ requestId, offset, covered: Math.max(1, end - offset), ranges })]);
+    // No extent at all (never expected) answers "data" for the whole range rather than stalling the scan.
+    const covered = end > offset ? end - offset : query.length;
+    this.send([encodeZeroRanges({ requestId, offset, covered, ranges })]);
   }
 
   /** Encodes on the pool, waiting (not failing) while its bounded queue is full. */

@@ -148,6 +148,8 @@ export class WireUpstream extends EventEmitter implements Upstream {
       bytesBeforeEncoding: this.stats.bytesBeforeEncoding,
       checksumFailures: this.stats.checksumFailures,
       corruptFrames: this.stats.corruptFrames,
+      referencesUsed: this.stats.referencesUsed,
+      referencesRefused: this.stats.referencesRefused,
       codec: counts[0]?.[0] ?? (this.stats.blocksByEncoding.raw ? 'none' : this.stats.codec),
     };
   }
@@ -310,19 +312,8 @@ export class WireUpstream extends EventEmitter implements Upstream {
       }
       this.place(out, outOffset, (first + i) * bs, blocks.subarray(i * bs, (i + 1) * bs));
     }
-    for (const i of references) {
-      const e = meta.entries[i];
-      const ok = await this.resolveReference(
-        e.reference,
-        e.checksum,
-        meta,
-        blocks,
-        decoded.status,
-        out,
-        outOffset,
-        first + i,
-        urgent,
-      );
+    const fromLocal = await this.resolveReferences(references, meta, blocks, decoded.status, out, outOffset, urgent);
+    for (const [i, ok] of fromLocal) {
       if (ok) this.stats.referencesUsed++;
       else {
         this.stats.referencesRefused++;
@@ -338,32 +329,54 @@ export class WireUpstream extends EventEmitter implements Upstream {
     bytes.copy(out, at, 0, Math.min(bytes.length, out.length - at));
   }
 
-  private async resolveReference(
-    target: number,
-    checksum: bigint,
+  /**
+   * Resolves a batch's references: to a block earlier in the batch, or to the
+   * destination's own copy, read in runs and hashed in one pool task (the VM
+   * may have overwritten it since). Returns [entry index, resolved] pairs.
+   */
+  private async resolveReferences(
+    references: number[],
     meta: BatchFrame['meta'],
     blocks: Buffer,
     status: number[],
     out: Buffer,
     outOffset: number,
-    block: number,
     urgent: boolean,
-  ): Promise<boolean> {
+  ): Promise<Array<[number, boolean]>> {
     const bs = this.options.blockSize;
     const first = meta.offset / bs;
-    const inBatch = target - first;
-    if (inBatch >= 0 && inBatch < meta.count && meta.entries[inBatch].encoding !== WireEncoding.Reference) {
-      if (status[inBatch] !== 0 || meta.entries[inBatch].checksum !== checksum) return false;
-      this.place(out, outOffset, block * bs, blocks.subarray(inBatch * bs, (inBatch + 1) * bs));
-      return true;
+    const results: Array<[number, boolean]> = [];
+    const local: Array<{ i: number; target: number }> = [];
+    for (const i of references) {
+      const { reference: target, checksum } = meta.entries[i];
+      const inBatch = target - first;
+      if (inBatch >= 0 && inBatch < meta.count && meta.entries[inBatch].encoding !== WireEncoding.Reference) {
+        const ok = status[inBatch] === 0 && meta.entries[inBatch].checksum === checksum;
+        if (ok) this.place(out, outOffset, (first + i) * bs, blocks.subarray(inBatch * bs, (inBatch + 1) * bs));
+        results.push([i, ok]);
+      } else if (this.local && target * bs < this.size && this.local.isHeld(target)) local.push({ i, target });
+      else results.push([i, false]);
     }
-    if (!this.local || !this.local.isHeld(target)) return false;
-    const copy = new ArrayBuffer(bs);
-    await this.local.read(target * bs, Buffer.from(copy, 0, Math.min(bs, this.size - target * bs)));
+    if (local.length === 0) return results;
+    const copy = new ArrayBuffer(local.length * bs);
+    const reads: Array<Promise<void>> = [];
+    // Consecutive references often point to consecutive blocks (a file copied earlier): one read per run.
+    for (let k = 0; k < local.length;) {
+      let n = 1;
+      while (k + n < local.length && local[k + n].target === local[k].target + n) n++;
+      const offset = local[k].target * bs;
+      reads.push(this.local!.read(offset, Buffer.from(copy, k * bs, Math.min(n * bs, this.size - offset))));
+      k += n;
+    }
+    await Promise.all(reads);
     const hashed = await this.whenQueued(() => this.pool.hash(copy, bs, { urgent }), urgent);
-    if (hashed.checksums[0] !== checksum) return false; // the VM has overwritten it since
-    this.place(out, outOffset, block * bs, Buffer.from(hashed.blocks));
-    return true;
+    const bytes = Buffer.from(hashed.blocks);
+    local.forEach(({ i }, k) => {
+      const ok = hashed.checksums[k] === meta.entries[i].checksum;
+      if (ok) this.place(out, outOffset, (first + i) * bs, bytes.subarray(k * bs, (k + 1) * bs));
+      results.push([i, ok]);
+    });
+    return results;
   }
 
   /** Runs a pool task, waiting (on a timer or the pool's signal, never a spin) while its queue is full. */

@@ -34,7 +34,15 @@ export class FakeUpstream extends EventEmitter implements Upstream {
 
   linkStats(): LinkStats {
     const bytes = this.fetchCalls.reduce((n, c) => n + c.length, 0);
-    return { bytesOnWire: bytes, bytesBeforeEncoding: bytes, checksumFailures: 0, corruptFrames: 0, codec: 'none' };
+    return {
+      bytesOnWire: bytes,
+      bytesBeforeEncoding: bytes,
+      checksumFailures: 0,
+      corruptFrames: 0,
+      referencesUsed: 0,
+      referencesRefused: 0,
+      codec: 'none',
+    };
   }
 
   setConnected(up: boolean): void {

@@ -27,6 +27,8 @@ export function initialStatus(overrides: Partial<MigrationStatus> = {}): Migrati
     bytesBeforeEncoding: 0,
     checksumFailures: 0,
     corruptFrames: 0,
+    referencesUsed: 0,
+    referencesRefused: 0,
     codec: 'none',
     startedAt: new Date(0).toISOString(),
     completedAt: null,
