@@ -7,8 +7,11 @@ import t, { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { startFerry, servingPort, ctlStatus } from './helpers/ferry-daemon';
+import { spawn } from 'node:child_process';
+import { startFerry, servingPort, ctlStatus, freePort } from './helpers/ferry-daemon';
 import { tempDir } from './helpers/temp-dir';
+import { requireTool } from './helpers/tools';
+import { run } from './helpers/run';
 
 const SIZE = 64 << 20;
 const DATA = [
@@ -74,4 +77,56 @@ t.test('skip_zero_ranges = false fetches every block', async (t) => {
   const { s } = await migrateSparse(t, 'ferry', false);
   t.equal(s.bytesSkippedAsZero, 0);
   t.equal(s.bytesFetched, SIZE);
+});
+
+/** nbdkit's file plugin as the source, with or without structured replies (no base:allocation without them). */
+async function fromNbdkit(t: Test, structured: boolean) {
+  const dir = tempDir(t, 'ferry-holes-nbdkit-');
+  const sourcePath = path.join(dir, 'disk.img');
+  const content = sparseImage(sourcePath);
+  const port = await freePort();
+  const args = [
+    '-f',
+    '-r',
+    '-i',
+    '127.0.0.1',
+    '-p',
+    String(port),
+    ...(structured ? [] : ['--no-sr']),
+    'file',
+    sourcePath,
+  ];
+  const nbdkit = spawn('nbdkit', args, { stdio: 'ignore' });
+  t.teardown(() => void nbdkit.kill('SIGKILL'));
+  for (let i = 0; i < 100; i++) {
+    const probe = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}`], { timeoutMs: 5000 }).catch(() => null);
+    if (probe?.code === 0) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const destImage = path.join(dir, 'dest.img');
+  const control = path.join(dir, 'ctl.sock');
+  const dest = await startFerry(t, [
+    ...['dest', '--source', `nbd://127.0.0.1:${port}/`, '--image', destImage],
+    ...['--listen', '127.0.0.1:0', '--control', control],
+  ]);
+  await dest.waitForLog('migration complete: every block held, source disconnected', 60_000);
+  const s = await ctlStatus(control);
+  t.equal(await dest.stop(), 0);
+  t.ok(fs.readFileSync(destImage).equals(content), 'final image equals the source');
+  return { s, log: dest.stderr() };
+}
+
+t.test('nbdkit: holes reported by base:allocation are not fetched', async (t) => {
+  if (!requireTool(t, 'nbdkit', 'nbdinfo')) return;
+  const { s } = await fromNbdkit(t, true);
+  t.ok(s.bytesFetched <= dataBytes + 2 * DATA.length * s.blockSize, `fetched ${s.bytesFetched} for ${dataBytes}`);
+  t.equal(s.bytesSkippedAsZero + s.bytesFetched, SIZE);
+});
+
+t.test('nbdkit without structured replies: no block status, every block is copied', async (t) => {
+  if (!requireTool(t, 'nbdkit', 'nbdinfo')) return;
+  const { s, log } = await fromNbdkit(t, false);
+  t.equal(s.bytesSkippedAsZero, 0);
+  t.equal(s.bytesFetched, SIZE);
+  t.match(log, /"reason":"the source cannot report zero ranges".*not skipping source holes/, 'the log says why');
 });
