@@ -33,6 +33,8 @@ export class ZeroScan extends EventEmitter {
   scannedBlocks = 0;
   private stopped = false;
   private failures = 0;
+  /** Why the scan stopped early (then every block is copied). */
+  private gaveUp: string | null = null;
   private loop: Promise<void> | null = null;
 
   constructor(
@@ -94,8 +96,6 @@ export class ZeroScan extends EventEmitter {
     );
     this.advance(map.blockCount);
   }
-
-  private gaveUp: string | null = null;
 
   private async scanSpan(offset: number, length: number): Promise<void> {
     const bs = this.device.map.blockSize;
