@@ -7,11 +7,10 @@ import t, { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { spawn } from 'node:child_process';
-import { startFerry, servingPort, ctlStatus, freePort } from './helpers/ferry-daemon';
+import { startFerry, servingPort, ctlStatus } from './helpers/ferry-daemon';
+import { startNbdkit } from './helpers/nbdkit';
 import { tempDir } from './helpers/temp-dir';
 import { requireTool } from './helpers/tools';
-import { run } from './helpers/run';
 
 const SIZE = 64 << 20;
 const DATA = [
@@ -84,25 +83,7 @@ async function fromNbdkit(t: Test, structured: boolean) {
   const dir = tempDir(t, 'ferry-holes-nbdkit-');
   const sourcePath = path.join(dir, 'disk.img');
   const content = sparseImage(sourcePath);
-  const port = await freePort();
-  const args = [
-    '-f',
-    '-r',
-    '-i',
-    '127.0.0.1',
-    '-p',
-    String(port),
-    ...(structured ? [] : ['--no-sr']),
-    'file',
-    sourcePath,
-  ];
-  const nbdkit = spawn('nbdkit', args, { stdio: 'ignore' });
-  t.teardown(() => void nbdkit.kill('SIGKILL'));
-  for (let i = 0; i < 100; i++) {
-    const probe = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}`], { timeoutMs: 5000 }).catch(() => null);
-    if (probe?.code === 0) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const port = await startNbdkit(t, [...(structured ? [] : ['--no-sr']), 'file', sourcePath]);
   const destImage = path.join(dir, 'dest.img');
   const control = path.join(dir, 'ctl.sock');
   const dest = await startFerry(t, [

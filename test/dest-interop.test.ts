@@ -6,8 +6,8 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
-import { freePort, servingPort, startFerry } from './helpers/ferry-daemon';
+import { servingPort, startFerry } from './helpers/ferry-daemon';
+import { startNbdkit } from './helpers/nbdkit';
 import { requireTool } from './helpers/tools';
 import { tempDir, writePatternFile } from './helpers/temp-dir';
 import { run } from './helpers/run';
@@ -19,32 +19,8 @@ t.test('qemu-io, fio and qemu-img against a destination migrating from a slow nb
   const dir = tempDir(t, 'ferry-dest-interop-');
   const sourcePath = path.join(dir, 'source.img');
   const source = writePatternFile(sourcePath, SIZE, 7);
-  const port = await freePort();
   // 2 ms per read and 20 Mbit/s: a small WAN.
-  const nbdkit = spawn(
-    'nbdkit',
-    [
-      '-f',
-      '-r',
-      '-i',
-      '127.0.0.1',
-      '-p',
-      String(port),
-      '--filter=delay',
-      '--filter=rate',
-      'file',
-      sourcePath,
-      'rdelay=2ms',
-      'rate=20M',
-    ],
-    { stdio: 'ignore' },
-  );
-  t.teardown(() => void nbdkit.kill('SIGKILL'));
-  for (let i = 0; i < 100; i++) {
-    const probe = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}`], { timeoutMs: 5000 }).catch(() => null);
-    if (probe?.code === 0) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const port = await startNbdkit(t, ['--filter=delay', '--filter=rate', 'file', sourcePath, 'rdelay=2ms', 'rate=20M']);
   const image = path.join(dir, 'dest.img');
   const dest = await startFerry(t, [
     'dest',
