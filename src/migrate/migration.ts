@@ -11,7 +11,7 @@ import { BackgroundCopy, BackgroundCopyOptions } from './background-copy';
 import { MigratingDevice } from './migrating-device';
 import { ZeroScan } from './zero-scan';
 import type { MigrationControl, MigrationState, MigrationStatus } from './status';
-import type { LinkStats, Upstream } from './upstream';
+import { emptyLinkStats, type LinkStats, type Upstream } from './upstream';
 
 export interface MigrationOptions {
   imagePath: string;
@@ -45,15 +45,7 @@ export class Migration implements MigrationControl {
   private readonly startedAt = new Date();
   private closed = false;
   /** The link's figures when it was closed (they stay in the status after completion). */
-  private lastLinkStats: LinkStats = {
-    bytesOnWire: 0,
-    bytesBeforeEncoding: 0,
-    checksumFailures: 0,
-    corruptFrames: 0,
-    referencesUsed: 0,
-    referencesRefused: 0,
-    codec: 'none',
-  };
+  private lastLinkStats: LinkStats = emptyLinkStats();
 
   private constructor(
     readonly device: MigratingDevice,
@@ -206,13 +198,7 @@ export class Migration implements MigrationControl {
       rateLimitBytesPerSecond: this.copy?.rateLimit ?? null,
       reconnects: this.upstream?.reconnects ?? 0,
       fetchErrors: d.counters.fetchErrors,
-      bytesOnWire: link.bytesOnWire,
-      bytesBeforeEncoding: link.bytesBeforeEncoding,
-      checksumFailures: link.checksumFailures,
-      corruptFrames: link.corruptFrames,
-      referencesUsed: link.referencesUsed,
-      referencesRefused: link.referencesRefused,
-      codec: link.codec,
+      ...link,
       startedAt: this.startedAt.toISOString(),
       completedAt: this.completedAt?.toISOString() ?? null,
     };

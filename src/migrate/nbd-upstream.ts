@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import { NbdClient } from '../nbd/client';
 import { parseNbdUrl, NbdTarget } from '../nbd/url';
 import { ExtentFlags } from '../store/block-device';
-import type { FetchPriority, LinkStats, Upstream, ZeroRangeAnswer } from './upstream';
+import { emptyLinkStats, type FetchPriority, type LinkStats, type Upstream, type ZeroRangeAnswer } from './upstream';
 
 export interface NbdUpstreamOptions {
   /** First reconnect delay; doubles up to maxBackoffMs. */
@@ -119,13 +119,9 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   linkStats(): LinkStats {
     // Plain NBD: the bytes as they are, plus a 16-byte reply header each.
     return {
+      ...emptyLinkStats(),
       bytesOnWire: this.bytesFetched + 16 * this.replies,
       bytesBeforeEncoding: this.bytesFetched,
-      checksumFailures: 0,
-      corruptFrames: 0,
-      referencesUsed: 0,
-      referencesRefused: 0,
-      codec: 'none',
     };
   }
 

@@ -2,10 +2,12 @@
  * What a migrating destination reports and what an operator can ask of it.
  * The control socket, `ferry ctl` and the metrics endpoint speak only this.
  */
+import type { LinkStats } from './upstream';
 
 export type MigrationState = 'migrating' | 'paused' | 'stalled' | 'complete';
 
-export interface MigrationStatus {
+/** The state of the copy, and the link's figures (LinkStats: wire bytes, checksum failures, references, codec). */
+export interface MigrationStatus extends LinkStats {
   state: MigrationState;
   /** Where blocks come from (URL, secrets removed). */
   source: string;
@@ -34,19 +36,6 @@ export interface MigrationStatus {
   rateLimitBytesPerSecond: number | null;
   reconnects: number;
   fetchErrors: number;
-  /** Bytes received from the source, framing included. */
-  bytesOnWire: number;
-  /** What those bytes decoded to. */
-  bytesBeforeEncoding: number;
-  /** Blocks that failed verification (fetched again, never written). */
-  checksumFailures: number;
-  /** Corrupt frames (connection dropped and re-opened). */
-  corruptFrames: number;
-  /** Blocks that arrived as references to content already held here (dedupe), and those refused (the VM had overwritten the content). */
-  referencesUsed: number;
-  referencesRefused: number;
-  /** The encoding most blocks arrive in ("none" for a plain NBD source). */
-  codec: string;
   startedAt: string;
   completedAt: string | null;
 }

@@ -23,6 +23,19 @@ export interface LinkStats {
   codec: string;
 }
 
+/** A link that has carried nothing yet. */
+export function emptyLinkStats(codec = 'none'): LinkStats {
+  return {
+    bytesOnWire: 0,
+    bytesBeforeEncoding: 0,
+    checksumFailures: 0,
+    corruptFrames: 0,
+    referencesUsed: 0,
+    referencesRefused: 0,
+    codec,
+  };
+}
+
 /** The destination's own blocks, for upstreams that send references to content it holds. */
 export interface LocalBlocks {
   isHeld(block: number): boolean;

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { FetchPriority, LinkStats, Upstream } from '../../src/migrate/upstream';
+import { emptyLinkStats, type FetchPriority, type LinkStats, type Upstream } from '../../src/migrate/upstream';
 
 /** An in-memory source with random fetch delays, optional failures, and a switch to go down. */
 export class FakeUpstream extends EventEmitter implements Upstream {
@@ -34,15 +34,7 @@ export class FakeUpstream extends EventEmitter implements Upstream {
 
   linkStats(): LinkStats {
     const bytes = this.fetchCalls.reduce((n, c) => n + c.length, 0);
-    return {
-      bytesOnWire: bytes,
-      bytesBeforeEncoding: bytes,
-      checksumFailures: 0,
-      corruptFrames: 0,
-      referencesUsed: 0,
-      referencesRefused: 0,
-      codec: 'none',
-    };
+    return { ...emptyLinkStats(), bytesOnWire: bytes, bytesBeforeEncoding: bytes };
   }
 
   setConnected(up: boolean): void {
