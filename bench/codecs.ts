@@ -9,9 +9,9 @@ import xxhash from 'xxhash-wasm';
 import type { BlockEntry } from '../src/codec/batch';
 import { BatchCodec, type EncodedColumns } from '../src/codec/batch-codec';
 import { codecNames } from '../src/codec/registry';
-import { lz4Compress, lz4Decompress, xxh64 } from '../src/kernels';
+import { lz4Compress, lz4Decompress, xxh64 } from '../src/kernels/index';
 import { CodecPool } from '../src/pool';
-import { Kernels } from '../src/pool/kernel-loader';
+import { Kernels } from '../src/kernels/kernel-loader';
 import { type Corpus, buildCorpora } from './codecs-corpora';
 import { lineChartSvg } from './codecs-svg';
 

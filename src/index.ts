@@ -2,7 +2,7 @@
  * ferry as a library: the kernels as plain functions, the block device layers
  * and the NBD server and client, for tools that embed them.
  */
-export * from './kernels';
+export * from './kernels/index';
 export type { BlockDevice, Extent, ZeroOptions, BlockSizeHint } from './store/block-device';
 export { BlockDeviceError } from './store/block-device';
 export { FileDevice } from './store/file-device';

@@ -4,8 +4,8 @@ import t from 'tap';
 import { BlockEncoding, BlockStatus, checkBlockSize, payloadOffsets } from '../src/codec/batch';
 import { BatchCodec, type BatchColumns } from '../src/codec/batch-codec';
 import { codecNames, createCodec } from '../src/codec/registry';
-import { xxh64 } from '../src/kernels';
-import { Kernels } from '../src/pool/kernel-loader';
+import { xxh64 } from '../src/kernels/index';
+import { Kernels } from '../src/kernels/kernel-loader';
 
 const BS = 4096;
 const TEXT = new Uint8Array(readFileSync(require.resolve('typescript/lib/typescript.js')).subarray(0, 1 << 20));

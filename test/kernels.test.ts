@@ -3,8 +3,8 @@ import { readFileSync } from 'node:fs';
 import t from 'tap';
 import xxhash from 'xxhash-wasm';
 import { compress as refCompress, decompress as refDecompress } from 'lz4-wasm-nodejs';
-import { isZero, lz4Bound, lz4Compress, lz4Decompress, xxh64 } from '../src/kernels';
-import { Kernels } from '../src/pool/kernel-loader';
+import { isZero, lz4Bound, lz4Compress, lz4Decompress, xxh64 } from '../src/kernels/index';
+import { Kernels } from '../src/kernels/kernel-loader';
 
 // Deterministic PRNG so a failure can be reproduced from its case number.
 function prng(seed: number): () => number {

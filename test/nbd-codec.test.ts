@@ -3,7 +3,7 @@ import { ServerDecoder, ClientMessage } from '../src/nbd/server-decoder';
 import { ClientDecoder, ServerMessage, encodeGoData, encodeOption, encodeRequestHeader } from '../src/nbd/client-codec';
 import * as enc from '../src/nbd/server-encoder';
 import { Command, CommandFlag, InfoType, Option, OptionReply } from '../src/nbd/protocol';
-import { ByteQueue } from '../src/nbd/byte-queue';
+import { ByteQueue } from '../src/util/byte-queue';
 
 const limits = { maxOptionLength: 1024, maxWritePayload: 4096 };
 

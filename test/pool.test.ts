@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import t from 'tap';
 import { BlockStatus } from '../src/codec/batch';
-import { xxh64 } from '../src/kernels';
+import { xxh64 } from '../src/kernels/index';
 import { CodecPool, PoolClosedError, QueueFullError, WorkerCrashError } from '../src/pool';
 
 const BS = 4096;

@@ -9,7 +9,7 @@ import { BlockMap } from '../src/store/block-map';
 import { MigratingDevice } from '../src/migrate/migrating-device';
 import { BackgroundCopy } from '../src/migrate/background-copy';
 import { ZeroScan } from '../src/migrate/zero-scan';
-import type { ZeroRangeAnswer } from '../src/migrate/upstream';
+import type { ZeroRangeAnswer } from '../src/upstream/upstream';
 import { FakeUpstream } from './helpers/fake-upstream';
 
 const log = pino({ level: 'silent' });

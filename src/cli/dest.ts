@@ -7,8 +7,8 @@ import type { FerryConfig } from '../config/schema';
 import { createLogger } from '../log';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { Migration } from '../migrate/migration';
-import { NbdUpstream } from '../migrate/nbd-upstream';
-import type { Upstream } from '../migrate/upstream';
+import { NbdUpstream } from '../upstream/nbd-upstream';
+import type { Upstream } from '../upstream/upstream';
 import { ControlServer } from '../control/control-server';
 import { startMetricsServer } from '../control/metrics';
 import { listenAddress, nbdLimits, parseHostPort, runUntilSignal } from './process';
@@ -16,7 +16,7 @@ import { parseByteRate } from '../control/byte-rate';
 import os from 'node:os';
 import { CodecPool } from '../pool';
 import { loadAuth } from '../wire/auth';
-import { WireUpstream } from '../wire/wire-upstream';
+import { WireUpstream } from '../upstream/wire-upstream';
 import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
 
 interface DestFlags extends AuthCliFlags {

@@ -1,6 +1,6 @@
 // Encodes and decodes whole batches on the calling thread. Workers of the pool
 // run one BatchCodec each; benchmarks and tests use it directly.
-import { Kernels, META_SIZE } from '../pool/kernel-loader';
+import { Kernels, META_SIZE } from '../kernels/kernel-loader';
 import { BlockEncoding, BlockStatus, checkBlockSize } from './batch';
 import type { Codec } from './codec';
 import { createCodec, defaultDecoderName } from './registry';

@@ -1,6 +1,6 @@
 // The interface every block codec implements. A codec is one file in this
 // folder plus one line in registry.ts.
-import type { Kernels, KernelMode } from '../pool/kernel-loader';
+import type { Kernels, KernelMode } from '../kernels/kernel-loader';
 import type { BlockEncoding } from './batch';
 
 export interface CodecOptions {

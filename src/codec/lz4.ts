@@ -1,5 +1,5 @@
 // LZ4 block compression by the AssemblyScript kernel, whole batch in one call.
-import { KernelMode, lz4ErrorMessage } from '../pool/kernel-loader';
+import { KernelMode, lz4ErrorMessage } from '../kernels/kernel-loader';
 import { BlockEncoding } from './batch';
 import type { Codec, CodecFactory } from './codec';
 

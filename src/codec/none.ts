@@ -1,5 +1,5 @@
 // Checksums and zero detection only; every other block travels raw.
-import { KernelMode } from '../pool/kernel-loader';
+import { KernelMode } from '../kernels/kernel-loader';
 import { BlockEncoding } from './batch';
 import type { Codec, CodecFactory } from './codec';
 

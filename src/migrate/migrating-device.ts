@@ -15,9 +15,9 @@ import type { Logger } from 'pino';
 import { BlockDevice, BlockDeviceError, BlockSizeHint, Extent, ZeroOptions } from '../store/block-device';
 import type { BlockMap } from '../store/block-map';
 import type { FileDevice } from '../store/file-device';
-import type { FetchPriority, Upstream } from './upstream';
+import type { FetchPriority, Upstream } from '../upstream/upstream';
 import { LatencyWindow, RateMeter } from './latency-window';
-import { blockRuns } from './block-runs';
+import { blockRuns } from '../util/block-runs';
 
 interface Transit {
   /** A VM write, zero or trim has taken the block over; fetched data is discarded. */

@@ -11,7 +11,7 @@ import { BackgroundCopy, BackgroundCopyOptions } from './background-copy';
 import { MigratingDevice } from './migrating-device';
 import { ZeroScan } from './zero-scan';
 import type { MigrationControl, MigrationState, MigrationStatus } from './status';
-import { emptyLinkStats, type LinkStats, type Upstream } from './upstream';
+import { emptyLinkStats, type LinkStats, type Upstream } from '../upstream/upstream';
 
 export interface MigrationOptions {
   imagePath: string;

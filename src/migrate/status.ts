@@ -2,7 +2,7 @@
  * What a migrating destination reports and what an operator can ask of it.
  * The control socket, `ferry ctl` and the metrics endpoint speak only this.
  */
-import type { LinkStats } from './upstream';
+import type { LinkStats } from '../upstream/upstream';
 
 export type MigrationState = 'migrating' | 'paused' | 'stalled' | 'complete';
 

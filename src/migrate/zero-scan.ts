@@ -9,7 +9,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import type { MigratingDevice } from './migrating-device';
-import type { Upstream } from './upstream';
+import type { Upstream } from '../upstream/upstream';
 
 export interface ZeroScanOptions {
   /** Bytes asked about per query. */

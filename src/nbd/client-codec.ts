@@ -3,7 +3,7 @@
  * server bytes to typed messages. The decoder is told how many data bytes a
  * simple READ reply carries, since the wire does not say.
  */
-import { ByteQueue } from './byte-queue';
+import { ByteQueue } from '../util/byte-queue';
 import {
   Command,
   IHAVEOPT,

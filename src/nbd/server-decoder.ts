@@ -3,7 +3,7 @@
  * timers. Pull-based (`next()`), so the caller decides how many requests it
  * takes in at once and unread bytes wait here instead of in its queues.
  */
-import { ByteQueue } from './byte-queue';
+import { ByteQueue } from '../util/byte-queue';
 import { Command, IHAVEOPT, OPTION_HEADER_SIZE, REQUEST_HEADER_SIZE, REQUEST_MAGIC } from './protocol';
 
 export interface ClientFlagsMessage {

@@ -4,7 +4,7 @@
  * their own checksums). Bytes in, frames out, for any split of the stream.
  */
 import zlib from 'node:zlib';
-import { ByteQueue } from '../nbd/byte-queue';
+import { ByteQueue } from '../util/byte-queue';
 import { FRAME_HEADER_SIZE, MAX_META, MAX_PAYLOAD, PREAMBLE_MAGIC, PREAMBLE_SIZE, WIRE_VERSION } from './protocol';
 
 export interface Frame {

@@ -1,5 +1,12 @@
 import { EventEmitter } from 'node:events';
-import { emptyLinkStats, type FetchPriority, type LinkStats, type Upstream } from '../../src/migrate/upstream';
+import {
+  emptyLinkStats,
+  type DirtyReport,
+  type FetchPriority,
+  type LinkStats,
+  type Upstream,
+  type WriteTracking,
+} from '../../src/upstream/upstream';
 
 /** An in-memory source with random fetch delays, optional failures, and a switch to go down. */
 export class FakeUpstream extends EventEmitter implements Upstream {
@@ -7,6 +14,8 @@ export class FakeUpstream extends EventEmitter implements Upstream {
   readonly description = 'fake://source';
   reconnects = 0;
   connected = true;
+  readonly tracking: WriteTracking = 'none';
+  readonly trackingEpoch = '';
   fetchCalls: Array<{ offset: number; length: number; priority: FetchPriority }> = [];
   private waiters: Array<() => void> = [];
 
@@ -16,6 +25,10 @@ export class FakeUpstream extends EventEmitter implements Upstream {
     private readonly failOneIn = 0,
   ) {
     super();
+  }
+
+  cutover(): Promise<DirtyReport> {
+    return Promise.resolve({ ranges: [], ack: () => undefined });
   }
 
   get size(): number {

@@ -1,5 +1,5 @@
 // Library entry for the kernels as plain functions, usable without the pool.
-import { Kernels } from './pool/kernel-loader';
+import { Kernels } from './kernel-loader';
 
 let instance: Kernels | undefined;
 

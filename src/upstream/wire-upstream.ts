@@ -10,11 +10,19 @@ import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { QueueFullError, type CodecPool } from '../pool';
 import { BlockEncoding, type BlockEntry } from '../codec/batch';
-import type { FetchPriority, LinkStats, LocalBlocks, Upstream, ZeroRangeAnswer } from '../migrate/upstream';
-import type { WireAuth } from './auth';
-import { blockRuns } from '../migrate/block-runs';
-import { BatchFrame, WireRefusedError, WireStream } from './wire-stream';
-import { FetchFlag, RefuseCode, Role, WIRE_VERSION, WireEncoding } from './protocol';
+import type {
+  FetchPriority,
+  LinkStats,
+  LocalBlocks,
+  Upstream,
+  WriteTracking,
+  DirtyReport,
+  ZeroRangeAnswer,
+} from './upstream';
+import type { WireAuth } from '../wire/auth';
+import { blockRuns } from '../util/block-runs';
+import { BatchFrame, WireRefusedError, WireStream } from '../wire/wire-stream';
+import { FetchFlag, RefuseCode, Role, WIRE_VERSION, WireEncoding } from '../wire/protocol';
 
 export interface WireUpstreamOptions {
   blockSize: number;
@@ -125,6 +133,14 @@ export class WireUpstream extends EventEmitter implements Upstream {
       throw e;
     }
     return u;
+  }
+
+  /** A plain NBD source reports no writes: nothing is copied before cutover. */
+  readonly tracking: WriteTracking = 'none';
+  readonly trackingEpoch = '';
+
+  cutover(): Promise<DirtyReport> {
+    return Promise.resolve({ ranges: [], ack: () => undefined });
   }
 
   get description(): string {

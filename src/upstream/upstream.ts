@@ -50,6 +50,34 @@ export interface ZeroRangeAnswer {
   ranges: Array<{ offset: number; length: number }>;
 }
 
+/** A byte range of the source image. */
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
+/**
+ * How the source reports the writes it takes before cutover:
+ * - 'stream': it streams every write, trim and zero as DIRTY reports while it
+ *   runs (ferry source with --nbd-listen) and fences itself at cutover;
+ * - 'bitmap': a QEMU dirty bitmap that records every write since before the
+ *   first block was copied, read whole at cutover (the source VM is stopped then);
+ * - 'none': the source cannot tell; nothing may be copied before cutover.
+ */
+export type WriteTracking = 'stream' | 'bitmap' | 'none';
+
+/** Writes the source took that the destination may hold stale copies of. */
+export interface DirtyReport {
+  ranges: ByteRange[];
+  /**
+   * Called once the destination has made the report durable (the blocks are
+   * missing again in its persisted block map); the source may then forget it.
+   * An unacknowledged report is sent again (after a reconnect, and in the
+   * final write set at cutover).
+   */
+  ack(): void;
+}
+
 export interface Upstream extends EventEmitter {
   /** Size of the source image in bytes. */
   readonly size: number;
@@ -76,5 +104,25 @@ export interface Upstream extends EventEmitter {
   zeroRanges?(offset: number, length: number): Promise<ZeroRangeAnswer | null>;
   /** Gives the upstream read access to blocks the destination holds. */
   attachLocal?(local: LocalBlocks): void;
-  // Events: 'connected', 'disconnected', 'connect-failed' (err) for a failed or refused reconnect.
+  /** How this source reports its writes before cutover (fixed for the upstream's life). */
+  readonly tracking: WriteTracking;
+  /**
+   * The lifetime of the source's write tracking ('stream' only; '' otherwise).
+   * When it differs from the one a destination recorded, reports may have been
+   * lost (the source restarted): every block copied before cutover is suspect.
+   * Valid once connected; 'connected' is emitted after it changes.
+   */
+  readonly trackingEpoch: string;
+  /**
+   * Fences the source (it takes no more writes from its VM) and resolves the
+   * final write set: every write not yet acknowledged ('stream'), the dirty
+   * bitmap's ranges ('bitmap'), or nothing ('none'). Asking again before the
+   * report is acknowledged gives the same set (plus nothing: the source is
+   * fenced). Waits while disconnected.
+   */
+  cutover(): Promise<DirtyReport>;
+  // Events: 'connected', 'disconnected', 'connect-failed' (err) for a failed or refused reconnect;
+  // 'dirty' (report: DirtyReport): writes the source took ('stream');
+  // 'cutover' (report: DirtyReport): the source cut over on its own (ferry ctl cutover at the source)
+  //   and this is its final write set.
 }

@@ -54,7 +54,7 @@ export function lz4ErrorMessage(code: number): string {
   return LZ4_ERRORS[code] ?? `error ${code}`;
 }
 
-/** Default location: build/src/pool/kernel-loader.js → build/kernels.wasm. */
+/** Default location: build/src/kernels/kernel-loader.js → build/kernels.wasm. */
 export function defaultKernelPath(): string {
   return join(__dirname, '..', '..', 'kernels.wasm');
 }

@@ -10,7 +10,15 @@ import type { Logger } from 'pino';
 import { NbdClient } from '../nbd/client';
 import { parseNbdUrl, NbdTarget } from '../nbd/url';
 import { ExtentFlags } from '../store/block-device';
-import { emptyLinkStats, type FetchPriority, type LinkStats, type Upstream, type ZeroRangeAnswer } from './upstream';
+import {
+  emptyLinkStats,
+  type FetchPriority,
+  type LinkStats,
+  type Upstream,
+  type WriteTracking,
+  type DirtyReport,
+  type ZeroRangeAnswer,
+} from './upstream';
 
 export interface NbdUpstreamOptions {
   /** First reconnect delay; doubles up to maxBackoffMs. */
@@ -62,6 +70,14 @@ export class NbdUpstream extends EventEmitter implements Upstream {
 
   get connected(): boolean {
     return this.urgent !== null && this.background !== null;
+  }
+
+  /** A plain NBD source reports no writes: nothing is copied before cutover. */
+  readonly tracking: WriteTracking = 'none';
+  readonly trackingEpoch = '';
+
+  cutover(): Promise<DirtyReport> {
+    return Promise.resolve({ ranges: [], ack: () => undefined });
   }
 
   get description(): string {
