@@ -382,6 +382,7 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
       'dest',
       ferry(
         'dest',
+        '--cutover-at-start', // the workload runs at the destination from the start
         '--source',
         `${kind === 'nbd' ? 'nbd' : 'ferry'}://${at}/disk`,
         '--image',

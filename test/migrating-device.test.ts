@@ -35,6 +35,9 @@ function setup(t: Test, source: Buffer, upstream: FakeUpstream, fetchTimeoutMs =
     imageSize: source.length,
     sourceIdentity: upstream.identity,
     sourceUrl: upstream.description,
+    phase: 'post-copy',
+    trackingEpoch: '',
+    session: 'test',
   });
   const device = new MigratingDevice(local, map, upstream, { fetchTimeoutMs }, log);
   t.teardown(async () => {

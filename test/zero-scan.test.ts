@@ -59,6 +59,9 @@ function setup(t: Test, source: Buffer, upstream: FakeUpstream) {
     imageSize: source.length,
     sourceIdentity: upstream.identity,
     sourceUrl: upstream.description,
+    phase: 'post-copy',
+    trackingEpoch: '',
+    session: 'test',
   });
   const device = new MigratingDevice(local, map, upstream, { fetchTimeoutMs: 10_000 }, log);
   const copy = new BackgroundCopy(device, { batchBlocks: 8, windowBytes: 64 * BS, storeErrorBackoffMs: 10 }, null, log);

@@ -130,6 +130,27 @@ export function registerCtl(program: Command): void {
     });
 
   ctl
+    .command('cutover')
+    .description(
+      'make the destination the authority now: fence the source, apply its final write set (the VM runs here)',
+    )
+    .action(async (_opts: unknown, cmd: Command) => {
+      const status = await request(ctlFlags(cmd), { cmd: 'cutover' });
+      if (status)
+        process.stdout.write(
+          `cut over: phase ${status.phase}, ${status.blocksInvalidated} blocks written at the source are fetched again\n`,
+        );
+    });
+
+  ctl
+    .command('abort')
+    .description('before cutover only: stop, remove the image and its state; the source is untouched')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const status = await request(ctlFlags(cmd), { cmd: 'abort' });
+      if (status) process.stdout.write('aborted: image and state removed; the source and its VM are untouched\n');
+    });
+
+  ctl
     .command('reconnect')
     .description('drop and re-open the upstream connection, optionally at a new URL of the same image')
     .argument('[url]', 'new source URL (default: the current one)')

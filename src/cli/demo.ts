@@ -124,7 +124,9 @@ async function runDemo(
 
     const url = `${wire === 'ferry' ? 'ferry' : 'nbd'}://${linkAddress.host}:${linkAddress.port}/disk`;
     const dest = await startChild([
-      ...['dest', '--source', url, '--image', destPath, ...(wire === 'ferry' ? ['--psk-file', keyPath] : [])],
+      // The demo's VM runs at the destination from the start: its source is not written any more.
+      ...['dest', '--cutover-at-start', '--source', url, '--image', destPath],
+      ...(wire === 'ferry' ? ['--psk-file', keyPath] : []),
       ...['--export', 'vm', '--listen', '127.0.0.1:0', '--control', controlPath],
     ]);
     daemons.push(dest);

@@ -30,6 +30,7 @@ interface DestFlags extends AuthCliFlags {
   metrics?: string;
   blockSize?: string;
   rate?: string;
+  cutoverAtStart?: boolean;
   config?: string;
   logLevel?: string;
 }
@@ -51,6 +52,10 @@ export function registerDest(program: Command): void {
     .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (config dest.metrics)')
     .option('--block-size <bytes>', 'block size of a new migration; default 4096 (config dest.block_size)')
     .option(
+      '--cutover-at-start',
+      'the source is no longer written (stopped VM, snapshot): be the authority at once (config dest.cutover = "at-start")',
+    )
+    .option(
       '--rate <bytes/s>',
       'background copy limit, e.g. 50M (k/M/G = 1024-based) or off (config copy.rate_limit, 0 = none)',
     );
@@ -68,6 +73,7 @@ export function registerDest(program: Command): void {
         'dest.control': flags.control,
         'dest.metrics': flags.metrics,
         'dest.block_size': flags.blockSize === undefined ? undefined : Number(flags.blockSize),
+        'dest.cutover': flags.cutoverAtStart ? 'at-start' : undefined,
         'copy.rate_limit': flags.rate === undefined ? undefined : (parseByteRate(flags.rate) ?? 0),
         ...authOverrides('wire', flags),
         'log.level': flags.logLevel,
@@ -90,13 +96,14 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
       persistIntervalMs: d.persist_interval_ms,
       rateLimit: config.copy.rate_limit || null,
       skipZeroRanges: config.copy.skip_zero_ranges,
+      cutoverAtStart: d.cutover === 'at-start',
       copy: {
         batchBlocks: config.copy.batch_blocks,
         windowBytes: config.copy.window_bytes,
         storeErrorBackoffMs: config.copy.store_error_backoff_ms,
         queueBatches: config.copy.queue_batches,
       },
-      openUpstream: (url, blockSize) => openUpstream(url, blockSize, config, log, pools),
+      openUpstream: (url, blockSize, session) => openUpstream(url, blockSize, session, config, log, pools),
     },
     log,
   );
@@ -112,21 +119,33 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   const metrics = d.metrics ? await startMetricsServer(migration, parseHostPort(d.metrics), log) : null;
   migration.start();
   log.info(
-    { address, export: name, image: d.image, control: d.control, metrics: d.metrics, state: migration.state },
+    {
+      address,
+      export: name,
+      image: d.image,
+      control: d.control,
+      metrics: d.metrics,
+      state: migration.state,
+      phase: migration.phase,
+    },
     'serving',
   );
-  await runUntilSignal(log, async () => {
+  const shutdown = async (): Promise<void> => {
     await server.close();
     await control?.close();
     await metrics?.close();
     await migration.close();
     for (const pool of pools) await pool.close();
-  });
+  };
+  // An aborted migration has nothing left to serve: stop as after a signal.
+  const aborted = new Promise<void>((resolve) => migration.once('aborted', resolve));
+  await runUntilSignal(log, shutdown, aborted);
 }
 
 async function openUpstream(
   url: string,
   blockSize: number,
+  _session: string,
   config: FerryConfig,
   log: Logger,
   pools: CodecPool[],

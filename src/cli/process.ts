@@ -26,7 +26,8 @@ export function listenAddress(section: { listen: string; socket?: string }): Lis
 }
 
 /** Waits for SIGINT or SIGTERM, runs the shutdown once, and exits 0 (1 if it failed). */
-export function runUntilSignal(log: Logger, shutdown: () => Promise<void>): Promise<never> {
+/** Runs until SIGINT or SIGTERM (or until `done` resolves), then shuts down and exits. */
+export function runUntilSignal(log: Logger, shutdown: () => Promise<void>, done?: Promise<void>): Promise<never> {
   return new Promise(() => {
     let stopping = false;
     const stop = (signal: string): void => {
@@ -47,5 +48,6 @@ export function runUntilSignal(log: Logger, shutdown: () => Promise<void>): Prom
     };
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
+    void done?.then(() => stop('done'));
   });
 }

@@ -76,6 +76,12 @@ export const DestSection = z
     fetch_timeout_ms: positiveInt.default(60_000),
     /** How often copy progress is made durable. */
     persist_interval_ms: positiveInt.min(50).default(1000),
+    /**
+     * When this side becomes the authority: "manual" (ferry ctl cutover here or
+     * at the source, or the first write of this side's VM) or "at-start" (the
+     * source is no longer written: a stopped VM, a snapshot).
+     */
+    cutover: z.enum(['manual', 'at-start']).default('manual'),
     /** Reconnect backoff: first delay, doubling up to the maximum. */
     reconnect_min_ms: positiveInt.default(100),
     reconnect_max_ms: positiveInt.default(5000),

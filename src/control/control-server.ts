@@ -81,6 +81,12 @@ export class ControlServer {
         case 'reconnect':
           await this.control.reconnect(request.url);
           break;
+        case 'cutover':
+          await this.control.cutover();
+          break;
+        case 'abort':
+          await this.control.abort();
+          break;
       }
       if (request.cmd !== 'status') this.log.info({ request: loggable(request) }, 'control command done');
       return { ok: true, status: this.control.status() };

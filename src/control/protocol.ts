@@ -18,6 +18,8 @@ const requestSchemas = {
   rate: z.object({ cmd: z.literal('rate'), bytesPerSecond: positiveRate.nullable() }).strict(),
   detach: z.object({ cmd: z.literal('detach') }).strict(),
   reconnect: z.object({ cmd: z.literal('reconnect'), url: z.string().min(1).max(4096).optional() }).strict(),
+  cutover: z.object({ cmd: z.literal('cutover') }).strict(),
+  abort: z.object({ cmd: z.literal('abort') }).strict(),
 } as const;
 
 export type ControlCommand = keyof typeof requestSchemas;

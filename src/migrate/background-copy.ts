@@ -55,6 +55,8 @@ export class BackgroundCopy {
     device.on('store-error', () => {
       this.blockedUntil = Date.now() + options.storeErrorBackoffMs;
     });
+    // Before cutover the source's writes make copied blocks missing again: there is work again.
+    device.on('missing', () => this.wake());
   }
 
   get isPaused(): boolean {
@@ -130,7 +132,11 @@ export class BackgroundCopy {
     const bs = this.device.map.blockSize;
     const batchBytes = this.options.batchBlocks * bs;
     while (!this.stopped) {
-      if (this.device.map.allHeld) return;
+      if (this.device.map.allHeld) {
+        if (this.device.phase === 'post-copy') return;
+        await this.sleep(null); // warm: wait for a source write to make a block missing again
+        continue;
+      }
       if (this.paused || this.inFlightBytes >= this.window.bytes) {
         await this.sleep(this.paused ? null : 1000);
         continue;
@@ -156,13 +162,13 @@ export class BackgroundCopy {
         await this.sleep(200);
         continue;
       }
-      this.cursor = run.first + run.count;
-      const bytes = run.count * bs;
+      this.cursor = run[0].block + run.length;
+      const bytes = run.length * bs;
       this.inFlightBytes += bytes;
       const sentAt = performance.now();
       const inFlightAtSend = this.inFlightBytes;
       const fetch = this.device
-        .fetchBackgroundRun(run.first, run.count)
+        .fetchBackgroundRun(run)
         .then(
           () => {
             this.failures = 0;

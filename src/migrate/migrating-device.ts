@@ -1,41 +1,40 @@
 /**
  * The destination's disk while it migrates: a BlockDevice over a local image
- * and a BlockMap, fetching from an Upstream what it does not hold yet.
+ * (any BlockDevice) and the block states, fetching from an Upstream what it
+ * does not hold yet.
  *
- * Block states: missing → (fetching → landing | claimed) → held. The main
- * thread owns all of them. A block in transit has a Transit record; readers
- * wait on it, so however many readers want a missing block it is fetched
- * once. A VM write that covers a whole missing block claims it: the fetched
- * copy, whenever it arrives, is discarded (latest write wins). A partial
- * write to a missing block fetches the block first. A writer never waits
- * while holding claims, so writers cannot deadlock each other.
+ * Two phases, one authority at a time:
+ * - warming: the source is the authority (its VM may still write). Every read
+ *   is answered from the source and nothing it returns is kept. The
+ *   background copy may fill the image only when the source reports its
+ *   writes; each report makes its blocks missing again. The first write,
+ *   zero or trim from this side's VM means the VM runs here now: it starts
+ *   the cutover and waits for it.
+ * - cutover → post-copy: the source is fenced and hands over its final write
+ *   set; those blocks become missing, the map is made durable with the new
+ *   phase, and from then on the destination is the authority: reads of held
+ *   blocks are local, missing ones are fetched on demand, writes stay local.
+ *
+ * Block states live in BlockStates; every change goes through it. A VM write
+ * covering a whole missing block claims it (whatever is fetched later is
+ * discarded: latest write wins). A partial write to a missing block fetches
+ * it first. A writer never waits while holding claims, so writers cannot
+ * deadlock each other.
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { BlockDevice, BlockDeviceError, BlockSizeHint, Extent, ZeroOptions } from '../store/block-device';
 import type { BlockMap } from '../store/block-map';
-import type { FileDevice } from '../store/file-device';
-import type { FetchPriority, Upstream } from '../upstream/upstream';
+import type { ByteRange, DirtyReport, FetchPriority, Upstream } from '../upstream/upstream';
 import { LatencyWindow, RateMeter } from './latency-window';
 import { blockRuns } from '../util/block-runs';
+import { BlockStates, type Transit } from './block-states';
 
-interface Transit {
-  /** A VM write, zero or trim has taken the block over; fetched data is discarded. */
-  claimed: boolean;
-  /** Fetched data is being written to the image. */
-  landing: boolean;
-  /** An urgent fetch covers it. */
-  urgent: boolean;
-  /** Fetches in flight for it (an urgent one may overtake a background one). */
-  fetches: number;
-  /** Set when the transit ended without the block becoming held for a reason readers must see. */
-  error: Error | null;
-  done: Promise<void>;
-  finish: () => void;
-}
+/** The device's phase; 'cutover' is the moment between, while the final write set is applied. */
+export type DevicePhase = 'warming' | 'cutover' | 'post-copy';
 
 export interface MigratingDeviceOptions {
-  /** How long a VM request waits for a missing block (source down) before EIO. */
+  /** How long a VM request waits for a missing block (source down) or for the cutover before EIO. */
   fetchTimeoutMs: number;
 }
 
@@ -46,6 +45,17 @@ export interface CopyCounters {
   discardedFetches: number;
   /** Blocks never fetched: the source said they read as zeros. */
   zeroBlocksSkipped: number;
+  /** Reads before cutover, answered from the source and not kept. */
+  passThroughReads: number;
+  /** Held blocks made missing again because the source wrote them before cutover. */
+  blocksInvalidated: number;
+  /** Write reports received from the source. */
+  dirtyReports: number;
+}
+
+/** Source writes noted while a zero-range query was out: its answer may predate them. */
+export interface ZeroQueryWatch {
+  ranges: ByteRange[];
 }
 
 export class MigratingDevice extends EventEmitter implements BlockDevice {
@@ -59,14 +69,23 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     fetchErrors: 0,
     discardedFetches: 0,
     zeroBlocksSkipped: 0,
+    passThroughReads: 0,
+    blocksInvalidated: 0,
+    dirtyReports: 0,
   };
   readonly onDemandLatency = new LatencyWindow();
   readonly backgroundRate = new RateMeter();
-  private readonly transits = new Map<number, Transit>();
+  readonly states: BlockStates;
   private readonly bs: number;
+  private phaseNow: DevicePhase;
+  private cutoverRun: Promise<void> | null = null;
+  /** Resolves a cutover waiting on the source when the source cuts over on its own. */
+  private sourceCutover: ((report: DirtyReport) => void) | null = null;
+  private readonly zeroWatches = new Set<ZeroQueryWatch>();
+  private closed = false;
 
   constructor(
-    private readonly local: FileDevice,
+    private readonly local: BlockDevice,
     readonly map: BlockMap,
     private upstream: Upstream | null,
     private readonly options: MigratingDeviceOptions,
@@ -74,27 +93,37 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   ) {
     super();
     this.bs = map.blockSize;
+    this.states = new BlockStates(map);
+    this.states.on('all-held', () => this.emit('all-held'));
+    this.states.on('missing', () => this.emit('missing'));
+    this.phaseNow = map.phase === 'post-copy' ? 'post-copy' : 'warming';
     this.canFastZero = local.canFastZero;
     // A trim that frees nothing would leave claimed blocks with stale bytes: only trim where the file can.
     this.canTrim = local.canTrim;
     this.blockSize = { minimum: 1, preferred: this.bs, maximum: local.blockSize.maximum };
+    if (upstream) this.watchUpstream(upstream);
   }
 
   get size(): number {
     return this.map.imageSize;
   }
 
-  get inTransit(): number {
-    return this.transits.size;
+  get phase(): DevicePhase {
+    return this.phaseNow;
   }
 
-  /** Once every block is held the upstream is no longer needed. */
+  get inTransit(): number {
+    return this.states.inTransit;
+  }
+
+  /** Once every block is held after cutover the upstream is no longer needed. */
   detachUpstream(): void {
     this.upstream = null;
   }
 
   async read(offset: number, into: Buffer): Promise<void> {
     if (into.length === 0) return;
+    if (this.phaseNow !== 'post-copy') return this.readThrough(offset, into);
     const [first, last] = this.blocksOf(offset, into.length);
     if (!this.map.rangeHeld(first, last)) await this.ensureHeld(this.missingIn(first, last));
     await this.local.read(offset, into);
@@ -102,26 +131,36 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     if (data.length === 0) return;
-    await this.modify(offset, data.length, true, () => this.local.write(offset, data, false));
+    await this.afterCutover();
+    await this.modify(offset, data.length, true, 'vm', () => this.local.write(offset, data, false));
     if (fua) await this.flush();
   }
 
   async zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
     if (length === 0) return;
-    await this.modify(offset, length, true, () => this.local.zero(offset, length, { ...options, fua: false }));
+    await this.afterCutover();
+    await this.modify(offset, length, true, 'vm', () => this.local.zero(offset, length, { ...options, fua: false }));
     if (options.fua) await this.flush();
   }
 
-  /** TRIM is advisory: only whole blocks are trimmed (and then held as zeros). */
+  /**
+   * TRIM is advisory: only whole blocks are trimmed, and they then read as
+   * zeros (held): the local range is zeroed, never left with whatever bytes a
+   * file system that cannot punch would keep.
+   */
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
+    await this.afterCutover();
     const start = Math.ceil(offset / this.bs) * this.bs;
     const end = offset + length === this.size ? this.size : Math.floor((offset + length) / this.bs) * this.bs;
-    if (end > start) await this.modify(start, end - start, false, () => this.local.trim(start, end - start, false));
+    if (end > start)
+      await this.modify(start, end - start, false, 'vm', () =>
+        this.local.zero(start, end - start, { fua: false, noHole: false, fastZero: false }),
+      );
     if (fua) await this.flush();
   }
 
   async cache(offset: number, length: number): Promise<void> {
-    if (length === 0) return;
+    if (length === 0 || this.phaseNow !== 'post-copy') return; // before cutover nothing fetched is kept
     const [first, last] = this.blocksOf(offset, length);
     await this.ensureHeld(this.missingIn(first, last));
   }
@@ -137,6 +176,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
+    if (this.phaseNow !== 'post-copy') return [{ length, flags: 0 }]; // the source's allocation: data
     const extents: Extent[] = [];
     const end = offset + length;
     let at = offset;
@@ -159,82 +199,238 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     await this.local.close();
   }
 
+  // ---- cutover ----
+
   /**
-   * Takes the next run of missing blocks nobody is fetching, at or after
-   * `from` and below `limit`, for the background copy. Returns null when
-   * there is none.
+   * Makes the destination the authority: fences the source, applies its final
+   * write set, records the phase durably, then acknowledges the set. Runs once;
+   * concurrent callers share it. A failure (the source went away for good, the
+   * disk refused) leaves the phase before cutover, and the next call tries again.
    */
-  claimBackgroundRun(
-    from: number,
-    maxBlocks: number,
-    limit = this.map.blockCount,
-  ): { first: number; count: number } | null {
-    let first = this.map.nextMissing(from);
-    while (first >= 0 && first < limit && this.transits.has(first)) first = this.map.nextMissing(first + 1);
-    if (first < 0 || first >= limit) return null;
-    let count = 0;
-    while (
-      count < maxBlocks &&
-      first + count < limit &&
-      !this.map.isHeld(first + count) &&
-      !this.transits.has(first + count)
-    ) {
-      const t = this.newTransit(first + count);
-      t.fetches++;
-      count++;
+  cutover(): Promise<void> {
+    return this.startCutover(null);
+  }
+
+  /** `given`: the final write set the source sent on its own (ferry ctl cutover at the source). */
+  private startCutover(given: DirtyReport | null): Promise<void> {
+    if (this.phaseNow === 'post-copy') {
+      given?.ack(); // applied already; the source sends it again until acknowledged
+      return Promise.resolve();
     }
-    return { first, count };
+    if (given && this.sourceCutover) this.sourceCutover(given);
+    this.cutoverRun ??= this.runCutover(given).catch((e: Error) => {
+      this.cutoverRun = null;
+      if (this.phaseNow === 'cutover') this.setPhase('warming');
+      throw e;
+    });
+    return this.cutoverRun;
+  }
+
+  private async runCutover(given: DirtyReport | null): Promise<void> {
+    const upstream = this.upstream;
+    if (!upstream) throw new BlockDeviceError('EIO', 'cannot cut over: no source is attached');
+    this.setPhase('cutover');
+    this.log.info(
+      { tracking: upstream.tracking, by: given ? 'source' : 'destination' },
+      'cutover: the source is fenced and hands over its final write set',
+    );
+    const report =
+      given ??
+      (await new Promise<DirtyReport>((resolve, reject) => {
+        // The source may send its final set on its own while this side asks for it: either answer will do.
+        this.sourceCutover = resolve;
+        upstream.cutover().then(resolve, reject);
+      }).finally(() => (this.sourceCutover = null)));
+    const invalidated = this.invalidateRanges(report.ranges);
+    await this.flush();
+    await this.map.setPhase('post-copy');
+    this.setPhase('post-copy');
+    report.ack();
+    this.log.info(
+      { ranges: report.ranges.length, blocksInvalidated: invalidated },
+      'cutover complete: the destination is the authority',
+    );
+  }
+
+  private setPhase(phase: DevicePhase): void {
+    if (phase === this.phaseNow) return;
+    this.phaseNow = phase;
+    this.emit('phase', phase);
+  }
+
+  /** Waits until this side is the authority, starting the cutover if needed (a VM write here means the VM runs here). */
+  private async afterCutover(): Promise<void> {
+    if (this.phaseNow === 'post-copy') return;
+    if (this.closed) throw new BlockDeviceError('ESHUTDOWN', 'the device is closed');
+    const timedOut = await waitAll([this.cutover()], this.options.fetchTimeoutMs);
+    if (timedOut)
+      throw new BlockDeviceError('EIO', `cutover did not complete within ${this.options.fetchTimeoutMs} ms`);
+  }
+
+  private watchUpstream(upstream: Upstream): void {
+    upstream.on('dirty', (report: DirtyReport) => void this.applyDirty(report));
+    upstream.on('cutover', (report: DirtyReport) => {
+      this.startCutover(report).catch((e: Error) =>
+        this.log.error({ err: e.message }, 'cannot apply the final write set the source sent; it sends it again'),
+      );
+    });
   }
 
   /**
-   * Holds the missing blocks in [first, first+count) that nobody is fetching
-   * or writing as zeros without fetching them: the source reads as zeros
-   * there. The local range is zeroed (a hole) first, so a block is never held
-   * over stale bytes. Returns how many blocks became held; throws when the
-   * local image cannot punch holes.
+   * The source wrote these ranges: copies held here are stale. Before cutover
+   * the blocks become missing again; the map is persisted before the source
+   * is told, so a crash cannot lose the report. After cutover the final write
+   * set covered every report still in flight, and this side's VM may have
+   * written the blocks since: the report is only acknowledged.
    */
-  async holdZeroRun(first: number, count: number): Promise<number> {
+  private async applyDirty(report: DirtyReport): Promise<void> {
+    this.counters.dirtyReports++;
+    if (this.phaseNow === 'post-copy') return report.ack();
+    this.invalidateRanges(report.ranges);
+    try {
+      await this.flush();
+      report.ack();
+    } catch (e) {
+      // Not acknowledged: the source sends it again (and in the final set at cutover).
+      this.log.error({ err: (e as Error).message }, 'cannot persist a write report from the source');
+    }
+  }
+
+  /** The source's tracking restarted: everything copied before cutover may be stale. */
+  async invalidateAll(): Promise<number> {
+    if (this.phaseNow === 'post-copy') return 0;
+    const n = this.invalidateRanges([{ offset: 0, length: this.size }]);
+    await this.flush();
+    return n;
+  }
+
+  /** Makes every block touched by `ranges` missing (or stale in flight); returns how many held blocks were. */
+  private invalidateRanges(ranges: ByteRange[]): number {
+    let invalidated = 0;
+    for (const r of ranges) {
+      if (r.length <= 0) continue;
+      for (const w of this.zeroWatches) w.ranges.push(r);
+      const first = Math.floor(r.offset / this.bs);
+      const last = Math.min(this.map.blockCount - 1, Math.floor((r.offset + r.length - 1) / this.bs));
+      for (let b = first; b <= last; b++) if (this.states.invalidate(b)) invalidated++;
+    }
+    this.counters.blocksInvalidated += invalidated;
+    return invalidated;
+  }
+
+  // ---- background copy and zero scan ----
+
+  /**
+   * Takes the next run of missing blocks nobody is working on, at or after
+   * `from` and below `limit`, for the background copy. Returns the run's
+   * tickets, or null when there is none.
+   */
+  claimBackgroundRun(from: number, maxBlocks: number, limit = this.map.blockCount): Transit[] | null {
+    const first = this.states.nextIdle(from, limit);
+    if (first < 0) return null;
+    const run: Transit[] = [];
+    for (let b = first; run.length < maxBlocks && b < limit && this.states.state(b) === 'missing'; b++)
+      run.push(this.states.startFetch(b, false));
+    return run;
+  }
+
+  /** Fetches a run claimed with claimBackgroundRun and lands what is still wanted. */
+  fetchBackgroundRun(run: Transit[]): Promise<void> {
+    return this.fetchRun(run, 'background');
+  }
+
+  /** Starts noting source writes for a zero-range query about to be sent. */
+  watchZeroQuery(): ZeroQueryWatch {
+    const watch: ZeroQueryWatch = { ranges: [] };
+    this.zeroWatches.add(watch);
+    return watch;
+  }
+
+  endZeroQuery(watch: ZeroQueryWatch): void {
+    this.zeroWatches.delete(watch);
+  }
+
+  /**
+   * Holds the missing blocks in [first, first+count) that nobody is working on
+   * as zeros without fetching them: the source reads as zeros there. Blocks the
+   * source wrote since the query went out (`watch`) are left missing. The
+   * local range is zeroed (a hole) before a block is held, so a block is never
+   * held over stale bytes. Returns how many blocks became held; throws when
+   * the local image cannot zero fast (punch holes).
+   */
+  async holdZeroRun(first: number, count: number, watch?: ZeroQueryWatch): Promise<number> {
     let held = 0;
     const end = Math.min(first + count, this.map.blockCount);
-    // In slices, yielding between them, so a hole of a terabyte does not block the event loop.
+    // In slices, so a hole of a terabyte neither blocks the event loop nor claims a terabyte at once.
     for (let from = first; from < end; from += ZERO_SLICE_BLOCKS) {
       const sliceEnd = Math.min(from + ZERO_SLICE_BLOCKS, end);
-      let b = this.map.nextMissing(from);
-      while (b >= 0 && b < sliceEnd) {
-        if (this.transits.has(b)) {
-          b = this.map.nextMissing(b + 1);
+      const written = watch ? this.blocksIn(watch.ranges, from, sliceEnd) : null;
+      let b = this.states.nextIdle(from, sliceEnd);
+      while (b >= 0) {
+        if (written?.has(b)) {
+          b = this.states.nextIdle(b + 1, sliceEnd);
           continue;
         }
-        let runEnd = b + 1;
-        while (runEnd < sliceEnd && !this.map.isHeld(runEnd) && !this.transits.has(runEnd)) runEnd++;
-        // Punched and marked with no await in between: no VM write or landing fetch can
-        // start on these blocks meanwhile (each of those takes a transit first).
+        const run: Transit[] = [];
+        for (let i = b; i < sliceEnd && this.states.state(i) === 'missing' && !written?.has(i); i++)
+          run.push(this.states.claim(i, 'hole'));
         const offset = b * this.bs;
-        // A failure leaves the blocks missing (the copy fetches them) and is the caller's to act on.
-        this.local.punchHoleNow(offset, Math.min(runEnd * this.bs, this.size) - offset);
-        for (let i = b; i < runEnd; i++) this.map.markHeld(i);
-        held += runEnd - b;
-        this.counters.zeroBlocksSkipped += runEnd - b;
-        b = this.map.nextMissing(runEnd);
+        const length = Math.min((b + run.length) * this.bs, this.size) - offset;
+        try {
+          await this.local.zero(offset, length, { fua: false, noHole: false, fastZero: true });
+        } catch (e) {
+          for (const t of run) this.states.claimFailed(t);
+          throw e;
+        }
+        for (const t of run) {
+          const stale = t.stale;
+          this.states.claimApplied(t);
+          if (!stale) {
+            held++;
+            this.counters.zeroBlocksSkipped++;
+          }
+        }
+        b = this.states.nextIdle(b + run.length, sliceEnd);
       }
-      if (this.map.allHeld) {
-        this.emit('all-held');
-        break;
-      }
+      if (this.map.allHeld) break;
       await new Promise((r) => setImmediate(r));
     }
     return held;
   }
 
-  /** Fetches a run claimed with claimBackgroundRun and lands what is still wanted. */
-  fetchBackgroundRun(first: number, count: number): Promise<void> {
-    return this.fetchRun(first, count, 'background');
-  }
-
   // ---- internals ----
+
+  /** Before cutover: the source answers, and nothing it returns is kept. */
+  private async readThrough(offset: number, into: Buffer): Promise<void> {
+    const upstream = this.upstream;
+    if (!upstream) throw new BlockDeviceError('EIO', 'no source is attached');
+    this.counters.passThroughReads++;
+    const started = performance.now();
+    const deadline = Date.now() + this.options.fetchTimeoutMs;
+    for (let attempt = 0; ; attempt++) {
+      const left = deadline - Date.now();
+      if (left <= 0)
+        throw new BlockDeviceError('EIO', `source did not deliver within ${this.options.fetchTimeoutMs} ms`);
+      try {
+        const data = await withTimeout(upstream.fetch(offset, into.length, 'urgent'), left);
+        if (data === null) continue;
+        if (data.length !== into.length) throw new Error(`source returned ${data.length} bytes for ${into.length}`);
+        data.copy(into);
+        this.onDemandLatency.add(performance.now() - started);
+        return;
+      } catch (e) {
+        this.counters.fetchErrors++;
+        if (this.closed) throw new BlockDeviceError('ESHUTDOWN', 'the device is closed');
+        this.log.debug({ err: (e as Error).message, offset, attempt }, 'read through the source failed');
+        // Back off on a real timer, so a source that fails at once cannot spin the event loop.
+        await new Promise((r) => setTimeout(r, Math.min(20 * 2 ** Math.min(attempt, 6), 1000)));
+      }
+    }
+  }
 
   /** Writes fetched bytes; all-zero blocks become holes, so the image stays as sparse as the source. */
   private async store(offset: number, bytes: Buffer): Promise<void> {
@@ -264,19 +460,15 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     return missing;
   }
 
-  private newTransit(block: number): Transit {
-    let finish!: () => void;
-    const done = new Promise<void>((resolve) => (finish = resolve));
-    const t: Transit = { claimed: false, landing: false, urgent: false, fetches: 0, error: null, done, finish };
-    this.transits.set(block, t);
-    return t;
-  }
-
-  private endTransit(block: number, t: Transit, held: boolean): void {
-    if (this.transits.get(block) === t) this.transits.delete(block);
-    if (held) this.map.markHeld(block);
-    t.finish();
-    if (held && this.map.allHeld) this.emit('all-held');
+  /** The blocks in [from, to) that `ranges` touch. */
+  private blocksIn(ranges: ByteRange[], from: number, to: number): Set<number> {
+    const out = new Set<number>();
+    for (const r of ranges) {
+      const first = Math.max(from, Math.floor(r.offset / this.bs));
+      const last = Math.min(to - 1, Math.floor((r.offset + r.length - 1) / this.bs));
+      for (let b = first; b <= last; b++) out.add(b);
+    }
+    return out;
   }
 
   /** Waits until every listed block is held, fetching urgently what nobody is fetching. */
@@ -293,24 +485,27 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         await new Promise((r) => setTimeout(r, pause));
       }
       const waiting: Transit[] = [];
-      const toFetch: number[] = [];
+      const toFetch: Transit[] = [];
       for (const b of blocks) {
         if (this.map.isHeld(b)) continue;
-        let t = this.transits.get(b);
-        if (!t) t = this.newTransit(b);
-        if (!t.urgent && !t.claimed && !t.landing) toFetch.push(b);
-        t.urgent = true;
-        waiting.push(t);
+        const t = this.states.transit(b);
+        if (t && (t.state !== 'fetching' || t.urgent)) {
+          waiting.push(t); // landing, claimed, or an urgent fetch is on it already
+          continue;
+        }
+        const mine = this.states.startFetch(b, true);
+        toFetch.push(mine);
+        waiting.push(mine);
       }
       if (waiting.length === 0) break;
       if (toFetch.length) {
-        if (!this.upstream) throw new BlockDeviceError('EIO', 'block missing and no source is attached');
+        if (!this.upstream) {
+          for (const t of toFetch) this.states.fetchFailed(t);
+          throw new BlockDeviceError('EIO', 'block missing and no source is attached');
+        }
         fetched += toFetch.length;
         this.counters.onDemandFetches += toFetch.length;
-        for (const [first, count] of blockRuns(toFetch)) {
-          for (let b = first; b < first + count; b++) this.transits.get(b)!.fetches++;
-          this.fetchRun(first, count, 'urgent').catch(() => undefined); // waiters see the block go missing again
-        }
+        for (const run of transitRuns(toFetch)) this.fetchRun(run, 'urgent').catch(() => undefined); // waiters see the block go missing again
       }
       const left = deadline - Date.now();
       const timedOut = await waitAll(
@@ -321,7 +516,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       if (failed) throw failed.error!;
       if (timedOut) {
         // Let the next request fetch afresh rather than wait on a fetch that may never settle.
-        for (const t of waiting) if (!t.claimed && !t.landing) t.urgent = false;
+        for (const t of waiting) if (t.state === 'fetching') t.urgent = false;
         throw new BlockDeviceError('EIO', `source did not deliver within ${this.options.fetchTimeoutMs} ms`);
       }
     }
@@ -336,11 +531,12 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     offset: number,
     length: number,
     partialNeedsData: boolean,
+    kind: 'vm',
     op: () => Promise<void>,
   ): Promise<void> {
     const [first, last] = this.blocksOf(offset, length);
     const end = offset + length;
-    let claims: Array<[number, Transit]>;
+    let claims: Transit[];
     for (;;) {
       const needData: number[] = [];
       const busy: Array<Promise<void>> = [];
@@ -348,19 +544,14 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       for (let b = first; b <= last; b++) {
         if (this.map.isHeld(b)) continue;
         const whole = b * this.bs >= offset && Math.min((b + 1) * this.bs, this.size) <= end;
-        const t = this.transits.get(b);
         if (!whole) {
           if (partialNeedsData) needData.push(b);
-        } else if (t && (t.claimed || t.landing)) busy.push(t.done);
+        } else if (!this.states.claimable(b)) busy.push(this.states.transit(b)!.done);
         else toClaim.push(b);
       }
       if (needData.length === 0 && busy.length === 0) {
         // Claim only when nothing else is awaited, so claims are never held while waiting.
-        claims = toClaim.map((b) => {
-          const t = this.transits.get(b) ?? this.newTransit(b);
-          t.claimed = true;
-          return [b, t];
-        });
+        claims = toClaim.map((b) => this.states.claim(b, kind));
         break;
       }
       await Promise.all([this.ensureHeld(needData), ...busy]);
@@ -368,71 +559,54 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     try {
       await op();
     } catch (e) {
-      for (const [b, t] of claims) this.endTransit(b, t, false);
+      for (const t of claims) this.states.claimFailed(t);
       throw e;
     }
-    if (claims.length) this.counters.discardedFetches += claims.filter(([, t]) => t.fetches > 0).length;
-    for (const [b, t] of claims) this.endTransit(b, t, true);
+    this.counters.discardedFetches += claims.filter((t) => t.fetches > 0).length;
+    for (const t of claims) this.states.claimApplied(t);
   }
 
-  private async fetchRun(first: number, count: number, priority: FetchPriority): Promise<void> {
-    // The transits this fetch counts in: a later transit of the same block is not this fetch's to settle.
-    const mine: Array<Transit | undefined> = [];
-    for (let b = first; b < first + count; b++) mine.push(this.transits.get(b));
+  private async fetchRun(run: Transit[], priority: FetchPriority): Promise<void> {
+    const first = run[0].block;
     const offset = first * this.bs;
-    const length = Math.min(count * this.bs, this.size - offset);
+    const length = Math.min(run.length * this.bs, this.size - offset);
     let data: Buffer;
     try {
-      data = await this.upstream!.fetch(offset, length, priority);
+      if (!this.upstream) throw new Error('no source is attached');
+      data = await this.upstream.fetch(offset, length, priority);
       if (data.length !== length) throw new Error(`source returned ${data.length} bytes for ${length}`);
     } catch (e) {
       this.counters.fetchErrors++;
-      this.log.debug({ err: (e as Error).message, first, count, priority }, 'fetch failed');
-      for (let b = first; b < first + count; b++) {
-        const t = this.transits.get(b);
-        if (!t || t !== mine[b - first]) continue;
-        t.fetches--;
-        // Back to missing so waiters fetch it again, unless someone else is on it.
-        if (t.fetches === 0 && !t.claimed && !t.landing) this.endTransit(b, t, false);
-      }
+      this.log.debug({ err: (e as Error).message, first, count: run.length, priority }, 'fetch failed');
+      for (const t of run) this.states.fetchFailed(t);
       throw e;
     }
     this.counters.bytesFetched += length;
     if (priority === 'background') this.backgroundRate.add(length);
-    await this.land(first, count, data, mine);
+    await this.land(run, data);
   }
 
   /** Writes fetched blocks that are still wanted, in as few writes as possible. */
-  private async land(first: number, count: number, data: Buffer, mine: Array<Transit | undefined>): Promise<void> {
-    const landing: Array<[number, Transit]> = [];
-    for (let b = first; b < first + count; b++) {
-      let t = this.transits.get(b);
-      if (t && t === mine[b - first]) t.fetches--;
-      if (this.map.isHeld(b) || (t && (t.claimed || t.landing))) {
-        this.counters.discardedFetches++;
-        continue;
-      }
-      t ??= this.newTransit(b);
-      t.landing = true;
-      landing.push([b, t]);
+  private async land(run: Transit[], data: Buffer): Promise<void> {
+    const first = run[0].block;
+    const landing: Transit[] = [];
+    for (const t of run) {
+      if (this.states.beginLanding(t)) landing.push(t);
+      else this.counters.discardedFetches++;
     }
-    for (const [runFirst, runCount] of blockRuns(landing.map(([b]) => b))) {
-      const start = (runFirst - first) * this.bs;
-      const bytes = data.subarray(start, Math.min(start + runCount * this.bs, data.length));
-      const group = landing.filter(([b]) => b >= runFirst && b < runFirst + runCount);
+    for (const group of transitRuns(landing)) {
+      const start = (group[0].block - first) * this.bs;
+      const bytes = data.subarray(start, Math.min(start + group.length * this.bs, data.length));
       try {
-        await this.store(runFirst * this.bs, bytes);
+        await this.store(group[0].block * this.bs, bytes);
       } catch (e) {
         const err = e instanceof BlockDeviceError ? e : new BlockDeviceError('EIO', (e as Error).message);
-        this.log.error({ err: err.message, block: runFirst, count: runCount }, 'cannot store fetched blocks');
-        for (const [b, t] of group) {
-          t.error = err;
-          this.endTransit(b, t, false);
-        }
+        this.log.error({ err: err.message, block: group[0].block, count: group.length }, 'cannot store fetched blocks');
+        for (const t of group) this.states.landingFailed(t, err);
         this.emit('store-error', err);
         continue;
       }
-      for (const [b, t] of group) this.endTransit(b, t, true);
+      for (const t of group) this.states.landed(t);
     }
   }
 }
@@ -446,13 +620,33 @@ function zeroBlock(size: number): Buffer {
   return zeros;
 }
 
-/** Resolves true if the time ran out before every promise settled. */
+/** Transits of consecutive blocks, grouped (the input is in block order). */
+function transitRuns(transits: Transit[]): Transit[][] {
+  const runs: Transit[][] = [];
+  for (const [first, count] of blockRuns(transits.map((t) => t.block))) {
+    runs.push(transits.filter((t) => t.block >= first && t.block < first + count));
+  }
+  return runs;
+}
+
+/** Resolves true if the time ran out before every promise settled (rejections count as settled). */
 async function waitAll(promises: Array<Promise<void>>, ms: number): Promise<boolean> {
   if (ms <= 0) return true;
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), ms)));
   try {
     return await Promise.race([Promise.all(promises).then(() => false), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The promise's value, or null if `ms` passes first. */
+async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | null> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), ms)));
+  try {
+    return await Promise.race([promise, timeout]);
   } finally {
     clearTimeout(timer);
   }

@@ -3,14 +3,16 @@
  * block map against an upstream, runs the background copy, persists progress,
  * and finishes when every block is held. It is what the control socket drives.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { BlockMap } from '../store/block-map';
 import { FileDevice } from '../store/file-device';
 import { BackgroundCopy, BackgroundCopyOptions } from './background-copy';
 import { MigratingDevice } from './migrating-device';
 import { ZeroScan } from './zero-scan';
-import type { MigrationControl, MigrationState, MigrationStatus } from './status';
+import type { MigrationControl, MigrationPhase, MigrationState, MigrationStatus } from './status';
 import { emptyLinkStats, type LinkStats, type Upstream } from '../upstream/upstream';
 
 export interface MigrationOptions {
@@ -25,8 +27,16 @@ export interface MigrationOptions {
   /** Hold the source's zero ranges without fetching them (when the source can tell and the image can punch holes). */
   skipZeroRanges?: boolean;
   copy: BackgroundCopyOptions;
-  /** Opens the upstream for a URL (plain NBD or ferry wire) with the migration's block size. */
-  openUpstream: (url: string, blockSize: number) => Promise<Upstream>;
+  /**
+   * Cut over as soon as the migration starts: for a source nobody writes any
+   * more (a stopped VM, a snapshot), or to fence a ferry source at once.
+   */
+  cutoverAtStart?: boolean;
+  /**
+   * Opens the upstream for a URL (plain NBD or ferry wire) with the
+   * migration's block size and this destination's session id at the source.
+   */
+  openUpstream: (url: string, blockSize: number, session: string) => Promise<Upstream>;
 }
 
 export class MigrationError extends Error {
@@ -36,7 +46,7 @@ export class MigrationError extends Error {
   }
 }
 
-export class Migration implements MigrationControl {
+export class Migration extends EventEmitter implements MigrationControl {
   private readonly copy: BackgroundCopy | null;
   private readonly zeroScan: ZeroScan | null = null;
   private persistTimer: NodeJS.Timeout | null = null;
@@ -47,12 +57,17 @@ export class Migration implements MigrationControl {
   /** The link's figures when it was closed (they stay in the status after completion). */
   private lastLinkStats: LinkStats = emptyLinkStats();
 
+  private started = false;
+  private epochCheck: Promise<void> = Promise.resolve();
+  private aborted = false;
+
   private constructor(
     readonly device: MigratingDevice,
     private upstream: Upstream | null,
-    options: MigrationOptions,
+    private readonly options: MigrationOptions,
     private readonly log: Logger,
   ) {
+    super();
     const map = device.map;
     this.completedAt = map.complete ? new Date() : null;
     if (map.complete || !upstream) {
@@ -67,7 +82,19 @@ export class Migration implements MigrationControl {
       scan.on('progress', (blocks: number) => copy.setLimit(blocks));
       this.zeroScan = scan;
     }
-    device.on('all-held', () => void this.complete());
+    device.on('all-held', () => {
+      if (device.phase === 'post-copy') void this.complete();
+    });
+    device.on('phase', (phase: string) => {
+      this.log.info({ phase }, 'phase');
+      if (phase !== 'post-copy') return;
+      if (this.started) this.startCopy();
+      if (device.map.allHeld) void this.complete();
+    });
+    if (upstream.tracking === 'stream') {
+      this.checkTrackingEpoch(upstream);
+      upstream.on('connected', () => this.checkTrackingEpoch(upstream));
+    }
     this.persistTimer = setInterval(() => {
       device.flush().catch((e: Error) => log.error({ err: e.message }, 'cannot persist progress'));
     }, options.persistIntervalMs);
@@ -82,7 +109,8 @@ export class Migration implements MigrationControl {
         `image ${imagePath} exists but has no migration state (${statePath}); refusing to overwrite it — remove it or choose another --image`,
       );
     }
-    const upstream = await options.openUpstream(options.sourceUrl, options.blockSize);
+    const session = crypto.randomUUID();
+    const upstream = await options.openUpstream(options.sourceUrl, options.blockSize, session);
     let map: BlockMap;
     let local: FileDevice;
     try {
@@ -92,18 +120,25 @@ export class Migration implements MigrationControl {
         imageSize: upstream.size,
         sourceIdentity: upstream.identity,
         sourceUrl: options.sourceUrl,
+        phase: 'warming',
+        trackingEpoch: upstream.trackingEpoch,
+        session,
       });
     } catch (e) {
       await upstream.close();
       throw e;
     }
     log.info(
-      { source: upstream.description, size: upstream.size, blocks: map.blockCount, blockSize: map.blockSize },
+      {
+        source: upstream.description,
+        size: upstream.size,
+        blocks: map.blockCount,
+        blockSize: map.blockSize,
+        tracking: upstream.tracking,
+      },
       'migration started',
     );
-    const migration = new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
-    if (map.blockCount === 0) void migration.complete();
-    return migration;
+    return new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
   }
 
   private static async resume(options: MigrationOptions, log: Logger): Promise<Migration> {
@@ -127,7 +162,7 @@ export class Migration implements MigrationControl {
     const url = options.sourceUrl ?? map.sourceUrl;
     let upstream: Upstream;
     try {
-      upstream = await options.openUpstream(url, map.blockSize);
+      upstream = await options.openUpstream(url, map.blockSize, map.session || crypto.randomUUID());
       if (upstream.size !== map.imageSize || upstream.identity !== map.sourceIdentity) {
         await upstream.close();
         throw new MigrationError(
@@ -141,10 +176,8 @@ export class Migration implements MigrationControl {
       await local.close();
       throw e;
     }
-    log.info({ source: url, held: map.heldCount, blocks: map.blockCount }, 'migration resumed');
-    const migration = new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
-    if (map.allHeld) void migration.complete();
-    return migration;
+    log.info({ source: url, held: map.heldCount, blocks: map.blockCount, phase: map.phase }, 'migration resumed');
+    return new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
   }
 
   private static device(
@@ -158,9 +191,90 @@ export class Migration implements MigrationControl {
     return new MigratingDevice(local, map, upstream, { fetchTimeoutMs: options.fetchTimeoutMs }, log);
   }
 
+  /**
+   * Starts the work: the copy and the zero scan begin now if this side is the
+   * authority or the source reports its writes (warm-up), else at cutover.
+   */
   start(): void {
+    if (this.started || this.completedAt) return;
+    this.started = true;
+    const d = this.device;
+    if (d.phase === 'post-copy' || this.canWarm) this.startCopy();
+    else
+      this.log.info(
+        'the source reports no writes: nothing is copied before cutover (ferry ctl cutover, or the first write here)',
+      );
+    if (d.phase === 'post-copy' && d.map.allHeld) void this.complete();
+    else if (this.options.cutoverAtStart && d.phase !== 'post-copy')
+      this.cutover().catch((e: Error) => this.log.error({ err: e.message }, 'cutover at start failed'));
+  }
+
+  /** Whether blocks may be copied before cutover: the source tells which it writes. */
+  private get canWarm(): boolean {
+    return (this.upstream?.tracking ?? 'none') !== 'none';
+  }
+
+  private startCopy(): void {
     this.zeroScan?.start();
     this.copy?.start();
+  }
+
+  /**
+   * A source whose tracking restarted (a new epoch) may have taken writes it
+   * never reported: before cutover every block copied so far is suspect.
+   */
+  private checkTrackingEpoch(upstream: Upstream): void {
+    this.epochCheck = this.epochCheck
+      .then(async () => {
+        const map = this.device.map;
+        const epoch = upstream.trackingEpoch;
+        if (!epoch || epoch === map.trackingEpoch || this.device.phase === 'post-copy') return;
+        const n = await this.device.invalidateAll();
+        await map.setTrackingEpoch(epoch);
+        if (map.trackingEpoch !== '' || n > 0)
+          this.log.warn(
+            { blocksInvalidated: n, epoch },
+            "the source's write tracking restarted: blocks copied before are fetched again",
+          );
+      })
+      .catch((e: Error) => this.log.error({ err: e.message }, 'cannot record the source tracking epoch'));
+  }
+
+  /** Makes this side the authority now (ferry ctl cutover). */
+  async cutover(): Promise<void> {
+    if (this.completedAt || this.device.phase === 'post-copy') return;
+    await this.device.cutover();
+  }
+
+  /**
+   * Before cutover: stops, removes the image and its state, and leaves the
+   * source untouched (its VM keeps running there). After cutover this side
+   * holds the only current copy of the VM's writes, so it is refused.
+   */
+  async abort(): Promise<void> {
+    const phase = this.device.phase;
+    if (this.completedAt || phase !== 'warming')
+      throw new MigrationError(
+        `cannot abort: the cutover ${phase === 'cutover' ? 'is under way' : 'has happened'}; this destination holds the VM's latest writes`,
+      );
+    this.aborted = true;
+    const { imagePath, statePath } = this.options;
+    await this.close();
+    fs.rmSync(statePath, { force: true });
+    fs.rmSync(imagePath, { force: true });
+    this.log.warn(
+      { image: imagePath, state: statePath },
+      'migration aborted: image and state removed; the source is untouched',
+    );
+    this.emit('aborted');
+  }
+
+  get isAborted(): boolean {
+    return this.aborted;
+  }
+
+  get phase(): MigrationPhase {
+    return this.completedAt ? 'complete' : this.device.phase;
   }
 
   get state(): MigrationState {
@@ -176,8 +290,18 @@ export class Migration implements MigrationControl {
     const rate = d.backgroundRate.perSecond();
     const remaining = (map.blockCount - map.heldCount) * map.blockSize;
     const link = this.upstream?.linkStats() ?? this.lastLinkStats;
+    const tracking = this.upstream?.tracking ?? 'none';
     return {
       state: this.state,
+      phase: this.phase,
+      tracking,
+      warmup:
+        this.phase === 'warming' && tracking === 'none'
+          ? 'the source reports no writes: nothing is copied before cutover'
+          : null,
+      passThroughReads: d.counters.passThroughReads,
+      blocksInvalidated: d.counters.blocksInvalidated,
+      dirtyReports: d.counters.dirtyReports,
       source: this.upstream?.description ?? map.sourceUrl,
       connected: this.upstream?.connected ?? false,
       blockSize: map.blockSize,
@@ -241,6 +365,7 @@ export class Migration implements MigrationControl {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.removeAllListeners('phase');
     if (this.persistTimer) clearInterval(this.persistTimer);
     this.zeroScan?.stop();
     await this.copy?.stop();

@@ -6,9 +6,27 @@ import type { LinkStats } from '../upstream/upstream';
 
 export type MigrationState = 'migrating' | 'paused' | 'stalled' | 'complete';
 
+/**
+ * Who is the authority: the source before cutover ('warming'), the moment
+ * between ('cutover'), the destination after it ('post-copy'), and
+ * 'complete' once every block is held and the source is disconnected.
+ */
+export type MigrationPhase = 'warming' | 'cutover' | 'post-copy' | 'complete';
+
 /** The state of the copy, and the link's figures (LinkStats: wire bytes, checksum failures, references, codec). */
 export interface MigrationStatus extends LinkStats {
   state: MigrationState;
+  phase: MigrationPhase;
+  /** How the source reports its writes before cutover: 'stream', 'bitmap' or 'none'. */
+  tracking: string;
+  /** Why nothing is copied yet (warming without write tracking), or null. */
+  warmup: string | null;
+  /** Reads before cutover answered from the source and not kept. */
+  passThroughReads: number;
+  /** Copied blocks made missing again because the source wrote them before cutover. */
+  blocksInvalidated: number;
+  /** Write reports received from the source. */
+  dirtyReports: number;
   /** Where blocks come from (URL, secrets removed). */
   source: string;
   /** Whether the upstream connection is up now. */
@@ -51,4 +69,8 @@ export interface MigrationControl {
   detach(): Promise<void>;
   /** Drops and re-opens the upstream connection, optionally at a new URL of the same image. */
   reconnect(url?: string): Promise<void>;
+  /** Makes the destination the authority: fences the source and applies its final write set. */
+  cutover(): Promise<void>;
+  /** Before cutover: stops and removes the image and state; refused after it. */
+  abort(): Promise<void>;
 }

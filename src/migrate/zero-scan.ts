@@ -8,7 +8,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import type { MigratingDevice } from './migrating-device';
+import type { MigratingDevice, ZeroQueryWatch } from './migrating-device';
 import type { Upstream } from '../upstream/upstream';
 
 export interface ZeroScanOptions {
@@ -98,14 +98,16 @@ export class ZeroScan extends EventEmitter {
   }
 
   private async scanSpan(offset: number, length: number): Promise<void> {
-    const bs = this.device.map.blockSize;
     let at = offset;
     const end = offset + length;
     while (at < end && !this.stopped && !this.gaveUp) {
       let answer;
+      // Source writes that arrive while the query is out may postdate its answer: those blocks are not held.
+      const watch = this.device.watchZeroQuery();
       try {
         answer = await this.upstream.zeroRanges!(at, end - at);
       } catch (e) {
+        this.device.endZeroQuery(watch);
         if (++this.failures >= this.options.maxFailures) {
           this.gaveUp = `zero-range queries failed ${this.failures} times in a row (${(e as Error).message})`;
           return;
@@ -114,25 +116,36 @@ export class ZeroScan extends EventEmitter {
         continue;
       }
       if (answer === null) {
+        this.device.endZeroQuery(watch);
         this.gaveUp = 'the source cannot report zero ranges';
         return;
       }
       this.failures = 0;
-      for (const r of answer.ranges) {
-        if (this.stopped) return;
-        // Only whole blocks; the image's last block may be partial and ends at the image's end.
-        const first = Math.ceil(r.offset / bs);
-        const rangeEnd = r.offset + r.length;
-        const last = rangeEnd >= this.device.map.imageSize ? this.device.map.blockCount : Math.floor(rangeEnd / bs);
-        if (last <= first) continue;
-        try {
-          await this.device.holdZeroRun(first, last - first);
-        } catch (e) {
-          this.gaveUp = `cannot punch holes in the local image (${(e as Error).message})`;
-          return;
-        }
+      try {
+        await this.holdRanges(answer.ranges, watch);
+      } finally {
+        this.device.endZeroQuery(watch);
       }
+      if (this.stopped || this.gaveUp) return;
       at += answer.covered;
+    }
+  }
+
+  private async holdRanges(ranges: Array<{ offset: number; length: number }>, watch: ZeroQueryWatch): Promise<void> {
+    const bs = this.device.map.blockSize;
+    for (const r of ranges) {
+      if (this.stopped) return;
+      // Only whole blocks; the image's last block may be partial and ends at the image's end.
+      const first = Math.ceil(r.offset / bs);
+      const rangeEnd = r.offset + r.length;
+      const last = rangeEnd >= this.device.map.imageSize ? this.device.map.blockCount : Math.floor(rangeEnd / bs);
+      if (last <= first) continue;
+      try {
+        await this.device.holdZeroRun(first, last - first, watch);
+      } catch (e) {
+        this.gaveUp = `cannot punch holes in the local image (${(e as Error).message})`;
+        return;
+      }
     }
   }
 

@@ -1,22 +1,39 @@
 /**
  * The destination's persistent record of which blocks it holds: a header
- * (source identity, image size, block size, completion) and one bit per block.
+ * (source identity, image size, block size, phase, completion) and one bit
+ * per block.
  *
- * Bits only ever go from 0 to 1 on disk, and a bit is written only after the
- * block's data was made durable (persist() syncs the image first), so a torn
- * bitmap write can lose progress but never claim data that is not there.
+ * A set bit is written only after the block's data was made durable
+ * (persist() syncs the image first), so a torn bitmap write can lose progress
+ * but never claim data that is not there. A bit is cleared (before cutover,
+ * when the source reports it wrote the block) in memory first; the source is
+ * told only after a persist() has written the cleared bit, so a crash before
+ * that finds the bit set and the source still reporting the write.
  * The header lives in two slots with a generation number, so rewriting it can
  * never leave no valid header.
+ *
+ * Only one owner changes bits: whoever takes the BitWriter (the block-state
+ * table of the migrating device). Everyone else reads.
  */
 import fs from 'node:fs';
 import zlib from 'node:zlib';
 
 const MAGIC = 'FERRYMAP';
-const VERSION = 1;
+const VERSION = 2;
+/** Version 1 maps (before phases) were always copied after cutover: they open as post-copy. */
+const OLDEST_VERSION = 1;
 const HEADER_SLOT = 2048;
 const HEADER_AREA = 2 * HEADER_SLOT;
 const PAGE = 4096;
 const MAX_TEXT = 900;
+/** Room for the tracking epoch and the session id. */
+const MAX_SHORT_TEXT = 64;
+
+/**
+ * Before cutover the source is the authority for every block ('warming');
+ * after it, the destination ('post-copy'). Completion is recorded apart.
+ */
+export type MapPhase = 'warming' | 'post-copy';
 
 export interface BlockMapHeader {
   blockSize: number;
@@ -26,6 +43,19 @@ export interface BlockMapHeader {
   /** The source as the operator named it (for messages only). */
   sourceUrl: string;
   complete: boolean;
+  phase: MapPhase;
+  /** The source's write-tracking lifetime the held blocks were copied under ('' if none). */
+  trackingEpoch: string;
+  /** This destination's session id at the source (stable across restarts). */
+  session: string;
+}
+
+/** The one way to change bits; handed out once. */
+export interface BitWriter {
+  /** Marks a block held in memory, after its data was written to the image; it reaches disk at the next persist(). */
+  setHeld(block: number): void;
+  /** Marks a held block missing again in memory; it reaches disk at the next persist(). */
+  clearHeld(block: number): void;
 }
 
 export class BlockMapError extends Error {
@@ -42,6 +72,7 @@ export class BlockMap {
   private readonly dirtyPages = new Set<number>();
   private generation: number;
   private persisting: Promise<void> = Promise.resolve();
+  private writerTaken = false;
   private headerWrites: Promise<void> = Promise.resolve();
 
   private constructor(
@@ -72,6 +103,15 @@ export class BlockMap {
   get complete(): boolean {
     return this.header.complete;
   }
+  get phase(): MapPhase {
+    return this.header.phase;
+  }
+  get trackingEpoch(): string {
+    return this.header.trackingEpoch;
+  }
+  get session(): string {
+    return this.header.session;
+  }
   get heldCount(): number {
     return this.held;
   }
@@ -85,14 +125,17 @@ export class BlockMap {
 
   /** Creates a new map with every block missing; fails if the file exists. */
   static create(path: string, header: Omit<BlockMapHeader, 'complete'>): BlockMap {
+    if (!header.session) throw new BlockMapError('a new block map needs a session id');
     if (!Number.isInteger(header.blockSize) || header.blockSize < 512 || header.blockSize & (header.blockSize - 1)) {
       throw new BlockMapError(`block size must be a power of two of at least 512 (got ${header.blockSize})`);
     }
-    for (const [key, text] of [
-      ['source identity', header.sourceIdentity],
-      ['source URL', header.sourceUrl],
-    ]) {
-      if (Buffer.byteLength(text) > MAX_TEXT) throw new BlockMapError(`${key} is longer than ${MAX_TEXT} bytes`);
+    for (const [key, text, max] of [
+      ['source identity', header.sourceIdentity, MAX_TEXT],
+      ['source URL', header.sourceUrl, MAX_TEXT],
+      ['tracking epoch', header.trackingEpoch, MAX_SHORT_TEXT],
+      ['session', header.session, MAX_SHORT_TEXT],
+    ] as const) {
+      if (Buffer.byteLength(text) > max) throw new BlockMapError(`${key} is longer than ${max} bytes`);
     }
     const full: BlockMapHeader = { ...header, complete: false };
     const blockCount = Math.ceil(header.imageSize / header.blockSize);
@@ -138,14 +181,28 @@ export class BlockMap {
     return (this.bits[block >> 3] & (1 << (block & 7))) !== 0;
   }
 
-  /** Marks a block held in memory; it reaches disk at the next persist(). */
-  markHeld(block: number): void {
-    const byte = block >> 3;
-    const bit = 1 << (block & 7);
-    if (this.bits[byte] & bit) return;
-    this.bits[byte] |= bit;
-    this.held++;
-    this.dirtyPages.add(Math.floor(byte / PAGE));
+  /** The only way to change bits, for the one owner of block states; a second call throws. */
+  takeBitWriter(): BitWriter {
+    if (this.writerTaken) throw new BlockMapError('the block map already has an owner');
+    this.writerTaken = true;
+    return {
+      setHeld: (block) => {
+        const byte = block >> 3;
+        const bit = 1 << (block & 7);
+        if (this.bits[byte] & bit) return;
+        this.bits[byte] |= bit;
+        this.held++;
+        this.dirtyPages.add(Math.floor(byte / PAGE));
+      },
+      clearHeld: (block) => {
+        const byte = block >> 3;
+        const bit = 1 << (block & 7);
+        if (!(this.bits[byte] & bit)) return;
+        this.bits[byte] &= ~bit;
+        this.held--;
+        this.dirtyPages.add(Math.floor(byte / PAGE));
+      },
+    };
   }
 
   /** Whether every block in [first, last] is held. */
@@ -199,6 +256,20 @@ export class BlockMap {
     await this.writeHeader((h) => ({ ...h, complete: true }));
   }
 
+  /** Records that the destination is now the authority (after the cutover's write set is durable). */
+  async setPhase(phase: MapPhase): Promise<void> {
+    if (phase === this.header.phase) return;
+    await this.writeHeader((h) => ({ ...h, phase }));
+  }
+
+  /** Records the source's tracking epoch the held blocks are now valid under. */
+  async setTrackingEpoch(epoch: string): Promise<void> {
+    if (epoch === this.header.trackingEpoch) return;
+    if (Buffer.byteLength(epoch) > MAX_SHORT_TEXT)
+      throw new BlockMapError(`tracking epoch is longer than ${MAX_SHORT_TEXT} bytes`);
+    await this.writeHeader((h) => ({ ...h, trackingEpoch: epoch }));
+  }
+
   /** Points the map at a new source URL of the same image. */
   async setSourceUrl(url: string): Promise<void> {
     if (url === this.header.sourceUrl) return;
@@ -226,6 +297,11 @@ export class BlockMap {
   }
 }
 
+const FLAG_COMPLETE = 1;
+const FLAG_POST_COPY = 2;
+/** Header texts (length-prefixed, fixed room each) start here. */
+const TEXT_OFFSET = 36;
+
 function encodeHeader(header: BlockMapHeader, generation: number): Buffer {
   const b = Buffer.alloc(HEADER_SLOT);
   b.write(MAGIC, 0, 'latin1');
@@ -233,13 +309,18 @@ function encodeHeader(header: BlockMapHeader, generation: number): Buffer {
   b.writeUInt32LE(header.blockSize, 12);
   b.writeBigUInt64LE(BigInt(header.imageSize), 16);
   b.writeBigUInt64LE(BigInt(generation), 24);
-  b.writeUInt32LE(header.complete ? 1 : 0, 32);
-  let at = 36;
-  for (const text of [header.sourceIdentity, header.sourceUrl]) {
+  b.writeUInt32LE((header.complete ? FLAG_COMPLETE : 0) | (header.phase === 'post-copy' ? FLAG_POST_COPY : 0), 32);
+  let at = TEXT_OFFSET;
+  for (const [text, max] of [
+    [header.sourceIdentity, MAX_TEXT],
+    [header.sourceUrl, MAX_TEXT],
+    [header.trackingEpoch, MAX_SHORT_TEXT],
+    [header.session, MAX_SHORT_TEXT],
+  ] as const) {
     const bytes = Buffer.from(text, 'utf8');
     b.writeUInt16LE(bytes.length, at);
     bytes.copy(b, at + 2);
-    at += 2 + MAX_TEXT;
+    at += 2 + max;
   }
   b.writeUInt32LE(zlib.crc32(b.subarray(0, HEADER_SLOT - 4)), HEADER_SLOT - 4);
   return b;
@@ -249,23 +330,28 @@ function decodeHeader(b: Buffer): { header: BlockMapHeader; generation: number }
   if (b.toString('latin1', 0, 8) !== MAGIC) return null;
   if (b.readUInt32LE(HEADER_SLOT - 4) !== zlib.crc32(b.subarray(0, HEADER_SLOT - 4))) return null;
   const version = b.readUInt32LE(8);
-  if (version !== VERSION)
-    throw new BlockMapError(`block map version ${version} is not supported (expected ${VERSION})`);
+  if (version < OLDEST_VERSION || version > VERSION)
+    throw new BlockMapError(`block map version ${version} is not supported (expected ${OLDEST_VERSION}..${VERSION})`);
+  const maxima = version === 1 ? [MAX_TEXT, MAX_TEXT] : [MAX_TEXT, MAX_TEXT, MAX_SHORT_TEXT, MAX_SHORT_TEXT];
   const texts: string[] = [];
-  let at = 36;
-  for (let i = 0; i < 2; i++) {
+  let at = TEXT_OFFSET;
+  for (const max of maxima) {
     const length = b.readUInt16LE(at);
-    texts.push(b.toString('utf8', at + 2, at + 2 + Math.min(length, MAX_TEXT)));
-    at += 2 + MAX_TEXT;
+    texts.push(b.toString('utf8', at + 2, at + 2 + Math.min(length, max)));
+    at += 2 + max;
   }
+  const flags = b.readUInt32LE(32);
   return {
     generation: Number(b.readBigUInt64LE(24)),
     header: {
       blockSize: b.readUInt32LE(12),
       imageSize: Number(b.readBigUInt64LE(16)),
-      complete: (b.readUInt32LE(32) & 1) === 1,
+      complete: (flags & FLAG_COMPLETE) !== 0,
+      phase: version === 1 || (flags & FLAG_POST_COPY) !== 0 ? 'post-copy' : 'warming',
       sourceIdentity: texts[0],
       sourceUrl: texts[1],
+      trackingEpoch: texts[2] ?? '',
+      session: texts[3] ?? '',
     },
   };
 }

@@ -7,6 +7,12 @@ import type { MigrationControl, MigrationStatus } from '../../src/migrate/status
 export function initialStatus(overrides: Partial<MigrationStatus> = {}): MigrationStatus {
   return {
     state: 'migrating',
+    phase: 'post-copy',
+    tracking: 'none',
+    warmup: null,
+    passThroughReads: 0,
+    blocksInvalidated: 0,
+    dirtyReports: 0,
     source: 'nbd://source.example:10809/disk',
     connected: true,
     blockSize: 65536,
@@ -81,6 +87,16 @@ export class SimulatedMigration implements MigrationControl {
     this.current.connected = true;
   }
 
+  async cutover(): Promise<void> {
+    this.calls.push('cutover');
+    if (this.current.phase === 'warming') this.current.phase = 'post-copy';
+  }
+
+  async abort(): Promise<void> {
+    this.calls.push('abort');
+    if (this.current.phase !== 'warming') throw new Error('cannot abort: the cutover has happened');
+  }
+
   /** Moves the migration on by `blocks`, completing it when every block is held. */
   advance(blocks: number): void {
     const s = this.current;
@@ -88,6 +104,7 @@ export class SimulatedMigration implements MigrationControl {
     s.bytesFetched += blocks * s.blockSize;
     if (s.blocksHeld === s.blocksTotal) {
       s.state = 'complete';
+      s.phase = 'complete';
       s.etaSeconds = 0;
       s.completedAt = new Date().toISOString();
     }
