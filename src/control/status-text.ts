@@ -13,8 +13,17 @@ export function formatStatusSummary(s: MigrationStatus): string {
     s.onDemandLatencyMs.count === 0
       ? 'no latency samples yet'
       : `latency p50 ${s.onDemandLatencyMs.p50.toFixed(1)} ms, p99 ${s.onDemandLatencyMs.p99.toFixed(1)} ms`;
+  const phase =
+    s.phase === 'warming'
+      ? `warming: the source is the authority (${s.tracking === 'none' ? (s.warmup ?? 'no write tracking') : `write tracking: ${s.tracking}, ${s.blocksInvalidated} copied blocks rewritten at the source`}); ${s.passThroughReads} reads answered by the source`
+      : s.phase === 'cutover'
+        ? 'cutover: applying the source final write set'
+        : s.phase === 'post-copy'
+          ? `post-copy: this destination is the authority (${s.blocksInvalidated} blocks written at the source before cutover fetched again)`
+          : 'complete';
   const rows: Array<[string, string]> = [
     ['state', s.state],
+    ['phase', phase],
     ['source', s.source],
     ['connected', `${s.connected ? 'yes' : 'no'} (reconnects ${s.reconnects}, fetch errors ${s.fetchErrors})`],
     [
@@ -45,7 +54,7 @@ export function formatStatusSummary(s: MigrationStatus): string {
 /** One line per interval for `ferry ctl watch` without a terminal. */
 export function formatStatusLine(s: MigrationStatus): string {
   return (
-    `${s.state} ${s.blocksHeld}/${s.blocksTotal} blocks (${heldPercent(s).toFixed(1)}%)` +
+    `${s.state} ${s.phase} ${s.blocksHeld}/${s.blocksTotal} blocks (${heldPercent(s).toFixed(1)}%)` +
     ` rate ${formatRate(s.backgroundBytesPerSecond)} eta ${formatDuration(s.etaSeconds)}` +
     ` on-demand ${s.onDemandFetches} p99 ${s.onDemandLatencyMs.p99.toFixed(1)} ms` +
     ` ${s.connected ? 'connected' : 'disconnected'}`
