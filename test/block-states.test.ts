@@ -1,0 +1,106 @@
+import t, { type Test } from 'tap';
+import path from 'node:path';
+import { BlockMap } from '../src/store/block-map';
+import { BlockStateError, BlockStates } from '../src/migrate/block-states';
+import { tempDir } from './helpers/temp-dir';
+
+function states(t: Test, blocks = 8): BlockStates {
+  const map = BlockMap.create(path.join(tempDir(t), 'state'), {
+    blockSize: 4096,
+    imageSize: blocks * 4096,
+    sourceIdentity: 'id',
+    sourceUrl: 'nbd://h/x',
+    phase: 'warming',
+    trackingEpoch: '',
+    session: 's',
+  });
+  t.teardown(() => map.close());
+  return new BlockStates(map);
+}
+
+t.test('the block map has one owner: a second bit writer is refused', async (t) => {
+  const s = states(t);
+  t.throws(() => s.map.takeBitWriter(), /already has an owner/);
+});
+
+t.test('fetch, land, hold; a second fetch of the same block is discarded', async (t) => {
+  const s = states(t);
+  const background = s.startFetch(2, false);
+  const urgent = s.startFetch(2, true);
+  t.equal(background, urgent, 'one transit, two fetches');
+  t.equal(s.state(2), 'fetching');
+  t.ok(s.beginLanding(urgent));
+  t.equal(s.state(2), 'landing');
+  s.landed(urgent);
+  t.equal(s.state(2), 'held');
+  t.notOk(s.beginLanding(background), 'the slower fetch is discarded');
+  t.equal(s.state(2), 'held');
+});
+
+t.test('a failed fetch returns the block to missing only when it was the last one', async (t) => {
+  const s = states(t);
+  const a = s.startFetch(1, false);
+  s.startFetch(1, true);
+  s.fetchFailed(a);
+  t.equal(s.state(1), 'fetching');
+  s.fetchFailed(a);
+  t.equal(s.state(1), 'missing');
+});
+
+t.test('a VM claim wins over a fetch in flight; preconditions are checked', async (t) => {
+  const s = states(t);
+  const fetch = s.startFetch(3, false);
+  const claim = s.claim(3, 'vm');
+  t.equal(s.state(3), 'claimed');
+  t.throws(() => s.startFetch(3, true), BlockStateError, 'no fetch of a claimed block');
+  t.throws(() => s.claim(3, 'vm'), /claim is not allowed while it is claimed by vm/);
+  t.notOk(s.beginLanding(fetch), 'fetched bytes arriving for a claimed block are discarded');
+  s.claimApplied(claim);
+  t.equal(s.state(3), 'held');
+  t.throws(() => s.claimApplied(claim), /claimApplied is not allowed/);
+  t.throws(() => s.startFetch(3, false), /startFetch is not allowed while it is held/);
+});
+
+t.test('invalidate: held → missing, work in flight ends missing, a VM claim is a bug', async (t) => {
+  const s = states(t);
+  const t0 = s.startFetch(0, false);
+  t.ok(s.beginLanding(t0));
+  s.landed(t0);
+  t.equal(s.invalidate(0), true);
+  t.equal(s.state(0), 'missing');
+
+  const fetching = s.startFetch(1, false);
+  s.invalidate(1);
+  t.notOk(s.beginLanding(fetching), 'a fetch sent before the source write is discarded');
+  t.equal(s.state(1), 'missing');
+
+  const landing = s.startFetch(2, false);
+  t.ok(s.beginLanding(landing));
+  s.invalidate(2);
+  s.landed(landing);
+  t.equal(s.state(2), 'missing', 'a landing overtaken by a source write ends missing');
+
+  const hole = s.claim(4, 'hole');
+  s.invalidate(4);
+  s.claimApplied(hole);
+  t.equal(s.state(4), 'missing', 'a hole answer older than the source write is not applied');
+
+  s.claim(5, 'vm');
+  t.throws(() => s.invalidate(5), /invalidate is not allowed while it is claimed by vm/);
+});
+
+t.test('all-held and missing events', async (t) => {
+  const s = states(t, 2);
+  let allHeld = 0;
+  let missing = 0;
+  s.on('all-held', () => allHeld++);
+  s.on('missing', () => missing++);
+  for (const b of [0, 1]) {
+    const c = s.claim(b, 'vm');
+    s.claimApplied(c);
+  }
+  t.equal(allHeld, 1);
+  s.invalidate(0);
+  t.equal(missing, 1);
+  t.equal(s.map.heldCount, 1);
+});
