@@ -212,3 +212,56 @@ t.test('a source that fails every fetch at once does not freeze the event loop',
   t.ok(ticks >= 10, `timers kept running meanwhile (${ticks} ticks of 20 ms in 500 ms)`);
   t.ok(upstream.fetchCalls.length < 500, `fetches were paced (${upstream.fetchCalls.length} in 500 ms)`);
 });
+
+t.test('a 4 GiB WRITE_ZEROES and TRIM claim a bounded number of blocks at a time and let other work run', async (t) => {
+  const size = 4 * 1024 ** 3;
+  const upstream = new FakeUpstream(Buffer.alloc(0));
+  Object.defineProperty(upstream, 'size', { value: size });
+  const dir = tempDir(t);
+  const local = FileDevice.open(path.join(dir, 'img'), { createSize: size });
+  const map = BlockMap.create(path.join(dir, 'state'), {
+    blockSize: BS,
+    imageSize: size,
+    sourceIdentity: upstream.identity,
+    sourceUrl: upstream.description,
+    phase: 'post-copy',
+    trackingEpoch: '',
+    session: 'test',
+  });
+  const device = new MigratingDevice(local, map, upstream, { fetchTimeoutMs: 10_000 }, log);
+  t.teardown(async () => {
+    map.close();
+    await device.close();
+  });
+  let maxInTransit = 0;
+  const zeroLocally = local.zero.bind(local);
+  local.zero = (offset, length, options) => {
+    maxInTransit = Math.max(maxInTransit, device.inTransit); // the claims held while the image is zeroed
+    return zeroLocally(offset, length, options);
+  };
+  for (const op of ['zero', 'trim'] as const) {
+    maxInTransit = 0;
+    let turns = 0;
+    let running = true;
+    const watch = (): void => {
+      maxInTransit = Math.max(maxInTransit, device.inTransit);
+      turns++;
+      if (running) setImmediate(watch);
+    };
+    setImmediate(watch);
+    const heapBefore = process.memoryUsage().heapUsed;
+    if (op === 'zero') await device.zero(0, size, { fua: false, noHole: false, fastZero: false });
+    else await device.trim(0, size, false);
+    running = false;
+    const heapGrowth = process.memoryUsage().heapUsed - heapBefore;
+    t.ok(maxInTransit <= 1024, `${op}: at most one slice of blocks claimed at once (${maxInTransit})`);
+    if (op === 'zero') t.ok(maxInTransit > 0, 'the claims were seen');
+    t.ok(turns >= 32, `${op}: other work ran between slices (${turns} turns)`);
+    t.ok(heapGrowth < 16 << 20, `${op}: heap grew ${Math.round(heapGrowth / 1048576)} MiB`);
+    if (op === 'zero') t.ok(map.allHeld, 'every block held as zeros');
+  }
+  const sample = Buffer.alloc(BS);
+  await device.read(size - BS, sample);
+  t.ok(sample.equals(Buffer.alloc(BS)));
+  t.equal(upstream.fetchCalls.length, 0, 'nothing fetched');
+});

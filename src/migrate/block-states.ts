@@ -48,8 +48,36 @@ export interface Transit {
   stale: boolean;
   /** Why the transit ended without the block becoming held, for the readers waiting on it. */
   error: Error | null;
+  /** Settles when the transit ends (made on first use: most transits are never waited on). */
   readonly done: Promise<void>;
-  finish: () => void;
+}
+
+/** A transit's record, with its end signal made only when someone waits. */
+class TransitRecord implements Transit {
+  claimKind: ClaimKind | null = null;
+  fetches = 0;
+  urgent = false;
+  stale = false;
+  error: Error | null = null;
+  private ended = false;
+  private waiting: Promise<void> | null = null;
+  private resolve: (() => void) | null = null;
+
+  constructor(
+    readonly block: number,
+    public state: Transit['state'],
+  ) {}
+
+  get done(): Promise<void> {
+    if (this.ended) return Promise.resolve();
+    this.waiting ??= new Promise<void>((resolve) => (this.resolve = resolve));
+    return this.waiting;
+  }
+
+  finish(): void {
+    this.ended = true;
+    this.resolve?.();
+  }
 }
 
 export class BlockStateError extends Error {
@@ -60,7 +88,7 @@ export class BlockStateError extends Error {
 }
 
 export class BlockStates extends EventEmitter {
-  private readonly transits = new Map<number, Transit>();
+  private readonly transits = new Map<number, TransitRecord>();
   private readonly bits: BitWriter;
 
   constructor(readonly map: BlockMap) {
@@ -192,28 +220,17 @@ export class BlockStates extends EventEmitter {
     return false;
   }
 
-  private open(block: number, state: Transit['state']): Transit {
-    let finish!: () => void;
-    const done = new Promise<void>((resolve) => (finish = resolve));
-    const t: Transit = {
-      block,
-      state,
-      claimKind: null,
-      fetches: 0,
-      urgent: false,
-      stale: false,
-      error: null,
-      done,
-      finish,
-    };
+  private open(block: number, state: Transit['state']): TransitRecord {
+    const t = new TransitRecord(block, state);
     this.transits.set(block, t);
     return t;
   }
 
   private close(t: Transit, held: boolean): void {
-    if (this.transits.get(t.block) === t) this.transits.delete(t.block);
+    const record = this.transits.get(t.block);
+    if (record === t) this.transits.delete(t.block);
     if (held) this.bits.setHeld(t.block);
-    t.finish();
+    (t as TransitRecord).finish();
     if (held && this.map.allHeld) this.emit('all-held');
     if (!held) this.emit('missing', t.block);
   }

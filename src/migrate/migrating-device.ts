@@ -139,7 +139,9 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   async zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
     if (length === 0) return;
     await this.afterCutover();
-    await this.modify(offset, length, true, 'vm', () => this.local.zero(offset, length, { ...options, fua: false }));
+    await this.inSlices(offset, length, (at, n) =>
+      this.modify(at, n, true, 'vm', () => this.local.zero(at, n, { ...options, fua: false })),
+    );
     if (options.fua) await this.flush();
   }
 
@@ -153,10 +155,27 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     const start = Math.ceil(offset / this.bs) * this.bs;
     const end = offset + length === this.size ? this.size : Math.floor((offset + length) / this.bs) * this.bs;
     if (end > start)
-      await this.modify(start, end - start, false, 'vm', () =>
-        this.local.zero(start, end - start, { fua: false, noHole: false, fastZero: false }),
+      await this.inSlices(start, end - start, (at, n) =>
+        this.modify(at, n, false, 'vm', () => this.local.zero(at, n, { fua: false, noHole: false, fastZero: false })),
       );
     if (fua) await this.flush();
+  }
+
+  /**
+   * Runs a range operation slice by slice, yielding between slices: a zero or
+   * trim of terabytes claims a bounded number of blocks at a time and never
+   * holds the event loop (every VM request and the control socket) for long.
+   */
+  private async inSlices(offset: number, length: number, op: (at: number, n: number) => Promise<void>): Promise<void> {
+    const slice = VM_SLICE_BLOCKS * this.bs;
+    const end = offset + length;
+    for (let at = offset; at < end; ) {
+      // Slice edges on block boundaries, so no block is split between two slices.
+      const next = Math.min(end, (Math.floor(at / slice) + 1) * slice);
+      await op(at, next - at);
+      at = next;
+      if (at < end) await new Promise((r) => setImmediate(r));
+    }
   }
 
   async cache(offset: number, length: number): Promise<void> {
@@ -613,6 +632,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
 
 /** Blocks holdZeroRun takes over at a time. */
 const ZERO_SLICE_BLOCKS = 16384;
+/** Blocks a VM zero or trim claims at a time: small enough that its records die young. */
+const VM_SLICE_BLOCKS = 1024;
 
 let zeros: Buffer = Buffer.alloc(0);
 function zeroBlock(size: number): Buffer {
