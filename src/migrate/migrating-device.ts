@@ -169,7 +169,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   private async inSlices(offset: number, length: number, op: (at: number, n: number) => Promise<void>): Promise<void> {
     const slice = VM_SLICE_BLOCKS * this.bs;
     const end = offset + length;
-    for (let at = offset; at < end; ) {
+    for (let at = offset; at < end;) {
       // Slice edges on block boundaries, so no block is split between two slices.
       const next = Math.min(end, (Math.floor(at / slice) + 1) * slice);
       await op(at, next - at);
@@ -184,9 +184,21 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     await this.ensureHeld(this.missingIn(first, last));
   }
 
-  /** Makes every completed write durable, data first, then the block map. */
-  flush(): Promise<void> {
-    return this.map.persist(() => this.local.flush());
+  /**
+   * Makes every completed write durable, data first, then the block map. A
+   * full disk is ENOSPC (on which hypervisors pause the VM), never EIO.
+   */
+  async flush(): Promise<void> {
+    try {
+      await this.map.persist(() => this.local.flush());
+    } catch (e) {
+      if (e instanceof BlockDeviceError) throw e;
+      const err = e as NodeJS.ErrnoException;
+      throw new BlockDeviceError(
+        err.code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
+        `cannot persist the block map: ${err.message}`,
+      );
+    }
   }
 
   /** The image's own fdatasync, without the block map. */
@@ -534,8 +546,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       const failed = waiting.find((t) => t.error);
       if (failed) throw failed.error!;
       if (timedOut) {
-        // Let the next request fetch afresh rather than wait on a fetch that may never settle.
-        for (const t of waiting) if (t.state === 'fetching') t.urgent = false;
+        // The fetch stays in flight (it settles when the link delivers or drops): the next
+        // request for the block waits on it instead of adding another, however long the source is down.
         throw new BlockDeviceError('EIO', `source did not deliver within ${this.options.fetchTimeoutMs} ms`);
       }
     }

@@ -259,7 +259,7 @@ export class Migration extends EventEmitter implements MigrationControl {
       );
     this.aborted = true;
     const { imagePath, statePath } = this.options;
-    await this.close();
+    await this.close().catch(() => undefined); // what is not saved is removed anyway
     fs.rmSync(statePath, { force: true });
     fs.rmSync(imagePath, { force: true });
     this.log.warn(
@@ -374,9 +374,15 @@ export class Migration extends EventEmitter implements MigrationControl {
     await this.upstream?.close();
     await this.copy?.settle();
     await this.zeroScan?.settle();
-    await this.device.flush().catch((e: Error) => this.log.error({ err: e.message }, 'final persist failed'));
+    let persistError: Error | null = null;
+    await this.device.flush().catch((e: Error) => {
+      persistError = e;
+      this.log.error({ err: e.message }, 'final persist failed');
+    });
     this.device.map.close();
     await this.device.close();
+    // Progress since the last save is fetched again after a restart, but the operator must know.
+    if (persistError) throw persistError;
   }
 
   private requireCopy(what: string): BackgroundCopy {

@@ -142,7 +142,11 @@ export class BlockMap {
     const bitmapBytes = roundUp(Math.ceil(blockCount / 8), PAGE);
     const fd = fs.openSync(path, 'wx+', 0o644);
     try {
-      fs.ftruncateSync(fd, HEADER_AREA + bitmapBytes);
+      // Written, not just sized: the bitmap's blocks are allocated now, so a disk that fills
+      // later cannot refuse the map's own pages (every FLUSH would then fail).
+      const zeros = Buffer.alloc(Math.min(bitmapBytes, 1 << 20));
+      for (let at = 0; at < bitmapBytes; at += zeros.length)
+        fs.writeSync(fd, zeros, 0, Math.min(zeros.length, bitmapBytes - at), HEADER_AREA + at);
       const slot = encodeHeader(full, 1);
       fs.writeSync(fd, slot, 0, slot.length, HEADER_SLOT); // generation 1 lives in slot 1
       fs.fdatasyncSync(fd);
