@@ -28,7 +28,7 @@ const layerPolicies = LAYERS.flatMap((row, level) =>
 );
 
 export default tseslint.config(
-  { ignores: ['build/', 'node_modules/', 'bench/out/', 'assembly/', 'docs/'] },
+  { ignores: ['build/', 'node_modules/', 'bench/out/', 'assembly/', 'test/kernels/', 'docs/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -45,6 +45,24 @@ export default tseslint.config(
       '@typescript-eslint/no-require-imports': 'off',
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
       'no-constant-condition': ['error', { checkLoops: false }],
+    },
+  },
+  {
+    // Type-aware rules: a promise nobody awaits or catches loses its error.
+    files: ['**/*.ts'],
+    languageOptions: {
+      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
+    },
+    rules: {
+      '@typescript-eslint/no-floating-promises': [
+        'error',
+        {
+          // tap owns the promise of t.test(): it waits for every subtest and
+          // reports a rejection as that test's failure.
+          allowForKnownSafePromises: [{ from: 'package', name: 'PromiseWithSubtest', package: '@tapjs/core' }],
+        },
+      ],
+      '@typescript-eslint/no-misused-promises': 'error',
     },
   },
   {
