@@ -1,10 +1,10 @@
 // ferry data-plane kernels. Every export works on flat linear memory: the JS
-// side (src/pool/kernel-loader.ts) places inputs above heapBase() and reads
+// side (src/kernels/kernel-loader.ts) places inputs above heapBase() and reads
 // results back; nothing here allocates.
 import { xxh64, isZero } from './xxh64';
-import { lz4Compress, lz4Decompress, lz4Bound, lz4SetEpoch } from './lz4';
+import { lz4Compress, lz4Decompress, lz4Bound } from './lz4';
 
-export { xxh64, isZero, lz4Compress, lz4Decompress, lz4Bound, lz4SetEpoch };
+export { xxh64, isZero, lz4Compress, lz4Decompress, lz4Bound };
 
 // Block encodings (same values as BlockEncoding in src/codec/batch.ts).
 const ENC_ZERO: u8 = 0;

@@ -22,7 +22,10 @@ const SKIP_TRIGGER: u32 = 4;
 const TABLE: usize = memory.data(4 << HASH_LOG, 16);
 let epoch: u32 = 1;
 
-/** Test hook: moves the epoch, to exercise the table reset at wrap-around. */
+/**
+ * Moves the epoch, to exercise the table reset at wrap-around. Exported only
+ * by the test kernels (test/kernels/test-kernels.ts), not by assembly/index.ts.
+ */
 export function lz4SetEpoch(value: u32): void {
   epoch = value < 1 ? 1 : value;
 }

@@ -1,9 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import t from 'tap';
 import { BlockStatus } from '../src/codec/batch';
 import { xxh64 } from '../src/kernels/index';
 import { CodecPool, PoolClosedError, QueueFullError, WorkerCrashError } from '../src/pool';
+import { crashBlock } from './helpers/crashing-worker';
 
 const BS = 4096;
 const TEXT = new Uint8Array(readFileSync(require.resolve('typescript/lib/typescript.js')).subarray(0, 1 << 20));
@@ -133,21 +135,25 @@ t.test('a small urgent task runs on the calling thread at once; a larger one wai
 });
 
 t.test('a crashed worker fails its task with a clear error and is replaced', async (t) => {
-  const pool = new CodecPool({ workers: 2, codec: 'lz4' });
+  // The test worker exits mid-task on a marked block; urgent tasks all go to
+  // a worker (never inline), so the crash jumps the queue of background work.
+  const workerModule = join(__dirname, 'helpers', 'crashing-worker.js');
+  const pool = new CodecPool({ workers: 2, codec: 'lz4', inlineUrgentBytes: 0, workerModule });
+  const crash = () => pool.encode(crashBlock(BS, 70), BS, { urgent: true });
   const before = await pool.encode(batch(8), BS);
   t.equal(before.entries.length, 8);
   const queuedBehind = Array.from({ length: 6 }, (_, i) => pool.encode(batch(16, i), BS));
-  await t.rejects(pool.crashOneWorker(), {
+  await t.rejects(crash(), {
     name: 'WorkerCrashError',
-    message: /worker crashed during crash test \(worker exited with code: 70\)/,
+    message: /worker crashed during encode of 1 blocks \(worker exited with code: 70\)/,
   });
   t.ok(
     (await Promise.all(queuedBehind)).every((r) => r.entries.length === 16),
     'other tasks still complete',
   );
   // Both workers crash in turn; the pool keeps serving.
-  await t.rejects(pool.crashOneWorker(), WorkerCrashError);
-  await t.rejects(pool.crashOneWorker(), WorkerCrashError);
+  await t.rejects(crash(), WorkerCrashError);
+  await t.rejects(crash(), WorkerCrashError);
   const after = await pool.decode(await pool.encode(batch(8), BS));
   t.same(after.failed, [], 'replacement workers decode');
   await pool.close();

@@ -3,14 +3,13 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-interface KernelExports {
+export interface KernelExports {
   memory: WebAssembly.Memory;
   heapBase(): number;
   metaSize(): number;
   xxh64(ptr: number, len: number, seed: bigint): bigint;
   isZero(ptr: number, len: number): number;
   lz4Bound(len: number): number;
-  lz4SetEpoch(value: number): void;
   lz4Compress(src: number, len: number, dst: number, cap: number, accel: number): number;
   lz4Decompress(src: number, srcLen: number, dst: number, dstCap: number): number;
   encodeBatch(

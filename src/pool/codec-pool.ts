@@ -47,6 +47,11 @@ export interface CodecPoolOptions {
    * background batch.
    */
   inlineUrgentBytes?: number;
+  /**
+   * The worker module (default: this folder's worker.js). Another module must
+   * export a default task function that answers like src/pool/worker.ts.
+   */
+  workerModule?: string;
 }
 
 export interface TaskOptions {
@@ -119,7 +124,7 @@ export class CodecPool extends EventEmitter {
       if (!this.isFull) this.emit('notFull');
     };
     this.piscina = new Piscina({
-      filename: join(__dirname, 'worker.js'),
+      filename: options.workerModule ?? join(__dirname, 'worker.js'),
       minThreads: this.workers,
       maxThreads: this.workers,
       idleTimeout: Infinity,
@@ -257,11 +262,6 @@ export class CodecPool extends EventEmitter {
     return this.closing;
   }
 
-  /** Test and diagnostics hook: makes one worker exit as if it had crashed. */
-  crashOneWorker(code = 70): Promise<unknown> {
-    return this.run({ op: 'exit', code }, [], { urgent: true }, 'crash test');
-  }
-
   private async run(
     task: WorkerTask,
     transferList: ArrayBuffer[],
@@ -270,7 +270,7 @@ export class CodecPool extends EventEmitter {
   ): Promise<unknown> {
     if (this.closing) throw new PoolClosedError(`CodecPool: pool is closed, refusing ${what}`);
     const urgent = options.urgent === true;
-    if (urgent && task.op !== 'exit' && taskBytes(task) <= this.inlineUrgentBytes) return executeTask(task).value;
+    if (urgent && taskBytes(task) <= this.inlineUrgentBytes) return executeTask(task).value;
     if (urgent ? this.queue.urgentSize >= this.maxUrgentQueued : this.isFull) {
       throw new QueueFullError(
         `CodecPool: ${urgent ? 'urgent' : 'background'} queue is full (${urgent ? this.maxUrgentQueued : this.maxQueued} waiting), refusing ${what}`,

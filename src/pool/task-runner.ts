@@ -16,7 +16,7 @@ function codecFor(task: CodecSelection): BatchCodec {
   return codec;
 }
 
-export function executeTask(task: Exclude<WorkerTask, { op: 'exit' }>): {
+export function executeTask(task: WorkerTask): {
   value: object;
   transfer: ArrayBufferLike[];
 } {
@@ -59,7 +59,5 @@ export function taskBytes(task: WorkerTask): number {
       return task.blocks.byteLength;
     case 'decode':
       return task.payloadLength + task.encodings.length * task.blockSize;
-    case 'exit':
-      return Infinity;
   }
 }

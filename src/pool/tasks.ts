@@ -30,9 +30,4 @@ export interface HashTask extends CodecSelection {
   blockSize: number;
 }
 
-export interface ExitTask {
-  op: 'exit';
-  code: number;
-}
-
-export type WorkerTask = EncodeTask | DecodeTask | HashTask | ExitTask;
+export type WorkerTask = EncodeTask | DecodeTask | HashTask;

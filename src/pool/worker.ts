@@ -16,8 +16,6 @@ function moved<T extends object>(value: T, buffers: ArrayBufferLike[]): unknown 
 }
 
 export default function runTask(task: WorkerTask): unknown {
-  // Test hook: simulates a worker dying in the middle of a task.
-  if (task.op === 'exit') process.exit(task.code);
   const { value, transfer } = executeTask(task);
   return moved(value, transfer);
 }
