@@ -3,13 +3,14 @@
 // results back; nothing here allocates.
 import { xxh64, isZero } from './xxh64';
 import { lz4Compress, lz4Decompress, lz4Bound } from './lz4';
+import { BlockEncoding } from '../src/codec/encodings';
 
 export { xxh64, isZero, lz4Compress, lz4Decompress, lz4Bound };
 
-// Block encodings (same values as BlockEncoding in src/codec/batch.ts).
-const ENC_ZERO: u8 = 0;
-const ENC_RAW: u8 = 1;
-const ENC_LZ4: u8 = 2;
+// Block encodings, as the metadata byte holds them.
+const ENC_ZERO = <u8>BlockEncoding.Zero;
+const ENC_RAW = <u8>BlockEncoding.Raw;
+const ENC_LZ4 = <u8>BlockEncoding.Lz4;
 
 // Per-block decode status (same values as BlockStatus in src/codec/batch.ts).
 const ST_OK: u8 = 0;

@@ -190,7 +190,7 @@ t.test('hash gives checksums and zero flags only', async (t) => {
 });
 
 t.test('validation errors name the value', async (t) => {
-  t.throws(() => checkBlockSize(1000, 'x'), /x: blockSize must be a power of two from 512 to 4194304 \(got 1000\)/);
+  t.throws(() => checkBlockSize(1000, 'x'), /x: blockSize must be a power of two from 512 to 1048576 \(got 1000\)/);
   t.throws(() => new BatchCodec({ codec: 'zstd' }), /unknown codec "zstd" \(known: none, lz4, lz4-wasm, deflate\)/);
   t.throws(() => new BatchCodec({ codec: 'deflate', level: 12 }), /level must be an integer from 0 to 9 \(got 12\)/);
   t.throws(() => new BatchCodec({ codec: 'lz4', acceleration: 0 }), /acceleration/);

@@ -1,19 +1,13 @@
 // The batch description the data plane produces and the wire protocol carries.
 // Pure data: no I/O, no kernels.
 
-/** How one block's payload is stored. Values are wire values; never renumber. */
-export const enum BlockEncoding {
-  /** All zero; no payload. */
-  Zero = 0,
-  /** The block as is; payload is blockSize bytes. */
-  Raw = 1,
-  /** A raw LZ4 block (no frame, no length prefix). */
-  Lz4 = 2,
-  /** A raw deflate stream (zlib.deflateRaw). */
-  Deflate = 3,
-}
+import { blockSizeProblem } from '../util/limits';
+import { BlockEncoding } from './encodings';
 
-export const ENCODING_NAMES: Record<number, string> = {
+export { BlockEncoding };
+
+/** The name of each block encoding, as status and metrics show it. */
+export const ENCODING_NAMES: Readonly<Record<BlockEncoding, string>> = {
   [BlockEncoding.Zero]: 'zero',
   [BlockEncoding.Raw]: 'raw',
   [BlockEncoding.Lz4]: 'lz4',
@@ -70,12 +64,8 @@ export function payloadOffsets(entries: readonly BlockEntry[]): number[] {
   return offsets;
 }
 
-/**
- * Checks a block size the data plane accepts: a power of two from 512 B to
- * 4 MiB (the kernels need a multiple of 8; the bound keeps batches small).
- */
+/** Checks a block size the data plane accepts (src/util/limits.ts). */
 export function checkBlockSize(blockSize: number, where: string): void {
-  if (!Number.isInteger(blockSize) || blockSize < 512 || blockSize > 1 << 22 || (blockSize & (blockSize - 1)) !== 0) {
-    throw new RangeError(`${where}: blockSize must be a power of two from 512 to 4194304 (got ${blockSize})`);
-  }
+  const problem = blockSizeProblem(blockSize);
+  if (problem) throw new RangeError(`${where}: blockSize ${problem} (got ${blockSize})`);
 }

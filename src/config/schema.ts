@@ -4,6 +4,7 @@
  * that names the key.
  */
 import { z } from 'zod';
+import { batchBlocksLimit, blockSizeProblem, isPowerOfTwo, MAX_BATCH_BLOCKS, MAX_BATCH_BYTES } from '../util/limits';
 
 const hostPort = z
   .string()
@@ -51,7 +52,12 @@ const powerOfTwo = (min: number, max: number) =>
   z
     .number()
     .int()
-    .refine((n) => n >= min && n <= max && (n & (n - 1)) === 0, `must be a power of two between ${min} and ${max}`);
+    .refine((n) => n >= min && n <= max && isPowerOfTwo(n), `must be a power of two between ${min} and ${max}`);
+
+const blockSize = z.number().superRefine((n, ctx) => {
+  const problem = blockSizeProblem(n);
+  if (problem) ctx.addIssue({ code: 'custom', message: problem });
+});
 
 export const DestSection = z
   .object({
@@ -71,7 +77,7 @@ export const DestSection = z
     /** HOST:PORT to serve Prometheus metrics on (GET /metrics). */
     metrics: hostPort.optional(),
     /** Unit of copy and state; a new migration only (a resumed one keeps its own). */
-    block_size: powerOfTwo(512, 1 << 20).default(4096),
+    block_size: blockSize.default(4096),
     /** How long a VM read waits for a missing block while the source is unreachable, before EIO. */
     fetch_timeout_ms: positiveInt.default(60_000),
     /** How often copy progress is made durable. */
@@ -91,7 +97,7 @@ export const DestSection = z
 export const CopySection = z
   .object({
     /** Blocks per background fetch request. */
-    batch_blocks: powerOfTwo(1, 1024).default(64),
+    batch_blocks: powerOfTwo(1, MAX_BATCH_BLOCKS).default(64),
     /** Background bytes in flight at most: about one bandwidth-delay product of the link. */
     window_bytes: positiveInt.min(4096).default(16 << 20),
     /** Batches in flight above the measured bandwidth-delay product: fills the link vs. queues on-demand fetches. */
@@ -167,6 +173,17 @@ export const ConfigSchema = z
     wire: WireSection.default(WireSection.parse({})),
     log: LogSection.default(LogSection.parse({})),
   })
-  .strict();
+  .strict()
+  .superRefine((config, ctx) => {
+    // One batch is one BATCH frame on the wire: its payload has a size limit.
+    const limit = batchBlocksLimit(config.dest.block_size);
+    if (config.copy.batch_blocks > limit) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['copy', 'batch_blocks'],
+        message: `must be at most ${limit} with dest.block_size ${config.dest.block_size} (a batch holds at most ${MAX_BATCH_BYTES} bytes)`,
+      });
+    }
+  });
 
 export type FerryConfig = z.infer<typeof ConfigSchema>;

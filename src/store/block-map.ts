@@ -17,6 +17,7 @@
  */
 import fs from 'node:fs';
 import zlib from 'node:zlib';
+import { blockSizeProblem } from '../util/limits';
 
 const MAGIC = 'FERRYMAP';
 const VERSION = 2;
@@ -126,8 +127,9 @@ export class BlockMap {
   /** Creates a new map with every block missing; fails if the file exists. */
   static create(path: string, header: Omit<BlockMapHeader, 'complete'>): BlockMap {
     if (!header.session) throw new BlockMapError('a new block map needs a session id');
-    if (!Number.isInteger(header.blockSize) || header.blockSize < 512 || header.blockSize & (header.blockSize - 1)) {
-      throw new BlockMapError(`block size must be a power of two of at least 512 (got ${header.blockSize})`);
+    const blockSizeIssue = blockSizeProblem(header.blockSize);
+    if (blockSizeIssue) {
+      throw new BlockMapError(`block size ${blockSizeIssue} (got ${header.blockSize})`);
     }
     for (const [key, text, max] of [
       ['source identity', header.sourceIdentity, MAX_TEXT],

@@ -23,6 +23,7 @@ import type { WireAuth } from '../wire/auth';
 import { blockRuns } from '../util/block-runs';
 import { BatchFrame, WireRefusedError, WireStream } from '../wire/wire-stream';
 import { FetchFlag, RefuseCode, Role, WIRE_VERSION, WireEncoding } from '../wire/protocol';
+import { toBlockEncoding, wireEncodingName } from '../wire/encoding-map';
 
 export interface WireUpstreamOptions {
   blockSize: number;
@@ -68,7 +69,6 @@ export function parseFerryUrl(text: string): FerryTarget {
   };
 }
 
-const ENCODING_NAMES = ['zero', 'raw', 'lz4', 'deflate', 'reference'];
 /** Largest FETCH sent (the source accepts up to 16 MiB). */
 const MAX_FETCH = 8 << 20;
 
@@ -301,10 +301,10 @@ export class WireUpstream extends EventEmitter implements Upstream {
     const entries: BlockEntry[] = meta.entries.map((e) =>
       e.encoding === WireEncoding.Reference
         ? { encoding: BlockEncoding.Zero, length: 0, checksum: 0n }
-        : { encoding: e.encoding as number as BlockEncoding, length: e.length, checksum: e.checksum },
+        : { encoding: toBlockEncoding(e.encoding), length: e.length, checksum: e.checksum },
     );
     for (const e of meta.entries) {
-      const name = ENCODING_NAMES[e.encoding] ?? `encoding ${e.encoding}`;
+      const name = wireEncodingName(e.encoding);
       this.stats.blocksByEncoding[name] = (this.stats.blocksByEncoding[name] ?? 0) + 1;
     }
     const urgent = priority === 'urgent';

@@ -8,7 +8,6 @@ import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { FileDevice } from '../store/file-device';
 import { QueueFullError, type CodecPool } from '../pool';
-import { BlockEncoding } from '../codec/batch';
 import { createWireServer, WireAuth } from './auth';
 import { encodePreamble, FrameDecoder } from './frame-codec';
 import {
@@ -38,6 +37,8 @@ import {
 } from './protocol';
 import { ExtentFlags } from '../store/block-device';
 import { DedupeTable } from './dedupe-table';
+import { toWireEncoding } from './encoding-map';
+import { batchBlocksLimit, blockSizeProblem, MAX_BATCH_BLOCKS } from '../util/limits';
 import type { CodecChooser } from './codec-chooser';
 import { LinkMeter } from './link-meter';
 
@@ -60,7 +61,6 @@ interface Session {
   connections: number;
 }
 
-const MAX_BATCH_BLOCKS = 1024;
 const SOCKET_HIGH_WATER = 8 << 20;
 /** Span one ZERO_QUERY is answered for at most (the destination asks again from where it ends). */
 const MAX_ZERO_QUERY = 2 ** 40;
@@ -236,9 +236,8 @@ class SourceConnection {
       return this.refuse(RefuseCode.IdentityMismatch, `this source serves image ${identity}, not ${hello.identity}`);
     }
     const bs = hello.blockSize;
-    if (!Number.isInteger(bs) || bs < 512 || bs > 1 << 22 || (bs & (bs - 1)) !== 0) {
-      return this.refuse(RefuseCode.BadRequest, `block size ${bs} is not a power of two from 512 to 4194304`);
-    }
+    const blockSizeIssue = blockSizeProblem(bs);
+    if (blockSizeIssue) return this.refuse(RefuseCode.BadRequest, `block size ${bs} ${blockSizeIssue}`);
     if (hello.maxBatchBlocks < 1 || hello.maxBatchBlocks > MAX_BATCH_BLOCKS) {
       return this.refuse(RefuseCode.BadRequest, `maxBatchBlocks ${hello.maxBatchBlocks} is not 1..${MAX_BATCH_BLOCKS}`);
     }
@@ -282,7 +281,7 @@ class SourceConnection {
     const urgent = fetch.priority === Role.Urgent;
     const firstBlock = fetch.offset / bs;
     const blocks = Math.ceil(fetch.length / bs);
-    const perBatch = Math.min(hello.maxBatchBlocks, 64);
+    const perBatch = Math.min(hello.maxBatchBlocks, batchBlocksLimit(bs));
     for (let done = 0; done < blocks && !this.dead; done += perBatch) {
       const count = Math.min(perBatch, blocks - done);
       const offset = (firstBlock + done) * bs;
@@ -308,7 +307,7 @@ class SourceConnection {
       const encoded = await this.encode(buffer, bs, urgent, codec);
       this.options.chooser.recordEncode(codec, bytes, encoded.payload.length, encoded.workerMs);
       const entries: WireEntry[] = encoded.entries.map((e) => ({
-        encoding: e.encoding as number as WireEncoding,
+        encoding: toWireEncoding(e.encoding),
         length: e.length,
         checksum: e.checksum,
         reference: 0,
@@ -379,7 +378,7 @@ class SourceConnection {
       const e = entries[i];
       const start = at;
       at += e.length;
-      if (e.encoding === (BlockEncoding.Zero as number)) continue;
+      if (e.encoding === WireEncoding.Zero) continue;
       const seen = dedupe.lookupOrAdd(e.checksum, firstBlock + i);
       if (seen >= 0) {
         entries[i] = { encoding: WireEncoding.Reference, length: 0, checksum: e.checksum, reference: seen };
