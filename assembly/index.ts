@@ -4,6 +4,7 @@
 import { xxh64, isZero } from './xxh64';
 import { lz4Compress, lz4Decompress, lz4Bound } from './lz4';
 import { BlockEncoding } from '../src/codec/encodings';
+import { KernelStatus, MetaRecord } from '../src/kernels/kernel-abi';
 
 export { xxh64, isZero, lz4Compress, lz4Decompress, lz4Bound };
 
@@ -12,16 +13,15 @@ const ENC_ZERO = <u8>BlockEncoding.Zero;
 const ENC_RAW = <u8>BlockEncoding.Raw;
 const ENC_LZ4 = <u8>BlockEncoding.Lz4;
 
-// Per-block decode status (same values as BlockStatus in src/codec/batch.ts).
-const ST_OK: u8 = 0;
-const ST_CHECKSUM: u8 = 1;
-const ST_MALFORMED: u8 = 2;
-const ST_FOREIGN: u8 = 3; // encoding this kernel does not decode; JS does it
-const ST_UNVERIFIED: u8 = 4; // decoded by JS, checksum still to check
+// Per-block decode status (src/kernels/kernel-abi.ts).
+const ST_OK = <u8>KernelStatus.Ok;
+const ST_CHECKSUM = <u8>KernelStatus.ChecksumMismatch;
+const ST_MALFORMED = <u8>KernelStatus.Malformed;
+const ST_FOREIGN = <u8>KernelStatus.Foreign; // encoding this kernel does not decode; JS does it
+const ST_UNVERIFIED = <u8>KernelStatus.Unverified; // decoded by JS, checksum still to check
 
-// Block metadata record, META_SIZE bytes per block:
-//   u64 checksum @0, u32 payload length @8, u8 encoding @12, u8 status @13.
-const META_SIZE: usize = 16;
+// Block metadata record (src/kernels/kernel-abi.ts).
+const META_SIZE = <usize>MetaRecord.Size;
 
 export const MODE_RAW: u32 = 0;
 export const MODE_LZ4: u32 = 1;
@@ -55,30 +55,30 @@ export function encodeBatch(
   for (let i: u32 = 0; i < count; i++) {
     const block = inPtr + <usize>i * blockSize;
     const meta = metaPtr + <usize>i * META_SIZE;
-    store<u8>(meta, ST_OK, 13);
+    store<u8>(meta, ST_OK, MetaRecord.Status);
     if (isZero(block, blockSize)) {
       if (!haveZeroHash) {
         zeroHash = xxh64(block, blockSize, 0);
         haveZeroHash = true;
       }
       store<u64>(meta, zeroHash);
-      store<u32>(meta, 0, 8);
-      store<u8>(meta, ENC_ZERO, 12);
+      store<u32>(meta, 0, MetaRecord.Length);
+      store<u8>(meta, ENC_ZERO, MetaRecord.Encoding);
       continue;
     }
     store<u64>(meta, xxh64(block, blockSize, 0));
     if (mode == MODE_LZ4) {
       const n = lz4Compress(block, blockSize, op, blockSize - 1, accel);
       if (n > 0) {
-        store<u32>(meta, <u32>n, 8);
-        store<u8>(meta, ENC_LZ4, 12);
+        store<u32>(meta, <u32>n, MetaRecord.Length);
+        store<u8>(meta, ENC_LZ4, MetaRecord.Encoding);
         op += <usize>n;
         continue;
       }
     }
     memory.copy(op, block, blockSize);
-    store<u32>(meta, <u32>blockSize, 8);
-    store<u8>(meta, ENC_RAW, 12);
+    store<u32>(meta, <u32>blockSize, MetaRecord.Length);
+    store<u8>(meta, ENC_RAW, MetaRecord.Encoding);
     op += blockSize;
   }
   return op - outPtr;
@@ -91,9 +91,9 @@ export function hashBatch(inPtr: usize, count: u32, blockSize: usize, metaPtr: u
     const meta = metaPtr + <usize>i * META_SIZE;
     const zero = isZero(block, blockSize);
     store<u64>(meta, xxh64(block, blockSize, 0));
-    store<u32>(meta, zero ? 0 : <u32>blockSize, 8);
-    store<u8>(meta, zero ? ENC_ZERO : ENC_RAW, 12);
-    store<u8>(meta, ST_OK, 13);
+    store<u32>(meta, zero ? 0 : <u32>blockSize, MetaRecord.Length);
+    store<u8>(meta, zero ? ENC_ZERO : ENC_RAW, MetaRecord.Encoding);
+    store<u8>(meta, ST_OK, MetaRecord.Status);
   }
 }
 
@@ -118,8 +118,8 @@ export function decodeBatch(
   for (let i: u32 = 0; i < count; i++) {
     const meta = metaPtr + <usize>i * META_SIZE;
     const out = outPtr + <usize>i * blockSize;
-    const len = <u64>load<u32>(meta, 8);
-    const enc = load<u8>(meta, 12);
+    const len = <u64>load<u32>(meta, MetaRecord.Length);
+    const enc = load<u8>(meta, MetaRecord.Encoding);
     const at = payloadPtr + <usize>cursor;
     cursor += len;
     let status = ST_OK;
@@ -139,7 +139,7 @@ export function decodeBatch(
     }
     if (status == ST_OK && xxh64(out, blockSize, 0) != load<u64>(meta)) status = ST_CHECKSUM;
     if (status == ST_CHECKSUM || status == ST_MALFORMED) failed++;
-    store<u8>(meta, status, 13);
+    store<u8>(meta, status, MetaRecord.Status);
   }
   return failed;
 }
@@ -149,10 +149,10 @@ export function verifyBatch(metaPtr: usize, count: u32, blockSize: usize, outPtr
   let failed: u32 = 0;
   for (let i: u32 = 0; i < count; i++) {
     const meta = metaPtr + <usize>i * META_SIZE;
-    const status = load<u8>(meta, 13);
+    const status = load<u8>(meta, MetaRecord.Status);
     if (status == ST_UNVERIFIED) {
       const ok = xxh64(outPtr + <usize>i * blockSize, blockSize, 0) == load<u64>(meta);
-      store<u8>(meta, ok ? ST_OK : ST_CHECKSUM, 13);
+      store<u8>(meta, ok ? ST_OK : ST_CHECKSUM, MetaRecord.Status);
       if (!ok) failed++;
     } else if (status != ST_OK) {
       failed++;

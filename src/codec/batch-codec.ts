@@ -1,5 +1,6 @@
 // Encodes and decodes whole batches on the calling thread. Workers of the pool
 // run one BatchCodec each; benchmarks and tests use it directly.
+import { KernelStatus, MetaRecord } from '../kernels/kernel-abi';
 import { Kernels, META_SIZE } from '../kernels/kernel-loader';
 import { BlockEncoding, BlockStatus, checkBlockSize } from './batch';
 import type { Codec } from './codec';
@@ -36,8 +37,6 @@ export interface BatchCodecOptions {
   kernelPath?: string;
 }
 
-const ST_FOREIGN = 3;
-const ST_UNVERIFIED = 4;
 const align = (n: number): number => (n + 15) & ~15;
 
 /** Copies kernel output into `into` (reused memory, no page faults) or a new buffer. */
@@ -155,10 +154,10 @@ export class BatchCodec {
     const dv = new DataView(mem.buffer, mem.byteOffset);
     for (let i = 0; i < count; i++) {
       const m = metaPtr + i * META_SIZE;
-      dv.setBigUint64(m, cols.checksums[i], true);
-      dv.setUint32(m + 8, cols.lengths[i], true);
-      dv.setUint8(m + 12, cols.encodings[i]);
-      dv.setUint8(m + 13, 0);
+      dv.setBigUint64(m + MetaRecord.Checksum, cols.checksums[i], true);
+      dv.setUint32(m + MetaRecord.Length, cols.lengths[i], true);
+      dv.setUint8(m + MetaRecord.Encoding, cols.encodings[i]);
+      dv.setUint8(m + MetaRecord.Status, KernelStatus.Ok);
     }
     mem.set(payload, payloadPtr);
     // The kernel decodes LZ4 itself unless the chosen codec is another LZ4 decoder.
@@ -170,28 +169,28 @@ export class BatchCodec {
       const m = metaPtr + i * META_SIZE;
       const start = cursor;
       cursor += cols.lengths[i];
-      if (mem[m + 13] === ST_FOREIGN) {
+      if (mem[m + MetaRecord.Status] === KernelStatus.Foreign) {
         foreign = true;
         const decoder = this.decoderFor(cols.encodings[i]);
         if (!decoder?.decompressBlock) continue; // stays UnknownEncoding
         if (cursor > payload.length) {
-          mem[m + 13] = BlockStatus.Malformed;
+          mem[m + MetaRecord.Status] = BlockStatus.Malformed;
           continue;
         }
         const out = new Uint8Array(blockSize);
         try {
           decoder.decompressBlock(payload.subarray(start, cursor), out);
           mem.set(out, outPtr + i * blockSize);
-          mem[m + 13] = ST_UNVERIFIED;
+          mem[m + MetaRecord.Status] = KernelStatus.Unverified;
         } catch {
-          mem[m + 13] = BlockStatus.Malformed;
+          mem[m + MetaRecord.Status] = BlockStatus.Malformed;
         }
       }
     }
     const failed = foreign ? k.raw.verifyBatch(metaPtr, count, blockSize, outPtr) : this.countFailed(metaPtr, count);
     const status = new Uint8Array(count);
     for (let i = 0; i < count; i++) {
-      status[i] = mem[metaPtr + i * META_SIZE + 13];
+      status[i] = mem[metaPtr + i * META_SIZE + MetaRecord.Status];
       if (status[i] !== BlockStatus.Ok) mem.fill(0, outPtr + i * blockSize, outPtr + (i + 1) * blockSize);
     }
     return { blocks: copyOut(mem.subarray(outPtr, outPtr + count * blockSize), into), status, failed };
@@ -217,7 +216,8 @@ export class BatchCodec {
 
   private countFailed(metaPtr: number, count: number): number {
     let failed = 0;
-    for (let i = 0; i < count; i++) if (this.kernels.memory[metaPtr + i * META_SIZE + 13] !== 0) failed++;
+    for (let i = 0; i < count; i++)
+      if (this.kernels.memory[metaPtr + i * META_SIZE + MetaRecord.Status] !== KernelStatus.Ok) failed++;
     return failed;
   }
 
@@ -226,9 +226,9 @@ export class BatchCodec {
     const dv = new DataView(mem.buffer, mem.byteOffset);
     for (let i = 0; i < cols.encodings.length; i++) {
       const m = metaPtr + i * META_SIZE;
-      cols.checksums[i] = dv.getBigUint64(m, true);
-      cols.lengths[i] = dv.getUint32(m + 8, true);
-      cols.encodings[i] = dv.getUint8(m + 12);
+      cols.checksums[i] = dv.getBigUint64(m + MetaRecord.Checksum, true);
+      cols.lengths[i] = dv.getUint32(m + MetaRecord.Length, true);
+      cols.encodings[i] = dv.getUint8(m + MetaRecord.Encoding);
     }
   }
 

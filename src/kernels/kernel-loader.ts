@@ -2,6 +2,7 @@
 // methods that manage a scratch area in the module's linear memory.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { MetaRecord } from './kernel-abi';
 
 export interface KernelExports {
   memory: WebAssembly.Memory;
@@ -34,8 +35,8 @@ export interface KernelExports {
   verifyBatch(metaPtr: number, count: number, blockSize: number, outPtr: number): number;
 }
 
-/** Size of one block metadata record in linear memory (see assembly/index.ts). */
-export const META_SIZE = 16;
+/** Size of one block metadata record in linear memory (src/kernels/kernel-abi.ts). */
+export const META_SIZE: number = MetaRecord.Size;
 
 export const enum KernelMode {
   Raw = 0,

@@ -22,7 +22,7 @@ import {
   Welcome,
   ZeroRanges,
 } from './messages';
-import { MessageType, WIRE_VERSION } from './protocol';
+import { FRAME_HEADER_SIZE, FrameFlag, MessageType, WIRE_VERSION } from './protocol';
 
 export interface BatchFrame {
   meta: BatchMeta;
@@ -212,7 +212,7 @@ export class WireStream extends EventEmitter {
       }
       const { frame } = event;
       this.lastFrameAt = Date.now();
-      const wireBytes = 16 + frame.meta.length + frame.payload.length;
+      const wireBytes = FRAME_HEADER_SIZE + frame.meta.length + frame.payload.length;
       switch (frame.type) {
         case MessageType.Welcome: {
           const w = decodeWelcome(frame.meta);
@@ -234,7 +234,7 @@ export class WireStream extends EventEmitter {
           if (typeof meta === 'string') return this.destroy(new CorruptFrameError(meta));
           this.pending
             .get(meta.requestId)
-            ?.onBatch({ meta, payload: frame.payload, final: (frame.flags & 1) === 1, wireBytes });
+            ?.onBatch({ meta, payload: frame.payload, final: (frame.flags & FrameFlag.Final) !== 0, wireBytes });
           break;
         }
         case MessageType.ZeroRanges: {
