@@ -305,17 +305,37 @@ export class BlockMap {
 
 const FLAG_COMPLETE = 1;
 const FLAG_POST_COPY = 2;
+/** Byte offsets of the fixed fields of a header slot (little endian). */
+const enum HeaderField {
+  /** 8 bytes: MAGIC. */
+  Magic = 0,
+  /** u32 */
+  Version = 8,
+  /** u32 */
+  BlockSize = 12,
+  /** u64 */
+  ImageSize = 16,
+  /** u64: of the two slots, the one with the higher generation is current. */
+  Generation = 24,
+  /** u32: FLAG_ bits. */
+  Flags = 32,
+}
 /** Header texts (length-prefixed, fixed room each) start here. */
 const TEXT_OFFSET = 36;
+/** The slot's last 4 bytes: CRC32 of everything before them. */
+const CRC_OFFSET = HEADER_SLOT - 4;
 
 function encodeHeader(header: BlockMapHeader, generation: number): Buffer {
   const b = Buffer.alloc(HEADER_SLOT);
-  b.write(MAGIC, 0, 'latin1');
-  b.writeUInt32LE(VERSION, 8);
-  b.writeUInt32LE(header.blockSize, 12);
-  b.writeBigUInt64LE(BigInt(header.imageSize), 16);
-  b.writeBigUInt64LE(BigInt(generation), 24);
-  b.writeUInt32LE((header.complete ? FLAG_COMPLETE : 0) | (header.phase === 'post-copy' ? FLAG_POST_COPY : 0), 32);
+  b.write(MAGIC, HeaderField.Magic, 'latin1');
+  b.writeUInt32LE(VERSION, HeaderField.Version);
+  b.writeUInt32LE(header.blockSize, HeaderField.BlockSize);
+  b.writeBigUInt64LE(BigInt(header.imageSize), HeaderField.ImageSize);
+  b.writeBigUInt64LE(BigInt(generation), HeaderField.Generation);
+  b.writeUInt32LE(
+    (header.complete ? FLAG_COMPLETE : 0) | (header.phase === 'post-copy' ? FLAG_POST_COPY : 0),
+    HeaderField.Flags,
+  );
   let at = TEXT_OFFSET;
   for (const [text, max] of [
     [header.sourceIdentity, MAX_TEXT],
@@ -328,14 +348,14 @@ function encodeHeader(header: BlockMapHeader, generation: number): Buffer {
     bytes.copy(b, at + 2);
     at += 2 + max;
   }
-  b.writeUInt32LE(zlib.crc32(b.subarray(0, HEADER_SLOT - 4)), HEADER_SLOT - 4);
+  b.writeUInt32LE(zlib.crc32(b.subarray(0, CRC_OFFSET)), CRC_OFFSET);
   return b;
 }
 
 function decodeHeader(b: Buffer): { header: BlockMapHeader; generation: number } | null {
-  if (b.toString('latin1', 0, 8) !== MAGIC) return null;
-  if (b.readUInt32LE(HEADER_SLOT - 4) !== zlib.crc32(b.subarray(0, HEADER_SLOT - 4))) return null;
-  const version = b.readUInt32LE(8);
+  if (b.toString('latin1', HeaderField.Magic, HeaderField.Magic + MAGIC.length) !== MAGIC) return null;
+  if (b.readUInt32LE(CRC_OFFSET) !== zlib.crc32(b.subarray(0, CRC_OFFSET))) return null;
+  const version = b.readUInt32LE(HeaderField.Version);
   if (version < OLDEST_VERSION || version > VERSION)
     throw new BlockMapError(`block map version ${version} is not supported (expected ${OLDEST_VERSION}..${VERSION})`);
   const maxima = version === 1 ? [MAX_TEXT, MAX_TEXT] : [MAX_TEXT, MAX_TEXT, MAX_SHORT_TEXT, MAX_SHORT_TEXT];
@@ -346,12 +366,12 @@ function decodeHeader(b: Buffer): { header: BlockMapHeader; generation: number }
     texts.push(b.toString('utf8', at + 2, at + 2 + Math.min(length, max)));
     at += 2 + max;
   }
-  const flags = b.readUInt32LE(32);
+  const flags = b.readUInt32LE(HeaderField.Flags);
   return {
-    generation: Number(b.readBigUInt64LE(24)),
+    generation: Number(b.readBigUInt64LE(HeaderField.Generation)),
     header: {
-      blockSize: b.readUInt32LE(12),
-      imageSize: Number(b.readBigUInt64LE(16)),
+      blockSize: b.readUInt32LE(HeaderField.BlockSize),
+      imageSize: Number(b.readBigUInt64LE(HeaderField.ImageSize)),
       complete: (flags & FLAG_COMPLETE) !== 0,
       phase: version === 1 || (flags & FLAG_POST_COPY) !== 0 ? 'post-copy' : 'warming',
       sourceIdentity: texts[0],
