@@ -321,3 +321,18 @@ t.test('without --nbd-listen nothing can be tracked: tracking none, and no cutov
   t.equal(r.code, 1);
   t.match(r.stderr, /does not track writes/);
 });
+
+t.test('a source restarted without --nbd-listen no longer tracks writes: the upstream stops', async (t) => {
+  const s = await startSource(t);
+  const u = await openUpstream(t, s);
+  t.equal(u.tracking, 'stream');
+  const lost = nextEvent(u, 'disconnected');
+  await s.daemon.stop('SIGKILL');
+  await lost;
+  s.daemon = await startFerry(
+    t,
+    s.args.filter((a, i) => a !== '--nbd-listen' && s.args[i - 1] !== '--nbd-listen'),
+  );
+  await t.rejects(u.fetch(0, BS, 'urgent'), { name: 'TrackingLostError' });
+  await t.rejects(u.cutover(), { name: 'TrackingLostError' }, 'and no cutover through it');
+});

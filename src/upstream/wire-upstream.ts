@@ -528,7 +528,12 @@ export class WireUpstream extends EventEmitter implements Upstream {
     this.reconnecting.add(index);
     const name = index < 0 ? 'urgent' : `background ${index}`;
     try {
-      const s = await retry(() => this.openStream(index < 0 ? Role.Urgent : Role.Background), {
+      const open = async (): Promise<WireStream> => {
+        const stream = await this.openStream(index < 0 ? Role.Urgent : Role.Background);
+        if (index < 0) this.takeWelcome(stream);
+        return stream;
+      };
+      const s = await retry(open, {
         minMs: this.options.minBackoffMs,
         maxMs: this.options.maxBackoffMs,
         signal: this.abort.signal,
@@ -542,7 +547,6 @@ export class WireUpstream extends EventEmitter implements Upstream {
         s.destroy(); // closed while this one was opening: keep no link to the source
         return;
       }
-      if (index < 0) this.takeWelcome(s);
       const wasConnected = this.connected;
       this.install(index, s);
       this.reconnects++;
@@ -561,17 +565,21 @@ export class WireUpstream extends EventEmitter implements Upstream {
     }
   }
 
-  /** The tracking epoch of a new urgent stream; a source that stopped tracking cannot be trusted with a cutover. */
+  /**
+   * The tracking epoch of a new urgent stream. A source that stopped
+   * tracking (restarted without --nbd-listen) cannot say what its VM wrote
+   * since: nothing copied may be trusted, and this upstream stops.
+   */
   private takeWelcome(s: WireStream): void {
     const w = s.welcome!;
-    if (w.tracking === Tracking.Stream) {
-      if (w.trackingEpoch !== this.epoch)
-        this.log.warn({ was: this.epoch, now: w.trackingEpoch }, "the source's write tracking restarted");
-      this.epoch = w.trackingEpoch;
-    } else if (this.trackingMode === 'stream') {
-      this.epoch = '';
-      this.log.error('the source no longer tracks writes (restarted without --nbd-listen?)');
+    if (this.trackingMode !== 'stream') return;
+    if (w.tracking !== Tracking.Stream) {
+      s.destroy();
+      throw new TrackingLostError();
     }
+    if (w.trackingEpoch !== this.epoch)
+      this.log.warn({ was: this.epoch, now: w.trackingEpoch }, "the source's write tracking restarted");
+    this.epoch = w.trackingEpoch;
   }
 
   /** A DIRTY report: checked against the image and block size, then handed on; its ack goes back on its stream. */
@@ -677,7 +685,14 @@ export class WireUpstream extends EventEmitter implements Upstream {
   }
 }
 
-/** Errors reconnecting cannot cure: the source serves another image. */
+export class TrackingLostError extends Error {
+  constructor() {
+    super('the source no longer tracks its writes (restarted without --nbd-listen?); restart the destination');
+    this.name = 'TrackingLostError';
+  }
+}
+
+/** Errors reconnecting cannot cure: the source serves another image, or no longer tracks its writes. */
 function isFatal(e: unknown): boolean {
-  return e instanceof WireRefusedError && e.code === RefuseCode.IdentityMismatch;
+  return (e instanceof WireRefusedError && e.code === RefuseCode.IdentityMismatch) || e instanceof TrackingLostError;
 }
