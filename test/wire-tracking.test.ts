@@ -30,10 +30,10 @@ interface Source {
   daemon: FerryDaemon;
 }
 
-async function startSource(t: Test, opts: { nbd?: boolean } = {}): Promise<Source> {
+async function startSource(t: Test, opts: { nbd?: boolean; size?: number } = {}): Promise<Source> {
   const dir = tempDir(t, 'ferry-tracking-');
   const image = path.join(dir, 'disk.img');
-  fs.writeFileSync(image, Buffer.alloc(IMAGE_SIZE));
+  fs.writeFileSync(image, Buffer.alloc(opts.size ?? IMAGE_SIZE));
   const wirePort = await freePort();
   const nbdPort = await freePort();
   const control = path.join(dir, 'ctl.sock');
@@ -335,4 +335,24 @@ t.test('a source restarted without --nbd-listen no longer tracks writes: the ups
   );
   await t.rejects(u.fetch(0, BS, 'urgent'), { name: 'TrackingLostError' });
   await t.rejects(u.cutover(), { name: 'TrackingLostError' }, 'and no cutover through it');
+});
+
+t.test('a final set of more than 4096 ranges arrives whole, in several CUTOVER frames', async (t) => {
+  const blocks = 5000; // every other block: 5000 separate ranges
+  const s = await startSource(t, { size: 2 * blocks * BS });
+  const u = await openUpstream(t, s);
+  const vm = await vmOf(t, s);
+  for (let i = 0; i < blocks; i += 100) {
+    const writes: Array<Promise<void>> = [];
+    for (let k = i; k < Math.min(blocks, i + 100); k++) writes.push(vm.write(2 * k * BS, Buffer.alloc(BS, 1)));
+    await Promise.all(writes);
+  }
+  const final = await u.cutover();
+  t.equal(final.ranges.length, blocks, `${final.ranges.length} ranges`);
+  t.ok(
+    final.ranges.every((r, k) => r.offset === 2 * k * BS && r.length === BS),
+    'every written block, in order',
+  );
+  const st = await sourceStatus(s.control);
+  t.equal(st.sessions[0].cutover?.ranges, blocks, 'the source recorded the same set');
 });
