@@ -11,6 +11,7 @@ import { FileDevice } from '../src/store/file-device';
 import { CodecChooser } from '../src/wire/codec-chooser';
 import { Role, WIRE_VERSION, WireEncoding } from '../src/wire/protocol';
 import { WireSourceServer } from '../src/wire/source-server';
+import { SourceSessions } from '../src/wire/source-sessions';
 import { type BatchFrame, WireStream } from '../src/wire/wire-stream';
 import { tempDir } from './helpers/temp-dir';
 
@@ -21,17 +22,28 @@ async function batchCounts(t: Test, blockSize: number, maxBatchBlocks: number, l
   const device = FileDevice.open(image, { readOnly: true });
   const pool = new CodecPool({ workers: 1, codec: 'none' });
   const auth = { kind: 'insecure' } as const;
+  const log = pino({ level: 'silent' });
+  const sessions = new SourceSessions({
+    imageSize: length,
+    image,
+    identity: 'test',
+    device: null,
+    recordPath: null,
+    log,
+  });
   const server = new WireSourceServer({
     device,
+    sessions,
     exportName: 'disk.img',
     identity: 'test',
     auth,
     pool,
     chooser: new CodecChooser('none', ['none'], 1),
-    log: pino({ level: 'silent' }),
+    log,
   });
   t.teardown(async () => {
     await server.close();
+    sessions.close();
     await pool.close();
     await device.close();
   });

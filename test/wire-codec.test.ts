@@ -17,11 +17,20 @@ import {
   decodeZeroRanges,
   encodeZeroQuery,
   encodeZeroRanges,
+  decodeCutover,
+  decodeCutoverRequest,
+  decodeDirty,
+  decodeDirtyAck,
+  encodeCutover,
+  encodeCutoverFrames,
+  encodeCutoverRequest,
+  encodeDirty,
+  encodeDirtyAck,
 } from '../src/wire/messages';
-import { MessageType, WireEncoding } from '../src/wire/protocol';
+import { MAX_DIRTY_RANGES, MessageType, WireEncoding } from '../src/wire/protocol';
 
 const hello = {
-  version: 1,
+  version: 2,
   role: 1,
   blockSize: 4096,
   maxBatchBlocks: 64,
@@ -30,7 +39,21 @@ const hello = {
   session: 'abc',
   identity: 'ferry-image:1234',
 };
-const welcome = { version: 1, imageSize: 2 ** 40 + 512, identity: 'ferry-image:x', codec: 'lz4' };
+const welcome = {
+  version: 2,
+  imageSize: 2 ** 40 + 512,
+  identity: 'ferry-image:x',
+  codec: 'lz4',
+  tracking: 1,
+  trackingEpoch: 'epoch-1',
+};
+const dirty = {
+  seq: 7,
+  ranges: [
+    { offset: 4096, length: 8192 },
+    { offset: 2 ** 33, length: 512 },
+  ],
+};
 const fetch = { requestId: 7, priority: 0, flags: 1, offset: 2 ** 35, length: 262144 };
 const batch = {
   requestId: 7,
@@ -55,6 +78,10 @@ function stream(): Buffer {
     payload,
     encodeRefuse({ code: 3, reason: 'no' }),
     encodeFetchError({ requestId: 9, code: 1, reason: 'beyond' }),
+    encodeDirty(dirty),
+    encodeDirtyAck({ seq: 7 }),
+    encodeCutoverRequest(),
+    encodeCutover({ seq: 8, ranges: dirty.ranges }, true),
   ]);
 }
 
@@ -81,6 +108,10 @@ t.test('every message round-trips, for every split of the stream', async (t) => 
       MessageType.Batch,
       MessageType.Refuse,
       MessageType.FetchError,
+      MessageType.Dirty,
+      MessageType.DirtyAck,
+      MessageType.CutoverRequest,
+      MessageType.Cutover,
     ],
   );
   const frames = events.flatMap((e) => (e.kind === 'frame' ? [e.frame] : []));
@@ -93,6 +124,11 @@ t.test('every message round-trips, for every split of the stream', async (t) => 
   t.ok(frames[3].payload.buffer.byteLength === payload.length, 'the payload owns its buffer (transferable)');
   t.same(decodeRefuse(frames[4].meta), { code: 3, reason: 'no' });
   t.same(decodeFetchError(frames[5].meta), { requestId: 9, code: 1, reason: 'beyond' });
+  t.same(decodeDirty(frames[6].meta), dirty);
+  t.same(decodeDirtyAck(frames[7].meta), { seq: 7 });
+  t.same(decodeCutoverRequest(frames[8].meta), {});
+  t.same(decodeCutover(frames[9].meta), { seq: 8, ranges: dirty.ranges });
+  t.equal(frames[9].flags & 1, 1, 'CUTOVER final flag');
   const strip = (evs: WireEvent[]) =>
     evs.map((e) => (e.kind === 'frame' ? { ...e.frame, payload: [...e.frame.payload] } : e));
   const reference = strip(events);
@@ -162,4 +198,90 @@ t.test('ZERO_QUERY and ZERO_RANGES round-trip; bad ranges are refused', async (t
   t.type(decodeZeroRanges(meta(encodeZeroRanges({ ...answer, covered: 0, ranges: [] }))), 'string', 'covers nothing');
   t.type(decodeZeroRanges(Buffer.alloc(23)), 'string', 'truncated');
   t.type(decodeZeroQuery(Buffer.alloc(19)), 'string');
+});
+
+/** Frame header (16 bytes) then metadata, as hex: the layouts of docs/wire-protocol.md, byte for byte. */
+const fixtures: Array<[string, Buffer, string]> = [
+  [
+    'WELCOME with tracking',
+    encodeWelcome({
+      version: 2,
+      imageSize: 1 << 20,
+      identity: 'id',
+      codec: 'lz4',
+      tracking: 1,
+      trackingEpoch: 'ep',
+    }),
+    '00000018 00000000 02 00 0000 0ccfd697' + ' 0002 0000000000100000 0002 6964 0003 6c7a34 01 0002 6570',
+  ],
+  [
+    'DIRTY',
+    encodeDirty(dirty),
+    '0000002c 00000000 09 00 0000 9ff5202a' +
+      ' 0000000000000007 00000002 0000000000001000 0000000000002000 0000000200000000 0000000000000200',
+  ],
+  ['DIRTY_ACK', encodeDirtyAck({ seq: 7 }), '00000008 00000000 0a 00 0000 9d96a9d1 0000000000000007'],
+  ['CUTOVER_REQUEST', encodeCutoverRequest(), '00000000 00000000 0b 00 0000 acd4416e'],
+  [
+    'CUTOVER, empty and final',
+    encodeCutover({ seq: 9, ranges: [] }, true),
+    '0000000c 00000000 0c 01 0000 8703adbc 0000000000000009 00000000',
+  ],
+];
+
+t.test('version 2 messages match their byte fixtures', async (t) => {
+  for (const [name, bytes, hex] of fixtures) t.equal(bytes.toString('hex'), hex.replace(/ /g, ''), name);
+});
+
+t.test('DIRTY, DIRTY_ACK, CUTOVER_REQUEST, CUTOVER: truncated, oversized and malformed input is refused', async (t) => {
+  const meta = (bytes: Buffer): Buffer => Buffer.from(bytes.subarray(16));
+  const full = meta(encodeDirty(dirty));
+  for (let n = 0; n < full.length; n++) t.type(decodeDirty(full.subarray(0, n)), 'string', `DIRTY cut to ${n} bytes`);
+  t.type(decodeDirty(Buffer.concat([full, Buffer.alloc(1)])), 'string', 'trailing byte');
+  const cut = meta(encodeCutover({ seq: 8, ranges: dirty.ranges }, false));
+  for (let n = 0; n < cut.length; n++) t.type(decodeCutover(cut.subarray(0, n)), 'string', `CUTOVER cut to ${n}`);
+  const ack = meta(encodeDirtyAck({ seq: 7 }));
+  for (let n = 0; n < ack.length; n++) t.type(decodeDirtyAck(ack.subarray(0, n)), 'string', `DIRTY_ACK cut to ${n}`);
+  t.type(decodeDirtyAck(Buffer.alloc(9)), 'string', 'DIRTY_ACK too long');
+  t.match(decodeCutoverRequest(Buffer.alloc(1)), /no fields/);
+  t.match(decodeDirty(meta(encodeDirty({ seq: 1, ranges: [] }))), /without ranges/);
+  t.same(decodeCutover(meta(encodeCutover({ seq: 1, ranges: [] }, true))), { seq: 1, ranges: [] }, 'an empty set');
+  // A count above the limit is refused before its ranges are read.
+  const tooMany = Buffer.alloc(12 + 16 * (MAX_DIRTY_RANGES + 1));
+  tooMany.writeUInt32BE(MAX_DIRTY_RANGES + 1, 8);
+  for (let i = 0; i <= MAX_DIRTY_RANGES; i++) {
+    tooMany.writeBigUInt64BE(BigInt(i * 8192), 12 + 16 * i);
+    tooMany.writeBigUInt64BE(4096n, 20 + 16 * i);
+  }
+  t.type(decodeDirty(tooMany), 'string', 'DIRTY with more than MAX_DIRTY_RANGES');
+  t.type(decodeCutover(tooMany), 'string', 'CUTOVER with more than MAX_DIRTY_RANGES');
+  const bad = (ranges: Array<{ offset: number; length: number }>) => decodeDirty(meta(encodeDirty({ seq: 1, ranges })));
+  t.type(bad([{ offset: 0, length: 0 }]), 'string', 'empty range');
+  t.type(bad([dirty.ranges[1], dirty.ranges[0]]), 'string', 'out of order');
+  t.type(
+    bad([
+      { offset: 0, length: 8192 },
+      { offset: 4096, length: 4096 },
+    ]),
+    'string',
+    'overlapping',
+  );
+  const huge = Buffer.from(full);
+  huge.writeBigUInt64BE(2n ** 63n, 12);
+  t.type(decodeDirty(huge), 'string', 'offset beyond 2^53');
+  const max = Array.from({ length: MAX_DIRTY_RANGES + 1 }, (_, i) => ({ offset: i * 8192, length: 4096 }));
+  t.throws(() => encodeDirty({ seq: 1, ranges: max }), RangeError);
+});
+
+t.test('a large final set is split into CUTOVER frames, only the last flagged final', async (t) => {
+  const ranges = Array.from({ length: 2 * MAX_DIRTY_RANGES + 1 }, (_, i) => ({ offset: i * 8192, length: 4096 }));
+  const frames = encodeCutoverFrames(5, ranges);
+  const events = decodeAll([encodePreamble(), ...frames]).flatMap((e) => (e.kind === 'frame' ? [e.frame] : []));
+  t.same(
+    events.map((f) => f.flags & 1),
+    [0, 0, 1],
+  );
+  const joined = events.flatMap((f) => (decodeCutover(f.meta) as { ranges: typeof ranges }).ranges);
+  t.same(joined, ranges);
+  t.same(encodeCutoverFrames(6, []).length, 1, 'an empty set is one final frame');
 });

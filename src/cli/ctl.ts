@@ -1,11 +1,13 @@
-/** `ferry ctl`: talks to a running `ferry dest` over its control socket. */
+/** `ferry ctl`: talks to a running `ferry dest` (or `ferry source`) over its control socket. */
 import cliProgress from 'cli-progress';
 import { CommanderError, InvalidArgumentError, Option, type Command } from 'commander';
 import { formatDuration, formatRate, parseByteRate } from '../control/byte-rate';
 import { ControlUnreachableError, sendControl } from '../control/control-client';
 import type { ControlRequest } from '../control/protocol';
 import { formatStatusLine, formatStatusSummary } from '../control/status-text';
+import { formatSourceStatus, isSourceStatus } from '../control/source-status-text';
 import type { MigrationStatus } from '../migrate/status';
+import type { SourceStatus } from '../wire/source-sessions';
 
 /** Exit codes: the daemon refused (or could not be reached), and the command line was wrong. */
 const EXIT_REFUSED = 1;
@@ -39,7 +41,7 @@ function fail(message: string): void {
 }
 
 /** Sends one request; prints the failure and returns null when the daemon said no or is unreachable. */
-async function request(flags: CtlFlags, req: ControlRequest): Promise<MigrationStatus | null> {
+async function requestAny(flags: CtlFlags, req: ControlRequest): Promise<MigrationStatus | SourceStatus | null> {
   try {
     const response = await sendControl(flags.control, req, flags.timeoutMs);
     if (response.ok) return response.status;
@@ -50,6 +52,26 @@ async function request(flags: CtlFlags, req: ControlRequest): Promise<MigrationS
   return null;
 }
 
+/** A request only a ferry dest answers. */
+async function request(flags: CtlFlags, req: ControlRequest): Promise<MigrationStatus | null> {
+  const status = await requestAny(flags, req);
+  if (status && isSourceStatus(status)) {
+    fail(`${req.cmd}: ${flags.control} is a ferry source's control socket`);
+    return null;
+  }
+  return status;
+}
+
+/** A request only a ferry source answers. */
+async function requestSource(flags: CtlFlags, req: ControlRequest): Promise<SourceStatus | null> {
+  const status = await requestAny(flags, req);
+  if (status && !isSourceStatus(status)) {
+    fail(`${req.cmd}: ${flags.control} is a ferry dest's control socket`);
+    return null;
+  }
+  return status;
+}
+
 function ctlFlags(cmd: Command): CtlFlags {
   return cmd.optsWithGlobals<CtlFlags>();
 }
@@ -57,9 +79,11 @@ function ctlFlags(cmd: Command): CtlFlags {
 export function registerCtl(program: Command): void {
   const ctl = program
     .command('ctl')
-    .description('control a running ferry dest through its control socket')
+    .description('control a running ferry dest (or ferry source) through its control socket')
     .addOption(
-      new Option('--control <path>', 'control socket of the ferry dest').env('FERRY_CONTROL').makeOptionMandatory(),
+      new Option('--control <path>', 'control socket of the ferry dest or source')
+        .env('FERRY_CONTROL')
+        .makeOptionMandatory(),
     )
     .option('--timeout-ms <ms>', 'how long to wait for an answer', parsePositiveInt('--timeout-ms'), 5000)
     // Usage errors exit 2 so scripts can tell them from a refusal (1).
@@ -69,12 +93,23 @@ export function registerCtl(program: Command): void {
 
   ctl
     .command('status')
-    .description('print the migration status')
+    .description('print the migration status (a source: its sessions, fence and unacknowledged reports)')
     .option('--json', 'print the status as JSON')
     .action(async (opts: { json?: boolean }, cmd: Command) => {
-      const status = await request(ctlFlags(cmd), { cmd: 'status' });
+      const status = await requestAny(ctlFlags(cmd), { cmd: 'status' });
       if (!status) return;
-      process.stdout.write(opts.json ? JSON.stringify(status, null, 2) + '\n' : formatStatusSummary(status));
+      if (opts.json) process.stdout.write(JSON.stringify(status, null, 2) + '\n');
+      else process.stdout.write(isSourceStatus(status) ? formatSourceStatus(status) : formatStatusSummary(status));
+    });
+
+  ctl
+    .command('unfence')
+    .description(
+      'at a ferry source: abandon a cutover and take writes again; refused once a destination acknowledged its final set',
+    )
+    .action(async (_opts: unknown, cmd: Command) => {
+      const status = await requestSource(ctlFlags(cmd), { cmd: 'unfence' });
+      if (status) process.stdout.write('unfenced: the source takes writes again; the cutover is void\n');
     });
 
   ctl
@@ -132,11 +167,17 @@ export function registerCtl(program: Command): void {
   ctl
     .command('cutover')
     .description(
-      'make the destination the authority now: fence the source, apply its final write set (the VM runs here)',
+      'make the destination the authority now: fence the source, apply its final write set (the VM runs here); ' +
+        'at a ferry source: fence the image (NBD writes fail with EPERM) and send every destination its final write set',
     )
     .action(async (_opts: unknown, cmd: Command) => {
-      const status = await request(ctlFlags(cmd), { cmd: 'cutover' });
-      if (status)
+      const status = await requestAny(ctlFlags(cmd), { cmd: 'cutover' });
+      if (!status) return;
+      if (isSourceStatus(status))
+        process.stdout.write(
+          `fenced; final write sets recorded in ${status.cutoverRecord}\n` + formatSourceStatus(status),
+        );
+      else
         process.stdout.write(
           `cut over: phase ${status.phase}, ${status.blocksInvalidated} blocks written at the source are fetched again\n`,
         );
@@ -197,6 +238,10 @@ async function watch(flags: CtlFlags, intervalMs: number): Promise<void> {
         if (!response.ok) {
           stopBar();
           return fail(`status refused: ${response.error}`);
+        }
+        if (isSourceStatus(response.status)) {
+          stopBar();
+          return fail(`watch: ${flags.control} is a ferry source's control socket (use status)`);
         }
         status = response.status;
       } catch (err) {

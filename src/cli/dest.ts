@@ -145,7 +145,7 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
 async function openUpstream(
   url: string,
   blockSize: number,
-  _session: string,
+  session: string,
   config: FerryConfig,
   log: Logger,
   pools: CodecPool[],
@@ -169,6 +169,7 @@ async function openUpstream(
         minBackoffMs: config.dest.reconnect_min_ms,
         maxBackoffMs: config.dest.reconnect_max_ms,
         maxAttempts: w.max_attempts,
+        session,
       },
       log.child({ upstream: 'ferry' }),
     );

@@ -5,6 +5,10 @@ import type { Command } from 'commander';
 import { loadConfig } from '../config/load';
 import { createLogger } from '../log';
 import { FileDevice } from '../store/file-device';
+import { TrackingDevice } from '../store/tracking-device';
+import { ControlServer, type ControlDispatch } from '../control/control-server';
+import { cutoverRecordPath, defaultStateDir } from '../wire/cutover-record';
+import { SourceSessions } from '../wire/source-sessions';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { CodecPool } from '../pool';
 import { loadAuth } from '../wire/auth';
@@ -21,6 +25,8 @@ interface SourceFlags extends AuthCliFlags {
   nbdListen?: string;
   codec?: string;
   workers?: string;
+  stateDir?: string;
+  control?: string;
   config?: string;
   logLevel?: string;
 }
@@ -34,7 +40,12 @@ export function registerSource(program: Command): void {
     .option('--listen <host:port>', 'ferry wire address; default 127.0.0.1:10810 (config source.listen)')
     .option('--nbd-listen <host:port>', 'also serve the image over NBD to the local VM (config source.nbd_listen)')
     .option('--codec <name>', 'auto | lz4 | lz4-wasm | deflate | none; default auto (config source.codec)')
-    .option('--workers <n>', 'encoding worker threads; default one per core (config source.workers)');
+    .option('--workers <n>', 'encoding worker threads; default one per core (config source.workers)')
+    .option(
+      '--state-dir <dir>',
+      'where the cutover record is kept; default /var/lib/ferry (root), else $XDG_STATE_HOME/ferry or ~/.local/state/ferry (config source.state_dir)',
+    )
+    .option('--control <path>', 'control socket for ferry ctl: status, cutover, unfence (config source.control)');
   addAuthOptions(command, 'source')
     .option('--config <file>', 'TOML configuration file; flags override it')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (config log.level)')
@@ -46,6 +57,8 @@ export function registerSource(program: Command): void {
         'source.nbd_listen': flags.nbdListen,
         'source.codec': flags.codec,
         'source.workers': flags.workers === undefined ? undefined : Number(flags.workers),
+        'source.state_dir': flags.stateDir,
+        'source.control': flags.control,
         ...authOverrides('source', flags),
         'log.level': flags.logLevel,
       });
@@ -58,15 +71,26 @@ export function registerSource(program: Command): void {
       const log = createLogger(config.log.level);
       if (auth.kind === 'insecure')
         log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
-      // The VM may still run here (pre-copy, or the paper's source-side setup), so the image stays writable when served over NBD.
+      // The VM may still run here (pre-copy), so the image stays writable when served over NBD, and
+      // every write through it is tracked; without NBD nothing here can see the writers: read-only, no tracking.
       const device = FileDevice.open(s.image, { readOnly: !s.nbd_listen });
+      const tracked = s.nbd_listen ? new TrackingDevice(device, log.child({ component: 'fence' })) : null;
       const identity = imageIdentity(s.image);
+      const sessions = new SourceSessions({
+        imageSize: device.size,
+        image: path.resolve(s.image),
+        identity,
+        device: tracked,
+        recordPath: cutoverRecordPath(s.state_dir ?? defaultStateDir(), s.image),
+        log: log.child({ component: 'tracking' }),
+      });
       const workers = s.workers || Math.max(1, os.availableParallelism());
       const pool = new CodecPool({ workers, codec: s.codec === 'auto' ? 'lz4' : s.codec, level: s.deflate_level });
       const chooser = new CodecChooser(s.codec, ['none', 'lz4', 'deflate'], workers);
       const name = s.export ?? path.basename(s.image);
       const wire = new WireSourceServer({
         device,
+        sessions,
         exportName: name,
         identity,
         auth,
@@ -79,9 +103,15 @@ export function registerSource(program: Command): void {
       let nbd: NbdServer | null = null;
       let nbdAddress: string | undefined;
       if (s.nbd_listen) {
-        nbd = new NbdServer(new StaticExportTable([{ name, description: '', device }]), log, nbdLimits(config));
+        nbd = new NbdServer(
+          new StaticExportTable([{ name, description: '', device: tracked! }]),
+          log,
+          nbdLimits(config),
+        );
         nbdAddress = await nbd.listen(parseHostPort(s.nbd_listen));
       }
+      const control = s.control ? new ControlServer(sourceDispatch(sessions), log) : null;
+      await control?.listen(s.control!);
       log.info(
         {
           address,
@@ -93,15 +123,38 @@ export function registerSource(program: Command): void {
           codec: s.codec,
           auth: auth.kind,
           workers,
+          tracking: sessions.tracking ? 'stream' : 'none',
+          fenced: sessions.fenced,
         },
         'serving',
       );
       await runUntilSignal(log, async () => {
+        await control?.close();
         await nbd?.close();
+        sessions.close();
         await wire.close();
         await pool.close();
         if (!device.readOnly) await device.flush();
         await device.close();
       });
     });
+}
+
+/** The source's control verbs: status, cutover, unfence. */
+function sourceDispatch(sessions: SourceSessions): ControlDispatch {
+  return async (request) => {
+    switch (request.cmd) {
+      case 'status':
+        break;
+      case 'cutover':
+        await sessions.cutover();
+        break;
+      case 'unfence':
+        sessions.unfence();
+        break;
+      default:
+        throw new Error(`ferry source does not take "${request.cmd}" (it answers status, cutover and unfence)`);
+    }
+    return sessions.status();
+  };
 }

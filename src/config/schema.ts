@@ -141,6 +141,10 @@ export const SourceSection = z
     deflate_level: z.number().int().min(0).max(9).default(6),
     /** Worker threads encoding batches; 0 means one per core. */
     workers: z.number().int().min(0).max(64).default(0),
+    /** Where the cutover record is kept; default /var/lib/ferry (root), else $XDG_STATE_HOME/ferry or ~/.local/state/ferry. */
+    state_dir: z.string().min(1).optional(),
+    /** Control socket for `ferry ctl` (status, cutover, unfence). */
+    control: z.string().min(1).optional(),
     ...wireAuth,
   })
   .strict();

@@ -1,6 +1,6 @@
 /**
- * The control socket of a migrating destination: a Unix socket, owner-only, that
- * answers one JSON line per request line (see protocol.ts).
+ * The control socket of a migrating destination (or of a source): a Unix
+ * socket, owner-only, that answers one JSON line per request line (see protocol.ts).
  */
 import fs from 'node:fs';
 import net from 'node:net';
@@ -20,15 +20,22 @@ const MAX_CONNECTIONS = 32;
 /** A connection that sends nothing for this long is closed, so forgotten clients do not pile up. */
 const IDLE_TIMEOUT_MS = 5 * 60 * 1000;
 
+/** Runs one request and returns the daemon's status after it; throws to refuse. */
+export type ControlDispatch = (request: ControlRequest) => Promise<object>;
+
 export class ControlServer {
   private server: net.Server | null = null;
   private socketPath: string | null = null;
   private readonly connections = new Set<net.Socket>();
+  private readonly dispatch: ControlDispatch;
 
+  /** Serves a migration's controls, or any daemon's given as a dispatch function. */
   constructor(
-    private readonly control: MigrationControl,
+    control: MigrationControl | ControlDispatch,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.dispatch = typeof control === 'function' ? control : migrationDispatch(control);
+  }
 
   /** Listens on `socketPath`, replacing a stale socket file left by a dead process. */
   async listen(socketPath: string): Promise<void> {
@@ -63,33 +70,9 @@ export class ControlServer {
   /** Runs one request against the control; never throws. */
   async handle(request: ControlRequest): Promise<ControlResponse> {
     try {
-      switch (request.cmd) {
-        case 'status':
-          break;
-        case 'pause':
-          this.control.pause();
-          break;
-        case 'resume':
-          this.control.resume();
-          break;
-        case 'rate':
-          this.control.setRateLimit(request.bytesPerSecond);
-          break;
-        case 'detach':
-          await this.control.detach();
-          break;
-        case 'reconnect':
-          await this.control.reconnect(request.url);
-          break;
-        case 'cutover':
-          await this.control.cutover();
-          break;
-        case 'abort':
-          await this.control.abort();
-          break;
-      }
+      const status = await this.dispatch(request);
       if (request.cmd !== 'status') this.log.info({ request: loggable(request) }, 'control command done');
-      return { ok: true, status: this.control.status() };
+      return { ok: true, status } as ControlResponse;
     } catch (err) {
       const error = err instanceof Error ? err.message : String(err);
       if (request.cmd !== 'status') this.log.warn({ request: loggable(request), error }, 'control command refused');
@@ -125,6 +108,39 @@ export class ControlServer {
       socket.write(formatResponseLine(response));
     }
   }
+}
+
+function migrationDispatch(control: MigrationControl): ControlDispatch {
+  return async (request) => {
+    switch (request.cmd) {
+      case 'status':
+        break;
+      case 'pause':
+        control.pause();
+        break;
+      case 'resume':
+        control.resume();
+        break;
+      case 'rate':
+        control.setRateLimit(request.bytesPerSecond);
+        break;
+      case 'detach':
+        await control.detach();
+        break;
+      case 'reconnect':
+        await control.reconnect(request.url);
+        break;
+      case 'cutover':
+        await control.cutover();
+        break;
+      case 'abort':
+        await control.abort();
+        break;
+      default:
+        throw new Error(`ferry dest does not take "${request.cmd}"`);
+    }
+    return control.status();
+  };
 }
 
 /** A reconnect URL may carry credentials; logs get only its scheme and host. */

@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import type { MigrationStatus } from '../migrate/status';
+import type { SourceStatus } from '../wire/source-sessions';
 
 /** A request or response line longer than this is refused (it is far beyond any real one). */
 export const MAX_LINE_BYTES = 64 * 1024;
@@ -18,8 +19,11 @@ const requestSchemas = {
   rate: z.object({ cmd: z.literal('rate'), bytesPerSecond: positiveRate.nullable() }).strict(),
   detach: z.object({ cmd: z.literal('detach') }).strict(),
   reconnect: z.object({ cmd: z.literal('reconnect'), url: z.string().min(1).max(4096).optional() }).strict(),
+  // cutover: a ferry dest enters cutover; a ferry source fences and sends the final write sets.
   cutover: z.object({ cmd: z.literal('cutover') }).strict(),
   abort: z.object({ cmd: z.literal('abort') }).strict(),
+  // ferry source: takes writes again after an abandoned migration.
+  unfence: z.object({ cmd: z.literal('unfence') }).strict(),
 } as const;
 
 export type ControlCommand = keyof typeof requestSchemas;
@@ -27,7 +31,8 @@ export const CONTROL_COMMANDS = Object.keys(requestSchemas) as ControlCommand[];
 
 export type ControlRequest = { [K in ControlCommand]: z.infer<(typeof requestSchemas)[K]> }[ControlCommand];
 
-export type ControlResponse = { ok: true; status: MigrationStatus } | { ok: false; error: string };
+/** A ferry dest answers with its migration's status, a ferry source with its sessions'. */
+export type ControlResponse = { ok: true; status: MigrationStatus | SourceStatus } | { ok: false; error: string };
 
 export type ParsedRequest = { ok: true; request: ControlRequest } | { ok: false; error: string };
 
@@ -85,6 +90,10 @@ export function formatResponseLine(response: ControlResponse): string {
 
 const responseSchema = z.union([
   z.object({ ok: z.literal(true), status: z.looseObject({ state: z.string(), blocksTotal: z.number() }) }),
+  z.object({
+    ok: z.literal(true),
+    status: z.looseObject({ role: z.literal('source'), sessions: z.array(z.unknown()) }),
+  }),
   z.object({ ok: z.literal(false), error: z.string() }),
 ]);
 

@@ -122,6 +122,7 @@ export class CodecPool extends EventEmitter {
     };
     this.queue.onShift = () => {
       if (!this.isFull) this.emit('notFull');
+      this.emit('shift');
     };
     this.piscina = new Piscina({
       filename: options.workerModule ?? join(__dirname, 'worker.js'),
@@ -163,6 +164,22 @@ export class CodecPool extends EventEmitter {
         }
       };
       this.on('notFull', check);
+    });
+  }
+
+  /** Resolves once a task of this priority would be accepted (the urgent queue has its own bound). */
+  whenAccepting(urgent: boolean): Promise<void> {
+    if (!urgent) return this.whenNotFull();
+    const room = (): boolean => this.queue.urgentSize < this.maxUrgentQueued;
+    if (room()) return Promise.resolve();
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (room()) {
+          this.off('shift', check);
+          resolve();
+        }
+      };
+      this.on('shift', check);
     });
   }
 

@@ -4,6 +4,8 @@
  * verified on the worker pool; a block that fails its checksum is fetched
  * again (and counted), never returned; a reference is honoured only when the
  * destination still holds that content, else the block is fetched as bytes.
+ * A source that tracks its VM's writes sends them as DIRTY reports and, at
+ * cutover, its final write set (docs/wire-protocol.md).
  */
 import { EventEmitter } from 'node:events';
 import crypto from 'node:crypto';
@@ -20,9 +22,11 @@ import type {
   ZeroRangeAnswer,
 } from './upstream';
 import type { WireAuth } from '../wire/auth';
+import type { Dirty } from '../wire/messages';
 import { blockRuns } from '../util/block-runs';
-import { BatchFrame, WireRefusedError, WireStream } from '../wire/wire-stream';
-import { FetchFlag, RefuseCode, Role, WIRE_VERSION, WireEncoding } from '../wire/protocol';
+import { Gate, retry } from '../util/backoff';
+import { BatchFrame, CorruptFrameError, CutoverSet, WireRefusedError, WireStream } from '../wire/wire-stream';
+import { FetchFlag, RefuseCode, Role, Tracking, WIRE_VERSION, WireEncoding } from '../wire/protocol';
 import { toBlockEncoding, wireEncodingName } from '../wire/encoding-map';
 
 export interface WireUpstreamOptions {
@@ -34,6 +38,12 @@ export interface WireUpstreamOptions {
   maxBackoffMs: number;
   /** Attempts per block before a fetch gives up (corrupt data every time). */
   maxAttempts: number;
+  /**
+   * The session id the source knows this destination by. Keep it across
+   * restarts (the source's unacknowledged reports and final set belong to
+   * it); default: a new random one.
+   */
+  session?: string;
 }
 
 export interface WireStats {
@@ -91,10 +101,24 @@ export class WireUpstream extends EventEmitter implements Upstream {
   private local: LocalBlocks | null = null;
   private target: FerryTarget;
   private closing = false;
-  private waiters: Array<() => void> = [];
-  private readonly session = crypto.randomUUID();
+  private readonly abort = new AbortController();
+  /** Open while the urgent stream is up, and while at least one background stream is. */
+  private urgentGate = new Gate();
+  private backgroundGate = new Gate();
+  readonly session: string;
   private reconnecting = new Set<number>();
   private fatal: Error | null = null;
+  private trackingMode: WriteTracking = 'none';
+  private epoch = '';
+  /** cutover() calls waiting for the final set, and the urgent stream the request went out on. */
+  private cutoverWaiters: Array<{ resolve: (r: DirtyReport) => void; reject: (e: Error) => void }> = [];
+  private cutoverAskedOn: WireStream | null = null;
+  /** The final set received and not yet acknowledged: asking again gives it. */
+  private cutoverReport: { seq: number; report: DirtyReport } | null = null;
+  /** The final set acknowledged, sent again on every new urgent stream (the source ignores a repeat). */
+  private cutoverAcked: number | null = null;
+  /** Reports that came before anyone listened (during open()): handed over to the first listener. */
+  private undelivered: { dirty: DirtyReport[]; cutover: DirtyReport | null } = { dirty: [], cutover: null };
 
   private constructor(
     private url: string,
@@ -106,6 +130,11 @@ export class WireUpstream extends EventEmitter implements Upstream {
     super();
     this.target = parseFerryUrl(url);
     this.background = new Array(options.backgroundStreams).fill(null);
+    this.session = options.session ?? crypto.randomUUID();
+    this.on('newListener', (event: string) => {
+      if (event !== 'dirty' && event !== 'cutover') return;
+      setImmediate(() => this.deliver()); // the listener is added after this event
+    });
   }
 
   static async open(
@@ -117,17 +146,15 @@ export class WireUpstream extends EventEmitter implements Upstream {
   ): Promise<WireUpstream> {
     const u = new WireUpstream(url, auth, pool, options, log);
     const urgent = await u.openStream(Role.Urgent);
-    u.size = urgent.welcome!.imageSize;
-    u.identity = urgent.welcome!.identity;
-    u.stats.codec = urgent.welcome!.codec;
-    u.urgent = urgent;
-    u.watch(-1, urgent); // from now on a dropped stream is replaced
+    const welcome = urgent.welcome!;
+    u.size = welcome.imageSize;
+    u.identity = welcome.identity;
+    u.stats.codec = welcome.codec;
+    u.trackingMode = welcome.tracking === Tracking.Stream ? 'stream' : 'none';
+    u.epoch = welcome.trackingEpoch;
+    u.install(-1, urgent); // from now on a dropped stream is replaced
     try {
-      for (let i = 0; i < u.background.length; i++) {
-        const s = await u.openStream(Role.Background);
-        u.background[i] = s;
-        u.watch(i, s);
-      }
+      for (let i = 0; i < u.background.length; i++) u.install(i, await u.openStream(Role.Background));
     } catch (e) {
       await u.close();
       throw e;
@@ -135,12 +162,28 @@ export class WireUpstream extends EventEmitter implements Upstream {
     return u;
   }
 
-  /** A plain NBD source reports no writes: nothing is copied before cutover. */
-  readonly tracking: WriteTracking = 'none';
-  readonly trackingEpoch = '';
+  /** 'stream' when the source tracks its VM's writes (ferry source --nbd-listen), else 'none'. */
+  get tracking(): WriteTracking {
+    return this.trackingMode;
+  }
 
+  get trackingEpoch(): string {
+    return this.epoch;
+  }
+
+  /**
+   * Asks the source to fence itself and resolves its final write set. Calls
+   * before the set is acknowledged share one request and one answer; the
+   * request is sent again on each new urgent stream until answered.
+   */
   cutover(): Promise<DirtyReport> {
-    return Promise.resolve({ ranges: [], ack: () => undefined });
+    if (this.trackingMode === 'none') return Promise.resolve({ ranges: [], ack: () => undefined });
+    if (this.cutoverReport) return Promise.resolve(this.cutoverReport.report);
+    if (this.closing) return Promise.reject(new Error('upstream closed'));
+    if (this.fatal) return Promise.reject(this.fatal);
+    const answer = new Promise<DirtyReport>((resolve, reject) => this.cutoverWaiters.push({ resolve, reject }));
+    this.askCutover();
+    return answer;
   }
 
   get description(): string {
@@ -210,11 +253,12 @@ export class WireUpstream extends EventEmitter implements Upstream {
   async reconnect(url?: string): Promise<void> {
     const target = url ? parseFerryUrl(url) : this.target;
     // Try the new address first: a wrong one is refused here, and the working streams stay up.
+    // As a background stream: it must not take the session's reports from the urgent one.
     const probe = await WireStream.open(
       this.auth,
       target.host,
       target.port,
-      { ...this.hello(Role.Urgent), exportName: target.exportName },
+      { ...this.hello(Role.Background), exportName: target.exportName },
       this.options.connectTimeoutMs,
     );
     probe.destroy();
@@ -225,24 +269,39 @@ export class WireUpstream extends EventEmitter implements Upstream {
     }
     this.target = target;
     if (url) this.url = url;
-    this.fatal = null;
-    const old = [this.urgent, ...this.background];
-    for (const s of old) s?.destroy();
-    // Streams already gone (none to emit 'closed') are reopened here.
-    if (!this.urgent) void this.reopen(-1);
-    this.background.forEach((s, i) => {
-      if (!s) void this.reopen(i);
-    });
-    await new Promise((r) => setTimeout(r, 10));
-    while (!this.connected && !this.closing && !this.fatal) await this.waitConnected();
-    if (this.fatal) throw this.fatal;
+    if (this.fatal) {
+      // The gates were closed with the fatal error; waiters from now on wait for the new streams.
+      this.fatal = null;
+      this.urgentGate = new Gate();
+      this.backgroundGate = new Gate();
+    }
+    const wasConnected = this.connected;
+    for (let index = -1; index < this.background.length; index++) {
+      const old = this.slot(index);
+      this.setSlot(index, null);
+      old?.destroy();
+      void this.reopen(index);
+    }
+    if (wasConnected) this.emit('disconnected');
+    try {
+      while (!this.connected) {
+        await this.urgentGate.wait();
+        await this.backgroundGate.wait();
+      }
+    } catch (e) {
+      throw this.fatal ?? e;
+    }
   }
 
   async close(): Promise<void> {
     this.closing = true;
+    this.abort.abort();
+    const closed = new Error('upstream closed');
+    this.urgentGate.close(closed);
+    this.backgroundGate.close(closed);
+    for (const w of this.cutoverWaiters.splice(0)) w.reject(closed);
     this.urgent?.destroy();
     for (const s of this.background) s?.destroy();
-    for (const w of this.waiters.splice(0)) w();
   }
 
   /** Fetches one run on a stream; returns the absolute blocks that must be fetched again. */
@@ -395,15 +454,14 @@ export class WireUpstream extends EventEmitter implements Upstream {
     return results;
   }
 
-  /** Runs a pool task, waiting (on a timer or the pool's signal, never a spin) while its queue is full. */
+  /** Runs a pool task, waiting for the pool's signal while its queue is full. */
   private async whenQueued<T>(task: () => Promise<T>, urgent: boolean): Promise<T> {
     for (;;) {
       try {
         return await task();
       } catch (e) {
         if (!(e instanceof QueueFullError)) throw e;
-        if (urgent) await new Promise((r) => setTimeout(r, 1));
-        else await this.pool.whenNotFull();
+        await this.pool.whenAccepting(urgent);
       }
     }
   }
@@ -418,12 +476,184 @@ export class WireUpstream extends EventEmitter implements Upstream {
         for (const s of this.background) if (s && (!best || s.inFlight < best.inFlight)) best = s;
         if (best) return best;
       }
-      await this.waitConnected();
+      try {
+        await (priority === 'urgent' ? this.urgentGate : this.backgroundGate).wait();
+      } catch (e) {
+        throw this.fatal ?? e;
+      }
     }
   }
 
-  private waitConnected(): Promise<void> {
-    return new Promise((resolve) => this.waiters.push(resolve));
+  private slot(index: number): WireStream | null {
+    return index < 0 ? this.urgent : this.background[index];
+  }
+
+  private setSlot(index: number, stream: WireStream | null): void {
+    if (index < 0) this.urgent = stream;
+    else this.background[index] = stream;
+    if (this.urgent) this.urgentGate.open();
+    else this.urgentGate.shut();
+    if (this.background.some((b) => b !== null)) this.backgroundGate.open();
+    else this.backgroundGate.shut();
+  }
+
+  /** Puts a stream in its slot and replaces it when it closes, with backoff. Index -1 is the urgent stream. */
+  private install(index: number, stream: WireStream): void {
+    stream.on('corrupt', (reason: string) => {
+      this.stats.corruptFrames++;
+      this.log.warn({ reason }, 'corrupt frame from the source; reconnecting');
+    });
+    stream.once('closed', (err: Error) => {
+      if (this.slot(index) !== stream) return; // already replaced (reconnect)
+      const wasConnected = this.connected;
+      this.setSlot(index, null);
+      if (this.closing) return;
+      this.log.warn(
+        { stream: index < 0 ? 'urgent' : `background ${index}`, err: err.message },
+        'source stream lost; reconnecting',
+      );
+      if (wasConnected) this.emit('disconnected');
+      void this.reopen(index);
+    });
+    this.setSlot(index, stream);
+    if (index < 0) {
+      // A new urgent stream: the source resends what was not acknowledged; so do we.
+      if (this.cutoverAcked !== null) stream.ackDirty(this.cutoverAcked);
+      this.askCutover();
+    }
+  }
+
+  private async reopen(index: number): Promise<void> {
+    if (this.reconnecting.has(index)) return;
+    this.reconnecting.add(index);
+    const name = index < 0 ? 'urgent' : `background ${index}`;
+    try {
+      const open = async (): Promise<WireStream> => {
+        const stream = await this.openStream(index < 0 ? Role.Urgent : Role.Background);
+        if (index < 0) this.takeWelcome(stream);
+        return stream;
+      };
+      const s = await retry(open, {
+        minMs: this.options.minBackoffMs,
+        maxMs: this.options.maxBackoffMs,
+        signal: this.abort.signal,
+        retryable: (e) => !isFatal(e),
+        onRetry: (e, _n, delayMs) => {
+          this.emit('connect-failed', e);
+          this.log.warn({ stream: name, err: (e as Error).message, retryMs: delayMs }, 'source unreachable');
+        },
+      });
+      if (this.closing) {
+        s.destroy(); // closed while this one was opening: keep no link to the source
+        return;
+      }
+      const wasConnected = this.connected;
+      this.install(index, s);
+      this.reconnects++;
+      this.log.info({ stream: name, reconnects: this.reconnects }, 'source reconnected');
+      // Once the urgent stream and a background one are up (the tracking epoch is the new one by then).
+      if (!wasConnected && this.connected) this.emit('connected');
+    } catch (e) {
+      if (this.closing) return;
+      this.log.error({ err: (e as Error).message }, 'not reconnecting to the source');
+      this.fatal = e as Error;
+      this.urgentGate.close(this.fatal);
+      this.backgroundGate.close(this.fatal);
+      for (const w of this.cutoverWaiters.splice(0)) w.reject(this.fatal);
+    } finally {
+      this.reconnecting.delete(index);
+    }
+  }
+
+  /**
+   * The tracking epoch of a new urgent stream. A source that stopped
+   * tracking (restarted without --nbd-listen) cannot say what its VM wrote
+   * since: nothing copied may be trusted, and this upstream stops.
+   */
+  private takeWelcome(s: WireStream): void {
+    const w = s.welcome!;
+    if (this.trackingMode !== 'stream') return;
+    if (w.tracking !== Tracking.Stream) {
+      s.destroy();
+      throw new TrackingLostError();
+    }
+    if (w.trackingEpoch !== this.epoch)
+      this.log.warn({ was: this.epoch, now: w.trackingEpoch }, "the source's write tracking restarted");
+    this.epoch = w.trackingEpoch;
+  }
+
+  /** A DIRTY report: checked against the image and block size, then handed on; its ack goes back on its stream. */
+  private onDirty(stream: WireStream, d: Dirty): void {
+    const bs = this.options.blockSize;
+    const size = stream.welcome?.imageSize ?? 0; // this.size is not set yet during open()
+    for (const r of d.ranges) {
+      const end = r.offset + r.length;
+      if (r.offset % bs !== 0 || end > size || (end % bs !== 0 && end !== size)) {
+        stream.destroy(
+          new CorruptFrameError(`DIRTY ${d.seq} range ${r.offset}+${r.length} is not whole blocks of the image`),
+        );
+        this.stats.corruptFrames++;
+        return;
+      }
+    }
+    let acked = false;
+    const report: DirtyReport = {
+      ranges: d.ranges,
+      ack: () => {
+        if (acked) return;
+        acked = true;
+        stream.ackDirty(d.seq); // a stream gone by then sends nothing: the source sends the report again
+      },
+    };
+    this.undelivered.dirty.push(report);
+    this.deliver();
+  }
+
+  /** Emits the reports held back while nobody listened. The source sends at most its window of them unacked. */
+  private deliver(): void {
+    if (this.listenerCount('dirty') > 0) for (const r of this.undelivered.dirty.splice(0)) this.emit('dirty', r);
+    const cut = this.undelivered.cutover;
+    if (cut && this.listenerCount('cutover') > 0) {
+      this.undelivered.cutover = null;
+      if (this.cutoverReport?.report === cut) this.emit('cutover', cut);
+    }
+  }
+
+  /** A final write set: the answer to cutover(), or the source's own cutover ('cutover' event). */
+  private onCutover(stream: WireStream, set: CutoverSet): void {
+    if (set.seq === this.cutoverAcked || set.seq === this.cutoverReport?.seq) return; // a repeat
+    const bs = this.options.blockSize;
+    const size = stream.welcome?.imageSize ?? 0;
+    const bad = set.ranges.find((r) => r.offset % bs !== 0 || r.offset + r.length > size);
+    if (bad) {
+      this.stats.corruptFrames++;
+      stream.destroy(new CorruptFrameError(`CUTOVER range ${bad.offset}+${bad.length} outside the image`));
+      return;
+    }
+    const report: DirtyReport = {
+      ranges: set.ranges,
+      ack: () => {
+        if (this.cutoverReport?.seq !== set.seq) return;
+        this.cutoverReport = null;
+        this.cutoverAcked = set.seq;
+        this.urgent?.ackDirty(set.seq); // else sent when the urgent stream is back
+      },
+    };
+    this.cutoverReport = { seq: set.seq, report };
+    this.cutoverAskedOn = null;
+    const waiters = this.cutoverWaiters.splice(0);
+    this.log.info({ seq: set.seq, ranges: set.ranges.length, solicited: waiters.length > 0 }, 'final write set');
+    if (waiters.length) for (const w of waiters) w.resolve(report);
+    else {
+      this.undelivered.cutover = report;
+      this.deliver();
+    }
+  }
+
+  /** Sends CUTOVER_REQUEST once per urgent stream while a cutover() waits. */
+  private askCutover(): void {
+    if (this.cutoverWaiters.length === 0 || !this.urgent || this.cutoverAskedOn === this.urgent) return;
+    if (this.urgent.requestCutover()) this.cutoverAskedOn = this.urgent;
   }
 
   private hello(role: Role) {
@@ -446,67 +676,23 @@ export class WireUpstream extends EventEmitter implements Upstream {
       this.target.port,
       this.hello(role),
       this.options.connectTimeoutMs,
+      undefined,
+      (stream) => {
+        stream.on('dirty', (d: Dirty) => this.onDirty(stream, d));
+        stream.on('cutover', (set: CutoverSet) => this.onCutover(stream, set));
+      },
     );
   }
+}
 
-  /** Replaces a stream when it closes, with backoff. Index -1 is the urgent stream. */
-  private watch(index: number, stream: WireStream): void {
-    stream.on('corrupt', (reason: string) => {
-      this.stats.corruptFrames++;
-      this.log.warn({ reason }, 'corrupt frame from the source; reconnecting');
-    });
-    stream.once('closed', (err: Error) => {
-      if (index < 0) this.urgent = null;
-      else this.background[index] = null;
-      if (this.closing) return;
-      const wasConnected = this.connected;
-      this.log.warn(
-        { stream: index < 0 ? 'urgent' : `background ${index}`, err: err.message },
-        'source stream lost; reconnecting',
-      );
-      if (!wasConnected) this.emit('disconnected');
-      void this.reopen(index);
-    });
+export class TrackingLostError extends Error {
+  constructor() {
+    super('the source no longer tracks its writes (restarted without --nbd-listen?); restart the destination');
+    this.name = 'TrackingLostError';
   }
+}
 
-  private async reopen(index: number): Promise<void> {
-    if (this.reconnecting.has(index)) return;
-    this.reconnecting.add(index);
-    let delay = this.options.minBackoffMs;
-    try {
-      while (!this.closing) {
-        try {
-          const s = await this.openStream(index < 0 ? Role.Urgent : Role.Background);
-          if (this.closing) {
-            s.destroy(); // closed while this one was opening: keep no link to the source
-            return;
-          }
-          if (index < 0) this.urgent = s;
-          else this.background[index] = s;
-          this.watch(index, s);
-          this.reconnects++;
-          this.log.info(
-            { stream: index < 0 ? 'urgent' : `background ${index}`, reconnects: this.reconnects },
-            'source reconnected',
-          );
-          this.emit('connected');
-          for (const w of this.waiters.splice(0)) w();
-          return;
-        } catch (e) {
-          if (e instanceof WireRefusedError && e.code === RefuseCode.IdentityMismatch) {
-            this.log.error({ err: e.message }, 'the source now serves another image; not reconnecting');
-            this.fatal = e;
-            for (const w of this.waiters.splice(0)) w();
-            return;
-          }
-          this.emit('connect-failed', e);
-          this.log.warn({ err: (e as Error).message, retryMs: delay }, 'source unreachable');
-          await new Promise((r) => setTimeout(r, delay));
-          delay = Math.min(delay * 2, this.options.maxBackoffMs);
-        }
-      }
-    } finally {
-      this.reconnecting.delete(index);
-    }
-  }
+/** Errors reconnecting cannot cure: the source serves another image, or no longer tracks its writes. */
+function isFatal(e: unknown): boolean {
+  return (e instanceof WireRefusedError && e.code === RefuseCode.IdentityMismatch) || e instanceof TrackingLostError;
 }

@@ -3,7 +3,7 @@
  * A decoder returns a string (the reason) for metadata that does not parse.
  */
 import { encodeFrameHead } from './frame-codec';
-import { ENTRY_SIZE, MAX_STRING, MAX_ZERO_RANGES, MessageType, WireEncoding } from './protocol';
+import { ENTRY_SIZE, MAX_DIRTY_RANGES, MAX_STRING, MAX_ZERO_RANGES, MessageType, WireEncoding } from './protocol';
 
 export interface Hello {
   version: number;
@@ -21,6 +21,10 @@ export interface Welcome {
   imageSize: number;
   identity: string;
   codec: string;
+  /** How the source reports its writes (Tracking). */
+  tracking: number;
+  /** The lifetime of this session's write tracking ('' without tracking). */
+  trackingEpoch: string;
 }
 
 export interface Refuse {
@@ -74,6 +78,28 @@ export interface ZeroRanges {
   /** How far the answer goes (at least one byte, at most the length asked). */
   covered: number;
   ranges: Array<{ offset: number; length: number }>;
+}
+
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
+/** DIRTY: writes the source took since its earlier reports. */
+export interface Dirty {
+  seq: number;
+  /** Ascending, disjoint, non-empty; at least one, at most MAX_DIRTY_RANGES. */
+  ranges: ByteRange[];
+}
+
+export interface DirtyAck {
+  seq: number;
+}
+
+/** One CUTOVER frame: part of the final write set (the set ends with the frame flagged Final). */
+export interface Cutover {
+  seq: number;
+  ranges: ByteRange[];
 }
 
 class Writer {
@@ -200,13 +226,27 @@ export function encodeWelcome(m: Welcome): Buffer {
   return encodeFrameHead(
     MessageType.Welcome,
     0,
-    new Writer().u16(m.version).u64(m.imageSize).str(m.identity).str(m.codec).done(),
+    new Writer()
+      .u16(m.version)
+      .u64(m.imageSize)
+      .str(m.identity)
+      .str(m.codec)
+      .u8(m.tracking)
+      .str(m.trackingEpoch)
+      .done(),
   );
 }
 
 export function decodeWelcome(meta: Buffer): Welcome | string {
   const r = new Reader(meta);
-  const m = { version: r.u16(), imageSize: r.u64(), identity: r.str(), codec: r.str() };
+  const m = {
+    version: r.u16(),
+    imageSize: r.u64(),
+    identity: r.str(),
+    codec: r.str(),
+    tracking: r.u8(),
+    trackingEpoch: r.str(),
+  };
   return r.ok && r.atEnd ? m : 'malformed WELCOME';
 }
 
@@ -343,4 +383,86 @@ export function decodeZeroRanges(meta: Buffer): ZeroRanges | string {
   }
   if (!r.atEnd || covered === 0) return 'malformed ZERO_RANGES';
   return { requestId, offset, covered, ranges };
+}
+
+function writeRanges(w: Writer, ranges: readonly ByteRange[], what: string): Writer {
+  if (ranges.length > MAX_DIRTY_RANGES)
+    throw new RangeError(`${what} of ${ranges.length} ranges exceeds ${MAX_DIRTY_RANGES}`);
+  w.u32(ranges.length);
+  for (const range of ranges) w.u64(range.offset).u64(range.length);
+  return w;
+}
+
+/** Reads a range list; null when it is malformed, too long, empty ranges, or out of order. */
+function readRanges(r: Reader): ByteRange[] | null {
+  const n = r.u32();
+  if (!r.ok || n > MAX_DIRTY_RANGES) return null;
+  const ranges: ByteRange[] = [];
+  let floor = 0;
+  for (let i = 0; i < n; i++) {
+    const range = { offset: r.u64(), length: r.u64() };
+    if (!r.ok || range.length === 0 || range.offset < floor) return null;
+    floor = range.offset + range.length;
+    if (floor > Number.MAX_SAFE_INTEGER) return null;
+    ranges.push(range);
+  }
+  return r.atEnd ? ranges : null;
+}
+
+export function encodeDirty(m: Dirty): Buffer {
+  return encodeFrameHead(MessageType.Dirty, 0, writeRanges(new Writer().u64(m.seq), m.ranges, 'DIRTY').done());
+}
+
+/** Decodes and checks the shape: at least one range, ascending, disjoint, non-empty. */
+export function decodeDirty(meta: Buffer): Dirty | string {
+  const r = new Reader(meta);
+  const seq = r.u64();
+  const ranges = readRanges(r);
+  if (!ranges) return 'malformed DIRTY (truncated, over-long, or ranges empty or out of order)';
+  if (ranges.length === 0) return 'DIRTY without ranges';
+  return { seq, ranges };
+}
+
+export function encodeDirtyAck(m: DirtyAck): Buffer {
+  return encodeFrameHead(MessageType.DirtyAck, 0, new Writer().u64(m.seq).done());
+}
+
+export function decodeDirtyAck(meta: Buffer): DirtyAck | string {
+  const r = new Reader(meta);
+  const m = { seq: r.u64() };
+  return r.ok && r.atEnd ? m : 'malformed DIRTY_ACK';
+}
+
+export function encodeCutoverRequest(): Buffer {
+  return encodeFrameHead(MessageType.CutoverRequest, 0, Buffer.alloc(0));
+}
+
+export function decodeCutoverRequest(meta: Buffer): Record<string, never> | string {
+  return meta.length === 0 ? {} : 'malformed CUTOVER_REQUEST (it has no fields)';
+}
+
+export function encodeCutover(m: Cutover, final: boolean): Buffer {
+  const meta = writeRanges(new Writer().u64(m.seq), m.ranges, 'CUTOVER').done();
+  return encodeFrameHead(MessageType.Cutover, final ? 1 : 0, meta);
+}
+
+/** One frame's part of the set: ascending, disjoint, non-empty ranges (possibly none). */
+export function decodeCutover(meta: Buffer): Cutover | string {
+  const r = new Reader(meta);
+  const seq = r.u64();
+  const ranges = readRanges(r);
+  if (!ranges) return 'malformed CUTOVER (truncated, over-long, or ranges empty or out of order)';
+  return { seq, ranges };
+}
+
+/** A write set as CUTOVER frames of at most MAX_DIRTY_RANGES ranges each, the last flagged Final. */
+export function encodeCutoverFrames(seq: number, ranges: readonly ByteRange[]): Buffer[] {
+  const frames: Buffer[] = [];
+  let at = 0;
+  do {
+    const part = ranges.slice(at, at + MAX_DIRTY_RANGES);
+    at += part.length;
+    frames.push(encodeCutover({ seq, ranges: part }, at >= ranges.length));
+  } while (at < ranges.length);
+  return frames;
 }

@@ -4,7 +4,7 @@
  */
 
 export const PREAMBLE_MAGIC = 'FERRY';
-export const WIRE_VERSION = 1;
+export const WIRE_VERSION = 2;
 export const PREAMBLE_SIZE = 8;
 export const FRAME_HEADER_SIZE = 16;
 export const MAX_META = 1 << 20;
@@ -12,6 +12,8 @@ export const MAX_PAYLOAD = 64 << 20;
 export const MAX_STRING = 4096;
 /** Ranges in one ZERO_RANGES reply at most (16 bytes each). */
 export const MAX_ZERO_RANGES = 4096;
+/** Ranges in one DIRTY or CUTOVER frame at most (16 bytes each). */
+export const MAX_DIRTY_RANGES = MAX_ZERO_RANGES;
 export const ENTRY_SIZE = 16;
 
 export const enum MessageType {
@@ -23,10 +25,24 @@ export const enum MessageType {
   FetchError = 6,
   ZeroQuery = 7,
   ZeroRanges = 8,
+  /** Writes the source took: blocks the destination may hold stale copies of. */
+  Dirty = 9,
+  /** The destination made a DIRTY (or CUTOVER) durable. */
+  DirtyAck = 10,
+  /** The destination asks the source to fence itself and send the final write set. */
+  CutoverRequest = 11,
+  /** The final write set of a fenced source (one or more frames, the last with Final). */
+  Cutover = 12,
+}
+
+/** WELCOME's tracking field: how the source reports its writes. */
+export const enum Tracking {
+  None = 0,
+  Stream = 1,
 }
 
 export const enum FrameFlag {
-  /** BATCH: the last batch answering its FETCH. */
+  /** BATCH: the last batch answering its FETCH; CUTOVER: the last frame of the set. */
   Final = 1,
 }
 

@@ -2,15 +2,19 @@
  * `ferry source`'s side of the wire: authenticates destinations, answers
  * HELLO with the image's size and identity, and answers FETCHes with BATCHes
  * encoded on the worker pool — urgent fetches ahead of background ones —
- * with repeated content sent as references.
+ * with repeated content sent as references. Write tracking (DIRTY, the
+ * fence and CUTOVER) is kept by SourceSessions; a connection passes its
+ * messages on.
  */
 import type net from 'node:net';
 import type { Logger } from 'pino';
-import type { FileDevice } from '../store/file-device';
+import type { BlockDevice } from '../store/block-device';
 import { QueueFullError, type CodecPool } from '../pool';
 import { createWireServer, WireAuth } from './auth';
 import { encodePreamble, FrameDecoder } from './frame-codec';
 import {
+  decodeCutoverRequest,
+  decodeDirtyAck,
   decodeFetch,
   decodeHello,
   decodeZeroQuery,
@@ -36,14 +40,17 @@ import {
   WireEncoding,
 } from './protocol';
 import { ExtentFlags } from '../store/block-device';
-import { DedupeTable } from './dedupe-table';
 import { toWireEncoding } from './encoding-map';
 import { batchBlocksLimit, blockSizeProblem, MAX_BATCH_BLOCKS } from '../util/limits';
+import { SourceSessions, type SessionLink, type SourceSession } from './source-sessions';
 import type { CodecChooser } from './codec-chooser';
 import { LinkMeter } from './link-meter';
 
 export interface SourceServerOptions {
-  device: FileDevice;
+  /** The image as read for destinations. */
+  device: BlockDevice;
+  /** Sessions and their write tracking. */
+  sessions: SourceSessions;
   exportName: string;
   identity: string;
   auth: WireAuth;
@@ -56,18 +63,12 @@ export interface SourceServerOptions {
   maxFetchBytes?: number;
 }
 
-interface Session {
-  dedupe: DedupeTable;
-  connections: number;
-}
-
 const SOCKET_HIGH_WATER = 8 << 20;
 /** Span one ZERO_QUERY is answered for at most (the destination asks again from where it ends). */
 const MAX_ZERO_QUERY = 2 ** 40;
 
 export class WireSourceServer {
   private readonly server: net.Server;
-  private readonly sessions = new Map<string, Session>();
   private readonly sockets = new Set<net.Socket>();
   private nextId = 1;
   private readonly meter: LinkMeter;
@@ -113,7 +114,7 @@ export class WireSourceServer {
     this.sockets.add(socket);
     this.counters.connections++;
     socket.setNoDelay(true);
-    const conn = new SourceConnection(socket, this.options, this.sessions, this.counters, log);
+    const conn = new SourceConnection(socket, this.options, this.counters, log);
     socket.on('close', () => {
       this.sockets.delete(socket);
       conn.closed();
@@ -121,11 +122,10 @@ export class WireSourceServer {
   }
 }
 
-class SourceConnection {
+class SourceConnection implements SessionLink {
   private readonly decoder = new FrameDecoder();
   private hello: Hello | null = null;
-  private session: Session | null = null;
-  private sessionId = '';
+  private session: SourceSession | null = null;
   private inFlight = 0;
   private dead = false;
   private readonly maxInFlight: number;
@@ -134,7 +134,6 @@ class SourceConnection {
   constructor(
     private readonly socket: net.Socket,
     private readonly options: SourceServerOptions,
-    private readonly sessions: Map<string, Session>,
     private readonly counters: WireSourceServer['counters'],
     private readonly log: Logger,
   ) {
@@ -151,14 +150,11 @@ class SourceConnection {
 
   closed(): void {
     this.dead = true;
-    if (this.session && --this.session.connections === 0) {
-      // Keep the dedupe table a while: the destination reconnects after a drop.
-      const session = this.session;
-      setTimeout(() => {
-        if (session.connections === 0 && this.sessions.get(this.sessionId) === session)
-          this.sessions.delete(this.sessionId);
-      }, 60_000).unref();
-    }
+    if (this.session) this.options.sessions.disconnected(this.session, this);
+  }
+
+  sendFrames(frames: Buffer[]): void {
+    this.send(frames);
   }
 
   private pump(): void {
@@ -179,6 +175,24 @@ class SourceConnection {
       if (!this.hello) {
         if (frame.type !== MessageType.Hello) return this.refuse(RefuseCode.BadRequest, 'expected HELLO first');
         this.onHello(frame.meta);
+        continue;
+      }
+      if (frame.type === MessageType.DirtyAck) {
+        const ack = decodeDirtyAck(frame.meta);
+        if (typeof ack === 'string') return this.refuse(RefuseCode.BadRequest, ack);
+        this.options.sessions.ack(this.session!, ack.seq);
+        continue;
+      }
+      if (frame.type === MessageType.CutoverRequest) {
+        const request = decodeCutoverRequest(frame.meta);
+        if (typeof request === 'string') return this.refuse(RefuseCode.BadRequest, request);
+        if (!this.session!.tracker) return this.refuse(RefuseCode.BadRequest, 'this source does not track writes');
+        this.log.info('destination asked for cutover');
+        this.options.sessions.requestCutover(this.session!, this).catch((e: Error) => {
+          // The image stays fenced; the destination asks again on a new connection.
+          this.log.error({ err: e.message }, 'cutover failed');
+          this.refuse(RefuseCode.ShuttingDown, `cutover failed at the source: ${e.message}`);
+        });
         continue;
       }
       if (frame.type === MessageType.ZeroQuery) {
@@ -241,18 +255,28 @@ class SourceConnection {
     if (hello.maxBatchBlocks < 1 || hello.maxBatchBlocks > MAX_BATCH_BLOCKS) {
       return this.refuse(RefuseCode.BadRequest, `maxBatchBlocks ${hello.maxBatchBlocks} is not 1..${MAX_BATCH_BLOCKS}`);
     }
-    this.hello = hello;
-    this.sessionId = hello.session;
-    let session = this.sessions.get(hello.session);
-    if (!session) {
-      session = { dedupe: new DedupeTable(), connections: 0 };
-      this.sessions.set(hello.session, session);
+    const sessions = this.options.sessions;
+    let session: SourceSession | string;
+    try {
+      session = sessions.open(hello);
+    } catch (e) {
+      return this.refuse(RefuseCode.ShuttingDown, `cannot record the session: ${(e as Error).message}`);
     }
-    session.connections++;
+    if (typeof session === 'string') return this.refuse(RefuseCode.BadRequest, session);
+    this.hello = hello;
+    sessions.connected(session);
     this.session = session;
     this.socket.write(
-      encodeWelcome({ version: WIRE_VERSION, imageSize: device.size, identity, codec: this.options.chooser.current }),
+      encodeWelcome({
+        version: WIRE_VERSION,
+        imageSize: device.size,
+        identity,
+        codec: this.options.chooser.current,
+        ...sessions.welcomeTracking(session),
+      }),
     );
+    // After WELCOME: the first DIRTY or CUTOVER must not come before it.
+    if (hello.role === Role.Urgent) sessions.attachUrgent(session, this);
     this.log.info(
       { role: hello.role === Role.Urgent ? 'urgent' : 'background', blockSize: bs, session: hello.session },
       'destination connected',
@@ -362,8 +386,7 @@ class SourceConnection {
         return await this.options.pool.encode(buffer, bs, { urgent, codec });
       } catch (e) {
         if (!(e instanceof QueueFullError)) throw e;
-        // The urgent queue is full too: give the workers a moment (a real timer, not a spin).
-        if (urgent) await new Promise((r) => setTimeout(r, 1));
+        await this.options.pool.whenAccepting(urgent);
       }
     }
   }

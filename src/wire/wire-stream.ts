@@ -1,8 +1,10 @@
 /**
  * One connection of a destination to a ferry source: TLS (or plain TCP when
  * insecure), preamble, HELLO/WELCOME, then FETCHes matched to their BATCH
- * frames by request id. A corrupt frame or a dropped connection fails every
- * request in flight on it; the owner reconnects.
+ * frames by request id. DIRTY reports come out as 'dirty' events and a
+ * whole CUTOVER set (its frames joined) as one 'cutover' event. A corrupt
+ * frame or a dropped connection fails every request in flight on it; the
+ * owner reconnects.
  */
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
@@ -10,11 +12,16 @@ import { connectWire, WireAuth } from './auth';
 import { encodePreamble, FrameDecoder } from './frame-codec';
 import {
   BatchMeta,
+  ByteRange,
   decodeBatchMeta,
+  decodeCutover,
+  decodeDirty,
   decodeFetchError,
   decodeRefuse,
   decodeWelcome,
   decodeZeroRanges,
+  encodeCutoverRequest,
+  encodeDirtyAck,
   encodeFetch,
   encodeHello,
   encodeZeroQuery,
@@ -23,6 +30,12 @@ import {
   ZeroRanges,
 } from './messages';
 import { FRAME_HEADER_SIZE, FrameFlag, MessageType, WIRE_VERSION } from './protocol';
+
+/** A whole final write set: every CUTOVER frame of one seq, joined. */
+export interface CutoverSet {
+  seq: number;
+  ranges: ByteRange[];
+}
 
 export interface BatchFrame {
   meta: BatchMeta;
@@ -66,6 +79,8 @@ export class WireStream extends EventEmitter {
   bytesReceived = 0;
   private lastFrameAt = Date.now();
   private readonly watchdog: NodeJS.Timeout;
+  /** The CUTOVER set being received (its frames until Final). */
+  private cutoverPart: CutoverSet | null = null;
 
   private constructor(
     private readonly socket: net.Socket,
@@ -99,9 +114,12 @@ export class WireStream extends EventEmitter {
     hello: Hello,
     timeoutMs: number,
     stallTimeoutMs = 20_000,
+    /** Adds listeners before HELLO: a DIRTY or CUTOVER may come in the same read as the WELCOME. */
+    setup?: (stream: WireStream) => void,
   ): Promise<WireStream> {
     const socket = await connectWire(auth, host, port, timeoutMs);
     const stream = new WireStream(socket, stallTimeoutMs);
+    setup?.(stream);
     socket.write(encodePreamble());
     socket.write(encodeHello(hello));
     await new Promise<void>((resolve, reject) => {
@@ -186,6 +204,20 @@ export class WireStream extends EventEmitter {
     });
   }
 
+  /** DIRTY_ACK: report (or final set) `seq` is durable here. A closed stream sends nothing (the source sends it again). */
+  ackDirty(seq: number): boolean {
+    if (this.closed) return false;
+    this.socket.write(encodeDirtyAck({ seq }));
+    return true;
+  }
+
+  /** CUTOVER_REQUEST; the answer comes as a 'cutover' event. */
+  requestCutover(): boolean {
+    if (this.closed) return false;
+    this.socket.write(encodeCutoverRequest());
+    return true;
+  }
+
   private takeRequestId(): number {
     const id = this.nextRequest;
     this.nextRequest = (this.nextRequest % 0xffffffff) + 1;
@@ -243,6 +275,26 @@ export class WireStream extends EventEmitter {
           const p = this.pending.get(z.requestId);
           if (p && !p.onZeroRanges) return this.destroy(new CorruptFrameError(`ZERO_RANGES for fetch ${z.requestId}`));
           p?.onZeroRanges!(z);
+          break;
+        }
+        case MessageType.Dirty: {
+          const d = decodeDirty(frame.meta);
+          if (typeof d === 'string') return this.destroy(new CorruptFrameError(d));
+          this.emit('dirty', d);
+          break;
+        }
+        case MessageType.Cutover: {
+          const c = decodeCutover(frame.meta);
+          if (typeof c === 'string') return this.destroy(new CorruptFrameError(c));
+          const part = this.cutoverPart ?? { seq: c.seq, ranges: [] };
+          const last = part.ranges[part.ranges.length - 1];
+          if (c.seq !== part.seq || (last && c.ranges.length && c.ranges[0].offset < last.offset + last.length))
+            return this.destroy(new CorruptFrameError(`CUTOVER ${c.seq} does not continue set ${part.seq}`));
+          for (const r of c.ranges) part.ranges.push(r);
+          if (frame.flags & FrameFlag.Final) {
+            this.cutoverPart = null;
+            this.emit('cutover', part);
+          } else this.cutoverPart = part;
           break;
         }
         case MessageType.FetchError: {

@@ -1,0 +1,118 @@
+/**
+ * The source image as its VM sees it while a migration copies it: every
+ * write, trim and zero is reported to the registered sinks once it has
+ * completed and before it is acknowledged, so no write can reach the VM's
+ * view of the disk without a destination hearing of it. Once fenced it takes
+ * no more writes (EPERM): the destination is the authority from then on.
+ */
+import type { Logger } from 'pino';
+import { BlockDevice, BlockDeviceError, BlockSizeHint, Extent, ZeroOptions } from './block-device';
+
+/** Told of every range the device's data may have changed in. */
+export interface WriteSink {
+  markDirty(offset: number, length: number): void;
+}
+
+export class TrackingDevice implements BlockDevice {
+  private readonly sinks = new Set<WriteSink>();
+  private fenced = false;
+  private inFlight = 0;
+  private idleWaiters: Array<() => void> = [];
+  /** Writes refused because the device was fenced. */
+  refusedWrites = 0;
+
+  constructor(
+    private readonly inner: BlockDevice,
+    private readonly log: Logger,
+  ) {
+    if (inner.readOnly) throw new Error('a tracking device needs a writable image');
+  }
+
+  get size(): number {
+    return this.inner.size;
+  }
+  get readOnly(): boolean {
+    return false;
+  }
+  get blockSize(): BlockSizeHint {
+    return this.inner.blockSize;
+  }
+  get canTrim(): boolean {
+    return this.inner.canTrim;
+  }
+  get canFastZero(): boolean {
+    return this.inner.canFastZero;
+  }
+  get isFenced(): boolean {
+    return this.fenced;
+  }
+
+  addSink(sink: WriteSink): void {
+    this.sinks.add(sink);
+  }
+
+  removeSink(sink: WriteSink): void {
+    this.sinks.delete(sink);
+  }
+
+  /** Refuses writes from now on and resolves once those already started have completed (and been reported). */
+  fence(): Promise<void> {
+    this.fenced = true;
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Takes writes again (the migration was abandoned). */
+  unfence(): void {
+    this.fenced = false;
+  }
+
+  read(offset: number, into: Buffer): Promise<void> {
+    return this.inner.read(offset, into);
+  }
+
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    return this.tracked('write', offset, data.length, () => this.inner.write(offset, data, fua));
+  }
+
+  trim(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.tracked('trim', offset, length, () => this.inner.trim(offset, length, fua));
+  }
+
+  zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
+    return this.tracked('zero', offset, length, () => this.inner.zero(offset, length, options));
+  }
+
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+
+  cache(offset: number, length: number): Promise<void> {
+    return this.inner.cache(offset, length);
+  }
+
+  status(offset: number, length: number): Promise<Extent[]> {
+    return this.inner.status(offset, length);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+
+  private async tracked(what: string, offset: number, length: number, op: () => Promise<void>): Promise<void> {
+    if (this.fenced) {
+      this.refusedWrites++;
+      // A VM still writing here after cutover would diverge from the destination's copy.
+      this.log.warn({ op: what, offset, length }, 'refused a write: the source is fenced (cut over to a destination)');
+      throw new BlockDeviceError('EPERM', 'the source is fenced: the disk was cut over to a destination');
+    }
+    this.inFlight++;
+    try {
+      await op();
+    } finally {
+      // Even a failed write may have changed some of the range.
+      for (const sink of this.sinks) sink.markDirty(offset, length);
+      if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+}
