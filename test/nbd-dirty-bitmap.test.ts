@@ -1,7 +1,9 @@
 /**
  * A plain NBD source with a QEMU dirty bitmap: qemu-nbd exports a qcow2
  * whose persistent bitmap is enabled, so it records the writes made through
- * that same qemu-nbd while it runs; cutover() returns exactly those ranges.
+ * that same qemu-nbd while it runs; qemu-storage-daemon exports a bitmap
+ * added over QMP while another export of the same disk takes the writes.
+ * cutover() returns exactly the ranges written.
  */
 import t from 'tap';
 import path from 'node:path';
@@ -11,6 +13,10 @@ import { requireTool } from './helpers/tools';
 import { tempDir } from './helpers/temp-dir';
 import { run, runOk } from './helpers/run';
 import { startQemuNbd } from './helpers/qemu-nbd';
+import { startStorageDaemon } from './helpers/qemu-storage-daemon';
+import { NbdClient } from '../src/nbd/client';
+import { parseNbdUrl } from '../src/nbd/url';
+import fs from 'node:fs';
 import type { ByteRange } from '../src/upstream/upstream';
 
 const log = pino({ level: 'silent' });
@@ -90,7 +96,49 @@ t.test('writes made while qemu-nbd exports an enabled bitmap are the cutover set
   );
 });
 
-t.test('a source without the bitmap is refused with the reason', async (t) => {
+t.test('qemu-storage-daemon: a QMP bitmap records writes made through another export of the disk', async (t) => {
+  if (!requireTool(t, 'qemu-storage-daemon')) return;
+  const dir = tempDir(t, 'ferry-bitmap-');
+  const image = path.join(dir, 'disk.raw');
+  fs.writeFileSync(image, '');
+  fs.truncateSync(image, 256 * MiB);
+  const qsd = await startStorageDaemon(t, dir, image);
+  await qsd.qmp('block-dirty-bitmap-add', { node: 'disk0', name: 'mig0' });
+  await t.rejects(
+    qsd.qmp('block-export-add', { type: 'nbd', id: 'ro', 'node-name': 'disk0', name: 'ro', bitmaps: ['mig0'] }),
+    /Enabled bitmap 'mig0' incompatible with readonly export/,
+    'QEMU exports an enabled bitmap only on a writable export',
+  );
+  const ferryExport = { type: 'nbd', id: 'ferry', 'node-name': 'disk0', name: 'disk', writable: true };
+  await qsd.qmp('block-export-add', { ...ferryExport, bitmaps: ['mig0'] });
+  await qsd.qmp('block-export-add', { type: 'nbd', id: 'vm', 'node-name': 'disk0', name: 'vm', writable: true });
+  const upstream = await NbdUpstream.open(qsd.url('disk'), log, {
+    ...DEFAULT_NBD_UPSTREAM_OPTIONS,
+    dirtyBitmap: 'mig0',
+  });
+  t.teardown(() => upstream.close());
+  t.same((await upstream.cutover()).ranges, []);
+
+  const vm = await NbdClient.connect(parseNbdUrl(qsd.url('vm')).address, { exportName: 'vm' });
+  const writes: ByteRange[] = [
+    { offset: 0, length: 4096 },
+    { offset: 100 * MiB + 123 * 512, length: 200 * 1024 },
+    { offset: 256 * MiB - 512, length: 512 },
+  ];
+  for (const w of writes) await vm.write(w.offset, Buffer.alloc(w.length, 0x5e));
+  await vm.zero(50 * MiB, MiB); // (a trim would be ignored: the node has the default discard=ignore)
+  writes.push({ offset: 50 * MiB, length: MiB });
+  await vm.flush();
+  await vm.close();
+  const granularity = 65536; // block-dirty-bitmap-add's default for a raw file
+  t.same(
+    (await upstream.cutover()).ranges,
+    granules(writes, granularity),
+    'the writes and the zero write, nothing else',
+  );
+});
+
+t.test('a source without the bitmap, or with it read-only, is refused with the reason', async (t) => {
   if (!requireTool(t, 'qemu-img', 'qemu-nbd', 'qemu-io')) return;
   const dir = tempDir(t, 'ferry-bitmap-');
   const { image } = await qcow2WithBitmap(dir, 'mig0');
@@ -98,6 +146,15 @@ t.test('a source without the bitmap is refused with the reason', async (t) => {
   await t.rejects(
     NbdUpstream.open(nbd.url(), log, { ...DEFAULT_NBD_UPSTREAM_OPTIONS, dirtyBitmap: 'other' }),
     /does not offer the dirty bitmap "other" \(NBD meta context qemu:dirty-bitmap:other\)/,
+  );
+  // A disabled bitmap is the only kind QEMU exports read-only; it records nothing.
+  const frozen = path.join(dir, 'frozen.qcow2');
+  await runOk('qemu-img', ['create', '-f', 'qcow2', frozen, String(64 * MiB)]);
+  await runOk('qemu-img', ['bitmap', '--add', '--disable', frozen, 'mig0']);
+  const readOnly = await startQemuNbd(t, dir, frozen, ['-f', 'qcow2', '-r', '-t', '-e', '4', '-B', 'mig0']);
+  await t.rejects(
+    NbdUpstream.open(readOnly.url(), log, { ...DEFAULT_NBD_UPSTREAM_OPTIONS, dirtyBitmap: 'mig0' }),
+    /exports the dirty bitmap "mig0" read-only, where QEMU exports only a disabled bitmap/,
   );
   const plain = await NbdUpstream.open(nbd.url(), log);
   t.equal(plain.tracking, 'none', 'without --dirty-bitmap the source reports no writes');

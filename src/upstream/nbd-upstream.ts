@@ -254,6 +254,14 @@ export class NbdUpstream extends EventEmitter implements Upstream {
           `): export it with qemu-nbd -B ${this.options.dirtyBitmap}, or block-export-add with bitmaps`,
       );
     }
+    if (this.bitmapContext && client.readOnly) {
+      // QEMU refuses an enabled bitmap on a read-only export of a writable disk: one exported read-only
+      // may be disabled, recording none of the writes made through other exports.
+      throw new Error(
+        `source at ${url} exports the dirty bitmap "${this.options.dirtyBitmap}" read-only, where QEMU exports ` +
+          `only a disabled bitmap (one that records no writes); export it writable (ferry only reads)`,
+      );
+    }
   }
 
   private async connectOnce(): Promise<void> {
