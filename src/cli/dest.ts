@@ -31,6 +31,7 @@ interface DestFlags extends AuthCliFlags {
   blockSize?: string;
   rate?: string;
   cutoverAtStart?: boolean;
+  dirtyBitmap?: string;
   config?: string;
   logLevel?: string;
 }
@@ -58,6 +59,10 @@ export function registerDest(program: Command): void {
     .option(
       '--rate <bytes/s>',
       'background copy limit, e.g. 50M (k/M/G = 1024-based) or off (config copy.rate_limit, 0 = none)',
+    )
+    .option(
+      '--dirty-bitmap <name>',
+      'plain NBD source only: QEMU dirty bitmap NAME exported by the source (qemu:dirty-bitmap:NAME) that records its writes (config dest.dirty_bitmap)',
     );
   addAuthOptions(command, 'wire')
     .option('--config <file>', 'TOML configuration file; flags override it')
@@ -74,6 +79,7 @@ export function registerDest(program: Command): void {
         'dest.metrics': flags.metrics,
         'dest.block_size': flags.blockSize === undefined ? undefined : Number(flags.blockSize),
         'dest.cutover': flags.cutoverAtStart ? 'at-start' : undefined,
+        'dest.dirty_bitmap': flags.dirtyBitmap,
         'copy.rate_limit': flags.rate === undefined ? undefined : (parseByteRate(flags.rate) ?? 0),
         ...authOverrides('wire', flags),
         'log.level': flags.logLevel,
@@ -151,6 +157,10 @@ async function openUpstream(
   pools: CodecPool[],
 ): Promise<Upstream> {
   if (url.startsWith('ferry://')) {
+    if (config.dest.dirty_bitmap)
+      throw new Error(
+        `dest: --dirty-bitmap (dest.dirty_bitmap) is for a plain NBD source; ferry source ${url} reports its writes itself`,
+      );
     const w = config.wire;
     const auth = loadAuth({ pskFile: w.psk_file, cert: w.cert, key: w.key, ca: w.ca, insecure: w.insecure }, 'dest');
     if (auth.kind === 'insecure')
@@ -179,6 +189,7 @@ async function openUpstream(
       minBackoffMs: config.dest.reconnect_min_ms,
       maxBackoffMs: config.dest.reconnect_max_ms,
       connectTimeoutMs: 10_000,
+      dirtyBitmap: config.dest.dirty_bitmap,
     });
   }
   throw new Error(

@@ -91,6 +91,8 @@ export const DestSection = z
     /** Reconnect backoff: first delay, doubling up to the maximum. */
     reconnect_min_ms: positiveInt.default(100),
     reconnect_max_ms: positiveInt.default(5000),
+    /** Plain NBD source only: the QEMU dirty bitmap (qemu:dirty-bitmap:NAME) that records the source's writes. */
+    dirty_bitmap: z.string().min(1).max(1023).optional(),
   })
   .strict();
 

@@ -1,12 +1,17 @@
 /**
  * The client side of the NBD protocol, pure: requests and options to bytes,
  * server bytes to typed messages. The decoder is told how many data bytes a
- * simple READ reply carries, since the wire does not say.
+ * simple READ reply carries, since the wire does not say. It reads the three
+ * greetings a server may send: oldstyle (the export follows at once), and
+ * newstyle with or without the fixed-newstyle flag.
  */
 import { ByteQueue } from '../util/byte-queue';
 import {
+  CLISERV_MAGIC,
   Command,
+  EXPORT_NAME_REPLY_SIZE,
   IHAVEOPT,
+  OLDSTYLE_GREETING_SIZE,
   NBDMAGIC,
   OPTION_REPLY_HEADER_SIZE,
   OPTION_REPLY_MAGIC,
@@ -20,6 +25,10 @@ import {
 
 export type ServerMessage =
   | { kind: 'greeting'; handshakeFlags: number }
+  /** Oldstyle: the server's one export, then transmission. */
+  | { kind: 'oldstyle'; size: number; transmissionFlags: number }
+  /** The answer to NBD_OPT_EXPORT_NAME. */
+  | { kind: 'export'; size: number; transmissionFlags: number }
   | { kind: 'optionReply'; option: number; type: number; data: Buffer }
   | { kind: 'simpleReply'; cookie: bigint; error: number; data: Buffer | null }
   | { kind: 'chunk'; cookie: bigint; flags: number; type: number; payload: Buffer }
@@ -82,7 +91,7 @@ export function encodeMetaContextData(exportName: string, queries: string[]): Bu
   return Buffer.concat(parts);
 }
 
-type Phase = 'greeting' | 'options' | 'transmission' | 'failed';
+type Phase = 'greeting' | 'options' | 'exportName' | 'transmission' | 'failed';
 
 export class ClientDecoder {
   private readonly queue = new ByteQueue();
@@ -99,12 +108,22 @@ export class ClientDecoder {
     this.phase = 'transmission';
   }
 
+  /** The client sent NBD_OPT_EXPORT_NAME: the next bytes are the export's size and flags. */
+  expectExportNameReply(noZeroes: boolean): void {
+    this.phase = 'exportName';
+    this.exportReplyZeroes = !noZeroes;
+  }
+
+  private exportReplyZeroes = true;
+
   next(): ServerMessage | null {
     switch (this.phase) {
       case 'greeting':
         return this.greeting();
       case 'options':
         return this.optionReply();
+      case 'exportName':
+        return this.exportNameReply();
       case 'transmission':
         return this.reply();
       case 'failed':
@@ -113,12 +132,30 @@ export class ClientDecoder {
   }
 
   private greeting(): ServerMessage | null {
-    if (this.queue.length < 18) return null;
-    const b = this.queue.take(18);
-    if (b.readBigUInt64BE(0) !== NBDMAGIC) return this.fail('not an NBD server (bad NBDMAGIC)');
-    if (b.readBigUInt64BE(8) !== IHAVEOPT) return this.fail('server does not speak newstyle negotiation');
-    this.phase = 'options';
-    return { kind: 'greeting', handshakeFlags: b.readUInt16BE(16) };
+    if (this.queue.length < 16) return null;
+    const magics = this.peekHeader(16);
+    if (magics.readBigUInt64BE(0) !== NBDMAGIC) return this.fail('not an NBD server (bad NBDMAGIC)');
+    const style = magics.readBigUInt64BE(8);
+    if (style === IHAVEOPT) {
+      if (this.queue.length < 18) return null;
+      const b = this.queue.take(18);
+      this.phase = 'options';
+      return { kind: 'greeting', handshakeFlags: b.readUInt16BE(16) };
+    }
+    if (style === CLISERV_MAGIC) {
+      if (this.queue.length < OLDSTYLE_GREETING_SIZE) return null;
+      const b = this.queue.take(OLDSTYLE_GREETING_SIZE);
+      // 32 bits of flags: the upper 16 are handshake flags (none in oldstyle), the lower 16 transmission flags.
+      return { kind: 'oldstyle', size: readSize(b, 16), transmissionFlags: b.readUInt32BE(24) & 0xffff };
+    }
+    return this.fail(`not an NBD server (unknown negotiation magic 0x${style.toString(16)})`);
+  }
+
+  private exportNameReply(): ServerMessage | null {
+    const length = EXPORT_NAME_REPLY_SIZE + (this.exportReplyZeroes ? 124 : 0);
+    if (this.queue.length < length) return null;
+    const b = this.queue.take(length);
+    return { kind: 'export', size: readSize(b, 0), transmissionFlags: b.readUInt16BE(8) };
   }
 
   private optionReply(): ServerMessage | null {
@@ -178,4 +215,9 @@ export class ClientDecoder {
     this.phase = 'failed';
     return { kind: 'protocolError', reason };
   }
+}
+
+/** An export size (u64) as a number; sizes beyond 2^53 bytes are not images anyone migrates. */
+function readSize(b: Buffer, at: number): number {
+  return Number(b.readBigUInt64BE(at));
 }

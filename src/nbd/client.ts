@@ -1,7 +1,9 @@
 /**
- * An NBD client: fixed newstyle handshake with NBD_OPT_GO, then pipelined
- * requests matched to replies by cookie. Used as the plain-NBD upstream of a
- * migrating destination and by ferry's own tools and tests.
+ * An NBD client: fixed newstyle handshake with NBD_OPT_GO (NBD_OPT_EXPORT_NAME
+ * when the server has no GO, or speaks plain newstyle; oldstyle servers need
+ * no options), then pipelined requests matched to replies by cookie. Used as
+ * the plain-NBD upstream of a migrating destination and by ferry's own tools
+ * and tests.
  */
 import net from 'node:net';
 import { EventEmitter } from 'node:events';
@@ -46,15 +48,24 @@ export class NbdError extends Error {
 
 export interface NbdClientOptions {
   exportName?: string;
-  /** Negotiate structured replies and base:allocation (default true). */
+  /** Negotiate structured replies and meta contexts (default true). */
   structured?: boolean;
+  /** Meta contexts to ask for with structured replies (default: base:allocation). */
+  metaContexts?: string[];
   connectTimeoutMs?: number;
+  /** Gives up the connection attempt when it fires. */
+  signal?: AbortSignal;
 }
+
+/** How the handshake went: which negotiation the server speaks. */
+export type NbdNegotiationStyle = 'oldstyle' | 'newstyle' | 'fixed-newstyle';
 
 interface Pending {
   type: Command;
   offset: number;
   length: number;
+  /** BLOCK_STATUS: the meta context whose extents are wanted (the server sends one chunk per context). */
+  contextId: number;
   resolve: (value: Buffer | Extent[] | null) => void;
   reject: (err: Error) => void;
   data: Buffer | null;
@@ -67,7 +78,9 @@ export class NbdClient extends EventEmitter {
   transmissionFlags = 0;
   blockSize = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
   structuredReplies = false;
-  baseAllocationId = 0;
+  negotiation: NbdNegotiationStyle = 'fixed-newstyle';
+  /** Meta contexts the server agreed to, by name; an id may be 0. */
+  readonly metaContexts = new Map<string, number>();
   private readonly decoder: ClientDecoder;
   private readonly pending = new Map<bigint, Pending>();
   private nextCookie = 1n;
@@ -110,15 +123,23 @@ export class NbdClient extends EventEmitter {
   }
 
   static async connect(address: ListenAddress, options: NbdClientOptions = {}): Promise<NbdClient> {
+    const { signal } = options;
+    const aborted = (): Error => new Error('NBD connection attempt abandoned');
+    if (signal?.aborted) throw aborted();
     const socket = await openSocket(address, options.connectTimeoutMs ?? 10_000);
     const client = new NbdClient(socket);
     const timeoutMs = options.connectTimeoutMs ?? 10_000;
     let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
+    const structured = options.structured ?? true;
     try {
       await Promise.race([
-        client.handshake(options.exportName ?? '', options.structured ?? true),
+        client.handshake(options.exportName ?? '', structured ? (options.metaContexts ?? [BASE_ALLOCATION]) : null),
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new Error(`NBD handshake did not finish within ${timeoutMs} ms`)), timeoutMs);
+          onAbort = () => reject(aborted());
+          if (signal?.aborted) onAbort();
+          else signal?.addEventListener('abort', onAbort, { once: true });
         }),
       ]);
     } catch (err) {
@@ -126,8 +147,14 @@ export class NbdClient extends EventEmitter {
       throw err;
     } finally {
       clearTimeout(timer);
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
     }
     return client;
+  }
+
+  /** The id the server gave a meta context, or undefined when it was not negotiated. */
+  metaContextId(name: string): number | undefined {
+    return this.metaContexts.get(name);
   }
 
   get isClosed(): boolean {
@@ -162,9 +189,11 @@ export class NbdClient extends EventEmitter {
     await this.request(Command.Cache, 0, offset, length, null);
   }
 
-  blockStatus(offset: number, length: number, flags = 0): Promise<Extent[]> {
-    if (!this.baseAllocationId) return Promise.reject(new Error('base:allocation was not negotiated'));
-    return this.request(Command.BlockStatus, flags, offset, length, null) as Promise<Extent[]>;
+  /** The extents of one negotiated meta context over [offset, offset+length) (they may cover less). */
+  blockStatus(offset: number, length: number, context = BASE_ALLOCATION, flags = 0): Promise<Extent[]> {
+    const id = this.metaContexts.get(context);
+    if (id === undefined) return Promise.reject(new Error(`meta context ${context} was not negotiated`));
+    return this.request(Command.BlockStatus, flags, offset, length, null, id) as Promise<Extent[]>;
   }
 
   /** Sends NBD_CMD_DISC after in-flight requests and closes. */
@@ -189,12 +218,23 @@ export class NbdClient extends EventEmitter {
     offset: number,
     length: number,
     payload: Buffer | null,
+    contextId = 0,
   ): Promise<Buffer | Extent[] | null> {
     if (this.closed) return Promise.reject(this.closeError);
     const cookie = this.nextCookie++;
     if (this.pending.size === 0) this.lastData = Date.now();
     return new Promise((resolve, reject) => {
-      this.pending.set(cookie, { type, offset, length, resolve, reject, data: null, extents: null, error: null });
+      this.pending.set(cookie, {
+        type,
+        offset,
+        length,
+        contextId,
+        resolve,
+        reject,
+        data: null,
+        extents: null,
+        error: null,
+      });
       const header = encodeRequestHeader(flags, type, cookie, offset, length);
       if (payload) {
         this.socket.cork();
@@ -205,40 +245,60 @@ export class NbdClient extends EventEmitter {
     });
   }
 
-  private async handshake(exportName: string, structured: boolean): Promise<void> {
+  /** metaContexts null: simple replies only. */
+  private async handshake(exportName: string, metaContexts: string[] | null): Promise<void> {
     const greeting = await this.nextMessage();
+    if (greeting.kind === 'oldstyle') {
+      // One export and no options: the export name has no meaning here.
+      this.negotiation = 'oldstyle';
+      this.enterTransmission(greeting.size, greeting.transmissionFlags);
+      return;
+    }
     if (greeting.kind !== 'greeting') throw new Error('NBD handshake: expected the server greeting');
-    if (!(greeting.handshakeFlags & HandshakeFlag.FixedNewstyle))
-      throw new Error('NBD server does not support fixed newstyle');
-    const noZeroes = greeting.handshakeFlags & HandshakeFlag.NoZeroes ? ClientFlag.NoZeroes : 0;
+    const fixed = (greeting.handshakeFlags & HandshakeFlag.FixedNewstyle) !== 0;
+    const noZeroes = (greeting.handshakeFlags & HandshakeFlag.NoZeroes) !== 0;
     const flags = Buffer.allocUnsafe(4);
-    flags.writeUInt32BE(ClientFlag.FixedNewstyle | noZeroes, 0);
+    flags.writeUInt32BE((fixed ? ClientFlag.FixedNewstyle : 0) | (noZeroes ? ClientFlag.NoZeroes : 0), 0);
     this.socket.write(flags);
-    if (structured) {
+    if (!fixed) {
+      // Plain newstyle: NBD_OPT_EXPORT_NAME is the only option there is.
+      this.negotiation = 'newstyle';
+      await this.exportName(exportName, noZeroes);
+      return;
+    }
+    if (metaContexts) {
       const reply = await this.option(Option.StructuredReply);
       this.structuredReplies = reply[reply.length - 1].type === OptionReply.Ack;
-      if (this.structuredReplies) {
-        const replies = await this.option(Option.SetMetaContext, encodeMetaContextData(exportName, [BASE_ALLOCATION]));
+      if (this.structuredReplies && metaContexts.length > 0) {
+        const replies = await this.option(Option.SetMetaContext, encodeMetaContextData(exportName, metaContexts));
         for (const r of replies) {
-          if (r.type === OptionReply.MetaContext && r.data.toString('utf8', 4) === BASE_ALLOCATION)
-            this.baseAllocationId = r.data.readUInt32BE(0);
+          if (r.type !== OptionReply.MetaContext || r.data.length < 4) continue;
+          const name = r.data.toString('utf8', 4);
+          if (metaContexts.includes(name)) this.metaContexts.set(name, r.data.readUInt32BE(0));
         }
       }
     }
     const replies = await this.option(Option.Go, encodeGoData(exportName, [InfoType.BlockSize]));
     const last = replies[replies.length - 1];
+    if (last.type === OptionReply.ErrUnsup) {
+      // A fixed-newstyle server older than NBD_OPT_GO: the spec's fallback.
+      await this.exportName(exportName, noZeroes);
+      return;
+    }
     if (last.type !== OptionReply.Ack) {
       const text = last.data.toString('utf8');
       throw new Error(
         `NBD server refused export "${exportName}": ${optionReplyName(last.type)}${text ? ` (${text})` : ''}`,
       );
     }
+    let size = 0;
+    let transmissionFlags = 0;
     for (const r of replies) {
       if (r.type !== OptionReply.Info || r.data.length < 2) continue;
       const info = r.data.readUInt16BE(0);
       if (info === InfoType.Export && r.data.length >= 12) {
-        this.size = r.data.readUInt32BE(2) * 0x100000000 + r.data.readUInt32BE(6);
-        this.transmissionFlags = r.data.readUInt16BE(10);
+        size = r.data.readUInt32BE(2) * 0x100000000 + r.data.readUInt32BE(6);
+        transmissionFlags = r.data.readUInt16BE(10);
       } else if (info === InfoType.BlockSize && r.data.length >= 14) {
         this.blockSize = {
           minimum: r.data.readUInt32BE(2),
@@ -247,6 +307,31 @@ export class NbdClient extends EventEmitter {
         };
       }
     }
+    this.enterTransmission(size, transmissionFlags);
+  }
+
+  /** NBD_OPT_EXPORT_NAME: the server answers with the export, or hangs up when it has no such export. */
+  private async exportName(exportName: string, noZeroes: boolean): Promise<void> {
+    this.decoder.expectExportNameReply(noZeroes);
+    this.socket.write(encodeOption(Option.ExportName, Buffer.from(exportName, 'utf8')));
+    let reply;
+    try {
+      reply = await this.nextMessage();
+    } catch (e) {
+      throw new Error(
+        `NBD server refused export "${exportName}" (it closed the connection after NBD_OPT_EXPORT_NAME)`,
+        {
+          cause: e,
+        },
+      );
+    }
+    if (reply.kind !== 'export') throw new Error('NBD handshake: expected the export after NBD_OPT_EXPORT_NAME');
+    this.enterTransmission(reply.size, reply.transmissionFlags);
+  }
+
+  private enterTransmission(size: number, transmissionFlags: number): void {
+    this.size = size;
+    this.transmissionFlags = transmissionFlags;
     this.handshaking = false;
     this.decoder.startTransmission();
     this.drain();
@@ -337,6 +422,7 @@ export class NbdClient extends EventEmitter {
       p.data ??= Buffer.alloc(p.length); // zero-filled already
     } else if (type === ReplyType.BlockStatus) {
       p.extents ??= [];
+      if (payload.length < 4 || payload.readUInt32BE(0) !== p.contextId) return this.endChunk(cookie, p, flags);
       for (let at = 4; at + 8 <= payload.length; at += 8)
         p.extents.push({ length: payload.readUInt32BE(at), flags: payload.readUInt32BE(at + 4) });
     } else if (type === ReplyType.Error || type === ReplyType.ErrorOffset) {
@@ -348,6 +434,10 @@ export class NbdClient extends EventEmitter {
         `NBD ${COMMAND_NAMES[p.type] ?? p.type} at ${p.offset}+${p.length} failed with error ${errno}: ${text}`,
       );
     }
+    this.endChunk(cookie, p, flags);
+  }
+
+  private endChunk(cookie: bigint, p: Pending, flags: number): void {
     if (!(flags & ReplyFlag.Done)) return;
     this.pending.delete(cookie);
     if (this.pending.size === 0) this.emit('idle');

@@ -5,6 +5,8 @@
 
 export const NBDMAGIC = 0x4e42444d41474943n; // "NBDMAGIC"
 export const IHAVEOPT = 0x49484156454f5054n; // "IHAVEOPT"
+/** Second magic of the oldstyle greeting. */
+export const CLISERV_MAGIC = 0x00420281861253n;
 export const OPTION_REPLY_MAGIC = 0x3e889045565a9n;
 export const REQUEST_MAGIC = 0x25609513;
 export const SIMPLE_REPLY_MAGIC = 0x67446698;
@@ -128,6 +130,8 @@ export const REQUEST_HEADER_SIZE = 28; // magic u32, flags u16, type u16, cookie
 export const SIMPLE_REPLY_HEADER_SIZE = 16; // magic u32, error u32, cookie u64
 export const STRUCTURED_REPLY_HEADER_SIZE = 20; // magic u32, flags u16, type u16, cookie u64, length u32
 export const OPTION_REPLY_HEADER_SIZE = 20; // magic u64, option u32, type u32, length u32
+export const OLDSTYLE_GREETING_SIZE = 152; // NBDMAGIC u64, cliserv magic u64, size u64, flags u32, 124 zeroes
+export const EXPORT_NAME_REPLY_SIZE = 10; // size u64, transmission flags u16 (then 124 zeroes unless NO_ZEROES)
 /** Names and strings are at most 4096 bytes by the spec. */
 export const MAX_STRING = 4096;
 

@@ -1,17 +1,22 @@
 /**
  * A plain NBD server as the upstream: two connections, one for urgent
  * fetches and one for the background copy, so an on-demand read never queues
- * behind background bytes on the same socket. Reconnects with backoff and
- * refuses a server whose image is not the one recorded.
+ * behind background bytes on the same socket. Reconnects with backoff until
+ * closed, and refuses a server whose export name or size is not the one
+ * recorded. With a QEMU dirty bitmap it can tell which blocks the source VM
+ * wrote; without one it cannot, and nothing may be copied before cutover.
  */
 import { EventEmitter } from 'node:events';
 import crypto from 'node:crypto';
 import type { Logger } from 'pino';
-import { NbdClient } from '../nbd/client';
+import { NbdClient, NbdError, type NbdClientOptions } from '../nbd/client';
+import { BASE_ALLOCATION, NbdErrno } from '../nbd/protocol';
 import { parseNbdUrl, NbdTarget } from '../nbd/url';
-import { ExtentFlags } from '../store/block-device';
+import { ExtentFlags, type Extent } from '../store/block-device';
+import { Gate, retry } from '../util/backoff';
 import {
   emptyLinkStats,
+  type ByteRange,
   type FetchPriority,
   type LinkStats,
   type Upstream,
@@ -25,6 +30,12 @@ export interface NbdUpstreamOptions {
   minBackoffMs: number;
   maxBackoffMs: number;
   connectTimeoutMs: number;
+  /**
+   * A QEMU dirty bitmap the server exports (meta context qemu:dirty-bitmap:NAME)
+   * that records every write to the source since before the first block was
+   * copied. Tracking is then 'bitmap' and cutover() returns its dirty extents.
+   */
+  dirtyBitmap?: string;
 }
 
 export const DEFAULT_NBD_UPSTREAM_OPTIONS: NbdUpstreamOptions = {
@@ -33,24 +44,42 @@ export const DEFAULT_NBD_UPSTREAM_OPTIONS: NbdUpstreamOptions = {
   connectTimeoutMs: 10_000,
 };
 
-/** Sampled content that identifies a plain NBD source image (it has no identity of its own). */
-const IDENTITY_SAMPLES = 16;
-const IDENTITY_SAMPLE_BYTES = 4096;
-/** Longest block-status request (the length field is 32 bits). */
+/** Longest block-status request: the length field is 32 bits; 1 GiB keeps any minimum block size's alignment. */
 const MAX_STATUS_SPAN = 1 << 30;
+/** In a qemu:dirty-bitmap context, flag bit 0 set means the range was written since the bitmap was enabled. */
+const DIRTY_FLAG = 1;
+
+export function dirtyBitmapContext(name: string): string {
+  return `qemu:dirty-bitmap:${name}`;
+}
+
+/**
+ * The identity a plain NBD source is recorded under: its export name and
+ * size. Its content is not part of it: before cutover the source VM may
+ * write anywhere.
+ */
+export function nbdIdentity(exportName: string, size: number): string {
+  const hash = crypto.createHash('sha256').update(`nbd:${exportName}:${size}`).digest('hex');
+  return `nbd-export:${hash.slice(0, 32)}`;
+}
 
 export class NbdUpstream extends EventEmitter implements Upstream {
   size = 0;
   identity = '';
   reconnects = 0;
+  readonly tracking: WriteTracking;
+  /** A QEMU bitmap outlives ferry's connections; there is no epoch to compare. */
+  readonly trackingEpoch = '';
   private bytesFetched = 0;
   private replies = 0;
   private urgent: NbdClient | null = null;
   private background: NbdClient | null = null;
   private target: NbdTarget;
-  private closing = false;
+  private readonly bitmapContext: string | null;
+  /** Fires on close(): ends the reconnect loop, any connection attempt and every wait. */
+  private readonly stop = new AbortController();
+  private readonly up = new Gate();
   private connecting: Promise<void> | null = null;
-  private waiters: Array<() => void> = [];
 
   private constructor(
     private url: string,
@@ -59,12 +88,19 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   ) {
     super();
     this.target = parseNbdUrl(url);
+    this.bitmapContext = options.dirtyBitmap ? dirtyBitmapContext(options.dirtyBitmap) : null;
+    this.tracking = this.bitmapContext ? 'bitmap' : 'none';
   }
 
   /** Connects once; a failure here is the operator's to fix, so it is thrown, not retried. */
   static async open(url: string, log: Logger, options = DEFAULT_NBD_UPSTREAM_OPTIONS): Promise<NbdUpstream> {
     const upstream = new NbdUpstream(url, log, options);
-    await upstream.connectOnce();
+    try {
+      await upstream.connectOnce();
+    } catch (e) {
+      await upstream.close();
+      throw e;
+    }
     return upstream;
   }
 
@@ -72,26 +108,54 @@ export class NbdUpstream extends EventEmitter implements Upstream {
     return this.urgent !== null && this.background !== null;
   }
 
-  /** A plain NBD source reports no writes: nothing is copied before cutover. */
-  readonly tracking: WriteTracking = 'none';
-  readonly trackingEpoch = '';
-
-  cutover(): Promise<DirtyReport> {
-    return Promise.resolve({ ranges: [], ack: () => undefined });
-  }
-
   get description(): string {
     return this.url;
   }
 
-  async fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer> {
-    while (!this.connected) {
-      if (this.closing) throw new Error('upstream closed');
-      await new Promise<void>((resolve) => this.waiters.push(resolve));
+  /**
+   * The dirty bitmap's extents over the whole image (the source VM is stopped
+   * by now, so reading it again gives the same set). Without a bitmap: nothing.
+   */
+  async cutover(): Promise<DirtyReport> {
+    const ack = (): void => undefined; // the bitmap belongs to the source's operator; nothing to forget
+    const context = this.bitmapContext;
+    if (!context) return { ranges: [], ack };
+    const ranges: ByteRange[] = [];
+    let span = MAX_STATUS_SPAN;
+    for (let at = 0; at < this.size;) {
+      const client = await this.ready('urgent');
+      const asked = Math.min(span, this.size - at);
+      let extents: Extent[];
+      try {
+        extents = await client.blockStatus(at, asked, context);
+      } catch (e) {
+        if (e instanceof NbdError && (e.errno === NbdErrno.EOVERFLOW || e.errno === NbdErrno.EINVAL)) {
+          const max = maxPayload(client);
+          if (span > max) {
+            span = max; // the server wants requests no longer than its maximum payload
+            continue;
+          }
+        }
+        if (client.isClosed && !this.stop.signal.aborted) continue; // the link dropped: ask again once reconnected
+        throw e;
+      }
+      this.replies++;
+      const covered = walkExtents(extents, at, asked, (offset, length, flags) => {
+        if (flags & DIRTY_FLAG) appendRange(ranges, offset, length);
+      });
+      if (covered === 0) throw new Error(`NBD block status of ${context} at ${at} described nothing`);
+      at += covered;
     }
-    const client = priority === 'urgent' ? this.urgent! : this.background!;
-    // Stay within the server's largest request (qemu-nbd and nbdkit refuse more than 32 MiB).
-    const max = Math.max(4096, Math.min(client.blockSize.maximum || 32 << 20, 32 << 20));
+    this.log.info(
+      { source: this.url, bitmap: this.options.dirtyBitmap, ranges: ranges.length, bytes: sumLengths(ranges) },
+      'dirty bitmap read',
+    );
+    return { ranges, ack };
+  }
+
+  async fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer> {
+    const client = await this.ready(priority);
+    const max = maxPayload(client);
     let data: Buffer;
     if (length <= max) data = await client.read(offset, length);
     else {
@@ -106,30 +170,17 @@ export class NbdUpstream extends EventEmitter implements Upstream {
 
   /** From base:allocation on the urgent connection (NBD_STATE_ZERO extents); null if the server has none. */
   async zeroRanges(offset: number, length: number): Promise<ZeroRangeAnswer | null> {
-    while (!this.connected) {
-      if (this.closing) throw new Error('upstream closed');
-      await new Promise<void>((resolve) => this.waiters.push(resolve));
-    }
-    const client = this.urgent!;
-    if (!client.baseAllocationId) return null;
-    // The request length is 32 bits; stay well inside it and on a block boundary.
+    const client = await this.ready('urgent');
+    if (client.metaContextId(BASE_ALLOCATION) === undefined) return null;
     const asked = Math.min(length, MAX_STATUS_SPAN);
-    const extents = await client.blockStatus(offset, asked);
+    const extents = await client.blockStatus(offset, asked, BASE_ALLOCATION);
     this.replies++;
     const ranges: ZeroRangeAnswer['ranges'] = [];
-    let at = offset;
-    for (const e of extents) {
-      const len = Math.min(e.length, offset + asked - at);
-      if (len <= 0) break;
-      if (e.flags & ExtentFlags.Zero) {
-        const last = ranges[ranges.length - 1];
-        if (last && last.offset + last.length === at) last.length += len;
-        else ranges.push({ offset: at, length: len });
-      }
-      at += len;
-    }
-    if (at === offset) throw new Error(`NBD block status at ${offset} described nothing`);
-    return { covered: at - offset, ranges };
+    const covered = walkExtents(extents, offset, asked, (at, len, flags) => {
+      if (flags & ExtentFlags.Zero) appendRange(ranges, at, len);
+    });
+    if (covered === 0) throw new Error(`NBD block status at ${offset} described nothing`);
+    return { covered, ranges };
   }
 
   linkStats(): LinkStats {
@@ -145,18 +196,9 @@ export class NbdUpstream extends EventEmitter implements Upstream {
     if (url && url !== this.url) {
       // Check the new address first: a wrong one is refused here and the working connections stay up.
       const target = parseNbdUrl(url);
-      const probe = await NbdClient.connect(target.address, {
-        exportName: target.exportName,
-        structured: false,
-        connectTimeoutMs: this.options.connectTimeoutMs,
-      });
+      const probe = await NbdClient.connect(target.address, this.clientOptions(target, true));
       try {
-        const identity = await sampleIdentity(probe, target.exportName);
-        if (probe.size !== this.size || identity !== this.identity) {
-          throw new Error(
-            `${url} serves another image (size ${probe.size}, identity ${identity}; expected ${this.size}, ${this.identity})`,
-          );
-        }
+        this.checkSource(probe, target, url);
       } finally {
         probe.destroy();
       }
@@ -168,43 +210,79 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   }
 
   async close(): Promise<void> {
-    this.closing = true;
+    this.stop.abort();
+    this.up.close(new Error('upstream closed'));
     const clients = [this.urgent, this.background];
     this.urgent = this.background = null;
     await Promise.all(clients.map((c) => c?.close().catch(() => c.destroy())));
-    for (const wake of this.waiters.splice(0)) wake();
+    await this.connecting;
+  }
+
+  /** The connection for `priority`, once connected; rejects once closed. */
+  private async ready(priority: FetchPriority): Promise<NbdClient> {
+    for (;;) {
+      await this.up.wait();
+      const client = priority === 'urgent' ? this.urgent : this.background;
+      if (client && this.connected) return client;
+    }
+  }
+
+  private clientOptions(target: NbdTarget, structured: boolean): NbdClientOptions {
+    return {
+      exportName: target.exportName,
+      structured,
+      metaContexts: this.bitmapContext ? [BASE_ALLOCATION, this.bitmapContext] : [BASE_ALLOCATION],
+      connectTimeoutMs: this.options.connectTimeoutMs,
+      signal: this.stop.signal,
+    };
+  }
+
+  /** Refuses a server that is not the image recorded, or lacks the dirty bitmap asked for. */
+  private checkSource(client: NbdClient, target: NbdTarget, url: string): void {
+    const identity = nbdIdentity(target.exportName, client.size);
+    if (this.identity && identity !== this.identity) {
+      throw new Error(
+        `source at ${url} is not the image being migrated (export "${target.exportName}", size ${client.size}; ` +
+          `expected export "${this.target.exportName}", size ${this.size})`,
+      );
+    }
+    if (this.bitmapContext && client.metaContextId(this.bitmapContext) === undefined) {
+      throw new Error(
+        `source at ${url} does not offer the dirty bitmap "${this.options.dirtyBitmap}" ` +
+          `(NBD meta context ${this.bitmapContext}` +
+          (client.structuredReplies ? '' : `; the server has no structured replies (${client.negotiation})`) +
+          `): export it with qemu-nbd -B ${this.options.dirtyBitmap}, or block-export-add with bitmaps`,
+      );
+    }
+    if (this.bitmapContext && client.readOnly) {
+      // QEMU refuses an enabled bitmap on a read-only export of a writable disk: one exported read-only
+      // may be disabled, recording none of the writes made through other exports.
+      throw new Error(
+        `source at ${url} exports the dirty bitmap "${this.options.dirtyBitmap}" read-only, where QEMU exports ` +
+          `only a disabled bitmap (one that records no writes); export it writable (ferry only reads)`,
+      );
+    }
   }
 
   private async connectOnce(): Promise<void> {
-    const opts = {
-      exportName: this.target.exportName,
-      structured: false,
-      connectTimeoutMs: this.options.connectTimeoutMs,
-    };
-    // The urgent connection negotiates base:allocation for zeroRanges; the background one keeps simple replies.
-    const urgent = await NbdClient.connect(this.target.address, { ...opts, structured: true });
+    const target = this.target;
+    // The urgent connection negotiates the meta contexts; the background one keeps simple replies.
+    const urgent = await NbdClient.connect(target.address, this.clientOptions(target, true));
     let background: NbdClient;
     try {
-      background = await NbdClient.connect(this.target.address, opts);
+      background = await NbdClient.connect(target.address, this.clientOptions(target, false));
     } catch (e) {
       urgent.destroy();
       throw e;
     }
-    // Watch them from the start: one that dies while its identity is sampled must not be kept.
-    let dead = false;
-    for (const client of [urgent, background]) client.once('close', () => (dead = true));
     try {
-      const identity = await sampleIdentity(urgent, this.target.exportName);
-      if (dead || urgent.isClosed || background.isClosed)
-        throw new Error(`source at ${this.url} closed the connection`);
-      if (this.closing) throw new Error('upstream closed');
-      if (this.identity && (urgent.size !== this.size || identity !== this.identity)) {
-        throw new Error(
-          `source at ${this.url} is not the image being migrated (size ${urgent.size}, expected ${this.size}; identity ${identity}, expected ${this.identity})`,
-        );
-      }
+      if (urgent.isClosed || background.isClosed) throw new Error(`source at ${this.url} closed the connection`);
+      if (this.stop.signal.aborted) throw new Error('upstream closed');
+      if (urgent.size !== background.size) throw new Error(`source at ${this.url} changed size while connecting`);
+      this.checkSource(urgent, target, this.url);
+      if (this.identity) this.reconnects++;
       this.size = urgent.size;
-      this.identity = identity;
+      this.identity = nbdIdentity(target.exportName, urgent.size);
     } catch (e) {
       urgent.destroy();
       background.destroy();
@@ -213,14 +291,14 @@ export class NbdUpstream extends EventEmitter implements Upstream {
     for (const client of [urgent, background]) client.once('close', () => this.onClientClosed(client));
     this.urgent = urgent;
     this.background = background;
+    this.up.open();
     this.emit('connected');
-    for (const wake of this.waiters.splice(0)) wake();
   }
 
   private onClientClosed(client: NbdClient): void {
     if (client !== this.urgent && client !== this.background) return;
     this.dropClients();
-    if (this.closing) return;
+    if (this.stop.signal.aborted) return;
     this.log.warn({ source: this.url }, 'source connection lost; reconnecting');
     this.emit('disconnected');
     void this.connectWithBackoff().catch(() => undefined);
@@ -229,41 +307,68 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   private dropClients(): void {
     const clients = [this.urgent, this.background];
     this.urgent = this.background = null;
+    this.up.shut();
     for (const c of clients) c?.destroy();
   }
 
+  /** Connects again, with backoff, until connected or closed; one loop at a time. */
   private connectWithBackoff(): Promise<void> {
     this.connecting ??= (async () => {
-      let delay = this.options.minBackoffMs;
-      while (!this.closing && !this.connected) {
-        try {
-          await this.connectOnce();
-          this.reconnects++;
-          this.log.info({ source: this.url, reconnects: this.reconnects }, 'source reconnected');
-        } catch (e) {
-          this.emit('connect-failed', e);
-          this.log.warn({ source: this.url, err: (e as Error).message, retryMs: delay }, 'source unreachable');
-          await new Promise((r) => setTimeout(r, delay));
-          delay = Math.min(delay * 2, this.options.maxBackoffMs);
-        }
+      const signal = this.stop.signal;
+      // A connection that drops right after it came up is connected again here.
+      while (!this.connected && !signal.aborted) {
+        await retry(() => this.connectOnce(), {
+          minMs: this.options.minBackoffMs,
+          maxMs: this.options.maxBackoffMs,
+          signal,
+          onRetry: (err, _attempt, delayMs) => {
+            this.emit('connect-failed', err);
+            this.log.warn({ source: this.url, err: (err as Error).message, retryMs: delayMs }, 'source unreachable');
+          },
+        }).then(
+          () => this.log.info({ source: this.url, reconnects: this.reconnects }, 'source reconnected'),
+          () => undefined, // only when closed
+        );
       }
     })().finally(() => (this.connecting = null));
     return this.connecting;
   }
 }
 
-/** Hash of the export name, size and sampled blocks spread over the image. */
-async function sampleIdentity(client: NbdClient, exportName: string): Promise<string> {
-  const hash = crypto.createHash('sha256');
-  hash.update(`nbd:${exportName}:${client.size}`);
-  const sampleLength = Math.min(IDENTITY_SAMPLE_BYTES, client.size);
-  if (sampleLength > 0) {
-    const offsets = new Set<number>();
-    for (let i = 0; i < IDENTITY_SAMPLES; i++) {
-      offsets.add(Math.floor(((client.size - sampleLength) * i) / (IDENTITY_SAMPLES - 1) / 512) * 512);
-    }
-    const samples = await Promise.all([...offsets].map((o) => client.read(o, sampleLength)));
-    for (const s of samples) hash.update(s);
+/** Largest READ to send: the server's maximum payload, within what every server takes (32 MiB). */
+function maxPayload(client: NbdClient): number {
+  const { minimum, maximum } = client.blockSize;
+  const max = Math.max(4096, Math.min(maximum || 32 << 20, 32 << 20));
+  return minimum > 1 ? Math.max(minimum, max - (max % minimum)) : max;
+}
+
+/**
+ * Visits the extents of a block-status answer for [offset, offset+asked),
+ * clipped to it; returns how many bytes they covered (a server may describe less).
+ */
+function walkExtents(
+  extents: Extent[],
+  offset: number,
+  asked: number,
+  visit: (offset: number, length: number, flags: number) => void,
+): number {
+  let at = offset;
+  for (const e of extents) {
+    const length = Math.min(e.length, offset + asked - at);
+    if (length <= 0) break;
+    visit(at, length, e.flags);
+    at += length;
   }
-  return `nbd-sha256:${hash.digest('hex').slice(0, 32)}`;
+  return at - offset;
+}
+
+/** Appends a range, merged with the last one when they touch (memory stays bounded by the runs, not the extents). */
+function appendRange(ranges: ByteRange[], offset: number, length: number): void {
+  const last = ranges[ranges.length - 1];
+  if (last && last.offset + last.length === offset) last.length += length;
+  else ranges.push({ offset, length });
+}
+
+function sumLengths(ranges: ByteRange[]): number {
+  return ranges.reduce((n, r) => n + r.length, 0);
 }
