@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { loadConfig } from '../config/load';
 import { createLogger } from '../log';
 import { FileDevice } from '../store/file-device';
+import { lockImage } from '../store/image-lock';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { CodecPool } from '../pool';
 import { loadAuth } from '../wire/auth';
@@ -59,6 +60,7 @@ export function registerSource(program: Command): void {
       if (auth.kind === 'insecure')
         log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
       // The VM may still run here (pre-copy, or the paper's source-side setup), so the image stays writable when served over NBD.
+      const unlock = lockImage(s.image, s.nbd_listen ? 'exclusive' : 'shared');
       const device = FileDevice.open(s.image, { readOnly: !s.nbd_listen });
       const identity = imageIdentity(s.image);
       const workers = s.workers || Math.max(1, os.availableParallelism());
@@ -102,6 +104,7 @@ export function registerSource(program: Command): void {
         await pool.close();
         if (!device.readOnly) await device.flush();
         await device.close();
+        unlock();
       });
     });
 }

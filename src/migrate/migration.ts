@@ -9,6 +9,7 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { BlockMap } from '../store/block-map';
 import { FileDevice } from '../store/file-device';
+import { lockImage, lockImages, type ReleaseLock } from '../store/image-lock';
 import { BackgroundCopy, BackgroundCopyOptions } from './background-copy';
 import { MigratingDevice } from './migrating-device';
 import { ZeroScan } from './zero-scan';
@@ -56,6 +57,8 @@ export class Migration extends EventEmitter implements MigrationControl {
   private closed = false;
   /** The link's figures when it was closed (they stay in the status after completion). */
   private lastLinkStats: LinkStats = emptyLinkStats();
+  /** Releases the exclusive locks on the image and its state (taken before either is opened for writing). */
+  private unlock: ReleaseLock = () => undefined;
 
   private started = false;
   private epochCheck: Promise<void> = Promise.resolve();
@@ -113,8 +116,10 @@ export class Migration extends EventEmitter implements MigrationControl {
     const upstream = await options.openUpstream(options.sourceUrl, options.blockSize, session);
     let map: BlockMap;
     let local: FileDevice;
+    const locks: ReleaseLock[] = [];
     try {
       local = FileDevice.open(imagePath, { createSize: upstream.size });
+      locks.push(lockImage(imagePath, 'exclusive'));
       map = BlockMap.create(statePath, {
         blockSize: options.blockSize,
         imageSize: upstream.size,
@@ -124,7 +129,9 @@ export class Migration extends EventEmitter implements MigrationControl {
         trackingEpoch: upstream.trackingEpoch,
         session,
       });
+      locks.push(lockImage(statePath, 'exclusive'));
     } catch (e) {
+      for (const unlock of locks) unlock();
       await upstream.close();
       throw e;
     }
@@ -138,10 +145,26 @@ export class Migration extends EventEmitter implements MigrationControl {
       },
       'migration started',
     );
-    return new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
+    const migration = new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
+    migration.unlock = () => locks.forEach((unlock) => unlock());
+    return migration;
   }
 
+  /** One image, one owner: a second destination on the same image would lose writes. */
   private static async resume(options: MigrationOptions, log: Logger): Promise<Migration> {
+    const paths = [options.imagePath, options.statePath].filter((p) => fs.existsSync(p));
+    const unlock = lockImages(paths, 'exclusive');
+    try {
+      const migration = await Migration.resumeLocked(options, log);
+      migration.unlock = unlock;
+      return migration;
+    } catch (e) {
+      unlock();
+      throw e;
+    }
+  }
+
+  private static async resumeLocked(options: MigrationOptions, log: Logger): Promise<Migration> {
     const map = BlockMap.open(options.statePath);
     if (!fs.existsSync(options.imagePath)) {
       map.close();
@@ -381,6 +404,7 @@ export class Migration extends EventEmitter implements MigrationControl {
     });
     this.device.map.close();
     await this.device.close();
+    this.unlock();
     // Progress since the last save is fetched again after a restart, but the operator must know.
     if (persistError) throw persistError;
   }
