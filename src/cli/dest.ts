@@ -15,7 +15,7 @@ import { listenAddress, nbdLimits, parseHostPort, runUntilSignal } from './proce
 import { parseByteRate } from '../control/byte-rate';
 import os from 'node:os';
 import { CodecPool } from '../pool';
-import { loadAuth } from '../wire/auth';
+import { authWarnings, loadAuth } from '../wire/auth';
 import { WireUpstream } from '../upstream/wire-upstream';
 import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
 
@@ -152,9 +152,19 @@ async function openUpstream(
 ): Promise<Upstream> {
   if (url.startsWith('ferry://')) {
     const w = config.wire;
-    const auth = loadAuth({ pskFile: w.psk_file, cert: w.cert, key: w.key, ca: w.ca, insecure: w.insecure }, 'dest');
-    if (auth.kind === 'insecure')
-      log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
+    const auth = loadAuth(
+      {
+        pskFile: w.psk_file,
+        cert: w.cert,
+        key: w.key,
+        ca: w.ca,
+        insecure: w.insecure,
+        allowOpenPsk: w.allow_open_psk,
+        peerName: w.peer_name,
+      },
+      'dest',
+    );
+    for (const warning of authWarnings(auth)) log.warn(warning);
     const pool = new CodecPool({ workers: w.workers || Math.max(1, os.availableParallelism()), codec: 'lz4' });
     pools.push(pool);
     return WireUpstream.open(

@@ -8,7 +8,7 @@ import { FileDevice } from '../store/file-device';
 import { lockImage } from '../store/image-lock';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { CodecPool } from '../pool';
-import { loadAuth } from '../wire/auth';
+import { authWarnings, loadAuth } from '../wire/auth';
 import { CodecChooser } from '../wire/codec-chooser';
 import { imageIdentity } from '../wire/image-identity';
 import { WireSourceServer } from '../wire/source-server';
@@ -53,12 +53,18 @@ export function registerSource(program: Command): void {
       const s = config.source;
       if (!s.image) throw new Error('source: --image (or source.image in the config) is required');
       const auth = loadAuth(
-        { pskFile: s.psk_file, cert: s.cert, key: s.key, ca: s.ca, insecure: s.insecure },
+        {
+          pskFile: s.psk_file,
+          cert: s.cert,
+          key: s.key,
+          ca: s.ca,
+          insecure: s.insecure,
+          allowOpenPsk: s.allow_open_psk,
+        },
         'source',
       );
       const log = createLogger(config.log.level);
-      if (auth.kind === 'insecure')
-        log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
+      for (const warning of authWarnings(auth)) log.warn(warning);
       // The VM may still run here (pre-copy, or the paper's source-side setup), so the image stays writable when served over NBD.
       const unlock = lockImage(s.image, s.nbd_listen ? 'exclusive' : 'shared');
       const device = FileDevice.open(s.image, { readOnly: !s.nbd_listen });
@@ -75,6 +81,8 @@ export function registerSource(program: Command): void {
         pool,
         chooser,
         log: log.child({ component: 'wire' }),
+        handshakeTimeoutMs: s.handshake_timeout_ms,
+        maxConnections: s.max_connections,
       });
       const hp = parseHostPort(s.listen);
       const address = await wire.listen(hp.host, hp.port);

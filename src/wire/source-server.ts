@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import type { FileDevice } from '../store/file-device';
 import { QueueFullError, type CodecPool } from '../pool';
 import { BlockEncoding } from '../codec/batch';
-import { createWireServer, WireAuth } from './auth';
+import { createWireServer, destinationProblem, WireAuth } from './auth';
 import { encodePreamble, FrameDecoder } from './frame-codec';
 import {
   decodeFetch,
@@ -53,6 +53,10 @@ export interface SourceServerOptions {
   maxFetchesInFlight?: number;
   /** Largest FETCH length accepted. */
   maxFetchBytes?: number;
+  /** A peer must finish TLS and have its HELLO accepted within this time, or it is disconnected. */
+  handshakeTimeoutMs?: number;
+  /** Connections at once, authenticated or not; more are refused at accept. */
+  maxConnections?: number;
 }
 
 interface Session {
@@ -62,6 +66,8 @@ interface Session {
 
 const MAX_BATCH_BLOCKS = 1024;
 const SOCKET_HIGH_WATER = 8 << 20;
+/** Before HELLO a peer may send small frames only: a HELLO's metadata and no payload. */
+const PRE_HELLO_MAX_META = 16 * 1024;
 /** Span one ZERO_QUERY is answered for at most (the destination asks again from where it ends). */
 const MAX_ZERO_QUERY = 2 ** 40;
 
@@ -69,19 +75,41 @@ export class WireSourceServer {
   private readonly server: net.Server;
   private readonly sessions = new Map<string, Session>();
   private readonly sockets = new Set<net.Socket>();
+  /** Handshake deadlines of connections not yet past HELLO, by peer address. */
+  private readonly deadlines = new Map<string, NodeJS.Timeout>();
   private nextId = 1;
   private readonly meter: LinkMeter;
-  counters = { connections: 0, authFailures: 0, batches: 0, bytesRead: 0, bytesSent: 0, references: 0 };
+  counters = {
+    connections: 0,
+    authFailures: 0,
+    handshakeTimeouts: 0,
+    refusedOverLimit: 0,
+    batches: 0,
+    bytesRead: 0,
+    bytesSent: 0,
+    references: 0,
+  };
 
   constructor(private readonly options: SourceServerOptions) {
+    const handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
     this.server = createWireServer(
       options.auth,
+      { handshakeTimeoutMs },
       (socket) => this.accept(socket),
-      (reason, peer) => {
+      (reason, peer, detail) => {
         this.counters.authFailures++;
-        options.log.warn({ peer, reason }, 'refused a connection that failed authentication');
+        options.log.warn({ peer, reason, detail }, 'refused a connection that failed authentication');
       },
     );
+    this.server.maxConnections = options.maxConnections ?? 64;
+    this.server.on('drop', (peer?: net.DropArgument) => {
+      this.counters.refusedOverLimit++;
+      options.log.warn(
+        { peer: peer && `${peer.remoteAddress}:${peer.remotePort}`, limit: this.server.maxConnections },
+        'refused a connection: at the connection limit (source.max_connections)',
+      );
+    });
+    this.server.on('connection', (raw: net.Socket) => this.startDeadline(raw, handshakeTimeoutMs));
     this.meter = new LinkMeter(
       () => this.counters.bytesSent,
       () => options.pool.isFull,
@@ -108,12 +136,34 @@ export class WireSourceServer {
     await closed;
   }
 
+  /** Unauthenticated peers cost a socket each: one that has not said HELLO in time is dropped. */
+  private startDeadline(raw: net.Socket, timeoutMs: number): void {
+    const key = `${raw.remoteAddress}:${raw.remotePort}`;
+    const timer = setTimeout(() => {
+      this.counters.handshakeTimeouts++;
+      this.options.log.warn({ peer: key, timeoutMs }, 'disconnected a peer that did not authenticate in time');
+      raw.destroy();
+    }, timeoutMs);
+    this.deadlines.set(key, timer);
+    raw.once('close', () => this.authenticated(key));
+  }
+
+  private authenticated(key: string): void {
+    clearTimeout(this.deadlines.get(key));
+    this.deadlines.delete(key);
+  }
+
   private accept(socket: net.Socket): void {
-    const log = this.options.log.child({ wire: this.nextId++, peer: `${socket.remoteAddress}:${socket.remotePort}` });
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    const log = this.options.log.child({ wire: this.nextId++, peer });
     this.sockets.add(socket);
     this.counters.connections++;
     socket.setNoDelay(true);
-    const conn = new SourceConnection(socket, this.options, this.sessions, this.counters, log);
+    const roleProblem = destinationProblem(this.options.auth, socket);
+    if (roleProblem) this.counters.authFailures++;
+    const conn = new SourceConnection(socket, this.options, this.sessions, this.counters, log, roleProblem, () =>
+      this.authenticated(peer),
+    );
     socket.on('close', () => {
       this.sockets.delete(socket);
       conn.closed();
@@ -137,16 +187,24 @@ class SourceConnection {
     private readonly sessions: Map<string, Session>,
     private readonly counters: WireSourceServer['counters'],
     private readonly log: Logger,
+    roleProblem: string | null,
+    private readonly onAuthenticated: () => void,
   ) {
     this.maxInFlight = options.maxFetchesInFlight ?? 16;
     this.maxFetchBytes = options.maxFetchBytes ?? 16 << 20;
+    this.decoder.setLimits(PRE_HELLO_MAX_META, 0);
+    socket.on('error', (err) => log.debug({ err: err.message }, 'wire socket error'));
     socket.write(encodePreamble());
+    if (roleProblem) {
+      this.refuse(RefuseCode.BadRequest, roleProblem);
+      return;
+    }
     socket.on('data', (chunk: Buffer) => {
+      if (this.dead) return; // refused: nothing more is read or kept
       this.decoder.push(chunk);
       this.pump();
     });
     socket.on('drain', () => this.pump());
-    socket.on('error', (err) => log.debug({ err: err.message }, 'wire socket error'));
   }
 
   closed(): void {
@@ -251,6 +309,8 @@ class SourceConnection {
     }
     session.connections++;
     this.session = session;
+    this.decoder.setLimits();
+    this.onAuthenticated();
     this.socket.write(
       encodeWelcome({ version: WIRE_VERSION, imageSize: device.size, identity, codec: this.options.chooser.current }),
     );
