@@ -304,10 +304,6 @@ export function explainPeerFailure(auth: WireAuth, detail: string): string {
   if (/timeout/i.test(detail)) return 'the peer did not finish the TLS handshake in time';
   if (NOT_TLS.test(detail)) return 'the peer does not speak TLS (a destination running --insecure?)';
   if (auth.kind === 'psk') {
-    if (/certificate/i.test(detail))
-      return own(
-        'the source uses certificates (--cert/--key/--ca), not a pre-shared key; give both ends the same authentication',
-      );
     if (/no suitable signature|no shared cipher|bad binder|decrypt|psk/i.test(detail))
       return 'the peer has a different pre-shared key (or uses certificates)';
     return 'TLS handshake failed';
