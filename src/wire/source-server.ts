@@ -75,8 +75,9 @@ export class WireSourceServer {
   private readonly server: net.Server;
   private readonly sessions = new Map<string, Session>();
   private readonly sockets = new Set<net.Socket>();
-  /** Handshake deadlines of connections not yet past HELLO, by peer address. */
-  private readonly deadlines = new Map<string, NodeJS.Timeout>();
+  /** When each connection still in its TLS handshake arrived, by peer address. */
+  private readonly arrivals = new Map<string, number>();
+  private readonly handshakeTimeoutMs: number;
   private nextId = 1;
   private readonly meter: LinkMeter;
   counters = {
@@ -91,7 +92,7 @@ export class WireSourceServer {
   };
 
   constructor(private readonly options: SourceServerOptions) {
-    const handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
+    const handshakeTimeoutMs = (this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000);
     this.server = createWireServer(
       options.auth,
       { handshakeTimeoutMs },
@@ -109,7 +110,12 @@ export class WireSourceServer {
         'refused a connection: at the connection limit (source.max_connections)',
       );
     });
-    this.server.on('connection', (raw: net.Socket) => this.startDeadline(raw, handshakeTimeoutMs));
+    // The TLS server's own handshake timeout (the same length) guards a connection until TLS completes.
+    this.server.on('connection', (raw: net.Socket) => {
+      const key = `${raw.remoteAddress}:${raw.remotePort}`;
+      this.arrivals.set(key, Date.now());
+      raw.once('close', () => this.arrivals.delete(key));
+    });
     this.meter = new LinkMeter(
       () => this.counters.bytesSent,
       () => options.pool.isFull,
@@ -136,35 +142,30 @@ export class WireSourceServer {
     await closed;
   }
 
-  /** Unauthenticated peers cost a socket each: one that has not said HELLO in time is dropped. */
-  private startDeadline(raw: net.Socket, timeoutMs: number): void {
-    const key = `${raw.remoteAddress}:${raw.remotePort}`;
-    const timer = setTimeout(() => {
-      this.counters.handshakeTimeouts++;
-      this.options.log.warn({ peer: key, timeoutMs }, 'disconnected a peer that did not authenticate in time');
-      raw.destroy();
-    }, timeoutMs);
-    this.deadlines.set(key, timer);
-    raw.once('close', () => this.authenticated(key));
-  }
-
-  private authenticated(key: string): void {
-    clearTimeout(this.deadlines.get(key));
-    this.deadlines.delete(key);
-  }
-
   private accept(socket: net.Socket): void {
     const peer = `${socket.remoteAddress}:${socket.remotePort}`;
     const log = this.options.log.child({ wire: this.nextId++, peer });
+    // Unauthenticated peers cost a socket each: one that has not said HELLO in time (TLS included) is dropped.
+    const arrived = this.arrivals.get(peer) ?? Date.now();
+    this.arrivals.delete(peer);
+    const deadline = setTimeout(
+      () => {
+        this.counters.handshakeTimeouts++;
+        log.warn({ timeoutMs: this.handshakeTimeoutMs }, 'disconnected a peer that did not authenticate in time');
+        socket.destroy();
+      },
+      Math.max(0, arrived + this.handshakeTimeoutMs - Date.now()),
+    );
     this.sockets.add(socket);
     this.counters.connections++;
     socket.setNoDelay(true);
     const roleProblem = destinationProblem(this.options.auth, socket);
     if (roleProblem) this.counters.authFailures++;
     const conn = new SourceConnection(socket, this.options, this.sessions, this.counters, log, roleProblem, () =>
-      this.authenticated(peer),
+      clearTimeout(deadline),
     );
     socket.on('close', () => {
+      clearTimeout(deadline);
       this.sockets.delete(socket);
       conn.closed();
     });
