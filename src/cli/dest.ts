@@ -89,6 +89,7 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   const migration = await Migration.open(
     {
       imagePath: d.image,
+      fileMode: parseInt(d.file_mode, 8),
       statePath: d.state ?? `${d.image}.ferry-state`,
       sourceUrl: d.source,
       blockSize: d.block_size,

@@ -33,6 +33,8 @@ export interface MigrationOptions {
    * more (a stopped VM, a snapshot), or to fence a ferry source at once.
    */
   cutoverAtStart?: boolean;
+  /** Mode of the image and state files a new migration creates; default 0600. */
+  fileMode?: number;
   /**
    * Opens the upstream for a URL (plain NBD or ferry wire) with the
    * migration's block size and this destination's session id at the source.
@@ -118,17 +120,21 @@ export class Migration extends EventEmitter implements MigrationControl {
     let local: FileDevice;
     const locks: ReleaseLock[] = [];
     try {
-      local = FileDevice.open(imagePath, { createSize: upstream.size });
+      local = FileDevice.open(imagePath, { createSize: upstream.size, createMode: options.fileMode });
       locks.push(lockImage(imagePath, 'exclusive'));
-      map = BlockMap.create(statePath, {
-        blockSize: options.blockSize,
-        imageSize: upstream.size,
-        sourceIdentity: upstream.identity,
-        sourceUrl: options.sourceUrl,
-        phase: 'warming',
-        trackingEpoch: upstream.trackingEpoch,
-        session,
-      });
+      map = BlockMap.create(
+        statePath,
+        {
+          blockSize: options.blockSize,
+          imageSize: upstream.size,
+          sourceIdentity: upstream.identity,
+          sourceUrl: options.sourceUrl,
+          phase: 'warming',
+          trackingEpoch: upstream.trackingEpoch,
+          session,
+        },
+        options.fileMode,
+      );
       locks.push(lockImage(statePath, 'exclusive'));
     } catch (e) {
       for (const unlock of locks) unlock();
