@@ -1,5 +1,5 @@
-// Linux file-range operations that Node's fs module lacks: punching holes,
-// zeroing ranges without writing, and finding data/hole boundaries.
+// Linux file operations that Node's fs module lacks: punching holes, zeroing
+// ranges without writing, finding data/hole boundaries, and flock(2).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -7,6 +7,7 @@
 #include <node_api.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -95,12 +96,29 @@ static napi_value pread_nowait(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// tryLock(fd, exclusive): flock(2) without waiting; true when taken, false
+// when another open file holds a conflicting lock. The kernel drops the lock
+// when the last descriptor of this open file closes, kill -9 included.
+static napi_value try_lock(napi_env env, napi_callback_info info) {
+  int64_t a[2];
+  if (read_args(env, info, 2, a)) return NULL;
+  int op = (a[1] ? LOCK_EX : LOCK_SH) | LOCK_NB;
+  int r;
+  do r = flock((int)a[0], op);
+  while (r != 0 && errno == EINTR);
+  if (r != 0 && errno != EWOULDBLOCK) return throw_errno(env, "flock", errno);
+  napi_value result;
+  napi_get_boolean(env, r == 0, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
       {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default, NULL},
       {"seek", NULL, seek, NULL, NULL, NULL, napi_default, NULL},
       {"preadNoWait", NULL, pread_nowait, NULL, NULL, NULL, napi_default, NULL},
+      {"tryLock", NULL, try_lock, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

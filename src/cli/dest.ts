@@ -15,7 +15,7 @@ import { listenAddress, nbdLimits, parseHostPort, runUntilSignal } from './proce
 import { parseByteRate } from '../control/byte-rate';
 import os from 'node:os';
 import { CodecPool } from '../pool';
-import { loadAuth } from '../wire/auth';
+import { authWarnings, loadAuth } from '../wire/auth';
 import { WireUpstream } from '../upstream/wire-upstream';
 import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
 
@@ -95,6 +95,7 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   const migration = await Migration.open(
     {
       imagePath: d.image,
+      fileMode: parseInt(d.file_mode, 8),
       statePath: d.state ?? `${d.image}.ferry-state`,
       sourceUrl: d.source,
       blockSize: d.block_size,
@@ -162,9 +163,19 @@ async function openUpstream(
         `dest: --dirty-bitmap (dest.dirty_bitmap) is for a plain NBD source; ferry source ${url} reports its writes itself`,
       );
     const w = config.wire;
-    const auth = loadAuth({ pskFile: w.psk_file, cert: w.cert, key: w.key, ca: w.ca, insecure: w.insecure }, 'dest');
-    if (auth.kind === 'insecure')
-      log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
+    const auth = loadAuth(
+      {
+        pskFile: w.psk_file,
+        cert: w.cert,
+        key: w.key,
+        ca: w.ca,
+        insecure: w.insecure,
+        allowOpenPsk: w.allow_open_psk,
+        peerName: w.peer_name,
+      },
+      'dest',
+    );
+    for (const warning of authWarnings(auth)) log.warn(warning);
     const pool = new CodecPool({ workers: w.workers || Math.max(1, os.availableParallelism()), codec: 'lz4' });
     pools.push(pool);
     return WireUpstream.open(

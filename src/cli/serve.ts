@@ -6,6 +6,7 @@ import { createLogger } from '../log';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { FileDevice } from '../store/file-device';
 import { fileOpsError } from '../store/fileops';
+import { lockImage } from '../store/image-lock';
 import { listenAddress, nbdLimits, runUntilSignal } from './process';
 
 interface ServeFlags {
@@ -43,6 +44,7 @@ export function registerServe(program: Command): void {
       const log = createLogger(config.log.level);
       if (fileOpsError)
         log.warn({ reason: fileOpsError }, 'native file operations unavailable: TRIM off, zeroes are written');
+      const unlock = lockImage(image, config.serve.read_only ? 'shared' : 'exclusive');
       const device = FileDevice.open(image, { readOnly: config.serve.read_only });
       const name = config.serve.export ?? path.basename(image);
       const exports = new StaticExportTable([{ name, description: config.serve.description, device }]);
@@ -53,6 +55,7 @@ export function registerServe(program: Command): void {
         await server.close();
         if (!device.readOnly) await device.flush();
         await device.close();
+        unlock();
       });
     });
 }

@@ -9,9 +9,10 @@ import { TrackingDevice } from '../store/tracking-device';
 import { ControlServer, type ControlDispatch } from '../control/control-server';
 import { cutoverRecordPath, defaultStateDir } from '../wire/cutover-record';
 import { SourceSessions } from '../wire/source-sessions';
+import { lockImage } from '../store/image-lock';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { CodecPool } from '../pool';
-import { loadAuth } from '../wire/auth';
+import { authWarnings, loadAuth } from '../wire/auth';
 import { CodecChooser } from '../wire/codec-chooser';
 import { imageIdentity } from '../wire/image-identity';
 import { WireSourceServer } from '../wire/source-server';
@@ -65,14 +66,21 @@ export function registerSource(program: Command): void {
       const s = config.source;
       if (!s.image) throw new Error('source: --image (or source.image in the config) is required');
       const auth = loadAuth(
-        { pskFile: s.psk_file, cert: s.cert, key: s.key, ca: s.ca, insecure: s.insecure },
+        {
+          pskFile: s.psk_file,
+          cert: s.cert,
+          key: s.key,
+          ca: s.ca,
+          insecure: s.insecure,
+          allowOpenPsk: s.allow_open_psk,
+        },
         'source',
       );
       const log = createLogger(config.log.level);
-      if (auth.kind === 'insecure')
-        log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
+      for (const warning of authWarnings(auth)) log.warn(warning);
       // The VM may still run here (pre-copy), so the image stays writable when served over NBD, and
       // every write through it is tracked; without NBD nothing here can see the writers: read-only, no tracking.
+      const unlock = lockImage(s.image, s.nbd_listen ? 'exclusive' : 'shared');
       const device = FileDevice.open(s.image, { readOnly: !s.nbd_listen });
       const tracked = s.nbd_listen ? new TrackingDevice(device, log.child({ component: 'fence' })) : null;
       const identity = imageIdentity(s.image);
@@ -97,6 +105,8 @@ export function registerSource(program: Command): void {
         pool,
         chooser,
         log: log.child({ component: 'wire' }),
+        handshakeTimeoutMs: s.handshake_timeout_ms,
+        maxConnections: s.max_connections,
       });
       const hp = parseHostPort(s.listen);
       const address = await wire.listen(hp.host, hp.port);
@@ -136,6 +146,7 @@ export function registerSource(program: Command): void {
         await pool.close();
         if (!device.readOnly) await device.flush();
         await device.close();
+        unlock();
       });
     });
 }

@@ -74,8 +74,18 @@ export const DestSection = z
     socket: z.string().min(1).optional(),
     /** Control socket for `ferry ctl`. */
     control: z.string().min(1).optional(),
-    /** HOST:PORT to serve Prometheus metrics on (GET /metrics). */
-    metrics: hostPort.optional(),
+    /** HOST:PORT (or a bare PORT, on 127.0.0.1) to serve Prometheus metrics on (GET /metrics). */
+    metrics: z
+      .union([hostPort, z.string().regex(/^\d{1,5}$/, 'must be HOST:PORT or PORT')])
+      .transform((v) => (/^\d+$/.test(v) ? `127.0.0.1:${v}` : v))
+      .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535')
+      .optional(),
+    /** Mode of the image and state files a new migration creates (octal string, e.g. "0640"). */
+    file_mode: z
+      .string()
+      .regex(/^0?[0-7]{3}$/, 'must be an octal mode such as "0600"')
+      .refine((m) => (parseInt(m, 8) & 0o002) === 0, 'must not let others write the image')
+      .default('0600'),
     /** Unit of copy and state; a new migration only (a resumed one keeps its own). */
     block_size: blockSize.default(4096),
     /** How long a VM read waits for a missing block while the source is unreachable, before EIO. */
@@ -125,6 +135,8 @@ const wireAuth = {
   ca: z.string().min(1).optional(),
   /** Plain TCP: anyone on the path can read the disk. Must be chosen explicitly. */
   insecure: z.boolean().default(false),
+  /** Accept a pre-shared key file that group or others can read (warned at start). */
+  allow_open_psk: z.boolean().default(false),
 };
 
 export const SourceSection = z
@@ -147,6 +159,10 @@ export const SourceSection = z
     state_dir: z.string().min(1).optional(),
     /** Control socket for `ferry ctl` (status, cutover, unfence). */
     control: z.string().min(1).optional(),
+    /** A destination must finish TLS and say HELLO within this time, or it is disconnected. */
+    handshake_timeout_ms: positiveInt.max(600_000).default(10_000),
+    /** Wire connections at once (each destination opens 1 + wire.background_streams); more are refused. */
+    max_connections: positiveInt.max(65_536).default(64),
     ...wireAuth,
   })
   .strict();
@@ -159,6 +175,8 @@ export const WireSection = z
     workers: z.number().int().min(0).max(64).default(0),
     /** Attempts per block whose data keeps failing verification before the fetch fails. */
     max_attempts: positiveInt.max(100).default(8),
+    /** Certificates: the name (CN or subjectAltName) the source's certificate must carry; default: the host in dest.source. */
+    peer_name: z.string().min(1).max(255).optional(),
     ...wireAuth,
   })
   .strict();

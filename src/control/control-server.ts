@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import type { MigrationControl } from '../migrate/status';
 import { LineSplitter } from './line-splitter';
@@ -43,15 +44,27 @@ export class ControlServer {
     await removeStaleSocket(socketPath);
     const server = net.createServer((socket) => this.accept(socket));
     server.maxConnections = MAX_CONNECTIONS;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(socketPath, () => {
-        server.off('error', reject);
-        resolve();
+    // The socket can pause, detach and redirect the migration: only its owner may use it. It is
+    // made in a private (0700) directory, narrowed to 0600 there, and only then renamed into
+    // place, so it never exists at its path with a wider mode, whatever the umask.
+    const privateDir = fs.mkdtempSync(path.join(path.dirname(socketPath), '.ferry-control-'));
+    const staging = path.join(privateDir, 'control.sock');
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(staging, () => {
+          server.off('error', reject);
+          resolve();
+        });
       });
-    });
-    // The socket can pause, detach and redirect the migration: only its owner may use it.
-    fs.chmodSync(socketPath, 0o600);
+      fs.chmodSync(staging, 0o600);
+      fs.renameSync(staging, socketPath);
+    } catch (e) {
+      server.close();
+      throw e;
+    } finally {
+      fs.rmSync(privateDir, { recursive: true, force: true });
+    }
     server.on('error', (err) => this.log.error({ err, socketPath }, 'control socket error'));
     this.server = server;
     this.socketPath = socketPath;

@@ -199,6 +199,8 @@ export async function startMetricsServer(
   const bound = server.address() as AddressInfo;
   const address = { host: bound.address, port: bound.port };
   log.info({ address }, 'metrics listening');
+  if (!['127.0.0.1', '::1'].includes(address.host) && !address.host.startsWith('127.'))
+    log.warn({ address }, 'metrics are reachable beyond this host (give a bare PORT for 127.0.0.1)');
   return {
     address,
     close: () =>

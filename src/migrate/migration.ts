@@ -9,6 +9,7 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { BlockMap } from '../store/block-map';
 import { FileDevice } from '../store/file-device';
+import { lockImage, lockImages, type ReleaseLock } from '../store/image-lock';
 import { BackgroundCopy, BackgroundCopyOptions } from './background-copy';
 import { MigratingDevice } from './migrating-device';
 import { ZeroScan } from './zero-scan';
@@ -32,6 +33,8 @@ export interface MigrationOptions {
    * more (a stopped VM, a snapshot), or to fence a ferry source at once.
    */
   cutoverAtStart?: boolean;
+  /** Mode of the image and state files a new migration creates; default 0600. */
+  fileMode?: number;
   /**
    * Opens the upstream for a URL (plain NBD or ferry wire) with the
    * migration's block size and this destination's session id at the source.
@@ -56,6 +59,8 @@ export class Migration extends EventEmitter implements MigrationControl {
   private closed = false;
   /** The link's figures when it was closed (they stay in the status after completion). */
   private lastLinkStats: LinkStats = emptyLinkStats();
+  /** Releases the exclusive locks on the image and its state (taken before either is opened for writing). */
+  private unlock: ReleaseLock = () => undefined;
 
   private started = false;
   private epochCheck: Promise<void> = Promise.resolve();
@@ -113,18 +118,26 @@ export class Migration extends EventEmitter implements MigrationControl {
     const upstream = await options.openUpstream(options.sourceUrl, options.blockSize, session);
     let map: BlockMap;
     let local: FileDevice;
+    const locks: ReleaseLock[] = [];
     try {
-      local = FileDevice.open(imagePath, { createSize: upstream.size });
-      map = BlockMap.create(statePath, {
-        blockSize: options.blockSize,
-        imageSize: upstream.size,
-        sourceIdentity: upstream.identity,
-        sourceUrl: options.sourceUrl,
-        phase: 'warming',
-        trackingEpoch: upstream.trackingEpoch,
-        session,
-      });
+      local = FileDevice.open(imagePath, { createSize: upstream.size, createMode: options.fileMode });
+      locks.push(lockImage(imagePath, 'exclusive'));
+      map = BlockMap.create(
+        statePath,
+        {
+          blockSize: options.blockSize,
+          imageSize: upstream.size,
+          sourceIdentity: upstream.identity,
+          sourceUrl: options.sourceUrl,
+          phase: 'warming',
+          trackingEpoch: upstream.trackingEpoch,
+          session,
+        },
+        options.fileMode,
+      );
+      locks.push(lockImage(statePath, 'exclusive'));
     } catch (e) {
+      for (const unlock of locks) unlock();
       await upstream.close();
       throw e;
     }
@@ -138,10 +151,26 @@ export class Migration extends EventEmitter implements MigrationControl {
       },
       'migration started',
     );
-    return new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
+    const migration = new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
+    migration.unlock = () => locks.forEach((unlock) => unlock());
+    return migration;
   }
 
+  /** One image, one owner: a second destination on the same image would lose writes. */
   private static async resume(options: MigrationOptions, log: Logger): Promise<Migration> {
+    const paths = [options.imagePath, options.statePath].filter((p) => fs.existsSync(p));
+    const unlock = lockImages(paths, 'exclusive');
+    try {
+      const migration = await Migration.resumeLocked(options, log);
+      migration.unlock = unlock;
+      return migration;
+    } catch (e) {
+      unlock();
+      throw e;
+    }
+  }
+
+  private static async resumeLocked(options: MigrationOptions, log: Logger): Promise<Migration> {
     const map = BlockMap.open(options.statePath);
     if (!fs.existsSync(options.imagePath)) {
       map.close();
@@ -381,6 +410,7 @@ export class Migration extends EventEmitter implements MigrationControl {
     });
     this.device.map.close();
     await this.device.close();
+    this.unlock();
     // Progress since the last save is fetched again after a restart, but the operator must know.
     if (persistError) throw persistError;
   }

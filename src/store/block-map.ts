@@ -125,7 +125,8 @@ export class BlockMap {
   }
 
   /** Creates a new map with every block missing; fails if the file exists. */
-  static create(path: string, header: Omit<BlockMapHeader, 'complete'>): BlockMap {
+  /** Creates the map file with `mode` exactly (owner-only by default: it says what the image holds). */
+  static create(path: string, header: Omit<BlockMapHeader, 'complete'>, mode = 0o600): BlockMap {
     if (!header.session) throw new BlockMapError('a new block map needs a session id');
     const blockSizeIssue = blockSizeProblem(header.blockSize);
     if (blockSizeIssue) {
@@ -142,8 +143,9 @@ export class BlockMap {
     const full: BlockMapHeader = { ...header, complete: false };
     const blockCount = Math.ceil(header.imageSize / header.blockSize);
     const bitmapBytes = roundUp(Math.ceil(blockCount / 8), PAGE);
-    const fd = fs.openSync(path, 'wx+', 0o644);
+    const fd = fs.openSync(path, 'wx+', mode);
     try {
+      fs.fchmodSync(fd, mode); // exactly, whatever the umask
       // Written, not just sized: the bitmap's blocks are allocated now, so a disk that fills
       // later cannot refuse the map's own pages (every FLUSH would then fail).
       const zeros = Buffer.alloc(Math.min(bitmapBytes, 1 << 20));

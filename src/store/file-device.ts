@@ -14,6 +14,8 @@ export interface FileDeviceOptions {
   readOnly?: boolean;
   /** Create the file with this size if it does not exist. */
   createSize?: number;
+  /** Mode of a file it creates, applied exactly (default owner-only: a disk image holds a VM's secrets). */
+  createMode?: number;
 }
 
 export class FileDevice implements BlockDevice {
@@ -35,7 +37,9 @@ export class FileDevice implements BlockDevice {
   static open(path: string, options: FileDeviceOptions = {}): FileDevice {
     const readOnly = options.readOnly ?? false;
     if (options.createSize !== undefined && !fs.existsSync(path)) {
-      const fd = fs.openSync(path, 'wx', 0o644);
+      const mode = options.createMode ?? 0o600;
+      const fd = fs.openSync(path, 'wx', mode);
+      fs.fchmodSync(fd, mode);
       fs.ftruncateSync(fd, options.createSize);
       fs.closeSync(fd);
     }

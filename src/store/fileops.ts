@@ -1,7 +1,8 @@
 /**
- * Loads the small native addon for hole punching and SEEK_DATA/SEEK_HOLE,
- * which Node's fs lacks. Without it ferry still works: trims are not
- * advertised, zeroing writes zeros, and every range reports as data.
+ * Loads the small native addon for hole punching, SEEK_DATA/SEEK_HOLE and
+ * flock(2), which Node's fs lacks. Without it ferry still works: trims are
+ * not advertised, zeroing writes zeros, every range reports as data, and
+ * images are locked with pid files (see image-lock.ts).
  */
 import path from 'node:path';
 
@@ -12,6 +13,8 @@ export interface FileOps {
   seek(fd: number, offset: number, whence: number): number;
   /** Reads what the page cache holds without blocking; -1 when it would block. */
   preadNoWait(fd: number, buffer: Buffer, position: number): number;
+  /** flock(2) without waiting: true when taken, false when a conflicting lock is held elsewhere. */
+  tryLock(fd: number, exclusive: 0 | 1): boolean;
 }
 
 export const SEEK_DATA = 3;

@@ -49,6 +49,14 @@ export class FrameDecoder {
   private readonly queue = new ByteQueue();
   private gotPreamble = false;
   private failed = false;
+  private maxMeta = MAX_META;
+  private maxPayload = MAX_PAYLOAD;
+
+  /** Lowers the bounds on frames to come (an unauthenticated peer gets small ones); no arguments restore the protocol's. */
+  setLimits(maxMeta = MAX_META, maxPayload = MAX_PAYLOAD): void {
+    this.maxMeta = Math.min(maxMeta, MAX_META);
+    this.maxPayload = Math.min(maxPayload, MAX_PAYLOAD);
+  }
 
   push(chunk: Buffer): void {
     this.queue.push(chunk);
@@ -71,8 +79,10 @@ export class FrameDecoder {
     const head = this.queue.peek(FRAME_HEADER_SIZE);
     const metaLength = head.readUInt32BE(0);
     const payloadLength = head.readUInt32BE(4);
-    if (metaLength > MAX_META || payloadLength > MAX_PAYLOAD) {
-      return this.fail(`frame lengths out of bounds (metadata ${metaLength}, payload ${payloadLength})`);
+    if (metaLength > this.maxMeta || payloadLength > this.maxPayload) {
+      return this.fail(
+        `frame lengths out of bounds (metadata ${metaLength} of at most ${this.maxMeta}, payload ${payloadLength} of at most ${this.maxPayload})`,
+      );
     }
     if (this.queue.length < FRAME_HEADER_SIZE + metaLength) return null;
     const type = head.readUInt8(8);

@@ -10,7 +10,7 @@ import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { BlockDevice } from '../store/block-device';
 import { QueueFullError, type CodecPool } from '../pool';
-import { createWireServer, WireAuth } from './auth';
+import { createWireServer, destinationProblem, WireAuth } from './auth';
 import { encodePreamble, FrameDecoder } from './frame-codec';
 import {
   decodeCutoverRequest,
@@ -61,28 +61,62 @@ export interface SourceServerOptions {
   maxFetchesInFlight?: number;
   /** Largest FETCH length accepted. */
   maxFetchBytes?: number;
+  /** A peer must finish TLS and have its HELLO accepted within this time, or it is disconnected. */
+  handshakeTimeoutMs?: number;
+  /** Connections at once, authenticated or not; more are refused at accept. */
+  maxConnections?: number;
 }
 
 const SOCKET_HIGH_WATER = 8 << 20;
+/** Before HELLO a peer may send small frames only: a HELLO's metadata and no payload. */
+const PRE_HELLO_MAX_META = 16 * 1024;
 /** Span one ZERO_QUERY is answered for at most (the destination asks again from where it ends). */
 const MAX_ZERO_QUERY = 2 ** 40;
 
 export class WireSourceServer {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
+  /** When each connection still in its TLS handshake arrived, by peer address. */
+  private readonly arrivals = new Map<string, number>();
+  private readonly handshakeTimeoutMs: number;
   private nextId = 1;
   private readonly meter: LinkMeter;
-  counters = { connections: 0, authFailures: 0, batches: 0, bytesRead: 0, bytesSent: 0, references: 0 };
+  counters = {
+    connections: 0,
+    authFailures: 0,
+    handshakeTimeouts: 0,
+    refusedOverLimit: 0,
+    batches: 0,
+    bytesRead: 0,
+    bytesSent: 0,
+    references: 0,
+  };
 
   constructor(private readonly options: SourceServerOptions) {
+    const handshakeTimeoutMs = (this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000);
     this.server = createWireServer(
       options.auth,
+      { handshakeTimeoutMs },
       (socket) => this.accept(socket),
-      (reason, peer) => {
+      (reason, peer, detail) => {
         this.counters.authFailures++;
-        options.log.warn({ peer, reason }, 'refused a connection that failed authentication');
+        options.log.warn({ peer, reason, detail }, 'refused a connection that failed authentication');
       },
     );
+    this.server.maxConnections = options.maxConnections ?? 64;
+    this.server.on('drop', (peer?: net.DropArgument) => {
+      this.counters.refusedOverLimit++;
+      options.log.warn(
+        { peer: peer && `${peer.remoteAddress}:${peer.remotePort}`, limit: this.server.maxConnections },
+        'refused a connection: at the connection limit (source.max_connections)',
+      );
+    });
+    // The TLS server's own handshake timeout (the same length) guards a connection until TLS completes.
+    this.server.on('connection', (raw: net.Socket) => {
+      const key = `${raw.remoteAddress}:${raw.remotePort}`;
+      this.arrivals.set(key, Date.now());
+      raw.once('close', () => this.arrivals.delete(key));
+    });
     this.meter = new LinkMeter(
       () => this.counters.bytesSent,
       () => options.pool.isFull,
@@ -110,12 +144,29 @@ export class WireSourceServer {
   }
 
   private accept(socket: net.Socket): void {
-    const log = this.options.log.child({ wire: this.nextId++, peer: `${socket.remoteAddress}:${socket.remotePort}` });
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    const log = this.options.log.child({ wire: this.nextId++, peer });
+    // Unauthenticated peers cost a socket each: one that has not said HELLO in time (TLS included) is dropped.
+    const arrived = this.arrivals.get(peer) ?? Date.now();
+    this.arrivals.delete(peer);
+    const deadline = setTimeout(
+      () => {
+        this.counters.handshakeTimeouts++;
+        log.warn({ timeoutMs: this.handshakeTimeoutMs }, 'disconnected a peer that did not authenticate in time');
+        socket.destroy();
+      },
+      Math.max(0, arrived + this.handshakeTimeoutMs - Date.now()),
+    );
     this.sockets.add(socket);
     this.counters.connections++;
     socket.setNoDelay(true);
-    const conn = new SourceConnection(socket, this.options, this.counters, log);
+    const roleProblem = destinationProblem(this.options.auth, socket);
+    if (roleProblem) this.counters.authFailures++;
+    const conn = new SourceConnection(socket, this.options, this.counters, log, roleProblem, () =>
+      clearTimeout(deadline),
+    );
     socket.on('close', () => {
+      clearTimeout(deadline);
       this.sockets.delete(socket);
       conn.closed();
     });
@@ -136,16 +187,24 @@ class SourceConnection implements SessionLink {
     private readonly options: SourceServerOptions,
     private readonly counters: WireSourceServer['counters'],
     private readonly log: Logger,
+    roleProblem: string | null,
+    private readonly onAuthenticated: () => void,
   ) {
     this.maxInFlight = options.maxFetchesInFlight ?? 16;
     this.maxFetchBytes = options.maxFetchBytes ?? 16 << 20;
+    this.decoder.setLimits(PRE_HELLO_MAX_META, 0);
+    socket.on('error', (err) => log.debug({ err: err.message }, 'wire socket error'));
     socket.write(encodePreamble());
+    if (roleProblem) {
+      this.refuse(RefuseCode.BadRequest, roleProblem);
+      return;
+    }
     socket.on('data', (chunk: Buffer) => {
+      if (this.dead) return; // refused: nothing more is read or kept
       this.decoder.push(chunk);
       this.pump();
     });
     socket.on('drain', () => this.pump());
-    socket.on('error', (err) => log.debug({ err: err.message }, 'wire socket error'));
   }
 
   closed(): void {
@@ -266,6 +325,8 @@ class SourceConnection implements SessionLink {
     this.hello = hello;
     sessions.connected(session);
     this.session = session;
+    this.decoder.setLimits();
+    this.onAuthenticated();
     this.socket.write(
       encodeWelcome({
         version: WIRE_VERSION,

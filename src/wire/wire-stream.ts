@@ -8,7 +8,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
-import { connectWire, WireAuth } from './auth';
+import { connectWire, explainHandshakeFailure, WireAuth } from './auth';
 import { encodePreamble, FrameDecoder } from './frame-codec';
 import {
   BatchMeta,
@@ -135,12 +135,10 @@ export class WireStream extends EventEmitter {
         clearTimeout(timer);
         // With TLS 1.3 a peer certificate is judged after our handshake completes: a refusal shows up as a close here.
         if (err instanceof WireRefusedError) return reject(err);
-        const hint = auth.kind === 'cert' ? ' (was this certificate refused? the source logs why)' : '';
         reject(
-          new Error(
-            `cannot connect to ferry source at ${host}:${port}: it closed the connection during the handshake${hint}: ${err.message}`,
-            { cause: err },
-          ),
+          new Error(`cannot connect to ferry source at ${host}:${port}: ${explainHandshakeFailure(auth, err, true)}`, {
+            cause: err,
+          }),
         );
       });
     });
