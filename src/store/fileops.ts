@@ -1,6 +1,6 @@
 /**
- * Loads the small native addon for hole punching and SEEK_DATA/SEEK_HOLE,
- * which Node's fs lacks. Without it ferry still works: trims are not
+ * Loads the small native addon for hole punching, SEEK_DATA/SEEK_HOLE and
+ * block device geometry, which Node's fs lacks. Without it ferry still works: trims are not
  * advertised, zeroing writes zeros, and every range reports as data.
  */
 import path from 'node:path';
@@ -12,6 +12,8 @@ export interface FileOps {
   seek(fd: number, offset: number, whence: number): number;
   /** Reads what the page cache holds without blocking; -1 when it would block. */
   preadNoWait(fd: number, buffer: Buffer, position: number): number;
+  /** Size in bytes and logical sector size of a block device (BLKGETSIZE64, BLKSSZGET). */
+  blockDeviceGeometry(fd: number): { size: number; logicalBlockSize: number };
 }
 
 export const SEEK_DATA = 3;
