@@ -65,14 +65,16 @@ export const DestSection = z
     source: z.string().min(1).optional(),
     /** Local image; created sparse at the source's size. */
     image: z.string().min(1).optional(),
-    /** Block map file; default: the image path + ".ferry-state". */
+    /** Block map file; default: the image path + ".ferry-state", or in state_dir when the image is a block device. */
     state: z.string().min(1).optional(),
+    /** Where the state of a block-device image goes; default /var/lib/ferry (root) or ~/.local/state/ferry. */
+    state_dir: z.string().min(1).optional(),
     /** Export name for the VM; defaults to the image's base name. */
     export: z.string().min(1).max(4096).optional(),
     description: z.string().max(4096).default(''),
     listen: hostPort.default('127.0.0.1:10809'),
     socket: z.string().min(1).optional(),
-    /** Control socket for `ferry ctl`. */
+    /** Control socket for `ferry ctl`; default: beside the state file, STATE without ".ferry-state" + ".ferry-ctl". */
     control: z.string().min(1).optional(),
     /** HOST:PORT to serve Prometheus metrics on (GET /metrics). */
     metrics: hostPort.optional(),
@@ -127,8 +129,10 @@ const wireAuth = {
 
 export const SourceSection = z
   .object({
-    /** Raw image served to destinations. */
+    /** Raw image (file or block device) served to destinations. */
     image: z.string().min(1).optional(),
+    /** Where the image's identity is kept; default /var/lib/ferry (root) or ~/.local/state/ferry. */
+    state_dir: z.string().min(1).optional(),
     /** Export name; defaults to the image's base name. */
     export: z.string().min(1).max(4096).optional(),
     /** ferry wire listen address. */
@@ -160,6 +164,8 @@ export const WireSection = z
 export const LogSection = z
   .object({
     level: LogLevel.default('info'),
+    /** Append JSON log lines to this file instead of writing them to stderr. */
+    file: z.string().min(1).optional(),
   })
   .strict();
 

@@ -56,6 +56,8 @@ export class Migration extends EventEmitter implements MigrationControl {
   private closed = false;
   /** The link's figures when it was closed (they stay in the status after completion). */
   private lastLinkStats: LinkStats = emptyLinkStats();
+  /** What open() created for a new migration (a block device is never removed); null when resumed. */
+  private createdHere: { image: string | null; state: string } | null = null;
 
   private started = false;
   private epochCheck: Promise<void> = Promise.resolve();
@@ -104,7 +106,10 @@ export class Migration extends EventEmitter implements MigrationControl {
     const { imagePath, statePath } = options;
     if (BlockMap.exists(statePath)) return Migration.resume(options, log);
     if (!options.sourceUrl) throw new MigrationError(`no state at ${statePath} and no source given: pass --source URL`);
-    if (fs.existsSync(imagePath)) {
+    // An existing block device is the target: its old content is never served (unheld blocks come
+    // from the source) and is overwritten as blocks arrive. An existing file is refused.
+    const onDevice = isBlockDevice(imagePath);
+    if (!onDevice && fs.existsSync(imagePath)) {
       throw new MigrationError(
         `image ${imagePath} exists but has no migration state (${statePath}); refusing to overwrite it — remove it or choose another --image`,
       );
@@ -112,9 +117,9 @@ export class Migration extends EventEmitter implements MigrationControl {
     const session = crypto.randomUUID();
     const upstream = await options.openUpstream(options.sourceUrl, options.blockSize, session);
     let map: BlockMap;
-    let local: FileDevice;
+    let local: FileDevice | undefined;
     try {
-      local = FileDevice.open(imagePath, { createSize: upstream.size });
+      local = FileDevice.open(imagePath, { createSize: upstream.size, deviceSize: upstream.size });
       map = BlockMap.create(statePath, {
         blockSize: options.blockSize,
         imageSize: upstream.size,
@@ -125,6 +130,8 @@ export class Migration extends EventEmitter implements MigrationControl {
         session,
       });
     } catch (e) {
+      await local?.close();
+      if (local && !onDevice) fs.rmSync(imagePath, { force: true });
       await upstream.close();
       throw e;
     }
@@ -138,7 +145,9 @@ export class Migration extends EventEmitter implements MigrationControl {
       },
       'migration started',
     );
-    return new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
+    const migration = new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
+    migration.createdHere = { image: onDevice ? null : imagePath, state: statePath };
+    return migration;
   }
 
   private static async resume(options: MigrationOptions, log: Logger): Promise<Migration> {
@@ -147,7 +156,13 @@ export class Migration extends EventEmitter implements MigrationControl {
       map.close();
       throw new MigrationError(`state ${options.statePath} exists but image ${options.imagePath} does not`);
     }
-    const local = FileDevice.open(options.imagePath);
+    let local: FileDevice;
+    try {
+      local = FileDevice.open(options.imagePath, { deviceSize: map.imageSize });
+    } catch (e) {
+      map.close();
+      throw e;
+    }
     if (local.size !== map.imageSize) {
       map.close();
       await local.close();
@@ -385,6 +400,19 @@ export class Migration extends EventEmitter implements MigrationControl {
     if (persistError) throw persistError;
   }
 
+  /**
+   * Closes, and removes the image and state this process created: for a
+   * start that failed before anything was served, so that it leaves nothing
+   * behind. A resumed migration keeps its files.
+   */
+  async discard(): Promise<void> {
+    const mustServe = this.started;
+    await this.close();
+    if (mustServe || !this.createdHere) return;
+    if (this.createdHere.image) fs.rmSync(this.createdHere.image, { force: true });
+    fs.rmSync(this.createdHere.state, { force: true });
+  }
+
   private requireCopy(what: string): BackgroundCopy {
     if (!this.copy || this.completedAt) throw new MigrationError(`cannot ${what}: the migration is complete`);
     return this.copy;
@@ -418,6 +446,14 @@ export class Migration extends EventEmitter implements MigrationControl {
       setTimeout(() => void this.complete(), 1000).unref();
     });
     return this.completing;
+  }
+}
+
+function isBlockDevice(path: string): boolean {
+  try {
+    return fs.statSync(path).isBlockDevice();
+  } catch {
+    return false;
   }
 }
 
