@@ -2,6 +2,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
+import { asUsage, UsageError } from './usage-error';
 import { loadConfig } from '../config/load';
 import { createLogger } from '../log';
 import { FileDevice } from '../store/file-device';
@@ -13,6 +14,7 @@ import { imageIdentity } from '../wire/image-identity';
 import { WireSourceServer } from '../wire/source-server';
 import { nbdLimits, parseHostPort, runUntilSignal } from './process';
 import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
+import { defaultStateDir, ensureStateDir, imageKey } from './state-dir';
 
 interface SourceFlags extends AuthCliFlags {
   image?: string;
@@ -21,23 +23,30 @@ interface SourceFlags extends AuthCliFlags {
   nbdListen?: string;
   codec?: string;
   workers?: string;
+  stateDir?: string;
   config?: string;
   logLevel?: string;
+  logFile?: string;
 }
 
 export function registerSource(program: Command): void {
   const command = program
     .command('source')
     .description('serve an image to migrating destinations over the ferry wire (compressed, deduplicated, verified)')
-    .option('--image <file>', 'raw image to serve (config source.image)')
+    .option('--image <file>', 'raw image file or block device to serve (config source.image)')
     .option('--export <name>', "export name; default: the image's base name (config source.export)")
     .option('--listen <host:port>', 'ferry wire address; default 127.0.0.1:10810 (config source.listen)')
     .option('--nbd-listen <host:port>', 'also serve the image over NBD to the local VM (config source.nbd_listen)')
     .option('--codec <name>', 'auto | lz4 | lz4-wasm | deflate | none; default auto (config source.codec)')
-    .option('--workers <n>', 'encoding worker threads; default one per core (config source.workers)');
+    .option('--workers <n>', 'encoding worker threads; default one per core (config source.workers)')
+    .option(
+      '--state-dir <dir>',
+      "where the image's identity is kept; default /var/lib/ferry or ~/.local/state/ferry (config source.state_dir)",
+    );
   addAuthOptions(command, 'source')
     .option('--config <file>', 'TOML configuration file; flags override it')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (config log.level)')
+    .option('--log-file <path>', 'append JSON log lines to this file instead of stderr (config log.file)')
     .action(async (flags: SourceFlags) => {
       const config = loadConfig(flags.config, {
         'source.image': flags.image,
@@ -46,21 +55,22 @@ export function registerSource(program: Command): void {
         'source.nbd_listen': flags.nbdListen,
         'source.codec': flags.codec,
         'source.workers': flags.workers === undefined ? undefined : Number(flags.workers),
+        'source.state_dir': flags.stateDir,
         ...authOverrides('source', flags),
         'log.level': flags.logLevel,
+        'log.file': flags.logFile,
       });
       const s = config.source;
-      if (!s.image) throw new Error('source: --image (or source.image in the config) is required');
-      const auth = loadAuth(
-        { pskFile: s.psk_file, cert: s.cert, key: s.key, ca: s.ca, insecure: s.insecure },
-        'source',
+      if (!s.image) throw new UsageError('source: --image (or source.image in the config) is required');
+      const auth = asUsage(() =>
+        loadAuth({ pskFile: s.psk_file, cert: s.cert, key: s.key, ca: s.ca, insecure: s.insecure }, 'source'),
       );
-      const log = createLogger(config.log.level);
+      const log = createLogger(config.log);
       if (auth.kind === 'insecure')
         log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
       // The VM may still run here (pre-copy, or the paper's source-side setup), so the image stays writable when served over NBD.
       const device = FileDevice.open(s.image, { readOnly: !s.nbd_listen });
-      const identity = imageIdentity(s.image);
+      const identity = imageIdentity(s.image, ensureStateDir(s.state_dir ?? defaultStateDir()), imageKey(s.image));
       const workers = s.workers || Math.max(1, os.availableParallelism());
       const pool = new CodecPool({ workers, codec: s.codec === 'auto' ? 'lz4' : s.codec, level: s.deflate_level });
       const chooser = new CodecChooser(s.codec, ['none', 'lz4', 'deflate'], workers);
