@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import type { Command } from 'commander';
+import { UsageError } from './usage-error';
 import cliProgress from 'cli-progress';
 import { NbdClient } from '../nbd/client';
 import { SlowLink } from '../link/slow-link';
@@ -47,7 +48,7 @@ export function registerDemo(program: Command): void {
       const latencyMs = positive(flags.latencyMs, '--latency-ms', 10_000, true);
       const mbit = positive(flags.bandwidthMbit, '--bandwidth-mbit', 100_000);
       if (flags.wire !== 'ferry' && flags.wire !== 'nbd')
-        throw new Error(`demo: --wire must be ferry or nbd (got "${flags.wire}")`);
+        throw new UsageError(`demo: --wire must be ferry or nbd (got "${flags.wire}")`);
       const ok = await runDemo(flags.wire, sizeMib, latencyMs, mbit, flags.keep ?? false);
       if (!ok) process.exitCode = 1;
     });
@@ -56,7 +57,7 @@ export function registerDemo(program: Command): void {
 function positive(text: string, flag: string, max: number, zeroOk = false): number {
   const n = Number(text);
   if (!Number.isInteger(n) || n < (zeroOk ? 0 : 1) || n > max)
-    throw new Error(`demo: ${flag} must be an integer 1..${max} (got "${text}")`);
+    throw new UsageError(`demo: ${flag} must be an integer 1..${max} (got "${text}")`);
   return n;
 }
 
