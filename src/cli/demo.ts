@@ -76,6 +76,7 @@ async function runDemo(
   const controlPath = path.join(dir, 'ctl.sock');
   const size = sizeMib << 20;
   const daemons: ChildDaemon[] = [];
+  const logs: Array<[string, ChildDaemon]> = [];
   let link: SlowLink | null = null;
   try {
     say(`ferry demo in ${dir}`);
@@ -99,6 +100,8 @@ async function runDemo(
             '127.0.0.1:0',
             '--psk-file',
             keyPath,
+            '--state-dir',
+            dir,
           ])
         : await startChild([
             'serve',
@@ -111,6 +114,7 @@ async function runDemo(
             '127.0.0.1:0',
           ]);
     daemons.push(src);
+    logs.push([wire === 'ferry' ? 'source' : 'serve', src]);
     link = new SlowLink({
       listen: { host: '127.0.0.1', port: 0 },
       target: { host: '127.0.0.1', port: src.port },
@@ -131,6 +135,7 @@ async function runDemo(
       ...['--export', 'vm', '--listen', '127.0.0.1:0', '--control', controlPath],
     ]);
     daemons.push(dest);
+    logs.push(['dest', dest]);
     say(`3. destination: ferry dest serving nbd://${dest.address}/vm; the VM starts using it now`);
     say(`   (watch it from another terminal: ferry ctl --control ${controlPath} watch)`);
 
@@ -182,11 +187,12 @@ async function runDemo(
         ? `5. verified: all ${size / bs} blocks of the destination equal the source plus the VM's writes (${written} blocks written by the VM)`
         : `5. VERIFICATION FAILED: ${bad} blocks differ, ${workload.badReads} reads returned wrong data`,
     );
-    if (keep) say(`   kept ${dir}`);
+    if (keep) say(`   kept ${dir} (images, state, and the daemons' logs: ${logs.map(([n]) => `${n}.log`).join(', ')})`);
     return ok;
   } finally {
     for (const d of daemons) await d.stop().catch(() => undefined);
     await link?.close();
+    if (keep) for (const [name, d] of logs) fs.writeFileSync(path.join(dir, `${name}.log`), d.log());
     if (!keep) fs.rmSync(dir, { recursive: true, force: true });
   }
 }
