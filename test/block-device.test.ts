@@ -107,7 +107,17 @@ t.test('ferry dest migrates onto a block device holding old bytes, its state els
   const stateDir = path.join(dir, 'dest-state');
   const config = path.join(dir, 'ferry.toml');
   fs.writeFileSync(config, `[dest]\nstate_dir = ${JSON.stringify(stateDir)}\n`);
-  const destArgs = ['dest', '--config', config, '--image', loop, '--listen', '127.0.0.1:0', '--insecure'];
+  const destArgs = [
+    'dest',
+    '--config',
+    config,
+    '--image',
+    loop,
+    '--listen',
+    '127.0.0.1:0',
+    '--insecure',
+    '--cutover-at-start',
+  ];
   const dest = await startFerry(t, [...destArgs, '--source', `ferry://127.0.0.1:${servingPort(source)}/src.img`]);
   const key = loop.slice(1).replaceAll('/', '+');
   t.equal(dest.serving.stateFile, path.join(stateDir, `${key}.ferry-state`), 'state in dest.state_dir');

@@ -102,7 +102,7 @@ t.test('no Node warnings in either daemon across rate changes; control clients l
   const dest = await startFerry(t, [
     ...['dest', '--config', config, '--source', `ferry://127.0.0.1:${servingPort(source)}/disk.img`],
     ...['--image', path.join(dir, 'dest.img'), '--listen', '127.0.0.1:0', '--insecure', '--control', control],
-    ...['--rate', '256k'],
+    ...['--rate', '256k', '--cutover-at-start'],
   ]);
   for (const rate of ['512k', '128k', '1M', 'off']) {
     const r = await ferryCtl(control, 'rate', rate);
