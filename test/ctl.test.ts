@@ -25,7 +25,7 @@ function ferry(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
   // tap's coverage and process-info hooks are not wanted in the child, and cost ~0.5 s a start.
   delete cleanEnv.NODE_OPTIONS;
   return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { env: cleanEnv, timeout: 15000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [BIN, ...args], { env: cleanEnv, timeout: 60_000 }, (err, stdout, stderr) => {
       const code = err ? ((err as { code?: unknown }).code as number | null) : 0;
       resolve({ code: typeof code === 'number' ? code : null, stdout, stderr });
     });
