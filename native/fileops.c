@@ -1,13 +1,16 @@
 // Linux file operations that Node's fs module lacks: punching holes, zeroing
-// ranges without writing, finding data/hole boundaries, and flock(2).
+// ranges without writing, finding data/hole boundaries, flock(2), and the size
+// of a block device (which fstat reports as 0).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/fs.h>
 #include <node_api.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -112,6 +115,24 @@ static napi_value try_lock(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// blockDeviceGeometry(fd): { size, logicalBlockSize } of a block device
+// (BLKGETSIZE64, BLKSSZGET).
+static napi_value block_device_geometry(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  if (read_args(env, info, 1, a)) return NULL;
+  uint64_t size;
+  int sector;
+  if (ioctl((int)a[0], BLKGETSIZE64, &size) != 0) return throw_errno(env, "ioctl(BLKGETSIZE64)", errno);
+  if (ioctl((int)a[0], BLKSSZGET, &sector) != 0) return throw_errno(env, "ioctl(BLKSSZGET)", errno);
+  napi_value result, sizeValue, sectorValue;
+  napi_create_object(env, &result);
+  napi_create_int64(env, (int64_t)size, &sizeValue);
+  napi_create_int32(env, sector, &sectorValue);
+  napi_set_named_property(env, result, "size", sizeValue);
+  napi_set_named_property(env, result, "logicalBlockSize", sectorValue);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
@@ -119,6 +140,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"seek", NULL, seek, NULL, NULL, NULL, napi_default, NULL},
       {"preadNoWait", NULL, pread_nowait, NULL, NULL, NULL, napi_default, NULL},
       {"tryLock", NULL, try_lock, NULL, NULL, NULL, napi_default, NULL},
+      {"blockDeviceGeometry", NULL, block_device_geometry, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -25,7 +25,7 @@ function ferry(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
   // tap's coverage and process-info hooks are not wanted in the child, and cost ~0.5 s a start.
   delete cleanEnv.NODE_OPTIONS;
   return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { env: cleanEnv, timeout: 15000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [BIN, ...args], { env: cleanEnv, timeout: 60_000 }, (err, stdout, stderr) => {
       const code = err ? ((err as { code?: unknown }).code as number | null) : 0;
       resolve({ code: typeof code === 'number' ? code : null, stdout, stderr });
     });
@@ -63,7 +63,11 @@ t.test('rate values: suffixes, off, and clear errors', async (t) => {
   ];
   for (const [text, bytes] of table) t.equal(parseByteRate(text), bytes, text);
   t.throws(() => parseByteRate('0'), /rate 0 would stop the copy.*\(got "0"\)/);
-  t.throws(() => parseByteRate('0.0001'), /rate 0 would stop/);
+  t.throws(() => parseByteRate('0.0001'), /at least 1 byte per second \(got "0.0001"/);
+  t.throws(() => parseByteRate('0.5'), /at least 1 byte per second \(got "0.5" = 0.5 bytes\/s\)/);
+  t.throws(() => parseByteRate('0.5 B/s'), /at least 1 byte per second/);
+  t.equal(parseByteRate('0.5k'), 512, 'a fraction of a larger unit is fine');
+  t.equal(parseByteRate('1.4'), 1, 'whole bytes per second from 1 up');
   t.throws(() => parseByteRate('ten'), /rate must be bytes per second.*\(got "ten"\)/);
   t.throws(() => parseByteRate('-5M'), /\(got "-5M"\)/);
   t.throws(() => parseByteRate('5X'), /\(got "5X"\)/);
@@ -157,13 +161,14 @@ t.test('ferry ctl usage errors exit 2 and reach no daemon', async (t) => {
   const cases: Array<[string[], RegExp]> = [
     [['ctl', '--control', socketPath, 'rate', '0'], /rate 0 would stop the copy/],
     [['ctl', '--control', socketPath, 'rate', 'fast'], /\(got "fast"\)/],
+    [['ctl', '--control', socketPath, 'rate', '0.5'], /rate must be at least 1 byte per second \(got "0.5"/],
     [['ctl', '--control', socketPath, 'rate'], /missing required argument/],
     [
       ['ctl', '--control', socketPath, 'watch', '--interval-ms', 'soon'],
       /--interval-ms must be a positive integer \(got "soon"\)/,
     ],
     [['ctl', '--control', socketPath, 'explode'], /unknown command 'explode'/],
-    [['ctl', 'status'], /required option '--control <path>' not specified/],
+    [['ctl', 'status'], /ctl: give --control PATH \(or FERRY_CONTROL\), or --image IMAGE/],
   ];
   const runs = await Promise.all(cases.map(([args]) => ferry(args)));
   cases.forEach(([args, message], i) => {

@@ -37,7 +37,7 @@ t.test('an unreachable source', async (t) => {
     '--image',
     path.join(dir, 'x.img'),
   ]);
-  t.equal(r.code, 2);
+  t.equal(r.code, 1, 'a runtime failure exits 1');
   t.match(r.stderr, /cannot connect to NBD server at 127\.0\.0\.1:\d+: connect ECONNREFUSED/);
   t.notOk(fs.existsSync(path.join(dir, 'x.img')), 'no image created');
 });
@@ -55,7 +55,7 @@ t.test('an unknown export on the source', async (t) => {
     '--image',
     path.join(dir, 'x.img'),
   ]);
-  t.equal(r.code, 2);
+  t.equal(r.code, 1);
   t.match(r.stderr, /refused export "nosuch": unknown export/);
 });
 
@@ -86,7 +86,7 @@ t.test('resuming against a source of a different size or export name is refused'
   fs.writeFileSync(b, crypto.randomBytes(3 << 20));
   const sb = await startFerry(t, ['serve', '--image', b, '--export', 'disk', '--listen', `127.0.0.1:${port}`]);
   const r = await ferry(['dest', '--image', image, '--listen', '127.0.0.1:0']);
-  t.equal(r.code, 2);
+  t.equal(r.code, 1);
   t.match(r.stderr, /is not the image this destination was copying: size 3145728 \(recorded 2097152\)/);
   await sb.stop();
 
@@ -102,7 +102,7 @@ t.test('resuming against a source of a different size or export name is refused'
     '--listen',
     '127.0.0.1:0',
   ]);
-  t.equal(r2.code, 2);
+  t.equal(r2.code, 1);
   t.match(r2.stderr, /identity nbd-export:\w+ \(recorded nbd-export:\w+\)/);
   t.ok(fs.readFileSync(`${image}.ferry-state`).equals(before), 'the state is untouched');
 });
@@ -122,7 +122,7 @@ t.test('an existing image without state is not overwritten', async (t) => {
     '--image',
     image,
   ]);
-  t.equal(r.code, 2);
+  t.equal(r.code, 1, 'a runtime failure exits 1');
   t.match(r.stderr, /exists but has no migration state/);
   t.equal(fs.readFileSync(image, 'utf8'), 'precious');
 });
@@ -177,4 +177,56 @@ t.test('a full local disk: ENOSPC to the VM, the state stays consistent', async 
   t.ok(map.heldCount > 0 && map.heldCount < map.blockCount, `${map.heldCount} of ${map.blockCount} blocks held`);
   t.equal(wrong, 0, 'every block the state marks held has the right content');
   map.close();
+});
+
+t.test('a start that cannot listen names the address and leaves no image or state behind', async (t) => {
+  const dir = tempDir(t);
+  const src = path.join(dir, 'src.img');
+  fs.writeFileSync(src, crypto.randomBytes(1 << 20));
+  const s = await startFerry(t, ['serve', '--image', src, '--export', 'disk', '--listen', '127.0.0.1:0']);
+  const url = `nbd://127.0.0.1:${servingPort(s)}/disk`;
+  const busy = servingPort(s); // a port something already listens on
+  const image = path.join(dir, 'dest.img');
+  const cases: Array<[string, string[], RegExp]> = [
+    [
+      'NBD port in use',
+      ['--listen', `127.0.0.1:${busy}`],
+      new RegExp(`NBD server: cannot listen on 127\\.0\\.0\\.1:${busy}: the address is in use`),
+    ],
+    [
+      'metrics port in use',
+      ['--listen', '127.0.0.1:0', '--metrics', `127.0.0.1:${busy}`],
+      new RegExp(`metrics: cannot listen on 127\\.0\\.0\\.1:${busy}: the address is in use`),
+    ],
+    [
+      'control socket directory missing',
+      ['--listen', '127.0.0.1:0', '--control', path.join(dir, 'no', 'such', 'ctl.sock')],
+      new RegExp(`control socket: cannot listen on .*ctl\\.sock: directory ${dir}/no/such does not exist`),
+    ],
+  ];
+  for (const [what, args, message] of cases) {
+    const r = await ferry(['dest', '--source', url, '--image', image, ...args]);
+    t.equal(r.code, 1, `${what}: exit 1`);
+    t.match(r.stderr, message, what);
+    t.notOk(fs.existsSync(image), `${what}: no image left behind`);
+    t.notOk(fs.existsSync(`${image}.ferry-state`), `${what}: no state left behind`);
+    t.notOk(fs.existsSync(`${image}.ferry-ctl`), `${what}: no control socket left behind`);
+  }
+});
+
+t.test('a failed start of a resumed migration keeps its image and state', async (t) => {
+  const dir = tempDir(t);
+  const src = path.join(dir, 'src.img');
+  fs.writeFileSync(src, crypto.randomBytes(1 << 20));
+  const s = await startFerry(t, ['serve', '--image', src, '--export', 'disk', '--listen', '127.0.0.1:0']);
+  const image = path.join(dir, 'dest.img');
+  const args = ['dest', '--source', `nbd://127.0.0.1:${servingPort(s)}/disk`, '--image', image];
+  const d = await startFerry(t, [...args, '--listen', '127.0.0.1:0', '--rate', '64k']);
+  t.equal(await d.stop(), 0);
+  const state = fs.readFileSync(`${image}.ferry-state`);
+  const r = await ferry([...args, '--listen', `127.0.0.1:${servingPort(s)}`]);
+  t.equal(r.code, 1);
+  t.match(r.stderr, /NBD server: cannot listen on 127\.0\.0\.1:\d+: the address is in use/);
+  t.ok(fs.existsSync(image), 'the image stays');
+  t.ok(fs.readFileSync(`${image}.ferry-state`).equals(state), 'the state stays as it was');
 });

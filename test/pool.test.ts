@@ -113,6 +113,45 @@ t.test('urgent tasks run before queued background batches; the queue is bounded'
   await pool.close();
 });
 
+t.test('many tasks waiting for room: no listener warning, all go on, close releases them', async (t) => {
+  const pool = new CodecPool({ workers: 1, maxQueued: 2, codec: 'deflate', level: 9, inlineUrgentBytes: 0 });
+  const warnings: Error[] = [];
+  const onWarning = (w: Error): void => void warnings.push(w);
+  process.on('warning', onWarning);
+  t.teardown(() => void process.off('warning', onWarning));
+  const running = [0, 1, 2].map((i) => pool.encode(batch(256, i), BS));
+  t.ok(pool.isFull);
+  // Fifty batches in flight each wait for room, as a destination with no rate limit has.
+  const waiters = Array.from({ length: 50 }, async (_, i) => {
+    for (;;) {
+      await pool.whenNotFull();
+      try {
+        return await pool.encode(batch(4, 100 + i), BS);
+      } catch (e) {
+        if (!(e instanceof QueueFullError)) throw e;
+      }
+    }
+  });
+  const results = await Promise.all([...running, ...waiters]);
+  t.equal(results.length, 53, 'every waiting task ran');
+  await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+  t.same(
+    warnings.map((w) => w.name),
+    [],
+    'no MaxListenersExceededWarning (or any other)',
+  );
+
+  // Waiters still waiting when the pool closes are woken and refused, not left hanging.
+  const more = [0, 1, 2].map((i) => pool.encode(batch(256, 200 + i), BS).catch(() => 'refused'));
+  t.ok(pool.isFull);
+  const stranded = pool.whenNotFull().then(() => 'woken');
+  const closed = pool.close({ cancelQueued: true });
+  t.equal(await stranded, 'woken');
+  await Promise.all(more);
+  await closed;
+  await t.rejects(pool.encode(batch(1), BS), PoolClosedError);
+});
+
 t.test('a small urgent task runs on the calling thread at once; a larger one waits for a worker', async (t) => {
   const pool = new CodecPool({ workers: 1, codec: 'deflate', level: 9, inlineUrgentBytes: 4 * BS });
   const order: string[] = [];

@@ -250,14 +250,14 @@ t.test('a wrong key is refused with a reason on both sides', async (t) => {
     ...[FERRY, 'dest', '--cutover-at-start', '--source', `ferry://127.0.0.1:${servingPort(src)}/disk.img`],
     ...['--image', path.join(dir, 'dest.img'), '--psk-file', b],
   ]);
-  t.equal(r.code, 2);
+  t.equal(r.code, 1, 'a refused handshake is a runtime failure');
   t.match(
     r.stderr,
     /cannot connect to ferry source at 127\.0\.0\.1:\d+: TLS handshake failed: the source refused the pre-shared key/,
   );
   await src.waitForLog('refused a connection that failed authentication', 5000);
   const noAuth = await run(process.execPath, [FERRY, 'source', '--image', path.join(dir, 'disk.img')]);
-  t.equal(noAuth.code, 2);
+  t.equal(noAuth.code, 2, 'no authentication chosen is a usage error');
   t.match(noAuth.stderr, /needs --psk-file FILE, or --cert\/--key\/--ca, or an explicit --insecure/);
   t.notOk(fs.existsSync(path.join(dir, 'dest.img')), 'nothing created');
 });

@@ -8,6 +8,8 @@ import { formatStatusLine, formatStatusSummary } from '../control/status-text';
 import { formatSourceStatus, isSourceStatus } from '../control/source-status-text';
 import type { MigrationStatus } from '../migrate/status';
 import type { SourceStatus } from '../wire/source-sessions';
+import { destControlPath, destStatePath } from './state-dir';
+import { UsageError } from './usage-error';
 
 /** Exit codes: the daemon refused (or could not be reached), and the command line was wrong. */
 const EXIT_REFUSED = 1;
@@ -15,6 +17,13 @@ const EXIT_USAGE = 2;
 
 interface CtlFlags {
   control: string;
+  timeoutMs: number;
+}
+
+interface CtlGlobalFlags {
+  control?: string;
+  image?: string;
+  state?: string;
   timeoutMs: number;
 }
 
@@ -72,19 +81,29 @@ async function requestSource(flags: CtlFlags, req: ControlRequest): Promise<Sour
   return status;
 }
 
+/** The control socket: --control, else the one `ferry dest` makes beside the state of --image (or --state). */
 function ctlFlags(cmd: Command): CtlFlags {
-  return cmd.optsWithGlobals<CtlFlags>();
+  const flags = cmd.optsWithGlobals<CtlGlobalFlags>();
+  if (flags.control) return { control: flags.control, timeoutMs: flags.timeoutMs };
+  if (flags.state || flags.image) {
+    const state = flags.state ?? destStatePath(flags.image!, undefined);
+    return { control: destControlPath(state), timeoutMs: flags.timeoutMs };
+  }
+  throw new UsageError(
+    'ctl: give --control PATH (or FERRY_CONTROL), or --image IMAGE (and --state FILE if the destination was given one)',
+  );
 }
 
 export function registerCtl(program: Command): void {
   const ctl = program
     .command('ctl')
     .description('control a running ferry dest (or ferry source) through its control socket')
-    .addOption(
-      new Option('--control <path>', 'control socket of the ferry dest or source')
-        .env('FERRY_CONTROL')
-        .makeOptionMandatory(),
+    .addOption(new Option('--control <path>', 'control socket of the ferry dest or source').env('FERRY_CONTROL'))
+    .option(
+      '--image <path>',
+      "the ferry dest's image: its default control socket (IMAGE.ferry-ctl, or in the state directory for a block device)",
     )
+    .option('--state <file>', "the ferry dest's state file, when it was given one: the control socket is beside it")
     .option('--timeout-ms <ms>', 'how long to wait for an answer', parsePositiveInt('--timeout-ms'), 5000)
     // Usage errors exit 2 so scripts can tell them from a refusal (1).
     .exitOverride((err) => {

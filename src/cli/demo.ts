@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import type { Command } from 'commander';
+import { UsageError } from './usage-error';
 import cliProgress from 'cli-progress';
 import { NbdClient } from '../nbd/client';
 import { SlowLink } from '../link/slow-link';
@@ -47,7 +48,7 @@ export function registerDemo(program: Command): void {
       const latencyMs = positive(flags.latencyMs, '--latency-ms', 10_000, true);
       const mbit = positive(flags.bandwidthMbit, '--bandwidth-mbit', 100_000);
       if (flags.wire !== 'ferry' && flags.wire !== 'nbd')
-        throw new Error(`demo: --wire must be ferry or nbd (got "${flags.wire}")`);
+        throw new UsageError(`demo: --wire must be ferry or nbd (got "${flags.wire}")`);
       const ok = await runDemo(flags.wire, sizeMib, latencyMs, mbit, flags.keep ?? false);
       if (!ok) process.exitCode = 1;
     });
@@ -56,7 +57,7 @@ export function registerDemo(program: Command): void {
 function positive(text: string, flag: string, max: number, zeroOk = false): number {
   const n = Number(text);
   if (!Number.isInteger(n) || n < (zeroOk ? 0 : 1) || n > max)
-    throw new Error(`demo: ${flag} must be an integer 1..${max} (got "${text}")`);
+    throw new UsageError(`demo: ${flag} must be an integer 1..${max} (got "${text}")`);
   return n;
 }
 
@@ -75,6 +76,7 @@ async function runDemo(
   const controlPath = path.join(dir, 'ctl.sock');
   const size = sizeMib << 20;
   const daemons: ChildDaemon[] = [];
+  const logs: Array<[string, ChildDaemon]> = [];
   let link: SlowLink | null = null;
   try {
     say(`ferry demo in ${dir}`);
@@ -98,6 +100,8 @@ async function runDemo(
             '127.0.0.1:0',
             '--psk-file',
             keyPath,
+            '--state-dir',
+            dir,
           ])
         : await startChild([
             'serve',
@@ -110,6 +114,7 @@ async function runDemo(
             '127.0.0.1:0',
           ]);
     daemons.push(src);
+    logs.push([wire === 'ferry' ? 'source' : 'serve', src]);
     link = new SlowLink({
       listen: { host: '127.0.0.1', port: 0 },
       target: { host: '127.0.0.1', port: src.port },
@@ -130,6 +135,7 @@ async function runDemo(
       ...['--export', 'vm', '--listen', '127.0.0.1:0', '--control', controlPath],
     ]);
     daemons.push(dest);
+    logs.push(['dest', dest]);
     say(`3. destination: ferry dest serving nbd://${dest.address}/vm; the VM starts using it now`);
     say(`   (watch it from another terminal: ferry ctl --control ${controlPath} watch)`);
 
@@ -181,11 +187,12 @@ async function runDemo(
         ? `5. verified: all ${size / bs} blocks of the destination equal the source plus the VM's writes (${written} blocks written by the VM)`
         : `5. VERIFICATION FAILED: ${bad} blocks differ, ${workload.badReads} reads returned wrong data`,
     );
-    if (keep) say(`   kept ${dir}`);
+    if (keep) say(`   kept ${dir} (images, state, and the daemons' logs: ${logs.map(([n]) => `${n}.log`).join(', ')})`);
     return ok;
   } finally {
     for (const d of daemons) await d.stop().catch(() => undefined);
     await link?.close();
+    if (keep) for (const [name, d] of logs) fs.writeFileSync(path.join(dir, `${name}.log`), d.log());
     if (!keep) fs.rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -1,6 +1,7 @@
 /** `ferry dest`: the live-migration destination. */
 import path from 'node:path';
 import type { Command } from 'commander';
+import { asUsage, UsageError } from './usage-error';
 import type { Logger } from 'pino';
 import { loadConfig } from '../config/load';
 import type { FerryConfig } from '../config/schema';
@@ -11,7 +12,8 @@ import { NbdUpstream } from '../upstream/nbd-upstream';
 import type { Upstream } from '../upstream/upstream';
 import { ControlServer } from '../control/control-server';
 import { startMetricsServer } from '../control/metrics';
-import { listenAddress, nbdLimits, parseHostPort, runUntilSignal } from './process';
+import { listenAddress, listenError, nbdLimits, parseHostPort, runUntilSignal } from './process';
+import { destControlPath, destStatePath, ensureStateDir, isBlockDevicePath } from './state-dir';
 import { parseByteRate } from '../control/byte-rate';
 import os from 'node:os';
 import { CodecPool } from '../pool';
@@ -34,6 +36,7 @@ interface DestFlags extends AuthCliFlags {
   dirtyBitmap?: string;
   config?: string;
   logLevel?: string;
+  logFile?: string;
 }
 
 export function registerDest(program: Command): void {
@@ -67,6 +70,7 @@ export function registerDest(program: Command): void {
   addAuthOptions(command, 'wire')
     .option('--config <file>', 'TOML configuration file; flags override it')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (config log.level)')
+    .option('--log-file <path>', 'append JSON log lines to this file instead of stderr (config log.file)')
     .action(async (flags: DestFlags) => {
       const config = loadConfig(flags.config, {
         'dest.source': flags.source,
@@ -80,23 +84,27 @@ export function registerDest(program: Command): void {
         'dest.block_size': flags.blockSize === undefined ? undefined : Number(flags.blockSize),
         'dest.cutover': flags.cutoverAtStart ? 'at-start' : undefined,
         'dest.dirty_bitmap': flags.dirtyBitmap,
-        'copy.rate_limit': flags.rate === undefined ? undefined : (parseByteRate(flags.rate) ?? 0),
+        'copy.rate_limit': flags.rate === undefined ? undefined : (asUsage(() => parseByteRate(flags.rate!)) ?? 0),
         ...authOverrides('wire', flags),
         'log.level': flags.logLevel,
+        'log.file': flags.logFile,
       });
-      await runDest(config, createLogger(config.log.level));
+      await runDest(config, createLogger(config.log));
     });
 }
 
 async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   const d = config.dest;
-  if (!d.image) throw new Error('dest: --image (or dest.image in the config) is required');
+  if (!d.image) throw new UsageError('dest: --image (or dest.image in the config) is required');
+  const statePath = d.state ?? destStatePath(d.image, d.state_dir);
+  if (!d.state && isBlockDevicePath(d.image)) ensureStateDir(path.dirname(statePath));
+  const controlPath = d.control ?? defaultControl(statePath, log);
   const pools: CodecPool[] = [];
   const migration = await Migration.open(
     {
       imagePath: d.image,
       fileMode: parseInt(d.file_mode, 8),
-      statePath: d.state ?? `${d.image}.ferry-state`,
+      statePath,
       sourceUrl: d.source,
       blockSize: d.block_size,
       fetchTimeoutMs: d.fetch_timeout_ms,
@@ -120,17 +128,42 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
     log,
     nbdLimits(config),
   );
-  const address = await server.listen(listenAddress(d));
-  const control = d.control ? new ControlServer(migration, log) : null;
-  if (control && d.control) await control.listen(d.control);
-  const metrics = d.metrics ? await startMetricsServer(migration, parseHostPort(d.metrics), log) : null;
+  const control = controlPath ? new ControlServer(migration, log) : null;
+  let address: string;
+  let metrics: Awaited<ReturnType<typeof startMetricsServer>> | null = null;
+  try {
+    const nbdAt = d.socket ?? d.listen;
+    address = await server.listen(listenAddress(d)).catch((e: NodeJS.ErrnoException) => {
+      throw listenError('NBD server', nbdAt, e);
+    });
+    if (control && controlPath)
+      await control.listen(controlPath).catch((e: NodeJS.ErrnoException) => {
+        throw listenError('control socket', controlPath, e);
+      });
+    if (d.metrics) {
+      const metricsAt = d.metrics;
+      metrics = await startMetricsServer(migration, parseHostPort(metricsAt), log).catch((e: NodeJS.ErrnoException) => {
+        throw listenError('metrics', metricsAt, e);
+      });
+    }
+  } catch (e) {
+    // Nothing was served: a new migration's image and state go, so a retry starts clean.
+    await server.close();
+    await control?.close();
+    await migration
+      .discard()
+      .catch((err: Error) => log.error({ err: err.message }, 'cannot remove what the failed start created'));
+    for (const pool of pools) await pool.close();
+    throw e;
+  }
   migration.start();
   log.info(
     {
       address,
       export: name,
       image: d.image,
-      control: d.control,
+      stateFile: statePath,
+      control: controlPath,
       metrics: d.metrics,
       state: migration.state,
       phase: migration.phase,
@@ -149,6 +182,14 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   await runUntilSignal(log, shutdown, aborted);
 }
 
+/** Unix socket paths are limited to 107 bytes; a longer default is skipped rather than failing the start. */
+function defaultControl(statePath: string, log: Logger): string | undefined {
+  const control = destControlPath(statePath);
+  if (Buffer.byteLength(path.resolve(control)) <= 107) return control;
+  log.warn({ control }, 'default control socket path is too long for a Unix socket; pass --control to have one');
+  return undefined;
+}
+
 async function openUpstream(
   url: string,
   blockSize: number,
@@ -163,17 +204,19 @@ async function openUpstream(
         `dest: --dirty-bitmap (dest.dirty_bitmap) is for a plain NBD source; ferry source ${url} reports its writes itself`,
       );
     const w = config.wire;
-    const auth = loadAuth(
-      {
-        pskFile: w.psk_file,
-        cert: w.cert,
-        key: w.key,
-        ca: w.ca,
-        insecure: w.insecure,
-        allowOpenPsk: w.allow_open_psk,
-        peerName: w.peer_name,
-      },
-      'dest',
+    const auth = asUsage(() =>
+      loadAuth(
+        {
+          pskFile: w.psk_file,
+          cert: w.cert,
+          key: w.key,
+          ca: w.ca,
+          insecure: w.insecure,
+          allowOpenPsk: w.allow_open_psk,
+          peerName: w.peer_name,
+        },
+        'dest',
+      ),
     );
     for (const warning of authWarnings(auth)) log.warn(warning);
     const pool = new CodecPool({ workers: w.workers || Math.max(1, os.availableParallelism()), codec: 'lz4' });
@@ -203,7 +246,7 @@ async function openUpstream(
       dirtyBitmap: config.dest.dirty_bitmap,
     });
   }
-  throw new Error(
+  throw new UsageError(
     `dest: unsupported source URL "${url}" (use ferry://HOST:PORT/EXPORT, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)`,
   );
 }

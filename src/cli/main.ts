@@ -7,6 +7,7 @@ import { registerDest } from './dest';
 import { registerSource } from './source';
 import { registerKeygen } from './keygen';
 import { registerCtl } from './ctl';
+import { EXIT_RUNTIME, EXIT_USAGE, UsageError } from './usage-error';
 
 export function main(argv: string[]): void {
   const program = new Command();
@@ -22,10 +23,13 @@ export function main(argv: string[]): void {
   registerKeygen(program);
   registerDemo(program);
   registerCtl(program);
+  // Exit codes: 0 success, 1 runtime failure, 2 usage (a bad flag, config key or value).
   program.parseAsync(argv).catch((err: unknown) => {
-    if (err instanceof CommanderError) process.exit(err.exitCode);
+    // commander has printed its own message (or the help, or the version) already
+    if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
+    const usage = err instanceof ConfigError || err instanceof UsageError;
     const message = err instanceof ConfigError ? err.message : `ferry: ${(err as Error).message}`;
     process.stderr.write(message + '\n');
-    process.exit(2);
+    process.exit(usage ? EXIT_USAGE : EXIT_RUNTIME);
   });
 }

@@ -1,4 +1,6 @@
 /** Process edges shared by the long-running commands: addresses and signals. */
+import fs from 'node:fs';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import type { ListenAddress } from '../nbd/server';
 import type { ConnectionLimits } from '../nbd/connection';
@@ -50,4 +52,17 @@ export function runUntilSignal(log: Logger, shutdown: () => Promise<void>, done?
     process.on('SIGTERM', () => stop('SIGTERM'));
     void done?.then(() => stop('done'));
   });
+}
+
+/** A listen failure as an operator reads it: what could not listen, where, and why. */
+export function listenError(what: string, where: string, err: NodeJS.ErrnoException): Error {
+  const unixSocket = where.startsWith('/') || where.startsWith('.');
+  let why = err.message;
+  if (err.code === 'EADDRINUSE') why = 'the address is in use (is another ferry or NBD server running there?)';
+  else if (err.code === 'EADDRNOTAVAIL') why = 'no local interface has that address';
+  else if (unixSocket && (err.code === 'EACCES' || err.code === 'ENOENT')) {
+    const dir = path.dirname(path.resolve(where));
+    why = fs.existsSync(dir) ? `permission denied in ${dir}` : `directory ${dir} does not exist`;
+  } else if (err.code === 'EACCES') why = 'permission denied (ports below 1024 need privileges)';
+  return new Error(`${what}: cannot listen on ${where}: ${why}`, { cause: err });
 }

@@ -2,12 +2,13 @@
 import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
+import { asUsage, UsageError } from './usage-error';
 import { loadConfig } from '../config/load';
 import { createLogger } from '../log';
 import { FileDevice } from '../store/file-device';
 import { TrackingDevice } from '../store/tracking-device';
 import { ControlServer, type ControlDispatch } from '../control/control-server';
-import { cutoverRecordPath, defaultStateDir } from '../wire/cutover-record';
+import { cutoverRecordPath } from '../wire/cutover-record';
 import { SourceSessions } from '../wire/source-sessions';
 import { lockImage } from '../store/image-lock';
 import { NbdServer, StaticExportTable } from '../nbd/server';
@@ -18,6 +19,7 @@ import { imageIdentity } from '../wire/image-identity';
 import { WireSourceServer } from '../wire/source-server';
 import { nbdLimits, parseHostPort, runUntilSignal } from './process';
 import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
+import { defaultStateDir, ensureStateDir, imageKey } from './state-dir';
 
 interface SourceFlags extends AuthCliFlags {
   image?: string;
@@ -30,13 +32,14 @@ interface SourceFlags extends AuthCliFlags {
   control?: string;
   config?: string;
   logLevel?: string;
+  logFile?: string;
 }
 
 export function registerSource(program: Command): void {
   const command = program
     .command('source')
     .description('serve an image to migrating destinations over the ferry wire (compressed, deduplicated, verified)')
-    .option('--image <file>', 'raw image to serve (config source.image)')
+    .option('--image <file>', 'raw image file or block device to serve (config source.image)')
     .option('--export <name>', "export name; default: the image's base name (config source.export)")
     .option('--listen <host:port>', 'ferry wire address; default 127.0.0.1:10810 (config source.listen)')
     .option('--nbd-listen <host:port>', 'also serve the image over NBD to the local VM (config source.nbd_listen)')
@@ -44,12 +47,13 @@ export function registerSource(program: Command): void {
     .option('--workers <n>', 'encoding worker threads; default one per core (config source.workers)')
     .option(
       '--state-dir <dir>',
-      'where the cutover record is kept; default /var/lib/ferry (root), else $XDG_STATE_HOME/ferry or ~/.local/state/ferry (config source.state_dir)',
+      "where the cutover record and the image's identity are kept; default /var/lib/ferry (root), else $XDG_STATE_HOME/ferry or ~/.local/state/ferry (config source.state_dir)",
     )
     .option('--control <path>', 'control socket for ferry ctl: status, cutover, unfence (config source.control)');
   addAuthOptions(command, 'source')
     .option('--config <file>', 'TOML configuration file; flags override it')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (config log.level)')
+    .option('--log-file <path>', 'append JSON log lines to this file instead of stderr (config log.file)')
     .action(async (flags: SourceFlags) => {
       const config = loadConfig(flags.config, {
         'source.image': flags.image,
@@ -62,34 +66,38 @@ export function registerSource(program: Command): void {
         'source.control': flags.control,
         ...authOverrides('source', flags),
         'log.level': flags.logLevel,
+        'log.file': flags.logFile,
       });
       const s = config.source;
-      if (!s.image) throw new Error('source: --image (or source.image in the config) is required');
-      const auth = loadAuth(
-        {
-          pskFile: s.psk_file,
-          cert: s.cert,
-          key: s.key,
-          ca: s.ca,
-          insecure: s.insecure,
-          allowOpenPsk: s.allow_open_psk,
-        },
-        'source',
+      if (!s.image) throw new UsageError('source: --image (or source.image in the config) is required');
+      const auth = asUsage(() =>
+        loadAuth(
+          {
+            pskFile: s.psk_file,
+            cert: s.cert,
+            key: s.key,
+            ca: s.ca,
+            insecure: s.insecure,
+            allowOpenPsk: s.allow_open_psk,
+          },
+          'source',
+        ),
       );
-      const log = createLogger(config.log.level);
+      const log = createLogger(config.log);
       for (const warning of authWarnings(auth)) log.warn(warning);
       // The VM may still run here (pre-copy), so the image stays writable when served over NBD, and
       // every write through it is tracked; without NBD nothing here can see the writers: read-only, no tracking.
       const unlock = lockImage(s.image, s.nbd_listen ? 'exclusive' : 'shared');
       const device = FileDevice.open(s.image, { readOnly: !s.nbd_listen });
       const tracked = s.nbd_listen ? new TrackingDevice(device, log.child({ component: 'fence' })) : null;
-      const identity = imageIdentity(s.image);
+      const stateDir = ensureStateDir(s.state_dir ?? defaultStateDir());
+      const identity = imageIdentity(s.image, stateDir, imageKey(s.image));
       const sessions = new SourceSessions({
         imageSize: device.size,
         image: path.resolve(s.image),
         identity,
         device: tracked,
-        recordPath: cutoverRecordPath(s.state_dir ?? defaultStateDir(), s.image),
+        recordPath: cutoverRecordPath(stateDir, s.image),
         log: log.child({ component: 'tracking' }),
       });
       const workers = s.workers || Math.max(1, os.availableParallelism());

@@ -65,14 +65,16 @@ export const DestSection = z
     source: z.string().min(1).optional(),
     /** Local image; created sparse at the source's size. */
     image: z.string().min(1).optional(),
-    /** Block map file; default: the image path + ".ferry-state". */
+    /** Block map file; default: the image path + ".ferry-state", or in state_dir when the image is a block device. */
     state: z.string().min(1).optional(),
+    /** Where the state of a block-device image goes; default /var/lib/ferry (root) or ~/.local/state/ferry. */
+    state_dir: z.string().min(1).optional(),
     /** Export name for the VM; defaults to the image's base name. */
     export: z.string().min(1).max(4096).optional(),
     description: z.string().max(4096).default(''),
     listen: hostPort.default('127.0.0.1:10809'),
     socket: z.string().min(1).optional(),
-    /** Control socket for `ferry ctl`. */
+    /** Control socket for `ferry ctl`; default: beside the state file, STATE without ".ferry-state" + ".ferry-ctl". */
     control: z.string().min(1).optional(),
     /** HOST:PORT (or a bare PORT, on 127.0.0.1) to serve Prometheus metrics on (GET /metrics). */
     metrics: z
@@ -141,8 +143,10 @@ const wireAuth = {
 
 export const SourceSection = z
   .object({
-    /** Raw image served to destinations. */
+    /** Raw image (file or block device) served to destinations. */
     image: z.string().min(1).optional(),
+    /** Where the image's identity and the cutover record are kept; default /var/lib/ferry (root), else $XDG_STATE_HOME/ferry or ~/.local/state/ferry. */
+    state_dir: z.string().min(1).optional(),
     /** Export name; defaults to the image's base name. */
     export: z.string().min(1).max(4096).optional(),
     /** ferry wire listen address. */
@@ -155,8 +159,6 @@ export const SourceSection = z
     deflate_level: z.number().int().min(0).max(9).default(6),
     /** Worker threads encoding batches; 0 means one per core. */
     workers: z.number().int().min(0).max(64).default(0),
-    /** Where the cutover record is kept; default /var/lib/ferry (root), else $XDG_STATE_HOME/ferry or ~/.local/state/ferry. */
-    state_dir: z.string().min(1).optional(),
     /** Control socket for `ferry ctl` (status, cutover, unfence). */
     control: z.string().min(1).optional(),
     /** A destination must finish TLS and say HELLO within this time, or it is disconnected. */
@@ -184,6 +186,8 @@ export const WireSection = z
 export const LogSection = z
   .object({
     level: LogLevel.default('info'),
+    /** Append JSON log lines to this file instead of writing them to stderr. */
+    file: z.string().min(1).optional(),
   })
   .strict();
 

@@ -15,11 +15,14 @@ export function parseByteRate(text: string): number | null {
     throw new Error(
       `rate must be bytes per second like 500000, 512k, 10M, 1.5G (k = 1024), or "off" to remove the limit (got "${text}")`,
     );
-  const bytes = Math.round(Number(match[1]) * MULTIPLIERS[(match[2] ?? '').toLowerCase().replace('i', '')]);
-  if (bytes === 0)
+  const exact = Number(match[1]) * MULTIPLIERS[(match[2] ?? '').toLowerCase().replace('i', '')];
+  if (exact === 0)
     throw new Error(
       `rate 0 would stop the copy: use "ferry ctl pause", or "rate off" to remove the limit (got "${text}")`,
     );
+  // A fraction of a byte per second is a slip (0.5 meant 0.5M?), not a rate to round up to 1 B/s.
+  if (exact < 1) throw new Error(`rate must be at least 1 byte per second (got "${text}" = ${exact} bytes/s)`);
+  const bytes = Math.round(exact);
   if (!Number.isSafeInteger(bytes)) throw new Error(`rate is too large (got "${text}")`);
   return bytes;
 }

@@ -95,6 +95,7 @@ export class ControlServer {
 
   private accept(socket: net.Socket): void {
     this.connections.add(socket);
+    this.log.info({ socketPath: this.socketPath }, 'control client connected');
     const splitter = new LineSplitter(MAX_LINE_BYTES);
     socket.on('close', () => this.connections.delete(socket));
     socket.on('error', (err) => this.log.debug({ err }, 'control connection error'));

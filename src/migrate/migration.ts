@@ -61,6 +61,8 @@ export class Migration extends EventEmitter implements MigrationControl {
   private lastLinkStats: LinkStats = emptyLinkStats();
   /** Releases the exclusive locks on the image and its state (taken before either is opened for writing). */
   private unlock: ReleaseLock = () => undefined;
+  /** What open() created for a new migration (a block device is never removed); null when resumed. */
+  private createdHere: { image: string | null; state: string } | null = null;
 
   private started = false;
   private epochCheck: Promise<void> = Promise.resolve();
@@ -109,7 +111,10 @@ export class Migration extends EventEmitter implements MigrationControl {
     const { imagePath, statePath } = options;
     if (BlockMap.exists(statePath)) return Migration.resume(options, log);
     if (!options.sourceUrl) throw new MigrationError(`no state at ${statePath} and no source given: pass --source URL`);
-    if (fs.existsSync(imagePath)) {
+    // An existing block device is the target: its old content is never served (unheld blocks come
+    // from the source) and is overwritten as blocks arrive. An existing file is refused.
+    const onDevice = isBlockDevice(imagePath);
+    if (!onDevice && fs.existsSync(imagePath)) {
       throw new MigrationError(
         `image ${imagePath} exists but has no migration state (${statePath}); refusing to overwrite it — remove it or choose another --image`,
       );
@@ -117,10 +122,14 @@ export class Migration extends EventEmitter implements MigrationControl {
     const session = crypto.randomUUID();
     const upstream = await options.openUpstream(options.sourceUrl, options.blockSize, session);
     let map: BlockMap;
-    let local: FileDevice;
+    let local: FileDevice | undefined;
     const locks: ReleaseLock[] = [];
     try {
-      local = FileDevice.open(imagePath, { createSize: upstream.size, createMode: options.fileMode });
+      local = FileDevice.open(imagePath, {
+        createSize: upstream.size,
+        deviceSize: upstream.size,
+        createMode: options.fileMode,
+      });
       locks.push(lockImage(imagePath, 'exclusive'));
       map = BlockMap.create(
         statePath,
@@ -138,6 +147,9 @@ export class Migration extends EventEmitter implements MigrationControl {
       locks.push(lockImage(statePath, 'exclusive'));
     } catch (e) {
       for (const unlock of locks) unlock();
+      await local?.close();
+      // The image was created here just now (an existing file is refused above): remove it again.
+      if (local && !onDevice) fs.rmSync(imagePath, { force: true });
       await upstream.close();
       throw e;
     }
@@ -153,6 +165,7 @@ export class Migration extends EventEmitter implements MigrationControl {
     );
     const migration = new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
     migration.unlock = () => locks.forEach((unlock) => unlock());
+    migration.createdHere = { image: onDevice ? null : imagePath, state: statePath };
     return migration;
   }
 
@@ -176,7 +189,13 @@ export class Migration extends EventEmitter implements MigrationControl {
       map.close();
       throw new MigrationError(`state ${options.statePath} exists but image ${options.imagePath} does not`);
     }
-    const local = FileDevice.open(options.imagePath);
+    let local: FileDevice;
+    try {
+      local = FileDevice.open(options.imagePath, { deviceSize: map.imageSize });
+    } catch (e) {
+      map.close();
+      throw e;
+    }
     if (local.size !== map.imageSize) {
       map.close();
       await local.close();
@@ -415,6 +434,19 @@ export class Migration extends EventEmitter implements MigrationControl {
     if (persistError) throw persistError;
   }
 
+  /**
+   * Closes, and removes the image and state this process created: for a
+   * start that failed before anything was served, so that it leaves nothing
+   * behind. A resumed migration keeps its files.
+   */
+  async discard(): Promise<void> {
+    const mustServe = this.started;
+    await this.close();
+    if (mustServe || !this.createdHere) return;
+    if (this.createdHere.image) fs.rmSync(this.createdHere.image, { force: true });
+    fs.rmSync(this.createdHere.state, { force: true });
+  }
+
   private requireCopy(what: string): BackgroundCopy {
     if (!this.copy || this.completedAt) throw new MigrationError(`cannot ${what}: the migration is complete`);
     return this.copy;
@@ -448,6 +480,14 @@ export class Migration extends EventEmitter implements MigrationControl {
       setTimeout(() => void this.complete(), 1000).unref();
     });
     return this.completing;
+  }
+}
+
+function isBlockDevice(path: string): boolean {
+  try {
+    return fs.statSync(path).isBlockDevice();
+  } catch {
+    return false;
   }
 }
 

@@ -76,11 +76,15 @@ export class NbdServer {
 
   private accept(socket: net.Socket): void {
     const id = this.nextId++;
-    const log = this.log.child({ conn: id, peer: socket.remoteAddress ?? 'unix' });
-    log.debug('connection accepted');
+    const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix socket';
+    const log = this.log.child({ conn: id, peer });
+    log.info('NBD client connected');
     const connection = new NbdConnection(socket, this.exportTable, this.limits, log);
     this.connections.add(connection);
-    socket.on('close', () => this.connections.delete(connection));
+    socket.on('close', () => {
+      this.connections.delete(connection);
+      log.info('NBD client disconnected');
+    });
   }
 }
 

@@ -1,5 +1,4 @@
 // A Piscina pool of kernel workers with two priorities and a bounded queue.
-import { EventEmitter } from 'node:events';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Piscina } from 'piscina';
@@ -79,12 +78,15 @@ export interface HashResult {
   blocks: ArrayBuffer;
 }
 
-export class CodecPool extends EventEmitter {
+export class CodecPool {
   readonly workers: number;
   readonly maxQueued: number;
   readonly maxUrgentQueued: number;
   readonly codec: string;
   readonly pipelineDepth: number;
+  /** whenNotFull callers, woken when a background slot frees. */
+  private readonly roomWaiters: Array<() => void> = [];
+  private readonly urgentWaiters: Array<() => void> = [];
   readonly inlineUrgentBytes: number;
   private readonly selection: CodecSelection;
   private readonly queue = new PriorityTaskQueue();
@@ -92,7 +94,6 @@ export class CodecPool extends EventEmitter {
   private closing: Promise<void> | undefined;
 
   constructor(options: CodecPoolOptions = {}) {
-    super();
     this.workers = options.workers ?? Math.max(1, availableParallelism());
     this.maxQueued = options.maxQueued ?? 4 * this.workers;
     this.maxUrgentQueued = options.maxUrgentQueued ?? this.maxQueued;
@@ -121,8 +122,12 @@ export class CodecPool extends EventEmitter {
       kernelPath: options.kernelPath,
     };
     this.queue.onShift = () => {
-      if (!this.isFull) this.emit('notFull');
-      this.emit('shift');
+      if (this.urgentWaiters.length && this.queue.urgentSize < this.maxUrgentQueued)
+        for (const wake of this.urgentWaiters.splice(0)) wake();
+      if (this.isFull || this.roomWaiters.length === 0) return;
+      // Every waiter retries; those that find the queue full again wait again.
+      const waiters = this.roomWaiters.splice(0);
+      for (const wake of waiters) wake();
     };
     this.piscina = new Piscina({
       filename: options.workerModule ?? join(__dirname, 'worker.js'),
@@ -156,15 +161,8 @@ export class CodecPool extends EventEmitter {
   /** Resolves once a background task would be accepted. */
   whenNotFull(): Promise<void> {
     if (!this.isFull) return Promise.resolve();
-    return new Promise((resolve) => {
-      const check = () => {
-        if (!this.isFull) {
-          this.off('notFull', check);
-          resolve();
-        }
-      };
-      this.on('notFull', check);
-    });
+    // A list, not event listeners: every batch in flight may wait here at once (hundreds with no rate limit).
+    return new Promise((resolve) => this.roomWaiters.push(resolve));
   }
 
   /** Resolves once a task of this priority would be accepted (the urgent queue has its own bound). */
@@ -172,15 +170,8 @@ export class CodecPool extends EventEmitter {
     if (!urgent) return this.whenNotFull();
     const room = (): boolean => this.queue.urgentSize < this.maxUrgentQueued;
     if (room()) return Promise.resolve();
-    return new Promise((resolve) => {
-      const check = (): void => {
-        if (room()) {
-          this.off('shift', check);
-          resolve();
-        }
-      };
-      this.on('shift', check);
-    });
+    // Callers re-check on waking: another may have taken the room first.
+    return new Promise((resolve) => this.urgentWaiters.push(resolve));
   }
 
   /**
@@ -276,6 +267,9 @@ export class CodecPool extends EventEmitter {
    */
   close(options: { cancelQueued?: boolean } = {}): Promise<void> {
     this.closing ??= this.piscina.close({ force: options.cancelQueued === true });
+    // Waiters retry and are refused now, instead of waiting for room that never comes.
+    for (const wake of this.roomWaiters.splice(0)) wake();
+    for (const wake of this.urgentWaiters.splice(0)) wake();
     return this.closing;
   }
 

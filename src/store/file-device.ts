@@ -1,10 +1,16 @@
 /**
- * A raw image file as a BlockDevice: positional reads and writes, fdatasync
- * for FLUSH and FUA, holes for TRIM and zeroes, SEEK_HOLE for block status.
+ * A raw image file or block device as a BlockDevice: positional reads and
+ * writes, fdatasync for FLUSH and FUA, holes for TRIM and zeroes, SEEK_HOLE
+ * for block status. On a block device a "hole" is fallocate(PUNCH_HOLE),
+ * which the kernel turns into a discard that must read back as zeros (or
+ * refuses); where the device refuses, zeros are written. TRIM zeros too:
+ * a block device holds another disk's old bytes, which a trimmed block the
+ * VM reads again must never show.
  */
 import fs from 'node:fs';
 import { BlockDevice, BlockDeviceError, BlockSizeHint, Extent, ExtentFlags, ZeroOptions } from './block-device';
 import { fileOps, SEEK_DATA, SEEK_HOLE } from './fileops';
+import { blockDeviceGeometry } from './device-geometry';
 
 const ZERO_CHUNK = 1 << 20;
 const MAX_STATUS_EXTENTS = 512;
@@ -16,6 +22,8 @@ export interface FileDeviceOptions {
   createSize?: number;
   /** Mode of a file it creates, applied exactly (default owner-only: a disk image holds a VM's secrets). */
   createMode?: number;
+  /** Serve only the first this many bytes of a block device (it may be larger than the image it receives). */
+  deviceSize?: number;
 }
 
 export class FileDevice implements BlockDevice {
@@ -29,9 +37,15 @@ export class FileDevice implements BlockDevice {
     private readonly fd: number,
     readonly size: number,
     readonly readOnly: boolean,
+    /** Logical sector size of a block device; null for a regular file. */
+    private readonly sectorSize: number | null,
   ) {
-    this.canTrim = !readOnly && fileOps !== null;
+    this.canTrim = !readOnly && (fileOps !== null || sectorSize !== null);
     this.canFastZero = !readOnly && fileOps !== null;
+  }
+
+  get isBlockDevice(): boolean {
+    return this.sectorSize !== null;
   }
 
   static open(path: string, options: FileDeviceOptions = {}): FileDevice {
@@ -49,12 +63,19 @@ export class FileDevice implements BlockDevice {
     } catch (e) {
       throw new Error(`cannot open image ${path}: ${(e as Error).message}`, { cause: e });
     }
-    const stat = fs.fstatSync(fd);
-    if (!stat.isFile()) {
+    try {
+      const stat = fs.fstatSync(fd);
+      if (stat.isFile()) return new FileDevice(path, fd, stat.size, readOnly, null);
+      if (!stat.isBlockDevice()) throw new Error(`image ${path} is neither a regular file nor a block device`);
+      const geometry = blockDeviceGeometry(fd, stat, path);
+      const size = options.deviceSize ?? geometry.size;
+      if (size > geometry.size)
+        throw new Error(`block device ${path} has ${geometry.size} bytes, too small for an image of ${size} bytes`);
+      return new FileDevice(path, fd, size, readOnly, geometry.logicalBlockSize);
+    } catch (e) {
       fs.closeSync(fd);
-      throw new Error(`image ${path} is not a regular file`);
+      throw e;
     }
-    return new FileDevice(path, fd, stat.size, readOnly);
   }
 
   read(offset: number, into: Buffer): Promise<void> {
@@ -104,6 +125,7 @@ export class FileDevice implements BlockDevice {
 
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
     this.checkWritable();
+    if (this.sectorSize !== null) return this.zero(offset, length, { fua, noHole: false, fastZero: false });
     if (!fileOps) return; // TRIM is advisory; not advertised without the addon
     try {
       fileOps.punchHole(this.fd, offset, length);
@@ -121,11 +143,14 @@ export class FileDevice implements BlockDevice {
     this.checkWritable();
     if (!fileOps) throw new BlockDeviceError('ENOTSUP', 'punching holes needs the fileops addon');
     try {
-      fileOps.punchHole(this.fd, offset, length);
+      this.punchHole(offset, length);
     } catch (e) {
       const err = e as NodeJS.ErrnoException;
       throw err.code === 'ENOTSUP'
-        ? new BlockDeviceError('ENOTSUP', 'this file system cannot punch holes')
+        ? new BlockDeviceError(
+            'ENOTSUP',
+            `${this.isBlockDevice ? 'this device' : 'this file system'} cannot punch holes`,
+          )
         : deviceError(err, 'zero');
     }
   }
@@ -134,8 +159,10 @@ export class FileDevice implements BlockDevice {
     this.checkWritable();
     if (fileOps) {
       try {
-        if (options.noHole) fileOps.zeroRange(this.fd, offset, length);
-        else fileOps.punchHole(this.fd, offset, length);
+        if (!options.noHole) this.punchHole(offset, length);
+        else if (this.sectorSize === null) fileOps.zeroRange(this.fd, offset, length);
+        // A block device zeroes a range by writing it (ZERO_RANGE there may write, and would block this thread).
+        else throw Object.assign(new Error('allocated zeros are written on a block device'), { code: 'ENOTSUP' });
         if (options.fua) await this.flush();
         return;
       } catch (e) {
@@ -152,13 +179,37 @@ export class FileDevice implements BlockDevice {
     if (options.fua) await this.flush();
   }
 
+  /**
+   * fallocate(PUNCH_HOLE). A block device takes only whole sectors: the
+   * sectors inside the range are discarded and the partial ones at its edges
+   * are written as zeros (a few bytes, synchronously, so that the range reads
+   * as zeros when this returns).
+   */
+  private punchHole(offset: number, length: number): void {
+    const ops = fileOps!;
+    if (this.sectorSize === null) return ops.punchHole(this.fd, offset, length);
+    const end = offset + length;
+    const first = Math.ceil(offset / this.sectorSize) * this.sectorSize;
+    const last = Math.floor(end / this.sectorSize) * this.sectorSize;
+    if (last <= first) return this.writeZerosNow(offset, length);
+    ops.punchHole(this.fd, first, last - first);
+    if (first > offset) this.writeZerosNow(offset, first - offset);
+    if (end > last) this.writeZerosNow(last, end - last);
+  }
+
+  private writeZerosNow(offset: number, length: number): void {
+    const zeros = Buffer.alloc(length);
+    for (let done = 0; done < length;) done += fs.writeSync(this.fd, zeros, done, length - done, offset + done);
+  }
+
   async cache(): Promise<void> {
     // The page cache already holds what was read; nothing to prefetch from.
   }
 
   async status(offset: number, length: number): Promise<Extent[]> {
     const end = offset + length;
-    if (!fileOps) return [{ length, flags: ExtentFlags.None }];
+    // A block device has no holes to report (lseek would call all of it data).
+    if (!fileOps || this.isBlockDevice) return [{ length, flags: ExtentFlags.None }];
     const extents: Extent[] = [];
     let at = offset;
     try {

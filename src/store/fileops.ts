@@ -1,7 +1,7 @@
 /**
  * Loads the small native addon for hole punching, SEEK_DATA/SEEK_HOLE and
- * flock(2), which Node's fs lacks. Without it ferry still works: trims are
- * not advertised, zeroing writes zeros, every range reports as data, and
+ * flock(2) and block device geometry, which Node's fs lacks. Without it ferry still works:
+ * trims are not advertised, zeroing writes zeros, every range reports as data, and
  * images are locked with pid files (see image-lock.ts).
  */
 import path from 'node:path';
@@ -15,6 +15,8 @@ export interface FileOps {
   preadNoWait(fd: number, buffer: Buffer, position: number): number;
   /** flock(2) without waiting: true when taken, false when a conflicting lock is held elsewhere. */
   tryLock(fd: number, exclusive: 0 | 1): boolean;
+  /** Size in bytes and logical sector size of a block device (BLKGETSIZE64, BLKSSZGET). */
+  blockDeviceGeometry(fd: number): { size: number; logicalBlockSize: number };
 }
 
 export const SEEK_DATA = 3;

@@ -3,13 +3,19 @@
  * process and waits for its `serving` log line. Killed at teardown.
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import type { MigrationStatus } from '../../src/migrate/status';
 import { run, RunResult } from './run';
 
 const FERRY_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'ferry.js');
 const EXIT_WITH_PARENT = path.join(__dirname, 'exit-with-parent.js');
+// The daemons' state directory (a source's image identities): one per test process, so that
+// tests run as root leave nothing in /var/lib/ferry, and a restarted source keeps its identity.
+const STATE_DIR = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-test-state-'));
+process.on('exit', () => fs.rmSync(STATE_DIR, { recursive: true, force: true }));
 
 export interface FerryDaemon {
   child: ChildProcess;
@@ -28,6 +34,7 @@ interface Teardownable {
 
 export function startFerry(t: Teardownable, args: string[], timeoutMs = 20_000): Promise<FerryDaemon> {
   const child = spawn(process.execPath, ['-r', EXIT_WITH_PARENT, FERRY_BIN, ...args], {
+    env: { ...process.env, STATE_DIRECTORY: STATE_DIR },
     stdio: ['ignore', 'ignore', 'pipe', 'pipe'], // fd 3: the daemon goes when the test process does (exit-with-parent)
   });
   let stderr = '';
