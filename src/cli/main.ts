@@ -7,6 +7,7 @@ import { registerDest } from './dest';
 import { registerSource } from './source';
 import { registerKeygen } from './keygen';
 import { registerCtl } from './ctl';
+import { registerMigrateVm } from './migrate-vm';
 
 export function main(argv: string[]): void {
   const program = new Command();
@@ -22,6 +23,7 @@ export function main(argv: string[]): void {
   registerKeygen(program);
   registerDemo(program);
   registerCtl(program);
+  registerMigrateVm(program);
   program.parseAsync(argv).catch((err: unknown) => {
     if (err instanceof CommanderError) process.exit(err.exitCode);
     const message = err instanceof ConfigError ? err.message : `ferry: ${(err as Error).message}`;
