@@ -61,8 +61,17 @@ t.test('cuts the source over at switch-over and reports downtime and the destina
   t.teardown(() => control.close());
 
   const r = await migrateVm(
-    '--qmp', qmpPath, '--to', 'tcp:127.0.0.1:4444', '--source-control', sourceControl,
-    '--dest-control', destControl, '--json', '--interval-ms', '50',
+    '--qmp',
+    qmpPath,
+    '--to',
+    'tcp:127.0.0.1:4444',
+    '--source-control',
+    sourceControl,
+    '--dest-control',
+    destControl,
+    '--json',
+    '--interval-ms',
+    '50',
   );
   t.equal(r.code, 0, r.stderr);
   t.same(cutovers, ['{"cmd":"cutover"}'], 'one cutover request, as ferry ctl sends it');
@@ -78,9 +87,19 @@ t.test('cuts the source over at switch-over and reports downtime and the destina
 t.test('a source control socket that is not there: the migration is cancelled, the VM runs on', async (t) => {
   const dir = tempDir(t);
   const { qemu, fake, qmpPath } = await fakeSource(t, dir);
-  const r = await migrateVm('--qmp', qmpPath, '--to', 'tcp:127.0.0.1:4444', '--source-control', path.join(dir, 'none.sock'));
+  const r = await migrateVm(
+    '--qmp',
+    qmpPath,
+    '--to',
+    'tcp:127.0.0.1:4444',
+    '--source-control',
+    path.join(dir, 'none.sock'),
+  );
   t.equal(r.code, 1);
-  t.match(r.stderr, /disk cutover did not run: ferry source control .*none\.sock: .*ENOENT.*the migration was cancelled and the source VM runs on \[source VM: running\]/);
+  t.match(
+    r.stderr,
+    /disk cutover did not run: ferry source control .*none\.sock: .*ENOENT.*the migration was cancelled and the source VM runs on \[source VM: running\]/,
+  );
   t.ok(fake.commands.includes('migrate_cancel'));
   t.notOk(fake.commands.includes('migrate-continue'));
   t.equal(qemu.vm, 'running');

@@ -69,7 +69,7 @@ async function cutoverSource(socketPath: string, timeoutMs: number): Promise<voi
     // Unreachable before the request went out: the source did nothing.
     if (err instanceof ControlUnreachableError && ['ENOENT', 'ECONNREFUSED', 'EACCES'].includes(err.code ?? ''))
       throw new CutoverNotRunError(`ferry source control ${socketPath}: ${err.message}`);
-    throw new Error(`ferry source control ${socketPath}: ${(err as Error).message}`);
+    throw new Error(`ferry source control ${socketPath}: ${(err as Error).message}`, { cause: err });
   }
   if (!response.ok) throw new CutoverNotRunError(`ferry source refused the cutover: ${response.error}`);
 }
@@ -99,11 +99,20 @@ async function watchDestination(
 async function run(flags: MigrateVmFlags): Promise<void> {
   const say = (line: string): void => void process.stderr.write(`ferry migrate-vm: ${line}\n`);
   const qmp = await QmpClient.connect(flags.qmp);
+  // Interrupted before switch-over, the migration is cancelled: left alone, QEMU would stop
+  // the VM at pre-switchover and wait there for a migrate-continue nobody sends.
+  const interrupt = new AbortController();
+  const onSignal = (signal: string): void => {
+    say(`${signal}: cancelling unless the switch-over has begun`);
+    interrupt.abort();
+  };
+  process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
   let result: LiveMigrationResult;
   try {
     say(`QEMU ${qmp.version.major}.${qmp.version.minor}.${qmp.version.micro} on ${flags.qmp}`);
     const sourceControl = flags.sourceControl;
     result = await migrateVm(qmp, {
+      signal: interrupt.signal,
       to: flags.to,
       cutover: sourceControl ? () => cutoverSource(sourceControl, flags.controlTimeoutMs) : undefined,
       maxBandwidth: flags.maxBandwidth,
@@ -117,6 +126,7 @@ async function run(flags: MigrateVmFlags): Promise<void> {
         ),
     });
   } finally {
+    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
     qmp.close();
   }
   say(
@@ -133,6 +143,7 @@ async function run(flags: MigrateVmFlags): Promise<void> {
     } catch (err) {
       throw new Error(
         `the VM runs at the destination, but its disk's progress could not be followed: ${(err as Error).message}`,
+        { cause: err },
       );
     }
     cutoverToCompleteMs = Date.now() - (result.cutoverAt ?? memoryDoneAt);
@@ -157,9 +168,11 @@ export function registerMigrateVm(program: Command): void {
   program
     .command('migrate-vm')
     .description(
-      "live-migrate a QEMU VM whose disk ferry serves: memory by QEMU, the disk cut over at the source while the VM is stopped at switch-over",
+      'live-migrate a QEMU VM whose disk ferry serves: memory by QEMU, the disk cut over at the source while the VM is stopped at switch-over',
     )
-    .addOption(new Option('--qmp <path>', "the source QEMU's QMP socket (-qmp unix:PATH,server=on)").makeOptionMandatory())
+    .addOption(
+      new Option('--qmp <path>', "the source QEMU's QMP socket (-qmp unix:PATH,server=on)").makeOptionMandatory(),
+    )
     .addOption(
       new Option('--to <uri>', "the destination QEMU's -incoming URI, e.g. tcp:HOST:PORT").makeOptionMandatory(),
     )
@@ -171,7 +184,12 @@ export function registerMigrateVm(program: Command): void {
     .option('--max-bandwidth <bytes/s>', 'memory migration bandwidth cap, e.g. 100M (QEMU max-bandwidth)', byteRate)
     .option('--downtime-limit <ms>', 'QEMU downtime-limit for the memory switch-over', positiveInt('--downtime-limit'))
     .option('--timeout <seconds>', 'cancel if memory has not converged by then', positiveInt('--timeout'))
-    .option('--control-timeout-ms <ms>', 'how long to wait for a control socket', positiveInt('--control-timeout-ms'), 30_000)
+    .option(
+      '--control-timeout-ms <ms>',
+      'how long to wait for a control socket',
+      positiveInt('--control-timeout-ms'),
+      30_000,
+    )
     .option('--interval-ms <ms>', 'how often to report progress', positiveInt('--interval-ms'), 1000)
     .option('--json', 'print the final report as JSON')
     .exitOverride((err) => {

@@ -76,6 +76,11 @@ export interface LiveMigrationOptions {
   downtimeLimitMs?: number;
   /** Gives up (and cancels, before the cutover) if the migration has not converged in this time. */
   timeoutMs?: number;
+  /**
+   * Aborting before the cutover cancels the migration (the source VM runs on); from the
+   * cutover on it is too late to go back, and the migration is seen through.
+   */
+  signal?: AbortSignal;
   /** How often to report progress (query-migrate). */
   progressIntervalMs?: number;
   onProgress?(progress: MigrationProgress): void;
@@ -195,6 +200,12 @@ export async function migrateVm(qmp: QmpClient, options: LiveMigrationOptions): 
   let deadline: NodeJS.Timeout | null = null;
   let timedOut: (() => void) | null = null;
   const timeout = new Promise<'timeout'>((resolve) => (timedOut = () => resolve('timeout')));
+  let onAbort: (() => void) | null = null;
+  const aborted = new Promise<'aborted'>((resolve) => {
+    onAbort = () => resolve('aborted');
+    if (options.signal?.aborted) resolve('aborted');
+    else options.signal?.addEventListener('abort', onAbort, { once: true });
+  });
   const queryMigrate = async (): Promise<MigrateInfo> => {
     const info = await qmp.execute<MigrateInfo>('query-migrate');
     if (info.status) watch.set(info.status);
@@ -227,9 +238,10 @@ export async function migrateVm(qmp: QmpClient, options: LiveMigrationOptions): 
     // An event may have raced ahead of the subscription's first use: ask once.
     await queryMigrate();
 
-    const converged = await Promise.race([watch.until(['pre-switchover', ...FINAL_STATUSES]), timeout]);
+    const converged = await Promise.race([watch.until(['pre-switchover', ...FINAL_STATUSES]), timeout, aborted]);
     if (converged === 'timeout')
       return await cancel(`the memory migration did not converge within ${options.timeoutMs} ms`);
+    if (converged === 'aborted') return await cancel('interrupted before the switch-over');
     if (converged === 'failed' || converged === 'cancelled') {
       const info = await queryMigrate().catch(() => ({}) as MigrateInfo);
       throw new LiveMigrationError(
@@ -284,6 +296,7 @@ export async function migrateVm(qmp: QmpClient, options: LiveMigrationOptions): 
   } finally {
     if (progressTimer) clearInterval(progressTimer);
     if (deadline) clearTimeout(deadline);
+    if (onAbort) options.signal?.removeEventListener('abort', onAbort);
     watch.stop();
   }
 }

@@ -44,11 +44,17 @@ interface Pending {
 function connectError(socketPath: string, err: NodeJS.ErrnoException): QmpConnectionError {
   switch (err.code) {
     case 'ENOENT':
-      return new QmpConnectionError(`no QMP socket at ${socketPath} (ENOENT): is QEMU running with -qmp unix:${socketPath},server=on?`);
+      return new QmpConnectionError(
+        `no QMP socket at ${socketPath} (ENOENT): is QEMU running with -qmp unix:${socketPath},server=on?`,
+      );
     case 'ECONNREFUSED':
-      return new QmpConnectionError(`nothing listens on QMP socket ${socketPath} (ECONNREFUSED: QEMU is gone or the file is stale)`);
+      return new QmpConnectionError(
+        `nothing listens on QMP socket ${socketPath} (ECONNREFUSED: QEMU is gone or the file is stale)`,
+      );
     case 'EACCES':
-      return new QmpConnectionError(`permission denied on QMP socket ${socketPath} (EACCES): run as the user that started QEMU`);
+      return new QmpConnectionError(
+        `permission denied on QMP socket ${socketPath} (EACCES): run as the user that started QEMU`,
+      );
     default:
       return new QmpConnectionError(`QMP socket ${socketPath}: ${err.message}`);
   }
@@ -85,7 +91,12 @@ export class QmpClient extends EventEmitter {
         reject(err);
       };
       const timer = setTimeout(
-        () => fail(new QmpConnectionError(`QEMU did not greet on ${socketPath} within ${timeoutMs} ms (is another client connected?)`)),
+        () =>
+          fail(
+            new QmpConnectionError(
+              `QEMU did not greet on ${socketPath} within ${timeoutMs} ms (is another client connected?)`,
+            ),
+          ),
         timeoutMs,
       );
       socket.once('error', (err: NodeJS.ErrnoException) => fail(connectError(socketPath, err)));

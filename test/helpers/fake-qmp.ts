@@ -28,7 +28,11 @@ export class FakeQmp {
     this.server = net.createServer((socket) => this.accept(socket));
   }
 
-  static async start(t: Teardownable, socketPath: string, handler: (cmd: ReceivedCommand, qmp: FakeQmp) => FakeAnswer): Promise<FakeQmp> {
+  static async start(
+    t: Teardownable,
+    socketPath: string,
+    handler: (cmd: ReceivedCommand, qmp: FakeQmp) => FakeAnswer,
+  ): Promise<FakeQmp> {
     const fake = new FakeQmp(handler);
     await new Promise<void>((resolve) => fake.server.listen(socketPath, resolve));
     t.teardown(() => fake.close());
@@ -41,7 +45,8 @@ export class FakeQmp {
   }
 
   event(name: string, data: Record<string, unknown>): void {
-    const line = JSON.stringify({ event: name, data, timestamp: { seconds: 1700000000, microseconds: 250000 } }) + '\r\n';
+    const line =
+      JSON.stringify({ event: name, data, timestamp: { seconds: 1700000000, microseconds: 250000 } }) + '\r\n';
     for (const c of this.clients) c.write(line);
   }
 

@@ -51,7 +51,10 @@ export class FakeSourceQemu {
         return { return: { status: this.vm, running: this.vm === 'running' } };
       case 'query-migrate': {
         if (this.migration === 'none') return { return: {} };
-        const info: Record<string, unknown> = { status: this.migration, ram: { transferred: 1000, remaining: 0, total: 1000 } };
+        const info: Record<string, unknown> = {
+          status: this.migration,
+          ram: { transferred: 1000, remaining: 0, total: 1000 },
+        };
         if (this.migration === 'completed') Object.assign(info, { downtime: 42, 'total-time': 900, 'setup-time': 3 });
         if (this.errorDesc) info['error-desc'] = this.errorDesc;
         return { return: info };
@@ -66,7 +69,9 @@ export class FakeSourceQemu {
         return { return: {} };
       case 'migrate':
         if (this.o.migrate === 'refused')
-          return { error: { class: 'GenericError', desc: `Failed to connect to '${String(args.uri)}': Connection refused` } };
+          return {
+            error: { class: 'GenericError', desc: `Failed to connect to '${String(args.uri)}': Connection refused` },
+          };
         this.to('setup');
         if (this.o.migrate === 'fail') {
           this.errorDesc = 'Unable to write to socket: Broken pipe';
@@ -93,4 +98,3 @@ export class FakeSourceQemu {
     }
   }
 }
-

@@ -30,7 +30,10 @@ function staticBusybox(): string | null {
   for (const candidate of ['/bin/busybox', '/usr/bin/busybox']) {
     if (!fs.existsSync(candidate)) continue;
     // a dynamic executable names its interpreter in the file
-    const head = fs.readFileSync(candidate).subarray(0, 64 * 1024).toString('latin1');
+    const head = fs
+      .readFileSync(candidate)
+      .subarray(0, 64 * 1024)
+      .toString('latin1');
     if (!head.includes('/lib64/ld-linux') && !head.includes('/lib/ld-linux')) return candidate;
   }
   return null;
@@ -108,7 +111,11 @@ export function buildGuestImage(dir: string): GuestImage {
     { kind: 'file', path: 'bin/busybox', data: fs.readFileSync(parts.busybox), mode: 0o755 },
     { kind: 'symlink', path: 'bin/sh', target: 'busybox' },
     { kind: 'file', path: 'init', data: fs.readFileSync(INIT_SCRIPT), mode: 0o755 },
-    ...parts.modules.map((m) => ({ kind: 'file' as const, path: `lib/modules/${path.basename(m)}`, data: fs.readFileSync(m) })),
+    ...parts.modules.map((m) => ({
+      kind: 'file' as const,
+      path: `lib/modules/${path.basename(m)}`,
+      data: fs.readFileSync(m),
+    })),
   ];
   const initrd = path.join(dir, 'initramfs.cpio');
   fs.writeFileSync(initrd, buildCpio(entries));

@@ -61,6 +61,7 @@ export function checkImage(image: Buffer, initial: Buffer, table: ReadonlyMap<nu
     }
   }
   for (const slot of table.keys())
-    if (slot * RECORD_BYTES >= image.length) result.lostWrites.push({ slot, seq: table.get(slot)!.seq, found: 'beyond the image' });
+    if (slot * RECORD_BYTES >= image.length)
+      result.lostWrites.push({ slot, seq: table.get(slot)!.seq, found: 'beyond the image' });
   return result;
 }

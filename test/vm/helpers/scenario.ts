@@ -39,8 +39,10 @@ export interface Scenario {
   writesBefore: number;
   /** Runs once the source guest is up and has written writesBefore records (start the destination's ferry here). */
   beforeMigration?(source: Vm): Promise<void>;
-  /** Records the guest must have written at the destination before it is stopped. */
+  /** Records the guest must have written after migrate-vm returned (at the destination, or at the source if it stayed there) before it is stopped. */
   writesAfter: number;
+  /** What migrate-vm must do: migrate the VM (exit 0), or fail and leave it running at the source (exit 1). */
+  expect?: 'migrated' | 'stays-at-source';
 }
 
 export interface ScenarioResult {
@@ -56,8 +58,10 @@ export interface ScenarioResult {
   dest: Vm;
 }
 
+/** The VM's run state, or "exited" when its QEMU is gone. */
 async function queryStatus(qmpPath: string): Promise<string> {
-  const qmp = await QmpClient.connect(qmpPath);
+  const qmp = await QmpClient.connect(qmpPath).catch(() => null);
+  if (!qmp) return 'exited';
   try {
     return (await qmp.execute<{ status: string }>('query-status')).status;
   } finally {
@@ -67,7 +71,13 @@ async function queryStatus(qmpPath: string): Promise<string> {
 
 /** Runs the migration and the guest's checks; the caller checks the image with checkFinalImage. */
 export async function runScenario(t: Teardownable, s: Scenario): Promise<ScenarioResult> {
-  const source = startVm(t, { name: 'source', dir: s.dir, guest: s.guest, diskUri: s.sourceDiskUri, memoryMiB: GUEST_MEMORY_MIB });
+  const source = startVm(t, {
+    name: 'source',
+    dir: s.dir,
+    guest: s.guest,
+    diskUri: s.sourceDiskUri,
+    memoryMiB: GUEST_MEMORY_MIB,
+  });
   await source.waitFor(/^FERRY READY slots=(\d+)/, BOOT_MS);
   source.send(`write ${s.writesBefore}`);
   await source.waitFor(/^FERRY WROTE seq=\d+ errors=0$/, GUEST_STEP_MS);
@@ -95,31 +105,46 @@ export async function runScenario(t: Teardownable, s: Scenario): Promise<Scenari
 
   const migrate = await run(
     process.execPath,
-    [FERRY_BIN, 'migrate-vm', '--qmp', source.qmpPath, '--to', `tcp:127.0.0.1:${migrationPort}`, '--max-bandwidth', '1G', '--json', ...s.migrateArgs],
+    [
+      FERRY_BIN,
+      'migrate-vm',
+      '--qmp',
+      source.qmpPath,
+      '--to',
+      `tcp:127.0.0.1:${migrationPort}`,
+      '--max-bandwidth',
+      '1G',
+      '--json',
+      ...s.migrateArgs,
+    ],
     { timeoutMs: 600_000 },
   );
   t.comment(`ferry migrate-vm exited ${migrate.code}:\n${migrate.stderr}`);
-  if (migrate.code !== 0) throw new Error(`ferry migrate-vm failed (${migrate.code}):\n${migrate.stderr}`);
-  let report: Record<string, unknown> | null = null;
+  const expect = s.expect ?? 'migrated';
+  if (migrate.code !== (expect === 'migrated' ? 0 : 1))
+    throw new Error(`ferry migrate-vm exited ${migrate.code}, expected the VM ${expect}:\n${migrate.stderr}`);
+  const afterMigrate = source.lines.length;
+  let report: Record<string, unknown> | null;
   try {
     report = JSON.parse(migrate.stdout) as Record<string, unknown>;
   } catch {
-    report = null;
+    report = null; // migrate-vm failed: it printed no report
   }
   const sourceStatus = await queryStatus(source.testQmpPath);
   const destStatus = await queryStatus(dest.testQmpPath);
 
-  // The guest goes on writing at the destination; wait for enough of them there.
-  await dest.waitForCount(/^FERRY (W |ERR )/, s.writesAfter, GUEST_STEP_MS);
-  dest.send('stop');
-  const stopped = await dest.waitFor(/^FERRY STOPPED seq=(\d+) errors=(\d+)$/, GUEST_STEP_MS);
-  const verifyFrom = dest.lines.length;
-  dest.send('verify');
-  const verified = await dest.waitFor(/^FERRY VERIFIED ok=(\d+) bad=(\d+)$/, GUEST_STEP_MS, verifyFrom);
-  const dumpFrom = dest.lines.length;
-  dest.send('dump');
-  const dumped = await dest.waitFor(/^FERRY DUMPED (\d+)$/, GUEST_STEP_MS, dumpFrom);
-  const dumpLines = dest.lines.slice(dumpFrom).filter((l) => l.startsWith('FERRY REC '));
+  // The guest goes on writing where it runs now; wait for enough of them there.
+  const vm = expect === 'migrated' ? dest : source;
+  await vm.waitForCount(/^FERRY (W |ERR )/, s.writesAfter, GUEST_STEP_MS, expect === 'migrated' ? 0 : afterMigrate);
+  vm.send('stop');
+  const stopped = await vm.waitFor(/^FERRY STOPPED seq=(\d+) errors=(\d+)$/, GUEST_STEP_MS);
+  const verifyFrom = vm.lines.length;
+  vm.send('verify');
+  const verified = await vm.waitFor(/^FERRY VERIFIED ok=(\d+) bad=(\d+)$/, GUEST_STEP_MS, verifyFrom);
+  const dumpFrom = vm.lines.length;
+  vm.send('dump');
+  const dumped = await vm.waitFor(/^FERRY DUMPED (\d+)$/, GUEST_STEP_MS, dumpFrom);
+  const dumpLines = vm.lines.slice(dumpFrom).filter((l) => l.startsWith('FERRY REC '));
   const table = parseDump(dumpLines);
   if (table.size !== Number(dumped[1])) throw new Error(`the guest dumped ${dumped[1]} records, ${table.size} arrived`);
 
@@ -137,7 +162,7 @@ export async function runScenario(t: Teardownable, s: Scenario): Promise<Scenari
     verify: {
       ok: Number(verified[1]),
       bad: Number(verified[2]),
-      badLines: dest.lines.slice(verifyFrom).filter((l) => l.startsWith('FERRY BAD ')),
+      badLines: vm.lines.slice(verifyFrom).filter((l) => l.startsWith('FERRY BAD ')),
     },
     table,
     sourceStatus,
