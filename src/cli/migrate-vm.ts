@@ -86,7 +86,9 @@ async function watchDestination(
   for (;;) {
     const response = await sendControl(socketPath, { cmd: 'status' }, flags.controlTimeoutMs);
     if (!response.ok) throw new Error(`ferry dest ${socketPath} refused status: ${response.error}`);
-    const s = response.status;
+    // A ferry source's control socket answers status too, with another shape.
+    const s = response.status as MigrationStatus;
+    if (typeof s.blocksHeld !== 'number') throw new Error(`${socketPath} is not a ferry dest's control socket`);
     const phase = (s as { phase?: unknown }).phase;
     const line = `destination: ${s.blocksHeld}/${s.blocksTotal} blocks held, ${s.state}${typeof phase === 'string' ? ` (${phase})` : ''}`;
     if (line !== lastLine) say(line);
@@ -147,7 +149,14 @@ async function run(flags: MigrateVmFlags): Promise<void> {
       );
     }
     cutoverToCompleteMs = Date.now() - (result.cutoverAt ?? memoryDoneAt);
-    say(`destination complete ${cutoverToCompleteMs} ms after the cutover`);
+    // Reported by destinations that track the source's writes before cutover.
+    const invalidated = (destination as { blocksInvalidated?: unknown }).blocksInvalidated;
+    say(
+      `destination complete ${cutoverToCompleteMs} ms after the cutover` +
+        (typeof invalidated === 'number'
+          ? `; ${invalidated} copied blocks fetched again because the source VM wrote them`
+          : ''),
+    );
   }
   const report: MigrateVmReport = {
     memory: result,

@@ -47,7 +47,7 @@ export function reportFigures(t: Test, name: string, r: ScenarioResult): void {
   const memory = (r.report?.memory ?? {}) as Record<string, number>;
   const dest = (r.report?.destination ?? null) as Record<string, unknown> | null;
   const dirtyFields = dest
-    ? Object.entries(dest).filter(([k, v]) => typeof v === 'number' && /dirty|refetch|cutover|stale/i.test(k))
+    ? Object.entries(dest).filter(([k, v]) => typeof v === 'number' && /dirty|invalidat|passThrough|refetch/i.test(k))
     : [];
   t.comment(
     `${name}: memory downtime ${memory.downtimeMs} ms (cutover ${memory.cutoverMs} ms of it), ` +
