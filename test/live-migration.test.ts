@@ -209,3 +209,20 @@ t.test('interrupted during the cutover: the switch-over is seen through', async 
   t.notOk(fake.commands.includes('migrate_cancel'), 'never cancelled once the source was fenced');
   t.equal(qemu.vm, 'postmigrate');
 });
+
+t.test('losing the QMP connection mid-migration ends the wait with a clear error', async (t) => {
+  const { fake, qmp } = await setup(t, { migrate: 'never-converges' });
+  let cutovers = 0;
+  const done = migrateVm(qmp, {
+    to: 'tcp:127.0.0.1:4444',
+    cutover: async () => void cutovers++,
+    onStep: (step) => {
+      if (step.startsWith('migrate to')) setTimeout(() => fake.hangUp(), 50);
+    },
+  });
+  const err = await done.catch((e: unknown) => e);
+  t.ok(err instanceof LiveMigrationError, String(err));
+  t.equal((err as LiveMigrationError).sourceVm, 'unknown');
+  t.match((err as Error).message, /QMP connection .* before the switch-over; nothing was cut over/);
+  t.equal(cutovers, 0);
+});

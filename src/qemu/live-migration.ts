@@ -46,9 +46,11 @@ export class CutoverNotRunError extends Error {
  * Where the source VM stands after a failed migration, for the operator:
  * - 'running': the migration was cancelled before the disk cutover; nothing changed;
  * - 'stopped': the disk cutover ran (the source is fenced), the VM is stopped with its memory intact;
- * - 'paused-at-switchover': the cutover's outcome is unknown; QEMU is left waiting at pre-switchover.
+ * - 'paused-at-switchover': the cutover's outcome is unknown; QEMU is left waiting at pre-switchover;
+ * - 'unchanged': refused before anything started;
+ * - 'unknown': the QMP connection was lost (QEMU exited, or the socket went).
  */
-export type SourceVmState = 'running' | 'stopped' | 'paused-at-switchover' | 'unchanged';
+export type SourceVmState = 'running' | 'stopped' | 'paused-at-switchover' | 'unchanged' | 'unknown';
 
 export class LiveMigrationError extends Error {
   constructor(
@@ -117,22 +119,33 @@ const RUNNING_STATUSES = new Set([
 /** Statuses a wait ends on besides its target. */
 const FINAL_STATUSES = new Set(['completed', 'failed', 'cancelled']);
 
+/** What a wait ends on when the QMP connection goes: no status will come any more. */
+const CONNECTION_LOST = 'qmp-connection-lost';
+
 /** Follows the migration's status from MIGRATION events and query-migrate answers alike. */
 class MigrationStatusWatch {
   status = 'none';
+  lostBecause = '';
   private waiters: Array<{ want: Set<string>; resolve(status: string): void }> = [];
   private readonly onEvent = (e: QmpEvent): void => {
     if (e.name === 'MIGRATION' && typeof e.data.status === 'string') this.set(e.data.status);
   };
+  private readonly onClose = (err: Error): void => {
+    this.lostBecause = err.message;
+    this.set(CONNECTION_LOST);
+  };
 
   constructor(private readonly qmp: QmpClient) {
     qmp.on('event', this.onEvent);
+    qmp.on('close', this.onClose);
+    if (qmp.closed) this.set(CONNECTION_LOST);
   }
 
   set(status: string): void {
+    if (this.status === CONNECTION_LOST) return;
     this.status = status;
     for (const w of this.waiters.slice()) {
-      if (w.want.has(status)) {
+      if (w.want.has(status) || status === CONNECTION_LOST) {
         this.waiters.splice(this.waiters.indexOf(w), 1);
         w.resolve(status);
       }
@@ -148,6 +161,7 @@ class MigrationStatusWatch {
 
   stop(): void {
     this.qmp.off('event', this.onEvent);
+    this.qmp.off('close', this.onClose);
   }
 }
 
@@ -235,13 +249,18 @@ export async function migrateVm(qmp: QmpClient, options: LiveMigrationOptions): 
       }, interval);
     }
     if (options.timeoutMs !== undefined) deadline = setTimeout(() => timedOut?.(), options.timeoutMs);
-    // An event may have raced ahead of the subscription's first use: ask once.
-    await queryMigrate();
+    // An event may have raced ahead of the subscription's first use: ask once (a lost connection shows in the wait).
+    await queryMigrate().catch(() => undefined);
 
     const converged = await Promise.race([watch.until(['pre-switchover', ...FINAL_STATUSES]), timeout, aborted]);
     if (converged === 'timeout')
       return await cancel(`the memory migration did not converge within ${options.timeoutMs} ms`);
     if (converged === 'aborted') return await cancel('interrupted before the switch-over');
+    if (converged === CONNECTION_LOST)
+      throw new LiveMigrationError(
+        `${watch.lostBecause} before the switch-over; nothing was cut over (if QEMU still runs, query-migrate on another QMP socket says where the migration is)`,
+        'unknown',
+      );
     if (converged === 'failed' || converged === 'cancelled') {
       const info = await queryMigrate().catch(() => ({}) as MigrateInfo);
       throw new LiveMigrationError(
@@ -253,6 +272,8 @@ export async function migrateVm(qmp: QmpClient, options: LiveMigrationOptions): 
 
     let cutoverMs = 0;
     let cutoverAt: number | null = null;
+    if (converged === 'completed' && options.cutover)
+      step('QEMU switched over without pausing: the destination cuts over at its first write');
     if (converged === 'pre-switchover' && options.cutover) {
       step('source VM stopped before switch-over: disk cutover');
       const t0 = Date.now();
@@ -278,6 +299,13 @@ export async function migrateVm(qmp: QmpClient, options: LiveMigrationOptions): 
     }
 
     const final = await watch.until(FINAL_STATUSES);
+    if (final === CONNECTION_LOST)
+      throw new LiveMigrationError(
+        `${watch.lostBecause} during the switch-over` +
+          (cutoverAt === null ? '' : ', after the source disk was fenced: the destination holds the disk') +
+          '; whether the VM runs at the destination is unknown (ask its QEMU: query-status)',
+        'unknown',
+      );
     const info = await queryMigrate();
     if (final !== 'completed') {
       const why = `the migration ${final}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`;
