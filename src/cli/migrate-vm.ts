@@ -57,8 +57,8 @@ function byteRate(value: string): number {
   }
 }
 
-/** The request `ferry ctl --control PATH cutover` sends: fence the source and push the final write set. */
-const CUTOVER_REQUEST = { cmd: 'cutover' } as unknown as ControlRequest;
+/** The request `ferry ctl --control PATH cutover` sends: at a source, fence and push the final write set. */
+const CUTOVER_REQUEST: ControlRequest = { cmd: 'cutover' };
 
 /** Cuts the ferry source over; CutoverNotRunError when it surely did not happen. */
 async function cutoverSource(socketPath: string, timeoutMs: number): Promise<void> {
@@ -89,8 +89,7 @@ async function watchDestination(
     // A ferry source's control socket answers status too, with another shape.
     const s = response.status as MigrationStatus;
     if (typeof s.blocksHeld !== 'number') throw new Error(`${socketPath} is not a ferry dest's control socket`);
-    const phase = (s as { phase?: unknown }).phase;
-    const line = `destination: ${s.blocksHeld}/${s.blocksTotal} blocks held, ${s.state}${typeof phase === 'string' ? ` (${phase})` : ''}`;
+    const line = `destination: ${s.blocksHeld}/${s.blocksTotal} blocks held, ${s.state} (${s.phase})`;
     if (line !== lastLine) say(line);
     lastLine = line;
     if (s.state === 'complete') return s;
@@ -149,13 +148,9 @@ async function run(flags: MigrateVmFlags): Promise<void> {
       );
     }
     cutoverToCompleteMs = Date.now() - (result.cutoverAt ?? memoryDoneAt);
-    // Reported by destinations that track the source's writes before cutover.
-    const invalidated = (destination as { blocksInvalidated?: unknown }).blocksInvalidated;
     say(
-      `destination complete ${cutoverToCompleteMs} ms after the cutover` +
-        (typeof invalidated === 'number'
-          ? `; ${invalidated} copied blocks fetched again because the source VM wrote them`
-          : ''),
+      `destination complete ${cutoverToCompleteMs} ms after the cutover; ` +
+        `${destination.blocksInvalidated} copied blocks fetched again because the source VM wrote them`,
     );
   }
   const report: MigrateVmReport = {

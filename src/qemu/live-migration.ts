@@ -306,7 +306,12 @@ export async function migrateVm(qmp: QmpClient, options: LiveMigrationOptions): 
           '; whether the VM runs at the destination is unknown (ask its QEMU: query-status)',
         'unknown',
       );
-    const info = await queryMigrate();
+    let info = await queryMigrate();
+    // QEMU reports 'completed' a moment before it computes the totals (migration_calculate_complete).
+    for (let tries = 0; final === 'completed' && !info['total-time'] && tries < 100; tries++) {
+      await sleep(20);
+      info = await queryMigrate();
+    }
     if (final !== 'completed') {
       const why = `the migration ${final}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`;
       if (cutoverAt !== null) throw await stopFenced(qmp, why);

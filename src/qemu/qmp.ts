@@ -76,13 +76,15 @@ export class QmpClient extends EventEmitter {
 
   /**
    * Connects, waits for the greeting and leaves capabilities negotiation mode.
-   * Rejects with QmpConnectionError if QEMU does not greet within timeoutMs.
+   * Rejects with QmpConnectionError if the socket refuses, or QEMU does not greet
+   * within timeoutMs of the connection (QEMU greets one client per socket at a time).
    */
   static connect(socketPath: string, timeoutMs = 10_000): Promise<QmpClient> {
     return new Promise((resolve, reject) => {
       const socket = net.connect(socketPath);
       const client = new QmpClient(socket, socketPath);
       let settled = false;
+      let timer: NodeJS.Timeout | undefined;
       const fail = (err: Error): void => {
         if (settled) return;
         settled = true;
@@ -90,15 +92,17 @@ export class QmpClient extends EventEmitter {
         socket.destroy();
         reject(err);
       };
-      const timer = setTimeout(
-        () =>
-          fail(
-            new QmpConnectionError(
-              `QEMU did not greet on ${socketPath} within ${timeoutMs} ms (is another client connected?)`,
+      socket.once('connect', () => {
+        timer = setTimeout(
+          () =>
+            fail(
+              new QmpConnectionError(
+                `QEMU did not greet on ${socketPath} within ${timeoutMs} ms (is another client connected?)`,
+              ),
             ),
-          ),
-        timeoutMs,
-      );
+          timeoutMs,
+        );
+      });
       socket.once('error', (err: NodeJS.ErrnoException) => fail(connectError(socketPath, err)));
       client.greeted = (version) => {
         client
