@@ -13,6 +13,7 @@ import { checkFinalImage, runScenario } from './helpers/scenario';
 import {
   assertMigrated,
   assertNoLoss,
+  DAEMON_START_MS,
   DISK_BYTES,
   guestFor,
   hasFlag,
@@ -50,19 +51,23 @@ t.test('the destination cuts over at its first write, from the bitmap', { skip: 
     writesBefore: 50,
     writesAfter: 20,
     beforeMigration: async (vm) => {
-      dest = await startFerry(t, [
-        'dest',
-        '--source',
-        `nbd://127.0.0.1:${nbdPort}/source`,
-        '--dirty-bitmap',
-        'ferry',
-        '--image',
-        destImage,
-        '--listen',
-        '127.0.0.1:0',
-        '--control',
-        destControl,
-      ]);
+      dest = await startFerry(
+        t,
+        [
+          'dest',
+          '--source',
+          `nbd://127.0.0.1:${nbdPort}/source`,
+          '--dirty-bitmap',
+          'ferry',
+          '--image',
+          destImage,
+          '--listen',
+          '127.0.0.1:0',
+          '--control',
+          destControl,
+        ],
+        DAEMON_START_MS,
+      );
       await warmUp(t, destControl);
       const from = vm.lines.length;
       vm.send('write 100');

@@ -12,6 +12,7 @@ import { checkFinalImage, runScenario } from './helpers/scenario';
 import {
   assertMigrated,
   assertNoLoss,
+  DAEMON_START_MS,
   DISK_BYTES,
   guestFor,
   hasFlag,
@@ -34,18 +35,22 @@ t.test('a source that tracks writes, cut over at switch-over', { skip: skip ?? f
   const initial = writePatternFile(sourceImage, DISK_BYTES, 12);
   const sourceControl = path.join(dir, 'source-control.sock');
   const destControl = path.join(dir, 'dest-control.sock');
-  const source = await startFerry(t, [
-    'source',
-    '--image',
-    sourceImage,
-    '--listen',
-    '127.0.0.1:0',
-    '--nbd-listen',
-    '127.0.0.1:0',
-    '--control',
-    sourceControl,
-    '--insecure',
-  ]);
+  const source = await startFerry(
+    t,
+    [
+      'source',
+      '--image',
+      sourceImage,
+      '--listen',
+      '127.0.0.1:0',
+      '--nbd-listen',
+      '127.0.0.1:0',
+      '--control',
+      sourceControl,
+      '--insecure',
+    ],
+    DAEMON_START_MS,
+  );
   let dest: FerryDaemon | null = null;
   const r = await runScenario(t, {
     dir,
@@ -56,18 +61,22 @@ t.test('a source that tracks writes, cut over at switch-over', { skip: skip ?? f
     writesBefore: 50,
     writesAfter: 20,
     beforeMigration: async (vm) => {
-      dest = await startFerry(t, [
-        'dest',
-        '--source',
-        `ferry://127.0.0.1:${servingPortOf(source, 'address')}/source.img`,
-        '--image',
-        destImage,
-        '--listen',
-        '127.0.0.1:0',
-        '--control',
-        destControl,
-        '--insecure',
-      ]);
+      dest = await startFerry(
+        t,
+        [
+          'dest',
+          '--source',
+          `ferry://127.0.0.1:${servingPortOf(source, 'address')}/source.img`,
+          '--image',
+          destImage,
+          '--listen',
+          '127.0.0.1:0',
+          '--control',
+          destControl,
+          '--insecure',
+        ],
+        DAEMON_START_MS,
+      );
       await warmUp(t, destControl);
       const from = vm.lines.length;
       vm.send('write 100');

@@ -13,6 +13,7 @@ import { checkFinalImage, runScenario } from './helpers/scenario';
 import {
   assertMigrated,
   assertNoLoss,
+  DAEMON_START_MS,
   DISK_BYTES,
   guestFor,
   reportFigures,
@@ -28,7 +29,7 @@ t.test('no write tracking: the destination cuts over at its first write', { skip
   const destImage = path.join(dir, 'dest.img');
   const initial = writePatternFile(sourceImage, DISK_BYTES, 14);
   const destControl = path.join(dir, 'dest-control.sock');
-  const source = await startFerryServe(t, ['--image', sourceImage]);
+  const source = await startFerryServe(t, ['--image', sourceImage], { timeoutMs: DAEMON_START_MS });
   let dest: FerryDaemon | null = null;
   const r = await runScenario(t, {
     dir,
@@ -39,17 +40,21 @@ t.test('no write tracking: the destination cuts over at its first write', { skip
     writesBefore: 50,
     writesAfter: 20,
     beforeMigration: async () => {
-      dest = await startFerry(t, [
-        'dest',
-        '--source',
-        source.uri('source.img'),
-        '--image',
-        destImage,
-        '--listen',
-        '127.0.0.1:0',
-        '--control',
-        destControl,
-      ]);
+      dest = await startFerry(
+        t,
+        [
+          'dest',
+          '--source',
+          source.uri('source.img'),
+          '--image',
+          destImage,
+          '--listen',
+          '127.0.0.1:0',
+          '--control',
+          destControl,
+        ],
+        DAEMON_START_MS,
+      );
     },
   });
   const status = r.report?.destination as { state?: string; phase?: string; tracking?: string } | null;

@@ -11,7 +11,15 @@ import { startFerryServe } from '../helpers/ferry-serve';
 import { tempDir, writePatternFile } from '../helpers/temp-dir';
 import { startRecordingControl } from './helpers/recording-control';
 import { checkFinalImage, runScenario } from './helpers/scenario';
-import { assertMigrated, assertNoLoss, DISK_BYTES, guestFor, reportFigures, vmUnavailable } from './helpers/vm-test';
+import {
+  assertMigrated,
+  assertNoLoss,
+  DAEMON_START_MS,
+  DISK_BYTES,
+  guestFor,
+  reportFigures,
+  vmUnavailable,
+} from './helpers/vm-test';
 
 const skip = vmUnavailable();
 
@@ -31,7 +39,7 @@ t.test('the switch-over pauses for the cutover with the source VM stopped', { sk
   const dir = tempDir(t, 'ferry-vm-');
   const image = path.join(dir, 'disk.img');
   const initial = writePatternFile(image, DISK_BYTES, 11);
-  const serve = await startFerryServe(t, ['--image', image]);
+  const serve = await startFerryServe(t, ['--image', image], { timeoutMs: DAEMON_START_MS });
   const sourceControl = path.join(dir, 'source-control.sock');
   let sourceQmp = '';
   const control = await startRecordingControl(
@@ -71,7 +79,7 @@ t.test('a refused cutover cancels the migration: the VM runs on at the source', 
   const dir = tempDir(t, 'ferry-vm-');
   const image = path.join(dir, 'disk.img');
   const initial = writePatternFile(image, DISK_BYTES, 21);
-  const serve = await startFerryServe(t, ['--image', image]);
+  const serve = await startFerryServe(t, ['--image', image], { timeoutMs: DAEMON_START_MS });
   const sourceControl = path.join(dir, 'source-control.sock');
   let sourceQmp = '';
   const control = await startRecordingControl(

@@ -18,6 +18,8 @@ import type { ScenarioResult } from './scenario';
 const FERRY_BIN = path.resolve(__dirname, '..', '..', '..', '..', 'bin', 'ferry.js');
 export const MiB = 1 << 20;
 export const DISK_BYTES = 64 * MiB;
+/** How long a ferry daemon may take to start: the guest tests run beside busy TCG guests. */
+export const DAEMON_START_MS = 60_000;
 
 /** Why no guest can run here (the reason a test skips with), or null. */
 export function vmUnavailable(): string | null {
