@@ -7,7 +7,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
 import { QmpClient } from '../../../src/qemu/qmp';
-import { ctlStatus, freePort, type FerryDaemon } from '../../helpers/ferry-daemon';
+import { sendControl } from '../../../src/control/control-client';
+import type { MigrationStatus } from '../../../src/migrate/status';
+import { freePort, type FerryDaemon } from '../../helpers/ferry-daemon';
 import { runOk } from '../../helpers/run';
 import { tempDir } from '../../helpers/temp-dir';
 import { hasTool } from '../../helpers/tools';
@@ -138,17 +140,20 @@ export async function waitUntil(done: () => Promise<boolean>, timeoutMs: number)
 /**
  * Waits (a bounded time) for the destination's warm-up to hold every block, so
  * the writes that follow overwrite blocks it already copied: those must come
- * back through the write tracking, or be served stale.
+ * back through the write tracking, or be served stale. Asks the control socket
+ * in-process: a `ferry ctl` process per question is slow beside busy guests.
  */
 export async function warmUp(t: Test, destControl: string): Promise<void> {
+  let last: MigrationStatus | null = null;
   const warm = async (): Promise<boolean> => {
-    const s = await ctlStatus(destControl);
-    return s.blocksHeld === s.blocksTotal;
+    const response = await sendControl(destControl, { cmd: 'status' }, 10_000).catch(() => null);
+    if (response?.ok) last = response.status as MigrationStatus;
+    return last !== null && last.blocksHeld === last.blocksTotal;
   };
   try {
     await waitUntil(warm, 120_000);
   } catch {
-    const s = await ctlStatus(destControl);
-    t.comment(`the warm-up held ${s.blocksHeld} of ${s.blocksTotal} blocks after 120 s; going on`);
+    const s = last as MigrationStatus | null;
+    t.comment(`the warm-up held ${s?.blocksHeld ?? '?'} of ${s?.blocksTotal ?? '?'} blocks after 120 s; going on`);
   }
 }
