@@ -58,10 +58,14 @@ export interface ScenarioResult {
   dest: Vm;
 }
 
-/** The VM's run state, or "exited" when its QEMU is gone. */
+/** The VM's run state, or "unreachable: why" when its QMP socket does not answer (QEMU is gone). */
 async function queryStatus(qmpPath: string): Promise<string> {
-  const qmp = await QmpClient.connect(qmpPath).catch(() => null);
-  if (!qmp) return 'exited';
+  let qmp: QmpClient;
+  try {
+    qmp = await QmpClient.connect(qmpPath, 60_000);
+  } catch (err) {
+    return `unreachable: ${(err as Error).message}`;
+  }
   try {
     return (await qmp.execute<{ status: string }>('query-status')).status;
   } finally {
@@ -95,7 +99,8 @@ export async function runScenario(t: Teardownable, s: Scenario): Promise<Scenari
   await waitForSocket(dest.testQmpPath, dest);
   // QMP answers once QEMU is in its main loop, and the -incoming listener is open by then.
   const incoming = await queryStatus(dest.testQmpPath);
-  if (incoming !== 'inmigrate') throw new Error(`the destination QEMU is ${incoming}, not waiting for a migration`);
+  if (incoming !== 'inmigrate')
+    throw new Error(`the destination QEMU is ${incoming}, not waiting for a migration; its stderr:\n${dest.stderr()}`);
 
   source.send('start');
   const started = source.lines.length;
