@@ -16,7 +16,7 @@ const LAYERS = [
   ['upstream'],
   ['migrate'],
   ['control', 'config'],
-  ['link', 'demo'],
+  ['link', 'demo', 'qemu'],
   ['cli'],
 ];
 

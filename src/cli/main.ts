@@ -8,6 +8,7 @@ import { registerSource } from './source';
 import { registerKeygen } from './keygen';
 import { registerCtl } from './ctl';
 import { EXIT_RUNTIME, EXIT_USAGE, UsageError } from './usage-error';
+import { registerMigrateVm } from './migrate-vm';
 
 export function main(argv: string[]): void {
   const program = new Command();
@@ -23,6 +24,7 @@ export function main(argv: string[]): void {
   registerKeygen(program);
   registerDemo(program);
   registerCtl(program);
+  registerMigrateVm(program);
   // Exit codes: 0 success, 1 runtime failure, 2 usage (a bad flag, config key or value).
   program.parseAsync(argv).catch((err: unknown) => {
     // commander has printed its own message (or the help, or the version) already
