@@ -15,6 +15,7 @@ import { listenAddress, nbdLimits, parseHostPort, runUntilSignal } from './proce
 import { parseByteRate } from '../control/byte-rate';
 import os from 'node:os';
 import { CodecPool } from '../pool';
+import { warnIfNoFileOps } from '../store/fileops';
 import { loadAuth } from '../wire/auth';
 import { WireUpstream } from '../upstream/wire-upstream';
 import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
@@ -85,6 +86,7 @@ export function registerDest(program: Command): void {
 async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   const d = config.dest;
   if (!d.image) throw new Error('dest: --image (or dest.image in the config) is required');
+  warnIfNoFileOps(log);
   const pools: CodecPool[] = [];
   const migration = await Migration.open(
     {

@@ -5,7 +5,7 @@ import { loadConfig } from '../config/load';
 import { createLogger } from '../log';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { FileDevice } from '../store/file-device';
-import { fileOpsError } from '../store/fileops';
+import { warnIfNoFileOps } from '../store/fileops';
 import { listenAddress, nbdLimits, runUntilSignal } from './process';
 
 interface ServeFlags {
@@ -41,8 +41,7 @@ export function registerServe(program: Command): void {
       const image = config.serve.image;
       if (!image) throw new Error('serve: --image (or serve.image in the config) is required');
       const log = createLogger(config.log.level);
-      if (fileOpsError)
-        log.warn({ reason: fileOpsError }, 'native file operations unavailable: TRIM off, zeroes are written');
+      warnIfNoFileOps(log);
       const device = FileDevice.open(image, { readOnly: config.serve.read_only });
       const name = config.serve.export ?? path.basename(image);
       const exports = new StaticExportTable([{ name, description: config.serve.description, device }]);

@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { loadConfig } from '../config/load';
 import { createLogger } from '../log';
 import { FileDevice } from '../store/file-device';
+import { warnIfNoFileOps } from '../store/fileops';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { CodecPool } from '../pool';
 import { loadAuth } from '../wire/auth';
@@ -56,6 +57,7 @@ export function registerSource(program: Command): void {
         'source',
       );
       const log = createLogger(config.log.level);
+      warnIfNoFileOps(log);
       if (auth.kind === 'insecure')
         log.warn('ferry wire without TLS (--insecure): anyone on the path can read the disk or pose as either end');
       // The VM may still run here (pre-copy, or the paper's source-side setup), so the image stays writable when served over NBD.
