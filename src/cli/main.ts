@@ -1,12 +1,21 @@
 /** The `ferry` command: one subcommand per job. */
 import { Command, CommanderError } from 'commander';
-import { ConfigError } from '../config/load';
-import { registerServe } from './serve';
-import { registerDemo } from './demo';
-import { registerDest } from './dest';
-import { registerSource } from './source';
-import { registerKeygen } from './keygen';
-import { registerCtl } from './ctl';
+
+type Register = (program: Command) => void;
+
+/**
+ * Loaded on demand: each subcommand's module pulls in what it runs (zod,
+ * prom-client, the pool...), and a short-lived `ferry ctl` should not pay
+ * for the daemons' start-up.
+ */
+const SUBCOMMANDS: Record<string, () => Register> = {
+  serve: () => require('./serve').registerServe,
+  dest: () => require('./dest').registerDest,
+  source: () => require('./source').registerSource,
+  keygen: () => require('./keygen').registerKeygen,
+  demo: () => require('./demo').registerDemo,
+  ctl: () => require('./ctl').registerCtl,
+};
 
 export function main(argv: string[]): void {
   const program = new Command();
@@ -16,15 +25,13 @@ export function main(argv: string[]): void {
     .version(require('../../../package.json').version as string)
     .showHelpAfterError()
     .exitOverride();
-  registerServe(program);
-  registerDest(program);
-  registerSource(program);
-  registerKeygen(program);
-  registerDemo(program);
-  registerCtl(program);
+  const named = argv[2];
+  const names = Object.prototype.hasOwnProperty.call(SUBCOMMANDS, named) ? [named] : Object.keys(SUBCOMMANDS);
+  for (const name of names) SUBCOMMANDS[name]()(program);
   program.parseAsync(argv).catch((err: unknown) => {
     if (err instanceof CommanderError) process.exit(err.exitCode);
-    const message = err instanceof ConfigError ? err.message : `ferry: ${(err as Error).message}`;
+    // A ConfigError's message names the key and value already.
+    const message = (err as Error).name === 'ConfigError' ? (err as Error).message : `ferry: ${(err as Error).message}`;
     process.stderr.write(message + '\n');
     process.exit(2);
   });
