@@ -14,7 +14,14 @@ t.test('a 1 TiB migration runs in bounded memory', async (t) => {
   fs.truncateSync(source, 2 ** 40); // sparse
   const src = await startFerry(t, ['serve', '--image', source, '--read-only', '--listen', '127.0.0.1:0']);
   const dest = await startFerry(t, [
-    ...['dest', '--source', `nbd://127.0.0.1:${servingPort(src)}/big.img`, '--image', path.join(dir, 'dest.img')],
+    ...[
+      'dest',
+      '--cutover-at-start',
+      '--source',
+      `nbd://127.0.0.1:${servingPort(src)}/big.img`,
+      '--image',
+      path.join(dir, 'dest.img'),
+    ],
     ...['--listen', '127.0.0.1:0'],
   ]);
   const vm = await NbdClient.connect({ host: '127.0.0.1', port: servingPort(dest) }, { exportName: 'dest.img' });

@@ -45,7 +45,14 @@ t.test('pause, resume, rate, detach and reconnect on a migrating destination', a
   const control = path.join(dir, 'ctl.sock');
   const metricsPort = await freePort();
   const dest = await startFerry(t, [
-    ...['dest', '--source', `ferry://127.0.0.1:${servingPort(src)}/disk.img`, '--image', path.join(dir, 'dest.img')],
+    ...[
+      'dest',
+      '--cutover-at-start',
+      '--source',
+      `ferry://127.0.0.1:${servingPort(src)}/disk.img`,
+      '--image',
+      path.join(dir, 'dest.img'),
+    ],
     ...[
       '--insecure',
       '--listen',
@@ -157,13 +164,22 @@ t.test('mutual TLS with certificates; a certificate from another CA is refused',
   ]);
   const url = `ferry://127.0.0.1:${servingPort(src)}/disk.img`;
   const bad = await run(process.execPath, [
-    ...[FERRY, 'dest', '--source', url, '--image', path.join(dir, 'evil.img')],
+    ...[FERRY, 'dest', '--cutover-at-start', '--source', url, '--image', path.join(dir, 'evil.img')],
     ...['--cert', path.join(dir, 'evil.pem'), '--key', path.join(dir, 'evil.key'), '--ca', path.join(dir, 'ca.pem')],
   ]);
   t.equal(bad.code, 2, 'a certificate from another CA is refused');
   t.match(bad.stderr, /cannot connect to ferry source/);
   const dest = await startFerry(t, [
-    ...['dest', '--source', url, '--image', path.join(dir, 'dest.img'), '--listen', '127.0.0.1:0'],
+    ...[
+      'dest',
+      '--cutover-at-start',
+      '--source',
+      url,
+      '--image',
+      path.join(dir, 'dest.img'),
+      '--listen',
+      '127.0.0.1:0',
+    ],
     ...['--cert', path.join(dir, 'dst.pem'), '--key', path.join(dir, 'dst.key'), '--ca', path.join(dir, 'ca.pem')],
   ]);
   await dest.waitForLog('migration complete: every block held, source disconnected', 30_000);

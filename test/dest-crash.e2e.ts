@@ -28,6 +28,7 @@ t.test('kill -9 during migration loses no flushed write', async (t) => {
   // The copy is rate-limited so the migration spans every kill.
   const destArgs = [
     'dest',
+    '--cutover-at-start',
     '--source',
     sourceUrl,
     '--image',

@@ -19,7 +19,7 @@ t.test('a malformed or unsupported source URL', async (t) => {
     ['not a url', /unsupported source URL "not a url"/],
     ['http://example.invalid/x', /unsupported source URL/],
   ] as const) {
-    const r = await ferry(['dest', '--source', url, '--image', path.join(dir, 'x.img')]);
+    const r = await ferry(['dest', '--cutover-at-start', '--source', url, '--image', path.join(dir, 'x.img')]);
     t.equal(r.code, 2, `exit 2 for ${url}`);
     t.match(r.stderr, message);
   }
@@ -29,7 +29,14 @@ t.test('a malformed or unsupported source URL', async (t) => {
 t.test('an unreachable source', async (t) => {
   const dir = tempDir(t);
   const port = await freePort();
-  const r = await ferry(['dest', '--source', `nbd://127.0.0.1:${port}/x`, '--image', path.join(dir, 'x.img')]);
+  const r = await ferry([
+    'dest',
+    '--cutover-at-start',
+    '--source',
+    `nbd://127.0.0.1:${port}/x`,
+    '--image',
+    path.join(dir, 'x.img'),
+  ]);
   t.equal(r.code, 2);
   t.match(r.stderr, /cannot connect to NBD server at 127\.0\.0\.1:\d+: connect ECONNREFUSED/);
   t.notOk(fs.existsSync(path.join(dir, 'x.img')), 'no image created');
@@ -42,6 +49,7 @@ t.test('an unknown export on the source', async (t) => {
   const s = await startFerry(t, ['serve', '--image', src, '--listen', '127.0.0.1:0']);
   const r = await ferry([
     'dest',
+    '--cutover-at-start',
     '--source',
     `nbd://127.0.0.1:${servingPort(s)}/nosuch`,
     '--image',
@@ -60,6 +68,7 @@ t.test('resuming against a source of a different size or content is refused', as
   const image = path.join(dir, 'dest.img');
   const d = await startFerry(t, [
     'dest',
+    '--cutover-at-start',
     '--source',
     `nbd://127.0.0.1:${port}/disk`,
     '--image',
@@ -97,7 +106,14 @@ t.test('an existing image without state is not overwritten', async (t) => {
   const s = await startFerry(t, ['serve', '--image', src, '--listen', '127.0.0.1:0']);
   const image = path.join(dir, 'mine.img');
   fs.writeFileSync(image, 'precious');
-  const r = await ferry(['dest', '--source', `nbd://127.0.0.1:${servingPort(s)}/`, '--image', image]);
+  const r = await ferry([
+    'dest',
+    '--cutover-at-start',
+    '--source',
+    `nbd://127.0.0.1:${servingPort(s)}/`,
+    '--image',
+    image,
+  ]);
   t.equal(r.code, 2);
   t.match(r.stderr, /exists but has no migration state/);
   t.equal(fs.readFileSync(image, 'utf8'), 'precious');
@@ -121,7 +137,7 @@ t.test('a full local disk: ENOSPC to the VM, the state stays consistent', async 
   const image = path.join(mnt, 'dest.img');
   const state = path.join(dir, 'dest.state'); // the state lives where there is room
   const d = await startFerry(t, [
-    ...['dest', '--source', `nbd://127.0.0.1:${servingPort(s)}/src.img`],
+    ...['dest', '--cutover-at-start', '--source', `nbd://127.0.0.1:${servingPort(s)}/src.img`],
     ...['--image', image, '--state', state, '--listen', '127.0.0.1:0'],
   ]);
   await d.waitForLog('cannot store fetched blocks', 30_000);

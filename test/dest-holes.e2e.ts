@@ -45,7 +45,14 @@ async function migrateSparse(t: Test, kind: 'nbd' | 'ferry', skip = true) {
   const config = path.join(dir, 'ferry.toml');
   fs.writeFileSync(config, `[copy]\nskip_zero_ranges = ${skip}\n`);
   const dest = await startFerry(t, [
-    ...['dest', '--source', `${kind}://127.0.0.1:${servingPort(source)}/disk.img`, '--image', destImage],
+    ...[
+      'dest',
+      '--cutover-at-start',
+      '--source',
+      `${kind}://127.0.0.1:${servingPort(source)}/disk.img`,
+      '--image',
+      destImage,
+    ],
     ...['--listen', '127.0.0.1:0', '--control', control, '--config', config],
     ...(kind === 'ferry' ? ['--insecure'] : []),
   ]);
@@ -88,7 +95,7 @@ async function fromNbdkit(t: Test, structured: boolean) {
   const destImage = path.join(dir, 'dest.img');
   const control = path.join(dir, 'ctl.sock');
   const dest = await startFerry(t, [
-    ...['dest', '--source', `nbd://127.0.0.1:${port}/`, '--image', destImage],
+    ...['dest', '--cutover-at-start', '--source', `nbd://127.0.0.1:${port}/`, '--image', destImage],
     ...['--listen', '127.0.0.1:0', '--control', control],
   ]);
   await dest.waitForLog('migration complete: every block held, source disconnected', 60_000);

@@ -24,6 +24,7 @@ t.test('qemu-io, fio and qemu-img against a destination migrating from a slow nb
   const image = path.join(dir, 'dest.img');
   const dest = await startFerry(t, [
     'dest',
+    '--cutover-at-start',
     '--source',
     `nbd://127.0.0.1:${port}/`,
     '--image',

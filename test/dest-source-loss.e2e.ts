@@ -25,6 +25,7 @@ t.test('source stopped and restarted mid-migration', async (t) => {
   const image = path.join(dir, 'dest.img');
   const dest = await startFerry(t, [
     'dest',
+    '--cutover-at-start',
     ...['--source', `nbd://127.0.0.1:${port}/source.img`, '--image', image, '--listen', '127.0.0.1:0'],
     ...['--rate', '512k', '--log-level', 'info'],
   ]);

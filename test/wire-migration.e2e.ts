@@ -67,7 +67,7 @@ async function migrate(
   const destImage = path.join(dir, 'dest.img');
   const control = path.join(dir, 'ctl.sock');
   const dest = await startFerry(t, [
-    ...['dest', '--source', `ferry://127.0.0.1:${port}/disk.img`, '--image', destImage],
+    ...['dest', '--cutover-at-start', '--source', `ferry://127.0.0.1:${port}/disk.img`, '--image', destImage],
     ...['--listen', '127.0.0.1:0', '--control', control, ...auth, ...(opts.extraDest ?? [])],
   ]);
   return { dir, source, sourceDaemon, dest, destImage, control };
@@ -205,7 +205,15 @@ t.test('a link that flips a bit in 1 frame in 100: correct image, every corrupti
   // (they are dropped with its connection, unseen), so the count below stays exact enough to check.
   fs.writeFileSync(config, '[copy]\nbatch_blocks = 8\nwindow_bytes = 262144\n');
   const dest = await startFerry(t, [
-    ...['dest', '--source', `ferry://127.0.0.1:${port}/disk.img`, '--image', destImage, '--insecure'],
+    ...[
+      'dest',
+      '--cutover-at-start',
+      '--source',
+      `ferry://127.0.0.1:${port}/disk.img`,
+      '--image',
+      destImage,
+      '--insecure',
+    ],
     ...['--listen', '127.0.0.1:0', '--control', control, '--config', config],
   ]);
   await dest.waitForLog('migration complete: every block held, source disconnected', 120_000);
@@ -238,7 +246,7 @@ t.test('a wrong key is refused with a reason on both sides', async (t) => {
     a,
   ]);
   const r = await run(process.execPath, [
-    ...[FERRY, 'dest', '--source', `ferry://127.0.0.1:${servingPort(src)}/disk.img`],
+    ...[FERRY, 'dest', '--cutover-at-start', '--source', `ferry://127.0.0.1:${servingPort(src)}/disk.img`],
     ...['--image', path.join(dir, 'dest.img'), '--psk-file', b],
   ]);
   t.equal(r.code, 2);

@@ -18,6 +18,8 @@ export interface FerryDaemon {
   stderr(): string;
   /** Resolves when a log line with this msg appears (or rejects after timeoutMs). */
   waitForLog(msg: string | RegExp, timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** How many log lines with this msg have appeared so far. */
+  logCount(msg: string | RegExp): number;
   stop(signal?: NodeJS.Signals): Promise<number | null>;
   exited: Promise<number | null>;
 }
@@ -97,6 +99,8 @@ export function startFerry(t: Teardownable, args: string[], timeoutMs = 20_000):
     serving,
     stderr: () => stderr,
     waitForLog,
+    logCount: (msg: string | RegExp) =>
+      records.filter((x) => (typeof msg === 'string' ? x.msg === msg : msg.test(String(x.msg)))).length,
     exited,
     stop: async (signal: NodeJS.Signals = 'SIGTERM') => {
       if (alive) child.kill(signal);

@@ -21,6 +21,8 @@ export interface FerryServe {
   uri(exportName?: string): string;
   /** Everything the server wrote to stderr so far. */
   stderr(): string;
+  /** How many log lines with this msg have appeared so far. */
+  logCount(msg: string | RegExp): number;
   /** Sends a signal and resolves with the exit code (null when killed by a signal). */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
   /** Resolves with the exit code once the process has exited. */
@@ -53,6 +55,7 @@ export async function startFerryServe(
     port,
     uri: (name = '') => `nbd://${host}:${port}/${name}`,
     stderr: daemon.stderr,
+    logCount: daemon.logCount,
     stop: daemon.stop,
     exited: daemon.exited,
   };
