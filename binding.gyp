@@ -1,9 +1,0 @@
-{
-  "targets": [
-    {
-      "target_name": "fileops",
-      "sources": ["native/fileops.c"],
-      "cflags": ["-O2", "-Wall"]
-    }
-  ]
-}
