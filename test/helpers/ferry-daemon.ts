@@ -28,7 +28,7 @@ interface Teardownable {
   teardown(fn: () => void | Promise<void>): void;
 }
 
-export function startFerry(t: Teardownable, args: string[], timeoutMs = 20_000): Promise<FerryDaemon> {
+export function startFerry(t: Teardownable, args: string[], timeoutMs = 60_000): Promise<FerryDaemon> {
   const child = spawn(process.execPath, ['-r', EXIT_WITH_PARENT, FERRY_BIN, ...args], {
     stdio: ['ignore', 'ignore', 'pipe', 'pipe'], // fd 3: the daemon goes when the test process does (exit-with-parent)
   });
@@ -129,7 +129,7 @@ export function servingPort(d: FerryDaemon): number {
 
 /** Runs `ferry ctl --control PATH ARGS…` to completion. */
 export function ferryCtl(control: string, ...args: string[]): Promise<RunResult> {
-  return run(process.execPath, [FERRY_BIN, 'ctl', '--control', control, ...args], { timeoutMs: 15_000 });
+  return run(process.execPath, [FERRY_BIN, 'ctl', '--control', control, ...args], { timeoutMs: 120_000 });
 }
 
 /** A destination's status through `ferry ctl status --json`. */

@@ -42,7 +42,7 @@ export async function startFerryServe(
 ): Promise<FerryServe> {
   const full = ['serve', ...args];
   if (!args.includes('--listen') && !args.includes('--socket')) full.push('--listen', options.listen ?? '127.0.0.1:0');
-  const daemon = await startFerry(t, full, options.timeoutMs ?? 15_000);
+  const daemon = await startFerry(t, full, options.timeoutMs ?? 60_000);
   const address = String(daemon.serving.address);
   const at = address.lastIndexOf(':');
   const host = at > 0 ? address.slice(0, at) : '';
