@@ -317,7 +317,7 @@ async function scenarioNbdcopy(ctx: Ctx): Promise<ScenarioResult> {
     ferry('serve', '--image', ctx.image.path, '--export', 'disk', '--listen', l, '--read-only'),
   );
   try {
-    const before = ctx.link.counters();
+    const before = await ctx.link.freshCounters();
     const t0 = Date.now();
     const sampler = startSampler(ctx.link, t0, ctx.point.bandwidthBitsPerSecond);
     try {
@@ -330,7 +330,7 @@ async function scenarioNbdcopy(ctx: Ctx): Promise<ScenarioResult> {
       sampler.stop();
     }
     r.linkUtilisation = sampler.linkUtilisation;
-    diffWire(r, before, ctx.link.counters());
+    diffWire(r, before, await ctx.link.freshCounters());
   } finally {
     await proc.stop();
   }
@@ -375,7 +375,7 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
   let dest: Proc | undefined;
   try {
     const destPort = await freePort();
-    const before = ctx.link.counters();
+    const before = await ctx.link.freshCounters();
     const t0 = Date.now();
     dest = spawnOn(
       ctx.link.destPrefix,
@@ -435,7 +435,7 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
     }
     r.linkUtilisation = sampler.linkUtilisation;
     r.peakRssBytes = sampler.peakRss;
-    diffWire(r, before, ctx.link.counters());
+    diffWire(r, before, await ctx.link.freshCounters());
     const decoded = Number(r.status?.bytesBeforeEncoding ?? 0);
     if (decoded > 0 && r.wire.bytesToDest > 0) r.compressionFactor = decoded / r.wire.bytesToDest;
     if (decoded > 0 && r.switchOffSeconds)
@@ -526,7 +526,7 @@ async function scenarioDirect(ctx: Ctx, kind: 'remote' | 'local'): Promise<Scena
       await proc.waitFor('"msg":"serving"', 20_000);
       uri = `nbd://127.0.0.1:${port}/disk`;
     }
-    const before = ctx.link.counters();
+    const before = await ctx.link.freshCounters();
     const t0 = Date.now();
     const sampler = startSampler(ctx.link, t0, ctx.point.bandwidthBitsPerSecond);
     try {
@@ -538,7 +538,7 @@ async function scenarioDirect(ctx: Ctx, kind: 'remote' | 'local'): Promise<Scena
       sampler.stop();
     }
     r.linkUtilisation = sampler.linkUtilisation;
-    diffWire(r, before, ctx.link.counters());
+    diffWire(r, before, await ctx.link.freshCounters());
   } finally {
     await proc?.stop();
     fs.rmSync(copy, { force: true });

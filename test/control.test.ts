@@ -291,5 +291,5 @@ t.test('client: clear errors when nobody listens or nobody answers', async (t) =
   await t.rejects(sendControl(socketPath, { cmd: 'status' }, 150), {
     message: `ferry dest on ${socketPath} did not answer within 150 ms`,
   });
-  t.ok(Date.now() - started < 1000);
+  t.ok(Date.now() - started < 10_000, 'gave up rather than waiting on');
 });

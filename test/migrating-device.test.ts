@@ -9,6 +9,8 @@ import { BlockMap } from '../src/store/block-map';
 import { MigratingDevice } from '../src/migrate/migrating-device';
 import { BackgroundCopy } from '../src/migrate/background-copy';
 import { FakeUpstream } from './helpers/fake-upstream';
+import { requireFileOps } from './helpers/tools';
+import { until } from './helpers/until';
 
 const log = pino({ level: 'silent' });
 const BS = 4096;
@@ -63,15 +65,19 @@ t.test('concurrent reads of a missing block cause one fetch', async (t) => {
 
 t.test('a whole-block write during a fetch wins over the fetched copy', async (t) => {
   const source = makeSource(8);
-  const upstream = new FakeUpstream(source, () => 50);
+  const upstream = new FakeUpstream(source);
   const { device } = setup(t, source, upstream);
+  const release = upstream.holdFetches();
   const reader = Buffer.alloc(BS);
-  const read = device.read(2 * BS, reader); // starts the fetch
+  const read = device.read(2 * BS, reader); // starts the fetch, held until released
+  await until(() => upstream.fetchCalls.length === 1, 'the fetch has started');
   const mine = Buffer.alloc(BS, 0xab);
   await device.write(2 * BS, mine, false);
   await read;
+  t.equal(upstream.fetchesReturned, 0, 'the write and the read finished while the fetch was out');
+  release();
+  await until(() => upstream.fetchesReturned === 1, 'the fetch has returned');
   const after = Buffer.alloc(BS);
-  await new Promise((r) => setTimeout(r, 80)); // let the fetch arrive
   await device.read(2 * BS, after);
   t.same(after, mine, 'the late fetch was discarded');
   t.ok(reader.equals(mine) || reader.equals(source.subarray(2 * BS, 3 * BS)), 'the concurrent read saw old or new');
@@ -109,13 +115,16 @@ t.test('reads wait for a source that is down, then fail with EIO only after the 
   );
   t.equal(err?.errno, 'EIO', 'EIO after the wait limit');
   t.ok(Date.now() - started >= 290, 'waited for the limit');
+  const waitingBefore = upstream.fetchesWaitingForSource; // the timed-out read's fetch still waits
   const later = device.read(BS, b);
-  setTimeout(() => upstream.setConnected(true), 100);
+  await until(() => upstream.fetchesWaitingForSource > waitingBefore, 'the read waits for the source');
+  upstream.setConnected(true);
   await later;
   t.same(b, source.subarray(BS, BS + 10), 'succeeds once the source is back');
 });
 
 t.test('model: random interleavings of VM requests with a background copy and random fetch delays', async (t) => {
+  if (!requireFileOps(t)) return; // the model reads trimmed blocks as zeros: TRIM needs the addon
   let checkedReads = 0;
   for (let round = 0; round < 8; round++) {
     const blocks = 48;
@@ -209,7 +218,8 @@ t.test('a source that fails every fetch at once does not freeze the event loop',
   clearInterval(timer);
   await copy.stop();
   t.equal(err?.errno, 'EIO', 'the read fails after the limit');
-  t.ok(ticks >= 10, `timers kept running meanwhile (${ticks} ticks of 20 ms in 500 ms)`);
+  // A frozen loop would tick once at most; a loaded machine may delay ticks but not stop them.
+  t.ok(ticks >= 3, `timers kept running meanwhile (${ticks} ticks of 20 ms in 500 ms)`);
   t.ok(upstream.fetchCalls.length < 500, `fetches were paced (${upstream.fetchCalls.length} in 500 ms)`);
 });
 

@@ -6,6 +6,7 @@ import { BlockStatus } from '../src/codec/batch';
 import { xxh64 } from '../src/kernels/index';
 import { CodecPool, PoolClosedError, QueueFullError, WorkerCrashError } from '../src/pool';
 import { crashBlock } from './helpers/crashing-worker';
+import { until } from './helpers/until';
 
 const BS = 4096;
 const TEXT = new Uint8Array(readFileSync(require.resolve('typescript/lib/typescript.js')).subarray(0, 1 << 20));
@@ -22,7 +23,7 @@ function batch(count: number, seed = 0): ArrayBuffer {
 
 t.test('encode/decode round trip through the pool for every codec; buffers move', async (t) => {
   for (const codec of ['none', 'lz4', 'lz4-wasm', 'deflate']) {
-    const pool = new CodecPool({ workers: 2, codec });
+    const pool = new CodecPool({ workers: 1, codec }); // one: each worker's start costs seconds on a loaded machine
     const input = batch(64);
     const copy = new Uint8Array(input).slice();
     const enc = await pool.encode(input, BS);
@@ -211,13 +212,21 @@ t.test('close finishes queued work by default, cancels it on request, then refus
 
   const pool2 = new CodecPool({ workers: 1, maxQueued: 8, codec: 'deflate', level: 9 });
   const first = pool2.encode(batch(256), BS);
-  await new Promise((r) => setTimeout(r, 300)); // let the worker start and take the first task
+  await until(() => pool2.queued.background === 0, 'the worker has taken the first task');
   const queued = Promise.allSettled(Array.from({ length: 4 }, (_, i) => pool2.encode(batch(256, i), BS)));
   const firstDone = Promise.allSettled([first]);
+  // One worker holds one task: at least three wait (four if the first is still running).
+  const waitingAtClose = pool2.queued.background;
+  t.ok(waitingAtClose >= 3, `${waitingAtClose} tasks waiting at close`);
   await pool2.close({ cancelQueued: true });
   const settled = await queued;
   const cancelled = settled.filter((r) => r.status === 'rejected' && (r.reason as Error).name === 'PoolClosedError');
-  t.equal(cancelled.length, 4, 'queued tasks cancelled with PoolClosedError');
+  t.equal(cancelled.length, waitingAtClose, 'every waiting task cancelled with PoolClosedError');
+  t.equal(
+    settled.filter((r) => r.status === 'fulfilled').length,
+    4 - waitingAtClose,
+    'a task already running finished',
+  );
   t.ok((await firstDone)[0].status === 'fulfilled', 'the running task finished');
 });
 

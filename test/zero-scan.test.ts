@@ -11,6 +11,7 @@ import { BackgroundCopy } from '../src/migrate/background-copy';
 import { ZeroScan } from '../src/migrate/zero-scan';
 import type { ZeroRangeAnswer } from '../src/upstream/upstream';
 import { FakeUpstream } from './helpers/fake-upstream';
+import { requireFileOps } from './helpers/tools';
 
 const log = pino({ level: 'silent' });
 const BS = 4096;
@@ -84,6 +85,7 @@ async function untilHeld(device: MigratingDevice): Promise<void> {
 }
 
 t.test('holes at the source are held without fetching; the image ends equal to the source', async (t) => {
+  if (!requireFileOps(t)) return; // holding a hole punches one in the image
   const blocks = 256;
   const source = makeSource(blocks);
   const upstream = new HoleyUpstream(source, () => 2);

@@ -109,6 +109,9 @@ export class NetnsBridge implements WanLink {
     lost: 0,
   };
   private closed = false;
+  private requests = 0;
+  private answered = -1;
+  private readonly requestWaiters = new Set<() => void>();
 
   private constructor(
     readonly note: string,
@@ -124,6 +127,8 @@ export class NetnsBridge implements WanLink {
       partial = lines.pop()!;
       for (const line of lines) if (line.startsWith('{')) this.absorb(JSON.parse(line));
     });
+    bridge.stdin!.on('error', () => undefined); // a bridge that died is seen at its exit
+    bridge.once('exit', () => this.wakeRequests());
   }
 
   static async open(options: WanLinkOptions, log?: Logger): Promise<NetnsBridge> {
@@ -201,6 +206,26 @@ export class NetnsBridge implements WanLink {
     return { ...this.latest };
   }
 
+  /** Asks tunbridge for its counters now and waits for the answer (the last report once it has exited). */
+  async freshCounters(): Promise<BridgeCounters> {
+    const request = ++this.requests;
+    const alive = (): boolean => this.bridge.exitCode === null && this.bridge.signalCode === null;
+    if (!this.closed && alive()) {
+      const answered = new Promise<void>((resolve) => {
+        const check = (): void => {
+          if (this.answered >= request || !alive()) {
+            this.requestWaiters.delete(check);
+            resolve();
+          }
+        };
+        this.requestWaiters.add(check);
+      });
+      this.bridge.stdin!.write(`${request}\n`);
+      await answered;
+    }
+    return this.counters();
+  }
+
   async measure(): Promise<LinkFidelity> {
     return measureFidelity(this, 'connect');
   }
@@ -221,7 +246,12 @@ export class NetnsBridge implements WanLink {
     await deleteNamespace(this.destNamespace);
   }
 
+  private wakeRequests(): void {
+    for (const check of [...this.requestWaiters]) check();
+  }
+
   private absorb(c: Record<string, number>): void {
+    this.answered = Math.max(this.answered, c.req ?? -1);
     this.latest = {
       bytesToDest: c.bytesAB,
       bytesToSource: c.bytesBA,
@@ -230,6 +260,7 @@ export class NetnsBridge implements WanLink {
       drops: c.dropsAB + c.dropsBA,
       lost: c.lostAB + c.lostBA,
     };
+    this.wakeRequests();
   }
 }
 

@@ -6,8 +6,10 @@
  *
  * RATE 0 means no cap. Creates both devices (IFF_TUN | IFF_NO_PI), prints
  * "ready" once they exist, then a JSON line of counters every 250 ms and on
- * SIGUSR1. Exits on SIGTERM, SIGINT or when stdin closes; the devices vanish
- * with it.
+ * SIGUSR1. A number written as a line on stdin is a request: the counters
+ * printed in answer carry it as "req", so the caller knows they are at least
+ * as new as its request. Exits on SIGTERM, SIGINT or when stdin closes; the
+ * devices vanish with it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -154,10 +156,10 @@ static void *forward(void *arg) {
   return NULL;
 }
 
-static void print_counters(struct direction *ab, struct direction *ba) {
-  printf("{\"bytesAB\":%llu,\"packetsAB\":%llu,\"dropsAB\":%llu,\"lostAB\":%llu,"
+static void print_counters(struct direction *ab, struct direction *ba, long req) {
+  printf("{\"req\":%ld,\"bytesAB\":%llu,\"packetsAB\":%llu,\"dropsAB\":%llu,\"lostAB\":%llu,"
          "\"bytesBA\":%llu,\"packetsBA\":%llu,\"dropsBA\":%llu,\"lostBA\":%llu}\n",
-         (unsigned long long)atomic_load(&ab->bytes), (unsigned long long)atomic_load(&ab->packets),
+         req, (unsigned long long)atomic_load(&ab->bytes), (unsigned long long)atomic_load(&ab->packets),
          (unsigned long long)atomic_load(&ab->drops), (unsigned long long)atomic_load(&ab->lost),
          (unsigned long long)atomic_load(&ba->bytes), (unsigned long long)atomic_load(&ba->packets),
          (unsigned long long)atomic_load(&ba->drops), (unsigned long long)atomic_load(&ba->lost));
@@ -228,6 +230,7 @@ int main(int argc, char **argv) {
 
   struct pollfd pfds[2] = {{.fd = sfd, .events = POLLIN}, {.fd = 0, .events = POLLIN}};
   char buf[256];
+  long req = -1; /* the highest request read so far */
   for (;;) {
     int r = poll(pfds, 2, 250);
     if (r < 0 && errno != EINTR) break;
@@ -236,11 +239,17 @@ int main(int argc, char **argv) {
       if (read(sfd, &si, sizeof si) == sizeof si && si.ssi_signo != SIGUSR1 && si.ssi_signo != SIGPIPE) break;
     }
     if (pfds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
-      ssize_t n = read(0, buf, sizeof buf);
+      ssize_t n = read(0, buf, sizeof buf - 1);
       if (n <= 0) break;
+      buf[n] = '\0';
+      /* Requests arrive as increasing numbers, one a line; several may come in one read. */
+      for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+        long asked = strtol(line, NULL, 10);
+        if (asked > req) req = asked;
+      }
     }
-    print_counters(&dirs[0], &dirs[1]);
+    print_counters(&dirs[0], &dirs[1], req);
   }
-  print_counters(&dirs[0], &dirs[1]);
+  print_counters(&dirs[0], &dirs[1], req);
   return 0;
 }

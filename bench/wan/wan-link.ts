@@ -43,6 +43,8 @@ export interface WanLink {
    */
   reach(port: number): Promise<{ host: string; port: number }>;
   counters(): WanCounters;
+  /** The counters as of now (counters() may lag: the namespace bridge reports every 250 ms). */
+  freshCounters(): Promise<WanCounters>;
   /** Measures what the link really delivers (RTT and throughput). */
   measure(): Promise<LinkFidelity>;
   close(): Promise<void>;

@@ -17,6 +17,7 @@ import { destControlPath, destStatePath, ensureStateDir, isBlockDevicePath } fro
 import { parseByteRate } from '../control/byte-rate';
 import os from 'node:os';
 import { CodecPool } from '../pool';
+import { warnIfNoFileOps } from '../store/fileops';
 import { authWarnings, loadAuth } from '../wire/auth';
 import { WireUpstream } from '../upstream/wire-upstream';
 import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
@@ -99,6 +100,7 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   const statePath = d.state ?? destStatePath(d.image, d.state_dir);
   if (!d.state && isBlockDevicePath(d.image)) ensureStateDir(path.dirname(statePath));
   const controlPath = d.control ?? defaultControl(statePath, log);
+  warnIfNoFileOps(log);
   const pools: CodecPool[] = [];
   const migration = await Migration.open(
     {

@@ -6,7 +6,7 @@ import { loadConfig } from '../config/load';
 import { createLogger } from '../log';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { FileDevice } from '../store/file-device';
-import { fileOpsError } from '../store/fileops';
+import { warnIfNoFileOps } from '../store/fileops';
 import { lockImage } from '../store/image-lock';
 import { listenAddress, nbdLimits, runUntilSignal } from './process';
 
@@ -46,8 +46,7 @@ export function registerServe(program: Command): void {
       const image = config.serve.image;
       if (!image) throw new UsageError('serve: --image (or serve.image in the config) is required');
       const log = createLogger(config.log);
-      if (fileOpsError)
-        log.warn({ reason: fileOpsError }, 'native file operations unavailable: TRIM off, zeroes are written');
+      warnIfNoFileOps(log);
       const unlock = lockImage(image, config.serve.read_only ? 'shared' : 'exclusive');
       const device = FileDevice.open(image, { readOnly: config.serve.read_only });
       const name = config.serve.export ?? path.basename(image);

@@ -11,6 +11,7 @@ import { ControlServer, type ControlDispatch } from '../control/control-server';
 import { cutoverRecordPath } from '../wire/cutover-record';
 import { SourceSessions } from '../wire/source-sessions';
 import { lockImage } from '../store/image-lock';
+import { warnIfNoFileOps } from '../store/fileops';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { CodecPool } from '../pool';
 import { authWarnings, loadAuth } from '../wire/auth';
@@ -84,6 +85,7 @@ export function registerSource(program: Command): void {
         ),
       );
       const log = createLogger(config.log);
+      warnIfNoFileOps(log);
       for (const warning of authWarnings(auth)) log.warn(warning);
       // The VM may still run here (pre-copy), so the image stays writable when served over NBD, and
       // every write through it is tracked; without NBD nothing here can see the writers: read-only, no tracking.

@@ -5,6 +5,7 @@
  * images are locked with pid files (see image-lock.ts).
  */
 import path from 'node:path';
+import type { Logger } from 'pino';
 
 export interface FileOps {
   punchHole(fd: number, offset: number, length: number): void;
@@ -22,22 +23,32 @@ export interface FileOps {
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
 
+/** Where `npm install` (native/install.js → node-gyp) puts the addon; from build/src/store. */
+export const FILEOPS_ADDON = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'fileops.node');
+
 function load(): { ops: FileOps | null; error: string | null } {
-  const candidates = [
-    path.join(__dirname, '..', '..', 'Release', 'fileops.node'), // build/src/store → build/Release
-    path.join(__dirname, '..', '..', '..', 'build', 'Release', 'fileops.node'),
-  ];
-  let error = 'not built';
-  for (const candidate of candidates) {
-    try {
-      return { ops: require(candidate) as FileOps, error: null };
-    } catch (e) {
-      error = (e as Error).message;
-    }
+  try {
+    return { ops: require(FILEOPS_ADDON) as FileOps, error: null };
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'MODULE_NOT_FOUND')
+      return {
+        ops: null,
+        error: `${FILEOPS_ADDON} is not built (npm install builds it with node-gyp; it needs python3, make and a C compiler)`,
+      };
+    return { ops: null, error: `${FILEOPS_ADDON} does not load: ${err.message}` };
   }
-  return { ops: null, error };
 }
 
 const loaded = load();
 export const fileOps: FileOps | null = loaded.ops;
 export const fileOpsError: string | null = loaded.error;
+
+/** What a daemon says once at start-up when it runs without the addon. */
+export function warnIfNoFileOps(log: Logger): void {
+  if (fileOpsError)
+    log.warn(
+      { reason: fileOpsError },
+      'native file operations unavailable: TRIM not offered, zeroing writes zeros, every range reads as data, no non-blocking cache reads',
+    );
+}

@@ -17,7 +17,10 @@ export class FakeUpstream extends EventEmitter implements Upstream {
   readonly tracking: WriteTracking = 'none';
   readonly trackingEpoch = '';
   fetchCalls: Array<{ offset: number; length: number; priority: FetchPriority }> = [];
+  /** Fetches that have returned or thrown. */
+  fetchesReturned = 0;
   private waiters: Array<() => void> = [];
+  private gate: Promise<void> | null = null;
 
   constructor(
     readonly content: Buffer,
@@ -38,11 +41,31 @@ export class FakeUpstream extends EventEmitter implements Upstream {
   async fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer> {
     while (!this.connected) await new Promise<void>((r) => this.waiters.push(r));
     this.fetchCalls.push({ offset, length, priority });
-    const delay = this.delayMs();
-    if (delay > 0) await new Promise((r) => setTimeout(r, delay));
-    if (this.failOneIn && Math.floor(Math.random() * this.failOneIn) === 0) throw new Error('injected fetch failure');
-    if (!this.connected) throw new Error('connection lost');
-    return Buffer.from(this.content.subarray(offset, offset + length));
+    try {
+      const delay = this.delayMs();
+      if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+      if (this.gate) await this.gate;
+      if (this.failOneIn && Math.floor(Math.random() * this.failOneIn) === 0) throw new Error('injected fetch failure');
+      if (!this.connected) throw new Error('connection lost');
+      return Buffer.from(this.content.subarray(offset, offset + length));
+    } finally {
+      this.fetchesReturned++;
+    }
+  }
+
+  /** Fetches waiting for the source to come back (setConnected(true)). */
+  get fetchesWaitingForSource(): number {
+    return this.waiters.length;
+  }
+
+  /** Holds every fetch (started or not) before it returns, until the returned function is called. */
+  holdFetches(): () => void {
+    let release!: () => void;
+    this.gate = new Promise<void>((resolve) => (release = resolve));
+    return () => {
+      this.gate = null;
+      release();
+    };
   }
 
   linkStats(): LinkStats {

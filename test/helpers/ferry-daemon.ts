@@ -24,6 +24,8 @@ export interface FerryDaemon {
   stderr(): string;
   /** Resolves when a log line with this msg appears (or rejects after timeoutMs). */
   waitForLog(msg: string | RegExp, timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** How many log lines with this msg have appeared so far. */
+  logCount(msg: string | RegExp): number;
   stop(signal?: NodeJS.Signals): Promise<number | null>;
   exited: Promise<number | null>;
 }
@@ -32,7 +34,7 @@ interface Teardownable {
   teardown(fn: () => void | Promise<void>): void;
 }
 
-export function startFerry(t: Teardownable, args: string[], timeoutMs = 20_000): Promise<FerryDaemon> {
+export function startFerry(t: Teardownable, args: string[], timeoutMs = 60_000): Promise<FerryDaemon> {
   const child = spawn(process.execPath, ['-r', EXIT_WITH_PARENT, FERRY_BIN, ...args], {
     env: { ...process.env, STATE_DIRECTORY: STATE_DIR },
     stdio: ['ignore', 'ignore', 'pipe', 'pipe'], // fd 3: the daemon goes when the test process does (exit-with-parent)
@@ -104,6 +106,8 @@ export function startFerry(t: Teardownable, args: string[], timeoutMs = 20_000):
     serving,
     stderr: () => stderr,
     waitForLog,
+    logCount: (msg: string | RegExp) =>
+      records.filter((x) => (typeof msg === 'string' ? x.msg === msg : msg.test(String(x.msg)))).length,
     exited,
     stop: async (signal: NodeJS.Signals = 'SIGTERM') => {
       if (alive) child.kill(signal);
@@ -132,7 +136,7 @@ export function servingPort(d: FerryDaemon): number {
 
 /** Runs `ferry ctl --control PATH ARGS…` to completion. */
 export function ferryCtl(control: string, ...args: string[]): Promise<RunResult> {
-  return run(process.execPath, [FERRY_BIN, 'ctl', '--control', control, ...args], { timeoutMs: 15_000 });
+  return run(process.execPath, [FERRY_BIN, 'ctl', '--control', control, ...args], { timeoutMs: 120_000 });
 }
 
 /** A destination's status through `ferry ctl status --json`. */

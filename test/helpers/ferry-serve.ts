@@ -21,6 +21,8 @@ export interface FerryServe {
   uri(exportName?: string): string;
   /** Everything the server wrote to stderr so far. */
   stderr(): string;
+  /** How many log lines with this msg have appeared so far. */
+  logCount(msg: string | RegExp): number;
   /** Sends a signal and resolves with the exit code (null when killed by a signal). */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
   /** Resolves with the exit code once the process has exited. */
@@ -40,7 +42,7 @@ export async function startFerryServe(
 ): Promise<FerryServe> {
   const full = ['serve', ...args];
   if (!args.includes('--listen') && !args.includes('--socket')) full.push('--listen', options.listen ?? '127.0.0.1:0');
-  const daemon = await startFerry(t, full, options.timeoutMs ?? 15_000);
+  const daemon = await startFerry(t, full, options.timeoutMs ?? 60_000);
   const address = String(daemon.serving.address);
   const at = address.lastIndexOf(':');
   const host = at > 0 ? address.slice(0, at) : '';
@@ -53,6 +55,7 @@ export async function startFerryServe(
     port,
     uri: (name = '') => `nbd://${host}:${port}/${name}`,
     stderr: daemon.stderr,
+    logCount: daemon.logCount,
     stop: daemon.stop,
     exited: daemon.exited,
   };

@@ -55,7 +55,7 @@ export async function startLegacyNbdServer(t: Teardownable, options: LegacyServe
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => socket.destroy());
-    serve(socket, options, () => sessions++);
+    serve(socket, options, () => sessions++).catch(() => socket.destroy()); // a broken peer ends its session
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const close = async (): Promise<void> => {

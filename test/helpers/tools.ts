@@ -23,3 +23,15 @@ export function requireTool(t: Plannable, ...names: string[]): boolean {
   t.plan(0, `skipped: not installed: ${missing.join(', ')}`); // a plan of 0 marks the test skipped
   return false;
 }
+
+/**
+ * Skips the test (with the reason) when the native addon is not built: hole
+ * punching, SEEK_DATA/SEEK_HOLE and fast zeroing need it. Loaded on first use,
+ * so that tests without this need do not load the addon.
+ */
+export function requireFileOps(t: Plannable): boolean {
+  const { fileOps, fileOpsError } = require('../../src/store/fileops') as typeof import('../../src/store/fileops');
+  if (fileOps) return true;
+  t.plan(0, `skipped: native addon unavailable: ${fileOpsError}`);
+  return false;
+}

@@ -17,6 +17,7 @@ import {
   waitForClose,
 } from './helpers/raw-nbd-client';
 import { tempDir, writePatternFile } from './helpers/temp-dir';
+import { until } from './helpers/until';
 
 const MiB = 1 << 20;
 const EINVAL = 22;
@@ -179,18 +180,18 @@ t.test('garbage in the handshake or transmission closes that connection only', a
 t.test('clients that vanish mid-request leave the server serving', async (t) => {
   const image = path.join(tempDir(t), 'vanish.img');
   const content = writePatternFile(image, 8 * MiB, 10);
-  const ferry = await startFerryServe(t, ['--image', image]);
+  const ferry = await startFerryServe(t, ['--image', image, '--log-level', 'debug']);
 
   const halfWrite = await connectSocket(ferry.host, ferry.port);
   await handshake(halfWrite);
   halfWrite.write(requestHeader(NBD_CMD.write, 1n, 0, MiB));
-  halfWrite.write(Buffer.alloc(MiB / 2, 0xdd));
-  await new Promise((resolve) => setTimeout(resolve, 50));
+  // destroy() drops what is still buffered: hand the half payload to the kernel first.
+  await new Promise((resolve) => halfWrite.write(Buffer.alloc(MiB / 2, 0xdd), resolve));
   halfWrite.destroy();
 
   const headerOnly = await connectSocket(ferry.host, ferry.port);
   await handshake(headerOnly);
-  headerOnly.write(requestHeader(NBD_CMD.write, 2n, 0, 4096).subarray(0, 20));
+  await new Promise((resolve) => headerOnly.write(requestHeader(NBD_CMD.write, 2n, 0, 4096).subarray(0, 20), resolve));
   headerOnly.destroy();
 
   const manyReads = await connectSocket(ferry.host, ferry.port);
@@ -198,7 +199,7 @@ t.test('clients that vanish mid-request leave the server serving', async (t) => 
   for (let i = 0; i < 64; i++) manyReads.write(requestHeader(NBD_CMD.read, BigInt(i), i * 65536, 65536));
   manyReads.destroy(); // replies in flight go nowhere
 
-  await new Promise((resolve) => setTimeout(resolve, 200));
+  await until(() => ferry.logCount('connection closed') >= 3, 'the server has seen the three clients go');
   const good = await connectSocket(ferry.host, ferry.port);
   t.teardown(() => good.destroy());
   await handshake(good);

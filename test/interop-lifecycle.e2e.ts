@@ -62,14 +62,14 @@ t.test('a config file with an unknown key fails, naming the key', async (t) => {
   fs.writeFileSync(image, Buffer.alloc(MiB));
   const config = path.join(dir, 'ferry.toml');
   fs.writeFileSync(config, `[serve]\nimage = ${JSON.stringify(image)}\nlisten = "127.0.0.1:0"\nbogus_knob = 3\n`);
-  const result = await run(process.execPath, [FERRY_BIN, 'serve', '--config', config], { timeoutMs: 15_000 });
+  const result = await run(process.execPath, [FERRY_BIN, 'serve', '--config', config], { timeoutMs: 120_000 });
   t.not(result.code, 0, 'exits non-zero');
   t.match(result.stderr, /serve\.bogus_knob/, 'the message names the key');
   t.notMatch(result.stderr, /"msg":"serving"/, 'it never started serving');
 
   const badValue = path.join(dir, 'bad.toml');
   fs.writeFileSync(badValue, `[serve]\nimage = ${JSON.stringify(image)}\nlisten = "nowhere"\n`);
-  const bad = await run(process.execPath, [FERRY_BIN, 'serve', '--config', badValue], { timeoutMs: 15_000 });
+  const bad = await run(process.execPath, [FERRY_BIN, 'serve', '--config', badValue], { timeoutMs: 120_000 });
   t.not(bad.code, 0);
   t.match(bad.stderr, /serve\.listen/);
 

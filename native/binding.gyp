@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "fileops",
-      "sources": ["native/fileops.c"],
+      "sources": ["fileops.c"],
       "cflags": ["-O2", "-Wall"]
     }
   ]

@@ -12,6 +12,7 @@ import { tempDir } from './helpers/temp-dir';
 import { run } from './helpers/run';
 import { hasTool } from './helpers/tools';
 import { NbdClient } from '../src/nbd/client';
+import { until } from './helpers/until';
 
 const FERRY = path.resolve(__dirname, '..', '..', 'bin', 'ferry.js');
 const ctl = ferryCtl;
@@ -65,16 +66,15 @@ t.test('pause, resume, rate, detach and reconnect on a migrating destination', a
     ],
   ]);
   t.equal((await ctl(control, 'pause')).code, 0);
-  const paused = await status(control);
-  t.equal(paused.state, 'paused');
-  await new Promise((r) => setTimeout(r, 600));
-  const stillPaused = await status(control);
-  t.ok(stillPaused.blocksHeld - paused.blocksHeld <= 64, 'no background progress while paused');
-  const vm = await NbdClient.connect({ host: '127.0.0.1', port: servingPort(dest) }, { exportName: 'dest.img' });
-  t.ok(
-    (await vm.read(8 << 20, 4096)).equals(source.subarray(8 << 20, (8 << 20) + 4096)),
-    'on-demand reads go on while paused',
+  t.equal((await status(control)).state, 'paused');
+  let paused = await status(control);
+  await until(
+    async () => (paused = await status(control)).backgroundInFlightBytes === 0,
+    'the batches in flight at the pause have landed',
   );
+  const last = (16 << 20) - 4096; // far beyond what the rate-limited copy reached
+  const vm = await NbdClient.connect({ host: '127.0.0.1', port: servingPort(dest) }, { exportName: 'dest.img' });
+  t.ok((await vm.read(last, 4096)).equals(source.subarray(last)), 'on-demand reads go on while paused');
   await vm.close();
 
   const early = await ctl(control, 'detach');
@@ -82,7 +82,15 @@ t.test('pause, resume, rate, detach and reconnect on a migrating destination', a
   t.match(early.stderr + early.stdout, /cannot detach: \d+ of 4096 blocks are not held yet/);
 
   t.equal((await ctl(control, 'reconnect')).code, 0, 'reconnect');
-  t.equal((await status(control)).connected, true);
+  const stillPaused = await status(control);
+  t.equal(stillPaused.connected, true);
+  t.equal(stillPaused.state, 'paused', 'a reconnect does not resume the copy');
+  const onDemand = stillPaused.onDemandFetches - paused.onDemandFetches;
+  t.ok(onDemand >= 1, `the VM's read was fetched on demand (${onDemand} blocks)`);
+  t.ok(
+    stillPaused.blocksHeld - paused.blocksHeld <= onDemand,
+    `no background progress while paused: ${stillPaused.blocksHeld - paused.blocksHeld} blocks arrived, all on demand`,
+  );
 
   const metrics = await scrape(metricsPort);
   t.match(metrics, /ferry_blocks_total 4096/);

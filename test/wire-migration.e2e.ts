@@ -14,6 +14,7 @@ import { CorruptingProxy } from './helpers/corrupting-proxy';
 import { SlowLink } from '../src/link/slow-link';
 import { NbdClient } from '../src/nbd/client';
 import { fillDemoImage } from '../src/demo/demo-image';
+import { until } from './helpers/until';
 
 const FERRY = path.resolve(__dirname, '..', '..', 'bin', 'ferry.js');
 
@@ -131,9 +132,7 @@ t.test('repeated content moves as references; blocks the VM overwrote are fetche
   const expected = Buffer.from(source);
   // Once the copy has passed the first 2 MiB, overwrite blocks there that later blocks repeat:
   // references to them must be refused and the repeats fetched as bytes.
-  const deadline = Date.now() + 20_000;
-  while ((await status(p.control)).blocksHeld < 600 && Date.now() < deadline)
-    await new Promise((r) => setTimeout(r, 20));
+  await until(async () => (await status(p.control)).blocksHeld >= 600, 'the copy has passed the first 2 MiB');
   for (let i = 0; i < 64; i++) {
     const offset = crypto.randomInt(unit / 2 / 4096) * 4096;
     const data = crypto.randomBytes(4096);
@@ -266,8 +265,8 @@ t.test('a destination killed mid-migration resumes over the wire', async (t) => 
   const source = Buffer.alloc(32 << 20);
   fillDemoImage(source, 13);
   const p = await migrate(t, source, { extraDest: ['--rate', '4M'] });
-  await new Promise((r) => setTimeout(r, 1500));
-  const before = await status(p.control);
+  let before = await status(p.control);
+  await until(async () => (before = await status(p.control)).blocksHeld > 0, 'the copy has made progress');
   t.ok(before.blocksHeld > 0 && before.state === 'migrating', `${before.blocksHeld} blocks held when killed`);
   await p.dest.stop('SIGKILL');
   const args = ['dest', '--image', p.destImage, '--listen', '127.0.0.1:0', '--control', p.control, '--insecure'];
