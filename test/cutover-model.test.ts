@@ -235,3 +235,35 @@ t.test('abort before cutover removes image and state; after cutover it is refuse
   await t.rejects(second.abort(), /cannot abort: the cutover has happened/);
   t.ok(fs.existsSync(options.imagePath));
 });
+
+t.test('a restart under other write tracking makes every copied block missing again', async (t) => {
+  const content = crypto.randomBytes(32 * BS);
+  const dir = tempDir(t);
+  const options = (source: TrackingSource) => ({
+    imagePath: path.join(dir, 'img'),
+    statePath: path.join(dir, 'state'),
+    sourceUrl: 'tracking://source',
+    blockSize: BS,
+    fetchTimeoutMs: 30_000,
+    persistIntervalMs: 50,
+    rateLimit: null,
+    copy: { batchBlocks: 4, windowBytes: 8 * BS, storeErrorBackoffMs: 100 },
+    openUpstream: async () => source,
+  });
+  const bitmap = new TrackingSource(Buffer.from(content), () => 0, 'bitmap');
+  bitmap.trackingEpoch = 'bitmap:first';
+  const warm = await Migration.open(options(bitmap), log);
+  warm.start();
+  while (warm.device.map.heldCount < 32) await new Promise((r) => setImmediate(r));
+  await warm.close();
+
+  // Restarted without the bitmap: nothing can say which copied blocks the source VM rewrote since.
+  const untracked = new TrackingSource(Buffer.from(content), () => 0, 'none');
+  const again = await Migration.open(options(untracked), log);
+  t.teardown(() => again.close());
+  while (again.device.map.heldCount > 0 || again.device.map.trackingEpoch !== '')
+    await new Promise((r) => setImmediate(r));
+  t.equal(again.device.map.heldCount, 0, 'every copied block is missing again');
+  t.equal(again.device.map.trackingEpoch, '', 'the new tracking is recorded');
+  t.equal(again.status().blocksInvalidated, 32);
+});

@@ -334,6 +334,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   /** The source's tracking restarted: everything copied before cutover may be stale. */
   async invalidateAll(): Promise<number> {
     if (this.phaseNow === 'post-copy') return 0;
+    if (this.map.heldCount === 0 && this.states.inTransit === 0) return 0; // nothing copied yet
     const n = this.invalidateRanges([{ offset: 0, length: this.size }]);
     await this.flush();
     return n;

@@ -98,10 +98,8 @@ export class Migration extends EventEmitter implements MigrationControl {
       if (this.started) this.startCopy();
       if (device.map.allHeld) void this.complete();
     });
-    if (upstream.tracking === 'stream') {
-      this.checkTrackingEpoch(upstream);
-      upstream.on('connected', () => this.checkTrackingEpoch(upstream));
-    }
+    this.checkTrackingEpoch(upstream);
+    upstream.on('connected', () => this.checkTrackingEpoch(upstream));
     this.persistTimer = setInterval(() => {
       device.flush().catch((e: Error) => log.error({ err: e.message }, 'cannot persist progress'));
     }, options.persistIntervalMs);
@@ -269,20 +267,22 @@ export class Migration extends EventEmitter implements MigrationControl {
 
   /**
    * A source whose tracking restarted (a new epoch) may have taken writes it
-   * never reported: before cutover every block copied so far is suspect.
+   * never reported, and a source tracked otherwise than when the blocks were
+   * copied (another dirty bitmap, or none) cannot vouch for them: before
+   * cutover every block copied so far is suspect.
    */
   private checkTrackingEpoch(upstream: Upstream): void {
     this.epochCheck = this.epochCheck
       .then(async () => {
         const map = this.device.map;
-        const epoch = upstream.trackingEpoch;
-        if (!epoch || epoch === map.trackingEpoch || this.device.phase === 'post-copy') return;
+        const epoch = upstream.tracking === 'none' ? '' : upstream.trackingEpoch;
+        if (epoch === map.trackingEpoch || this.device.phase === 'post-copy') return;
         const n = await this.device.invalidateAll();
         await map.setTrackingEpoch(epoch);
         if (map.trackingEpoch !== '' || n > 0)
           this.log.warn(
             { blocksInvalidated: n, epoch },
-            "the source's write tracking restarted: blocks copied before are fetched again",
+            "the source's write tracking is not the one the copied blocks were tracked by (it restarted, or another bitmap or none): they are fetched again",
           );
       })
       .catch((e: Error) => this.log.error({ err: e.message }, 'cannot record the source tracking epoch'));

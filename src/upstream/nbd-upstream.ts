@@ -69,7 +69,18 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   reconnects = 0;
   readonly tracking: WriteTracking;
   /** A QEMU bitmap outlives ferry's connections; there is no epoch to compare. */
-  readonly trackingEpoch = '';
+  /**
+   * The dirty bitmap the blocks copied before cutover are tracked by: a
+   * destination restarted with another bitmap (or none) must not trust them.
+   */
+  get trackingEpoch(): string {
+    const name = this.options.dirtyBitmap;
+    if (!name) return '';
+    const epoch = `bitmap:${name}`;
+    return Buffer.byteLength(epoch) <= 64
+      ? epoch
+      : `bitmap#${crypto.createHash('sha256').update(name).digest('hex').slice(0, 32)}`;
+  }
   private bytesFetched = 0;
   private replies = 0;
   private urgent: NbdClient | null = null;

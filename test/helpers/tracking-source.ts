@@ -68,7 +68,11 @@ export class TrackingSource extends EventEmitter implements Upstream {
         this.emit('dirty', { ranges, ack: () => this.unacked.delete(seq) } satisfies DirtyReport);
         if (this.reportsInFlight === 0) this.emit('reports-delivered');
       },
-      undefined,
+      () => {
+        // The link closed first: the report is lost with it (the source keeps it unacknowledged).
+        this.reportsInFlight--;
+        if (this.reportsInFlight === 0) this.emit('reports-delivered');
+      },
       this.reportDelay(),
     );
   }
@@ -142,11 +146,11 @@ export class TrackingSource extends EventEmitter implements Upstream {
     return this.unacked.size;
   }
 
-  private later(fn: () => void, reject?: (e: Error) => void, ms = this.delay()): void {
+  private later(fn: () => void, onClose?: (e: Error) => void, ms = this.delay()): void {
     const timer = setTimeout(() => {
       this.inFlight.delete(timer);
       fn();
     }, ms);
-    this.inFlight.set(timer, () => reject?.(new Error('the source connection closed')));
+    this.inFlight.set(timer, () => onClose?.(new Error('the source connection closed')));
   }
 }
