@@ -448,10 +448,13 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       if (left <= 0)
         throw new BlockDeviceError('EIO', `source did not deliver within ${this.options.fetchTimeoutMs} ms`);
       try {
-        const data = await withTimeout(upstream.fetch(offset, into.length, 'urgent'), left);
+        // Whole blocks, as every upstream fetch is (the ferry wire sends and verifies blocks).
+        const from = Math.floor(offset / this.bs) * this.bs;
+        const to = Math.min(Math.ceil((offset + into.length) / this.bs) * this.bs, this.size);
+        const data = await withTimeout(upstream.fetch(from, to - from, 'urgent'), left);
         if (data === null) continue;
-        if (data.length !== into.length) throw new Error(`source returned ${data.length} bytes for ${into.length}`);
-        data.copy(into);
+        if (data.length !== to - from) throw new Error(`source returned ${data.length} bytes for ${to - from}`);
+        data.copy(into, 0, offset - from, offset - from + into.length);
         this.onDemandLatency.add(performance.now() - started);
         return;
       } catch (e) {

@@ -88,7 +88,9 @@ export interface Upstream extends EventEmitter {
   readonly connected: boolean;
   readonly reconnects: number;
   /**
-   * Reads [offset, offset+length) from the source. Waits while disconnected;
+   * Reads [offset, offset+length) from the source: `offset` is a multiple of
+   * the block size and `length` whole blocks (the last may end at the image's
+   * end). Waits while disconnected;
    * rejects when the connection drops under the request (the caller retries).
    */
   fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer>;

@@ -78,6 +78,9 @@ export class TrackingSource extends EventEmitter implements Upstream {
   }
 
   fetch(offset: number, length: number, _priority: FetchPriority): Promise<Buffer> {
+    // The contract: whole blocks (the ferry wire cannot send less).
+    if (offset % 4096 !== 0 || (length % 4096 !== 0 && offset + length !== this.content.length))
+      return Promise.reject(new Error(`fetch of ${offset}+${length} is not whole blocks`));
     const data = Buffer.from(this.content.subarray(offset, offset + length)); // read now, arrive later
     this.fetches++;
     return new Promise((resolve, reject) => this.later(() => resolve(data), reject));
