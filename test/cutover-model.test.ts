@@ -13,7 +13,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { Migration } from '../src/migrate/migration';
+import { Migration, type MigrationOptions } from '../src/migrate/migration';
 import type { WriteTracking } from '../src/upstream/upstream';
 import { TrackingSource } from './helpers/tracking-source';
 import { tempDir } from './helpers/temp-dir';
@@ -30,6 +30,21 @@ function rng(seed: number): () => number {
     let x = Math.imul(a ^ (a >>> 15), 1 | a);
     x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
     return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A destination migrating in `dir` from `source`, with small batches so the copy interleaves. */
+function migrationOptions(dir: string, source: TrackingSource): MigrationOptions {
+  return {
+    imagePath: path.join(dir, 'img'),
+    statePath: path.join(dir, 'state'),
+    sourceUrl: 'tracking://source',
+    blockSize: BS,
+    fetchTimeoutMs: 30_000,
+    persistIntervalMs: 50,
+    rateLimit: null,
+    copy: { batchBlocks: 4, windowBytes: 8 * BS, storeErrorBackoffMs: 100 },
+    openUpstream: async () => source,
   };
 }
 
@@ -55,20 +70,7 @@ async function runModel(
   );
   const model = Buffer.from(initial);
   const dir = tempDir(t);
-  const migration = await Migration.open(
-    {
-      imagePath: path.join(dir, 'img'),
-      statePath: path.join(dir, 'state'),
-      sourceUrl: 'tracking://source',
-      blockSize: BS,
-      fetchTimeoutMs: 30_000,
-      persistIntervalMs: 50,
-      rateLimit: null,
-      copy: { batchBlocks: 4, windowBytes: 8 * BS, storeErrorBackoffMs: 100 },
-      openUpstream: async () => source,
-    },
-    log,
-  );
+  const migration = await Migration.open(migrationOptions(dir, source), log);
   t.teardown(() => migration.close());
   const device = migration.device;
   migration.start();
@@ -178,20 +180,7 @@ t.test('without write tracking nothing is copied before cutover', async (t) => {
   const content = crypto.randomBytes(16 * BS);
   const source = new TrackingSource(Buffer.from(content), () => 0, 'none');
   const dir = tempDir(t);
-  const migration = await Migration.open(
-    {
-      imagePath: path.join(dir, 'img'),
-      statePath: path.join(dir, 'state'),
-      sourceUrl: 'tracking://source',
-      blockSize: BS,
-      fetchTimeoutMs: 30_000,
-      persistIntervalMs: 50,
-      rateLimit: null,
-      copy: { batchBlocks: 4, windowBytes: 8 * BS, storeErrorBackoffMs: 100 },
-      openUpstream: async () => source,
-    },
-    log,
-  );
+  const migration = await Migration.open(migrationOptions(dir, source), log);
   t.teardown(() => migration.close());
   migration.start();
   const got = Buffer.alloc(BS);
@@ -210,17 +199,7 @@ t.test('abort before cutover removes image and state; after cutover it is refuse
   const content = crypto.randomBytes(8 * BS);
   const source = new TrackingSource(Buffer.from(content), () => 0, 'stream');
   const dir = tempDir(t);
-  const options = {
-    imagePath: path.join(dir, 'img'),
-    statePath: path.join(dir, 'state'),
-    sourceUrl: 'tracking://source',
-    blockSize: BS,
-    fetchTimeoutMs: 30_000,
-    persistIntervalMs: 50,
-    rateLimit: null,
-    copy: { batchBlocks: 4, windowBytes: 8 * BS, storeErrorBackoffMs: 100 },
-    openUpstream: async () => source,
-  };
+  const options = migrationOptions(dir, source);
   const first = await Migration.open(options, log);
   first.start();
   await first.abort();
@@ -239,17 +218,7 @@ t.test('abort before cutover removes image and state; after cutover it is refuse
 t.test('a restart under other write tracking makes every copied block missing again', async (t) => {
   const content = crypto.randomBytes(32 * BS);
   const dir = tempDir(t);
-  const options = (source: TrackingSource) => ({
-    imagePath: path.join(dir, 'img'),
-    statePath: path.join(dir, 'state'),
-    sourceUrl: 'tracking://source',
-    blockSize: BS,
-    fetchTimeoutMs: 30_000,
-    persistIntervalMs: 50,
-    rateLimit: null,
-    copy: { batchBlocks: 4, windowBytes: 8 * BS, storeErrorBackoffMs: 100 },
-    openUpstream: async () => source,
-  });
+  const options = (source: TrackingSource): MigrationOptions => migrationOptions(dir, source);
   const bitmap = new TrackingSource(Buffer.from(content), () => 0, 'bitmap');
   bitmap.trackingEpoch = 'bitmap:first';
   const warm = await Migration.open(options(bitmap), log);
