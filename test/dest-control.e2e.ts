@@ -142,17 +142,19 @@ t.test('mutual TLS with certificates; a certificate from another CA is refused',
     sh(
       `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=${name} -keyout ${name}.key -out ${name}.pem`,
     );
-  const mkCert = (name: string, ca: string) =>
+  // The role is in extendedKeyUsage: a source serves (serverAuth), a destination connects (clientAuth).
+  const mkCert = (name: string, ca: string, role: 'serverAuth' | 'clientAuth') =>
     sh(
-      `openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=${name} -keyout ${name}.key -out ${name}.csr && ` +
-        `openssl x509 -req -in ${name}.csr -CA ${ca}.pem -CAkey ${ca}.key -CAcreateserial -days 2 -out ${name}.pem`,
+      `printf 'extendedKeyUsage=${role}\\n' > ${name}.ext && ` +
+        `openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=${name} -keyout ${name}.key -out ${name}.csr && ` +
+        `openssl x509 -req -in ${name}.csr -CA ${ca}.pem -CAkey ${ca}.key -CAcreateserial -days 2 -extfile ${name}.ext -out ${name}.pem`,
     );
   for (const r of [
     await mkCa('ca'),
     await mkCa('otherca'),
-    await mkCert('src', 'ca'),
-    await mkCert('dst', 'ca'),
-    await mkCert('evil', 'otherca'),
+    await mkCert('src', 'ca', 'serverAuth'),
+    await mkCert('dst', 'ca', 'clientAuth'),
+    await mkCert('evil', 'otherca', 'clientAuth'),
   ]) {
     t.equal(r.code, 0, r.stderr);
   }
@@ -164,11 +166,21 @@ t.test('mutual TLS with certificates; a certificate from another CA is refused',
   ]);
   const url = `ferry://127.0.0.1:${servingPort(src)}/disk.img`;
   const bad = await run(process.execPath, [
-    ...[FERRY, 'dest', '--cutover-at-start', '--source', url, '--image', path.join(dir, 'evil.img')],
+    ...[
+      FERRY,
+      'dest',
+      '--cutover-at-start',
+      '--source',
+      url,
+      '--peer-name',
+      'src',
+      '--image',
+      path.join(dir, 'evil.img'),
+    ],
     ...['--cert', path.join(dir, 'evil.pem'), '--key', path.join(dir, 'evil.key'), '--ca', path.join(dir, 'ca.pem')],
   ]);
   t.equal(bad.code, 1, 'a certificate from another CA is refused');
-  t.match(bad.stderr, /cannot connect to ferry source/);
+  t.match(bad.stderr, /certificate "evil" is not signed by the CA this source trusts/);
   const dest = await startFerry(t, [
     ...[
       'dest',
@@ -179,6 +191,8 @@ t.test('mutual TLS with certificates; a certificate from another CA is refused',
       path.join(dir, 'dest.img'),
       '--listen',
       '127.0.0.1:0',
+      '--peer-name',
+      'src',
     ],
     ...['--cert', path.join(dir, 'dst.pem'), '--key', path.join(dir, 'dst.key'), '--ca', path.join(dir, 'ca.pem')],
   ]);
