@@ -86,7 +86,7 @@ t.test('pre-shared keys', async (t) => {
 
   t.test('a wrong key is explained', async (t) => {
     const r = await dest(s, url, ['--psk-file', other]);
-    t.equal(r.code, 2);
+    t.equal(r.code, 1);
     t.match(
       r.stderr,
       /TLS handshake failed: the source refused the pre-shared key .*other \(both ends need the same key file\)/,
@@ -138,7 +138,7 @@ t.test('a TLS destination against an insecure source is explained', async (t) =>
   const key = await keygen(s.dir, 'key');
   const { url } = await source(t, s, ['--insecure']);
   const r = await dest(s, url, ['--psk-file', key]);
-  t.equal(r.code, 2);
+  t.equal(r.code, 1);
   t.match(
     r.stderr,
     /the source does not speak TLS: it seems to run with --insecure while this destination uses a pre-shared key/,
@@ -169,7 +169,7 @@ t.test('mutual TLS', { skip: opensslMissing() }, async (t) => {
 
   t.test('another source name is refused by the destination', async (t) => {
     const r = await dest(s, url, asDest(destCert, ca.cert, 'other-source.example'), 'name.img');
-    t.equal(r.code, 2);
+    t.equal(r.code, 1);
     t.match(
       r.stderr,
       /the source's certificate names "source\.example", not other-source\.example: it is not the source this destination was given/,
@@ -178,27 +178,27 @@ t.test('mutual TLS', { skip: opensslMissing() }, async (t) => {
 
   t.test('a source certificate is not accepted as a destination', async (t) => {
     const r = await dest(s, url, asDest(otherSource), 'role.img');
-    t.equal(r.code, 2);
+    t.equal(r.code, 1);
     t.match(r.stderr, /source refused: certificate "other-source\.example" is not a destination's/);
     await src.waitForLog('refusing destination');
   });
 
   t.test('a destination certificate from another CA is refused by the source', async (t) => {
     const r = await dest(s, url, asDest(rogueDest), 'rogue.img');
-    t.equal(r.code, 2);
+    t.equal(r.code, 1);
     t.match(r.stderr, /source refused: certificate "dest\.example" is not signed by the CA this source trusts/);
   });
 
   t.test('a source signed by another CA is refused by the destination', async (t) => {
     const r = await dest(s, url, asDest(destCert, rogueCa.cert), 'ca.img');
-    t.equal(r.code, 2);
+    t.equal(r.code, 1);
     t.match(r.stderr, /the source's certificate is not signed by the CA given with --ca/);
   });
 
   t.test('a PSK destination against a certificate source is explained', async (t) => {
     const key = await keygen(s.dir, 'key');
     const r = await dest(s, url, ['--psk-file', key], 'psk.img');
-    t.equal(r.code, 2);
+    t.equal(r.code, 1);
     t.match(r.stderr, /the source uses certificates \(--cert\/--key\/--ca\), not a pre-shared key/);
   });
 });

@@ -202,7 +202,7 @@ async function openUpstream(
 ): Promise<Upstream> {
   if (url.startsWith('ferry://')) {
     if (config.dest.dirty_bitmap)
-      throw new Error(
+      throw new UsageError(
         `dest: --dirty-bitmap (dest.dirty_bitmap) is for a plain NBD source; ferry source ${url} reports its writes itself`,
       );
     const w = config.wire;
