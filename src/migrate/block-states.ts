@@ -173,6 +173,16 @@ export class BlockStates extends EventEmitter {
     this.close(t, false);
   }
 
+  /**
+   * missing → held as zeros, for a block whose range the caller has just
+   * zeroed in the image on this thread (nothing could interleave).
+   */
+  holdAsZero(block: number): void {
+    if (this.map.isHeld(block) || this.transits.has(block)) throw this.violation('holdAsZero', block);
+    this.bits.setHeld(block);
+    if (this.map.allHeld) this.emit('all-held');
+  }
+
   /** Whether claim() may take the block now (it is missing or only being fetched). */
   claimable(block: number): boolean {
     if (this.map.isHeld(block)) return false;

@@ -407,6 +407,19 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
           b = this.states.nextIdle(b + 1, sliceEnd);
           continue;
         }
+        if (this.local.zeroNow) {
+          // Zeroed and held with no await in between: no VM write, landing fetch or source
+          // report can come between (and no per-block record is made for a terabyte of holes).
+          let runEnd = b;
+          while (runEnd < sliceEnd && this.states.state(runEnd) === 'missing' && !written?.has(runEnd)) runEnd++;
+          const offset = b * this.bs;
+          this.local.zeroNow(offset, Math.min(runEnd * this.bs, this.size) - offset);
+          for (let i = b; i < runEnd; i++) this.states.holdAsZero(i);
+          held += runEnd - b;
+          this.counters.zeroBlocksSkipped += runEnd - b;
+          b = this.states.nextIdle(runEnd, sliceEnd);
+          continue;
+        }
         const run: Transit[] = [];
         for (let i = b; i < sliceEnd && this.states.state(i) === 'missing' && !written?.has(i); i++)
           run.push(this.states.claim(i, 'hole'));

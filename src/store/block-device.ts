@@ -47,6 +47,12 @@ export interface BlockDevice {
   zero(offset: number, length: number, options: ZeroOptions): Promise<void>;
   /** Hint that a range will be read soon (NBD_CMD_CACHE). */
   cache(offset: number, length: number): Promise<void>;
+  /**
+   * Zeroes a range at once, on the calling thread, without writing the bytes
+   * (a punched hole); throws ENOTSUP where it cannot. Optional: a device that
+   * has it lets a layer above zero and record a range with no await between.
+   */
+  zeroNow?(offset: number, length: number): void;
   /** Allocation of [offset, offset+length): at least one extent, none past the end. */
   status(offset: number, length: number): Promise<Extent[]>;
   close(): Promise<void>;

@@ -139,6 +139,10 @@ export class FileDevice implements BlockDevice {
    * Punches a hole at once, on this thread: nothing else can touch the range
    * meanwhile. Throws ENOTSUP where the file system (or a missing addon) cannot.
    */
+  zeroNow(offset: number, length: number): void {
+    this.punchHoleNow(offset, length);
+  }
+
   punchHoleNow(offset: number, length: number): void {
     this.checkWritable();
     if (!fileOps) throw new BlockDeviceError('ENOTSUP', 'punching holes needs the fileops addon');
