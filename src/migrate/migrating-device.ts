@@ -29,6 +29,7 @@ import type { ByteRange, DirtyReport, FetchPriority, Upstream } from '../upstrea
 import { LatencyWindow, RateMeter } from './latency-window';
 import { blockRuns } from '../util/block-runs';
 import { BlockStates, type Transit } from './block-states';
+import { Backoff, pause } from '../util/backoff';
 
 /** The device's phase; 'cutover' is the moment between, while the final write set is applied. */
 export type DevicePhase = 'warming' | 'cutover' | 'post-copy';
@@ -132,7 +133,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     if (data.length === 0) return;
     await this.afterCutover();
-    await this.modify(offset, data.length, true, 'vm', () => this.local.write(offset, data, false));
+    await this.modify(offset, data.length, true, () => this.local.write(offset, data, false));
     if (fua) await this.flush();
   }
 
@@ -140,7 +141,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     if (length === 0) return;
     await this.afterCutover();
     await this.inSlices(offset, length, (at, n) =>
-      this.modify(at, n, true, 'vm', () => this.local.zero(at, n, { ...options, fua: false })),
+      this.modify(at, n, true, () => this.local.zero(at, n, { ...options, fua: false })),
     );
     if (options.fua) await this.flush();
   }
@@ -156,7 +157,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     const end = offset + length === this.size ? this.size : Math.floor((offset + length) / this.bs) * this.bs;
     if (end > start)
       await this.inSlices(start, end - start, (at, n) =>
-        this.modify(at, n, false, 'vm', () => this.local.zero(at, n, { fua: false, noHole: false, fastZero: false })),
+        this.modify(at, n, false, () => this.local.zero(at, n, { fua: false, noHole: false, fastZero: false })),
       );
     if (fua) await this.flush();
   }
@@ -456,6 +457,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     this.counters.passThroughReads++;
     const started = performance.now();
     const deadline = Date.now() + this.options.fetchTimeoutMs;
+    const backoff = new Backoff(FAILED_FETCH_BACKOFF);
     for (let attempt = 0; ; attempt++) {
       const left = deadline - Date.now();
       if (left <= 0)
@@ -475,7 +477,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         if (this.closed) throw new BlockDeviceError('ESHUTDOWN', 'the device is closed');
         this.log.debug({ err: (e as Error).message, offset, attempt }, 'read through the source failed');
         // Back off on a real timer, so a source that fails at once cannot spin the event loop.
-        await new Promise((r) => setTimeout(r, Math.min(20 * 2 ** Math.min(attempt, 6), 1000)));
+        await pause(backoff.next());
       }
     }
   }
@@ -525,12 +527,12 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     const deadline = Date.now() + this.options.fetchTimeoutMs;
     let fetched = 0;
     let round = 0;
+    const backoff = new Backoff(FAILED_FETCH_BACKOFF);
     for (;;) {
       if (round++ > 0 && !blocks.every((b) => this.map.isHeld(b))) {
         // Blocks went missing again (a fetch failed): back off on a real timer,
         // so a source that fails at once cannot spin the event loop the VM's disk runs on.
-        const pause = Math.min(20 * 2 ** Math.min(round, 6), 1000, Math.max(0, deadline - Date.now()));
-        await new Promise((r) => setTimeout(r, pause));
+        await pause(Math.min(backoff.next(), Math.max(0, deadline - Date.now())));
       }
       const waiting: Transit[] = [];
       const toFetch: Transit[] = [];
@@ -579,7 +581,6 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     offset: number,
     length: number,
     partialNeedsData: boolean,
-    kind: 'vm',
     op: () => Promise<void>,
   ): Promise<void> {
     const [first, last] = this.blocksOf(offset, length);
@@ -599,7 +600,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       }
       if (needData.length === 0 && busy.length === 0) {
         // Claim only when nothing else is awaited, so claims are never held while waiting.
-        claims = toClaim.map((b) => this.states.claim(b, kind));
+        claims = toClaim.map((b) => this.states.claim(b, 'vm'));
         break;
       }
       await Promise.all([this.ensureHeld(needData), ...busy]);
@@ -658,6 +659,9 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     }
   }
 }
+
+/** Waits between failed fetches of the same blocks: a source that fails at once must not spin the loop. */
+const FAILED_FETCH_BACKOFF = { minMs: 20, maxMs: 1000 };
 
 /** Blocks holdZeroRun takes over at a time. */
 const ZERO_SLICE_BLOCKS = 16384;
