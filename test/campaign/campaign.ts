@@ -1,0 +1,73 @@
+/**
+ * What every campaign scenario shares: its size (reduced for CI, `--full` for
+ * the figures in docs/reliability.md), the seed it replays from, and the row
+ * it reports for the table.
+ *
+ * A scenario is a tap file `test/campaign/NAME.campaign.ts`. It reads
+ * `campaign()`, draws every random choice from `campaign().random(NAME)`, and
+ * calls `reportRow` once with what it did; `run.ts` prints the rows.
+ */
+import fs from 'node:fs';
+
+export interface Campaign {
+  /** The sizes of docs/reliability.md rather than CI's reduced ones. */
+  full: boolean;
+  /** The run's seed: every scenario derives its own stream from it. */
+  seed: number;
+  /** A deterministic stream in [0, 1) for one scenario of this run. */
+  random(scenario: string): () => number;
+}
+
+export interface CampaignRow {
+  scenario: string;
+  /** What was injected, e.g. "20 × kill -9 of the destination". */
+  faults: string;
+  /** What was checked, e.g. "41,260 flushed blocks". */
+  checks: string;
+  losses: number;
+  crashes: number;
+  hangs: number;
+  /** The highest RSS of the process under test, MiB. */
+  peakRssMiB: number;
+  seconds: number;
+}
+
+let cached: Campaign | undefined;
+
+export function campaign(): Campaign {
+  if (cached) return cached;
+  const seed = Number(process.env.FERRY_SEED ?? Math.floor(Math.random() * 2 ** 31) + 1);
+  if (!Number.isSafeInteger(seed) || seed <= 0)
+    throw new Error(`FERRY_SEED must be a positive integer, not ${process.env.FERRY_SEED}`);
+  cached = {
+    full: process.env.FERRY_CAMPAIGN_FULL === '1',
+    seed,
+    random: (scenario) => mulberry32(seed ^ hash32(scenario)),
+  };
+  return cached;
+}
+
+/** Writes the row where `run.ts` collects it, and to the TAP log. */
+export function reportRow(row: CampaignRow): void {
+  const line = JSON.stringify({ ...row, seed: campaign().seed, full: campaign().full });
+  console.log(`# campaign row ${line}`);
+  const file = process.env.FERRY_CAMPAIGN_REPORT;
+  if (file) fs.appendFileSync(file, line + '\n');
+}
+
+function hash32(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+function mulberry32(state: number): () => number {
+  let a = state >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
