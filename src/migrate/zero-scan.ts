@@ -8,6 +8,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
+import { Backoff, pause } from '../util/backoff';
 import type { MigratingDevice, ZeroQueryWatch } from './migrating-device';
 import type { Upstream } from '../upstream/upstream';
 
@@ -18,6 +19,7 @@ export interface ZeroScanOptions {
   parallel: number;
   /** Failed queries in a row before the scan gives up. */
   maxFailures: number;
+  /** First wait after a failed query; it doubles on each failure in a row. */
   retryMs: number;
 }
 
@@ -32,7 +34,9 @@ export class ZeroScan extends EventEmitter {
   /** Every block below this has been scanned (or the scan has ended). */
   scannedBlocks = 0;
   private stopped = false;
-  private failures = 0;
+  /** Ends the waits between failed queries when the scan stops. */
+  private readonly stopping = new AbortController();
+  private readonly backoff: Backoff;
   /** Why the scan stopped early (then every block is copied). */
   private gaveUp: string | null = null;
   private loop: Promise<void> | null = null;
@@ -44,6 +48,7 @@ export class ZeroScan extends EventEmitter {
     private readonly options: ZeroScanOptions = DEFAULT_ZERO_SCAN_OPTIONS,
   ) {
     super();
+    this.backoff = new Backoff({ minMs: options.retryMs, maxMs: options.retryMs * 8 });
   }
 
   get done(): boolean {
@@ -57,6 +62,7 @@ export class ZeroScan extends EventEmitter {
   /** Stops asking. Queries in flight end when the upstream answers or closes: then settle(). */
   stop(): void {
     this.stopped = true;
+    this.stopping.abort();
   }
 
   async settle(): Promise<void> {
@@ -108,11 +114,12 @@ export class ZeroScan extends EventEmitter {
         answer = await this.upstream.zeroRanges!(at, end - at);
       } catch (e) {
         this.device.endZeroQuery(watch);
-        if (++this.failures >= this.options.maxFailures) {
-          this.gaveUp = `zero-range queries failed ${this.failures} times in a row (${(e as Error).message})`;
+        const wait = this.backoff.next();
+        if (this.backoff.attempts >= this.options.maxFailures) {
+          this.gaveUp = `zero-range queries failed ${this.backoff.attempts} times in a row (${(e as Error).message})`;
           return;
         }
-        await new Promise((r) => setTimeout(r, this.options.retryMs));
+        await pause(wait, this.stopping.signal);
         continue;
       }
       if (answer === null) {
@@ -120,7 +127,7 @@ export class ZeroScan extends EventEmitter {
         this.gaveUp = 'the source cannot report zero ranges';
         return;
       }
-      this.failures = 0;
+      this.backoff.reset();
       try {
         await this.holdRanges(answer.ranges, watch);
       } finally {

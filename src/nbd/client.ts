@@ -17,34 +17,27 @@ import {
   ServerMessage,
 } from './client-codec';
 import {
+  isFinalOptionReply,
+  optionReplyName,
+  readExportInfo,
+  readMetaContexts,
+  type OptionReplyData,
+} from './client-handshake';
+import { ClientRequests, type ReplyValue } from './client-requests';
+import {
   BASE_ALLOCATION,
   ClientFlag,
-  COMMAND_NAMES,
   Command,
   CommandFlag,
   HandshakeFlag,
   InfoType,
-  NbdErrno,
   Option,
   OptionReply,
-  ReplyFlag,
-  ReplyType,
   TransmissionFlag,
 } from './protocol';
 import type { ListenAddress } from './server';
 
-export class NbdError extends Error {
-  constructor(
-    readonly errno: number,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'NbdError';
-  }
-  get errnoName(): string {
-    return Object.entries(NbdErrno).find(([, v]) => v === this.errno)?.[0] ?? `errno ${this.errno}`;
-  }
-}
+export { NbdError } from './client-requests';
 
 export interface NbdClientOptions {
   exportName?: string;
@@ -60,19 +53,6 @@ export interface NbdClientOptions {
 /** How the handshake went: which negotiation the server speaks. */
 export type NbdNegotiationStyle = 'oldstyle' | 'newstyle' | 'fixed-newstyle';
 
-interface Pending {
-  type: Command;
-  offset: number;
-  length: number;
-  /** BLOCK_STATUS: the meta context whose extents are wanted (the server sends one chunk per context). */
-  contextId: number;
-  resolve: (value: Buffer | Extent[] | null) => void;
-  reject: (err: Error) => void;
-  data: Buffer | null;
-  extents: Extent[] | null;
-  error: NbdError | null;
-}
-
 export class NbdClient extends EventEmitter {
   size = 0;
   transmissionFlags = 0;
@@ -82,8 +62,7 @@ export class NbdClient extends EventEmitter {
   /** Meta contexts the server agreed to, by name; an id may be 0. */
   readonly metaContexts = new Map<string, number>();
   private readonly decoder: ClientDecoder;
-  private readonly pending = new Map<bigint, Pending>();
-  private nextCookie = 1n;
+  private readonly requests = new ClientRequests(() => this.emit('idle'));
   private closed = false;
   private closeError: Error = new Error('NBD connection closed');
   private optionWaiter: ((m: ServerMessage) => void) | null = null;
@@ -95,10 +74,7 @@ export class NbdClient extends EventEmitter {
 
   private constructor(private readonly socket: net.Socket) {
     super();
-    this.decoder = new ClientDecoder((cookie) => {
-      const p = this.pending.get(cookie);
-      return p && p.type === Command.Read ? p.length : 0;
-    });
+    this.decoder = new ClientDecoder((cookie) => this.requests.readLength(cookie));
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 10_000);
     socket.on('data', (chunk: Buffer) => {
@@ -108,7 +84,7 @@ export class NbdClient extends EventEmitter {
     });
     // A path that dies without a reset leaves requests waiting forever: give up on a silent server.
     this.watchdog = setInterval(() => {
-      if (this.pending.size > 0 && Date.now() - this.lastData > NbdClient.stallTimeoutMs) {
+      if (this.requests.size > 0 && Date.now() - this.lastData > NbdClient.stallTimeoutMs) {
         this.closeError = new Error(
           `NBD server sent nothing for ${NbdClient.stallTimeoutMs} ms with requests outstanding`,
         );
@@ -162,7 +138,7 @@ export class NbdClient extends EventEmitter {
   }
 
   get inFlight(): number {
-    return this.pending.size;
+    return this.requests.size;
   }
 
   read(offset: number, length: number): Promise<Buffer> {
@@ -199,7 +175,7 @@ export class NbdClient extends EventEmitter {
   /** Sends NBD_CMD_DISC after in-flight requests and closes. */
   async close(): Promise<void> {
     if (this.closed) return;
-    if (this.pending.size > 0) await new Promise((resolve) => this.once('idle', resolve));
+    if (this.requests.size > 0) await new Promise((resolve) => this.once('idle', resolve));
     if (!this.closed) {
       this.socket.write(encodeRequestHeader(0, Command.Disc, 0n, 0, 0));
       this.socket.end();
@@ -219,30 +195,18 @@ export class NbdClient extends EventEmitter {
     length: number,
     payload: Buffer | null,
     contextId = 0,
-  ): Promise<Buffer | Extent[] | null> {
+  ): Promise<ReplyValue> {
     if (this.closed) return Promise.reject(this.closeError);
-    const cookie = this.nextCookie++;
-    if (this.pending.size === 0) this.lastData = Date.now();
-    return new Promise((resolve, reject) => {
-      this.pending.set(cookie, {
-        type,
-        offset,
-        length,
-        contextId,
-        resolve,
-        reject,
-        data: null,
-        extents: null,
-        error: null,
-      });
-      const header = encodeRequestHeader(flags, type, cookie, offset, length);
-      if (payload) {
-        this.socket.cork();
-        this.socket.write(header);
-        this.socket.write(payload);
-        this.socket.uncork();
-      } else this.socket.write(header);
-    });
+    if (this.requests.size === 0) this.lastData = Date.now();
+    const { cookie, reply } = this.requests.add(type, offset, length, contextId);
+    const header = encodeRequestHeader(flags, type, cookie, offset, length);
+    if (payload) {
+      this.socket.cork();
+      this.socket.write(header);
+      this.socket.write(payload);
+      this.socket.uncork();
+    } else this.socket.write(header);
+    return reply;
   }
 
   /** metaContexts null: simple replies only. */
@@ -271,11 +235,7 @@ export class NbdClient extends EventEmitter {
       this.structuredReplies = reply[reply.length - 1].type === OptionReply.Ack;
       if (this.structuredReplies && metaContexts.length > 0) {
         const replies = await this.option(Option.SetMetaContext, encodeMetaContextData(exportName, metaContexts));
-        for (const r of replies) {
-          if (r.type !== OptionReply.MetaContext || r.data.length < 4) continue;
-          const name = r.data.toString('utf8', 4);
-          if (metaContexts.includes(name)) this.metaContexts.set(name, r.data.readUInt32BE(0));
-        }
+        for (const [name, id] of readMetaContexts(replies, metaContexts)) this.metaContexts.set(name, id);
       }
     }
     const replies = await this.option(Option.Go, encodeGoData(exportName, [InfoType.BlockSize]));
@@ -291,23 +251,9 @@ export class NbdClient extends EventEmitter {
         `NBD server refused export "${exportName}": ${optionReplyName(last.type)}${text ? ` (${text})` : ''}`,
       );
     }
-    let size = 0;
-    let transmissionFlags = 0;
-    for (const r of replies) {
-      if (r.type !== OptionReply.Info || r.data.length < 2) continue;
-      const info = r.data.readUInt16BE(0);
-      if (info === InfoType.Export && r.data.length >= 12) {
-        size = r.data.readUInt32BE(2) * 0x100000000 + r.data.readUInt32BE(6);
-        transmissionFlags = r.data.readUInt16BE(10);
-      } else if (info === InfoType.BlockSize && r.data.length >= 14) {
-        this.blockSize = {
-          minimum: r.data.readUInt32BE(2),
-          preferred: r.data.readUInt32BE(6),
-          maximum: r.data.readUInt32BE(10),
-        };
-      }
-    }
-    this.enterTransmission(size, transmissionFlags);
+    const info = readExportInfo(replies);
+    if (info.blockSize) this.blockSize = info.blockSize;
+    this.enterTransmission(info.size, info.transmissionFlags);
   }
 
   /** NBD_OPT_EXPORT_NAME: the server answers with the export, or hangs up when it has no such export. */
@@ -342,15 +288,14 @@ export class NbdClient extends EventEmitter {
   }
 
   /** Sends an option and collects replies up to and including the final one. */
-  private async option(option: number, data?: Buffer): Promise<Array<{ type: number; data: Buffer }>> {
+  private async option(option: number, data?: Buffer): Promise<OptionReplyData[]> {
     this.socket.write(encodeOption(option, data));
-    const replies: Array<{ type: number; data: Buffer }> = [];
+    const replies: OptionReplyData[] = [];
     for (;;) {
       const m = await this.nextMessage();
       if (m.kind !== 'optionReply') throw new Error('NBD handshake: expected an option reply');
       replies.push({ type: m.type, data: Buffer.from(m.data) });
-      const final = m.type === OptionReply.Ack || (m.type & 0x80000000) !== 0;
-      if (final) return replies;
+      if (isFinalOptionReply(m.type)) return replies;
     }
   }
 
@@ -385,75 +330,23 @@ export class NbdClient extends EventEmitter {
         this.socket.destroy();
         return;
       }
-      if (m.kind === 'simpleReply') this.onSimple(m.cookie, m.error, m.data);
-      else if (m.kind === 'chunk') this.onChunk(m.cookie, m.flags, m.type, m.payload);
-      else return; // option replies outside the handshake: ignore
+      if (m.kind === 'simpleReply') this.requests.onSimple(m.cookie, m.error, m.data);
+      else if (m.kind === 'chunk') {
+        const error = this.requests.onChunk(m.cookie, m.flags, m.type, m.payload);
+        if (error) {
+          this.closeError = new Error(`NBD protocol error from server: ${error}`);
+          this.socket.destroy();
+          return;
+        }
+      } else return; // option replies outside the handshake: ignore
     }
-  }
-
-  private onSimple(cookie: bigint, error: number, data: Buffer | null): void {
-    const p = this.pending.get(cookie);
-    if (!p) return;
-    this.pending.delete(cookie);
-    if (this.pending.size === 0) this.emit('idle');
-    if (error)
-      p.reject(
-        new NbdError(
-          error,
-          `NBD ${COMMAND_NAMES[p.type] ?? p.type} at ${p.offset}+${p.length} failed with error ${error}`,
-        ),
-      );
-    else p.resolve(p.type === Command.Read ? (data ?? Buffer.alloc(0)) : null);
-  }
-
-  private onChunk(cookie: bigint, flags: number, type: number, payload: Buffer): void {
-    const p = this.pending.get(cookie);
-    if (!p) return;
-    if (type === ReplyType.OffsetData) {
-      const offset = payload.length >= 8 ? payload.readUInt32BE(0) * 0x100000000 + payload.readUInt32BE(4) : -1;
-      if (offset < p.offset || offset + payload.length - 8 > p.offset + p.length) {
-        this.closeError = new Error(`NBD protocol error from server: data chunk outside the request`);
-        this.socket.destroy();
-        return;
-      }
-      p.data ??= Buffer.alloc(p.length);
-      payload.copy(p.data, offset - p.offset, 8);
-    } else if (type === ReplyType.OffsetHole) {
-      p.data ??= Buffer.alloc(p.length); // zero-filled already
-    } else if (type === ReplyType.BlockStatus) {
-      p.extents ??= [];
-      if (payload.length < 4 || payload.readUInt32BE(0) !== p.contextId) return this.endChunk(cookie, p, flags);
-      for (let at = 4; at + 8 <= payload.length; at += 8)
-        p.extents.push({ length: payload.readUInt32BE(at), flags: payload.readUInt32BE(at + 4) });
-    } else if (type === ReplyType.Error || type === ReplyType.ErrorOffset) {
-      const errno = payload.readUInt32BE(0);
-      const msgLength = payload.readUInt16BE(4);
-      const text = payload.toString('utf8', 6, 6 + msgLength);
-      p.error = new NbdError(
-        errno,
-        `NBD ${COMMAND_NAMES[p.type] ?? p.type} at ${p.offset}+${p.length} failed with error ${errno}: ${text}`,
-      );
-    }
-    this.endChunk(cookie, p, flags);
-  }
-
-  private endChunk(cookie: bigint, p: Pending, flags: number): void {
-    if (!(flags & ReplyFlag.Done)) return;
-    this.pending.delete(cookie);
-    if (this.pending.size === 0) this.emit('idle');
-    if (p.error) p.reject(p.error);
-    else if (p.type === Command.Read) p.resolve(p.data ?? Buffer.alloc(p.length));
-    else if (p.type === Command.BlockStatus) p.resolve(p.extents ?? []);
-    else p.resolve(null);
   }
 
   private onClose(): void {
     this.closed = true;
     clearInterval(this.watchdog);
     this.emit('handshake-closed');
-    for (const p of this.pending.values()) p.reject(this.closeError);
-    this.pending.clear();
-    this.emit('idle');
+    this.requests.failAll(this.closeError);
     this.emit('close', this.closeError);
   }
 }
@@ -476,23 +369,4 @@ function openSocket(address: ListenAddress, timeoutMs: number): Promise<net.Sock
       reject(new Error(`cannot connect to NBD server at ${where}: ${err.message}`));
     });
   });
-}
-
-function optionReplyName(type: number): string {
-  switch (type) {
-    case OptionReply.ErrUnknown:
-      return 'unknown export';
-    case OptionReply.ErrUnsup:
-      return 'unsupported';
-    case OptionReply.ErrPolicy:
-      return 'refused by policy';
-    case OptionReply.ErrInvalid:
-      return 'invalid request';
-    case OptionReply.ErrTlsReqd:
-      return 'TLS required';
-    case OptionReply.ErrShutdown:
-      return 'server shutting down';
-    default:
-      return `error 0x${type.toString(16)}`;
-  }
 }
