@@ -6,22 +6,20 @@
  */
 import path from 'node:path';
 import t from 'tap';
-import { startFerry, type FerryDaemon } from '../helpers/ferry-daemon';
+import type { FerryDaemon } from '../helpers/ferry-daemon';
 import { tempDir, writePatternFile } from '../helpers/temp-dir';
 import { hasTool } from '../helpers/tools';
-import { checkFinalImage, runScenario } from './helpers/scenario';
+import { runScenario } from './helpers/scenario';
 import {
-  assertMigrated,
-  assertNoLoss,
-  DAEMON_START_MS,
+  assertFinished,
+  destUri,
   DISK_BYTES,
   guestFor,
   hasFlag,
-  reportFigures,
-  servingPortOf,
   startBitmapExport,
+  startDest,
   vmUnavailable,
-  warmUp,
+  warmThenWrite,
 } from './helpers/vm-test';
 
 const skip = vmUnavailable();
@@ -46,38 +44,20 @@ t.test('the destination cuts over at its first write, from the bitmap', { skip: 
     dir,
     guest: guestFor(t),
     sourceDiskUri: `nbd://127.0.0.1:${nbdPort}/source`,
-    destDiskUri: () => `nbd://127.0.0.1:${servingPortOf(dest!, 'address')}/dest.img`,
+    destDiskUri: () => destUri(dest!, destImage),
     migrateArgs: ['--dest-control', destControl],
     writesBefore: 50,
     writesAfter: 20,
+    daemonLogs: () => dest?.stderr() ?? '',
     beforeMigration: async (vm) => {
-      dest = await startFerry(
-        t,
-        [
-          'dest',
-          '--source',
-          `nbd://127.0.0.1:${nbdPort}/source`,
-          '--dirty-bitmap',
-          'ferry',
-          '--image',
-          destImage,
-          '--listen',
-          '127.0.0.1:0',
-          '--control',
-          destControl,
-        ],
-        DAEMON_START_MS,
-      );
-      await warmUp(t, destControl);
-      const from = vm.lines.length;
-      vm.send('write 100');
-      await vm.waitFor(/^FERRY WROTE seq=\d+ errors=0$/, 240_000, from);
+      dest = await startDest(t, `nbd://127.0.0.1:${nbdPort}/source`, destImage, destControl, [
+        '--dirty-bitmap',
+        'ferry',
+      ]);
+      await warmThenWrite(t, destControl, vm);
     },
   });
   t.equal(r.report?.cutover, 'destination');
   t.equal((r.report?.destination as { state?: string } | null)?.state, 'complete', 'the destination completed');
-  reportFigures(t, 'dirty bitmap', r);
-  const check = await checkFinalImage(r, destImage, initial, async () => void (await dest?.stop()));
-  assertNoLoss(t, r, check);
-  assertMigrated(t, r);
+  await assertFinished(t, 'dirty bitmap', r, destImage, initial, async () => void (await dest?.stop()));
 });

@@ -8,18 +8,18 @@ import path from 'node:path';
 import t from 'tap';
 import { startFerry, type FerryDaemon } from '../helpers/ferry-daemon';
 import { tempDir, writePatternFile } from '../helpers/temp-dir';
-import { checkFinalImage, runScenario } from './helpers/scenario';
+import { runScenario } from './helpers/scenario';
 import {
-  assertMigrated,
-  assertNoLoss,
+  assertFinished,
   DAEMON_START_MS,
+  destUri,
   DISK_BYTES,
   guestFor,
   hasFlag,
-  reportFigures,
   servingPortOf,
+  startDest,
   vmUnavailable,
-  warmUp,
+  warmThenWrite,
 } from './helpers/vm-test';
 
 const skip = vmUnavailable();
@@ -56,40 +56,26 @@ t.test('a source that tracks writes, cut over at switch-over', { skip: skip ?? f
     dir,
     guest: guestFor(t),
     sourceDiskUri: `nbd://127.0.0.1:${servingPortOf(source, 'nbd')}/source.img`,
-    destDiskUri: () => `nbd://127.0.0.1:${servingPortOf(dest!, 'address')}/dest.img`,
+    destDiskUri: () => destUri(dest!, destImage),
     migrateArgs: ['--source-control', sourceControl, '--dest-control', destControl],
     writesBefore: 50,
     writesAfter: 20,
+    daemonLogs: () => `${source.stderr()}\n${dest?.stderr() ?? ''}`,
     beforeMigration: async (vm) => {
-      dest = await startFerry(
+      dest = await startDest(
         t,
-        [
-          'dest',
-          '--source',
-          `ferry://127.0.0.1:${servingPortOf(source, 'address')}/source.img`,
-          '--image',
-          destImage,
-          '--listen',
-          '127.0.0.1:0',
-          '--control',
-          destControl,
-          '--insecure',
-        ],
-        DAEMON_START_MS,
+        `ferry://127.0.0.1:${servingPortOf(source, 'address')}/source.img`,
+        destImage,
+        destControl,
+        ['--insecure'],
       );
-      await warmUp(t, destControl);
-      const from = vm.lines.length;
-      vm.send('write 100');
-      await vm.waitFor(/^FERRY WROTE seq=\d+ errors=0$/, 240_000, from);
+      await warmThenWrite(t, destControl, vm);
     },
   });
   t.equal(r.report?.cutover, 'source');
   t.equal((r.report?.destination as { state?: string } | null)?.state, 'complete', 'the destination completed');
-  reportFigures(t, 'ferry wire', r);
-  const check = await checkFinalImage(r, destImage, initial, async () => {
+  await assertFinished(t, 'ferry wire', r, destImage, initial, async () => {
     await dest?.stop();
     await source.stop();
   });
-  assertNoLoss(t, r, check);
-  assertMigrated(t, r);
 });

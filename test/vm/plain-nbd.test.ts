@@ -6,18 +6,17 @@
  */
 import path from 'node:path';
 import t from 'tap';
-import { startFerry, type FerryDaemon } from '../helpers/ferry-daemon';
+import type { FerryDaemon } from '../helpers/ferry-daemon';
 import { startFerryServe } from '../helpers/ferry-serve';
 import { tempDir, writePatternFile } from '../helpers/temp-dir';
-import { checkFinalImage, runScenario } from './helpers/scenario';
+import { runScenario } from './helpers/scenario';
 import {
-  assertMigrated,
-  assertNoLoss,
+  assertFinished,
   DAEMON_START_MS,
+  destUri,
   DISK_BYTES,
   guestFor,
-  reportFigures,
-  servingPortOf,
+  startDest,
   vmUnavailable,
 } from './helpers/vm-test';
 
@@ -35,34 +34,18 @@ t.test('no write tracking: the destination cuts over at its first write', { skip
     dir,
     guest: guestFor(t),
     sourceDiskUri: source.uri('source.img'),
-    destDiskUri: () => `nbd://127.0.0.1:${servingPortOf(dest!, 'address')}/dest.img`,
+    destDiskUri: () => destUri(dest!, destImage),
     migrateArgs: ['--dest-control', destControl],
     writesBefore: 50,
     writesAfter: 20,
+    daemonLogs: () => dest?.stderr() ?? '',
     beforeMigration: async () => {
-      dest = await startFerry(
-        t,
-        [
-          'dest',
-          '--source',
-          source.uri('source.img'),
-          '--image',
-          destImage,
-          '--listen',
-          '127.0.0.1:0',
-          '--control',
-          destControl,
-        ],
-        DAEMON_START_MS,
-      );
+      dest = await startDest(t, source.uri('source.img'), destImage, destControl);
     },
   });
   const status = r.report?.destination as { state?: string; phase?: string; tracking?: string } | null;
   t.equal(r.report?.cutover, 'destination');
   t.equal(status?.state, 'complete', 'the destination completed');
   t.equal(status?.tracking, 'none', 'the source reported no writes: nothing was copied before cutover');
-  reportFigures(t, 'plain NBD, no tracking', r);
-  const check = await checkFinalImage(r, destImage, initial, async () => void (await dest?.stop()));
-  assertNoLoss(t, r, check);
-  assertMigrated(t, r);
+  await assertFinished(t, 'plain NBD, no tracking', r, destImage, initial, async () => void (await dest?.stop()));
 });

@@ -5,21 +5,14 @@
  * No write the guest had acknowledged may be lost either way.
  */
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { QmpClient } from '../../src/qemu/qmp';
 import { startFerryServe } from '../helpers/ferry-serve';
 import { tempDir, writePatternFile } from '../helpers/temp-dir';
 import { startRecordingControl } from './helpers/recording-control';
 import { checkFinalImage, runScenario } from './helpers/scenario';
-import {
-  assertMigrated,
-  assertNoLoss,
-  DAEMON_START_MS,
-  DISK_BYTES,
-  guestFor,
-  reportFigures,
-  vmUnavailable,
-} from './helpers/vm-test';
+import type { Vm } from './helpers/qemu-vm';
+import { assertFinished, assertNoLoss, DAEMON_START_MS, DISK_BYTES, guestFor, vmUnavailable } from './helpers/vm-test';
 
 const skip = vmUnavailable();
 
@@ -35,29 +28,30 @@ async function sourceState(qmpPath: string): Promise<{ vm: string; running: bool
   }
 }
 
-t.test('the switch-over pauses for the cutover with the source VM stopped', { skip: skip ?? false }, async (t) => {
+/** One `ferry serve` export as both QEMUs' disk, and a source control socket that answers the cutover with `answer`. */
+async function sharedDisk(t: Test, seed: number, answer: () => { ok: true } | { ok: false; error: string }) {
   const dir = tempDir(t, 'ferry-vm-');
   const image = path.join(dir, 'disk.img');
-  const initial = writePatternFile(image, DISK_BYTES, 11);
+  const initial = writePatternFile(image, DISK_BYTES, seed);
   const serve = await startFerryServe(t, ['--image', image], { timeoutMs: DAEMON_START_MS });
   const sourceControl = path.join(dir, 'source-control.sock');
   let sourceQmp = '';
-  const control = await startRecordingControl(
-    t,
-    sourceControl,
-    () => sourceState(sourceQmp),
-    () => ({ ok: true }),
-  );
-  const r = await runScenario(t, {
+  const control = await startRecordingControl(t, sourceControl, () => sourceState(sourceQmp), answer);
+  const scenario = {
     dir,
     guest: guestFor(t),
     sourceDiskUri: serve.uri('disk.img'),
     destDiskUri: () => serve.uri('disk.img'),
     migrateArgs: ['--source-control', sourceControl],
-    writesBefore: 50,
     writesAfter: 20,
-    beforeMigration: async (source) => void (sourceQmp = source.testQmpPath),
-  });
+    beforeMigration: async (source: Vm) => void (sourceQmp = source.testQmpPath),
+  };
+  return { image, initial, control, scenario };
+}
+
+t.test('the switch-over pauses for the cutover with the source VM stopped', { skip: skip ?? false }, async (t) => {
+  const { image, initial, control, scenario } = await sharedDisk(t, 11, () => ({ ok: true }));
+  const r = await runScenario(t, { ...scenario, writesBefore: 50 });
   t.same(
     control.requests.map((l) => JSON.parse(l)),
     [{ cmd: 'cutover' }],
@@ -69,36 +63,15 @@ t.test('the switch-over pauses for the cutover with the source VM stopped', { sk
     'during the cutover the source VM was stopped, its migration paused before switch-over',
   );
   t.equal(r.report?.cutover, 'source');
-  reportFigures(t, 'shared disk', r);
-  const check = await checkFinalImage(r, image, initial);
-  assertNoLoss(t, r, check);
-  assertMigrated(t, r);
+  await assertFinished(t, 'shared disk', r, image, initial);
 });
 
 t.test('a refused cutover cancels the migration: the VM runs on at the source', { skip: skip ?? false }, async (t) => {
-  const dir = tempDir(t, 'ferry-vm-');
-  const image = path.join(dir, 'disk.img');
-  const initial = writePatternFile(image, DISK_BYTES, 21);
-  const serve = await startFerryServe(t, ['--image', image], { timeoutMs: DAEMON_START_MS });
-  const sourceControl = path.join(dir, 'source-control.sock');
-  let sourceQmp = '';
-  const control = await startRecordingControl(
-    t,
-    sourceControl,
-    () => sourceState(sourceQmp),
-    () => ({ ok: false, error: 'cutover: refused for the test' }),
-  );
-  const r = await runScenario(t, {
-    dir,
-    guest: guestFor(t),
-    sourceDiskUri: serve.uri('disk.img'),
-    destDiskUri: () => serve.uri('disk.img'),
-    migrateArgs: ['--source-control', sourceControl],
-    writesBefore: 20,
-    writesAfter: 20,
-    expect: 'stays-at-source',
-    beforeMigration: async (source) => void (sourceQmp = source.testQmpPath),
-  });
+  const { image, initial, control, scenario } = await sharedDisk(t, 21, () => ({
+    ok: false,
+    error: 'cutover: refused for the test',
+  }));
+  const r = await runScenario(t, { ...scenario, writesBefore: 20, expect: 'stays-at-source' });
   t.equal(control.observed.length, 1, 'the cutover was asked for once, at switch-over');
   t.match(
     r.migrate.stderr,

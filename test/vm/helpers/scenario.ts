@@ -43,6 +43,8 @@ export interface Scenario {
   writesAfter: number;
   /** What migrate-vm must do: migrate the VM (exit 0), or fail and leave it running at the source (exit 1). */
   expect?: 'migrated' | 'stays-at-source';
+  /** What the disk daemons logged, shown when the migration fails. */
+  daemonLogs?: () => string;
 }
 
 export interface ScenarioResult {
@@ -127,7 +129,12 @@ export async function runScenario(t: Teardownable, s: Scenario): Promise<Scenari
   t.comment(`ferry migrate-vm exited ${migrate.code}:\n${migrate.stderr}`);
   const expect = s.expect ?? 'migrated';
   if (migrate.code !== (expect === 'migrated' ? 0 : 1))
-    throw new Error(`ferry migrate-vm exited ${migrate.code}, expected the VM ${expect}:\n${migrate.stderr}`);
+    throw new Error(
+      `ferry migrate-vm exited ${migrate.code}, expected the VM ${expect}:\n${migrate.stderr}\n` +
+        `destination guest's last lines:\n${dest.lines.slice(-10).join('\n')}\n` +
+        `source guest's last lines:\n${source.lines.slice(-10).join('\n')}\n` +
+        `disk daemons' last log lines:\n${(s.daemonLogs?.() ?? '').split('\n').slice(-40).join('\n')}`,
+    );
   const afterMigrate = source.lines.length;
   let report: Record<string, unknown> | null;
   try {

@@ -9,13 +9,14 @@ import type { Test } from 'tap';
 import { QmpClient } from '../../../src/qemu/qmp';
 import { sendControl } from '../../../src/control/control-client';
 import type { MigrationStatus } from '../../../src/migrate/status';
-import { freePort, type FerryDaemon } from '../../helpers/ferry-daemon';
+import { freePort, startFerry, type FerryDaemon } from '../../helpers/ferry-daemon';
 import { runOk } from '../../helpers/run';
 import { tempDir } from '../../helpers/temp-dir';
 import { hasTool } from '../../helpers/tools';
 import { buildGuestImage, guestUnavailable, type GuestImage } from './guest-image';
 import type { ImageCheck } from './guest-records';
-import type { ScenarioResult } from './scenario';
+import type { Vm } from './qemu-vm';
+import { checkFinalImage, type ScenarioResult } from './scenario';
 
 const FERRY_BIN = path.resolve(__dirname, '..', '..', '..', '..', 'bin', 'ferry.js');
 export const MiB = 1 << 20;
@@ -157,4 +158,47 @@ export async function warmUp(t: Test, destControl: string): Promise<void> {
     const s = last as MigrationStatus | null;
     t.comment(`the warm-up held ${s?.blocksHeld ?? '?'} of ${s?.blocksTotal ?? '?'} blocks after 120 s; going on`);
   }
+}
+
+/** `ferry dest` from `sourceUrl` into `image`, its NBD on a free loopback port and its control socket at `control`. */
+export async function startDest(
+  t: Test,
+  sourceUrl: string,
+  image: string,
+  control: string,
+  extra: string[] = [],
+): Promise<FerryDaemon> {
+  return startFerry(
+    t,
+    ['dest', '--source', sourceUrl, '--image', image, '--listen', '127.0.0.1:0', '--control', control, ...extra],
+    DAEMON_START_MS,
+  );
+}
+
+/** The NBD URI of a destination's image. */
+export function destUri(dest: FerryDaemon, image: string): string {
+  return `nbd://127.0.0.1:${servingPortOf(dest, 'address')}/${path.basename(image)}`;
+}
+
+/** Lets the destination copy everything, then has the source guest overwrite 100 of its blocks. */
+export async function warmThenWrite(t: Test, destControl: string, vm: Vm): Promise<void> {
+  await warmUp(t, destControl);
+  const from = vm.lines.length;
+  vm.send('write 100');
+  await vm.waitFor(/^FERRY WROTE seq=\d+ errors=0$/, 240_000, from);
+}
+
+/** How every migration that should have moved the guest ends: figures, the final image against the guest's table. */
+export async function assertFinished(
+  t: Test,
+  name: string,
+  r: ScenarioResult,
+  image: string,
+  initial: Buffer,
+  stopDaemons?: () => Promise<void>,
+): Promise<void> {
+  reportFigures(t, name, r);
+  const check = await checkFinalImage(r, image, initial, stopDaemons);
+  assertNoLoss(t, r, check);
+  assertMigrated(t, r);
 }
