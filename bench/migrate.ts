@@ -108,6 +108,8 @@ interface ScenarioResult {
   /** The same over local disk's mean in the same time window of its run. */
   workloadDuringMigrationVsLocal: number | null;
   onDemand: { p50: number; p99: number; count: number } | null;
+  /** The same for on-demand fetches of one block (the workload's 4 KiB reads that missed). */
+  onDemandBlock: { p50: number; p99: number; count: number } | null;
   /** Image bytes fetched / wire bytes source → destination. */
   compressionFactor: number | null;
   /** Seconds from spawning ferry dest until it served NBD (and started copying). */
@@ -289,6 +291,7 @@ function emptyResult(name: string, kind: ScenarioResult['kind'], codec?: string)
     workloadDuringMigration: null,
     workloadDuringMigrationVsLocal: null,
     onDemand: null,
+    onDemandBlock: null,
     compressionFactor: null,
     goodputBytesPerSecond: null,
     destStartupSeconds: null,
@@ -420,12 +423,14 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
       );
       const status = JSON.parse(out) as Record<string, unknown> & {
         onDemandLatencyMs: { p50: number; p99: number; count: number };
+        onDemandBlockLatencyMs?: { p50: number; p99: number; count: number };
         bytesBeforeEncoding: number;
         blocksHeld: number;
         blocksTotal: number;
       };
       r.status = status;
       r.onDemand = status.onDemandLatencyMs;
+      r.onDemandBlock = status.onDemandBlockLatencyMs ?? null;
       r.complete = status.blocksHeld === status.blocksTotal;
     } catch (e) {
       r.error = (e as Error).message.slice(0, 600);
@@ -573,6 +578,24 @@ function evaluateTargets(points: PointResult[]): Target[] {
           pass: s.goodputBytesPerSecond >= limit,
         });
       }
+      if (s.onDemandBlock && s.onDemandBlock.count > 0) {
+        targets.push({
+          target: 'on-demand 4 KiB p50 ≤ RTT + 5 ms',
+          point: key,
+          scenario: s.name,
+          value: `${f1(s.onDemandBlock.p50)} ms`,
+          limit: `${f1(rtt + 5)} ms`,
+          pass: s.onDemandBlock.p50 <= rtt + 5,
+        });
+        targets.push({
+          target: 'on-demand 4 KiB p99 ≤ 2 × RTT',
+          point: key,
+          scenario: s.name,
+          value: `${f1(s.onDemandBlock.p99)} ms`,
+          limit: `${f1(2 * rtt)} ms`,
+          pass: s.onDemandBlock.p99 <= 2 * rtt,
+        });
+      }
       if (s.onDemand && s.onDemand.count > 0) {
         targets.push({
           target: 'on-demand p50 ≤ RTT + 5 ms',
@@ -644,15 +667,15 @@ function markdown(
       '',
     );
     L.push(
-      '| scenario | complete | switch-off s (of which dest start-up) | wire → dest MiB | wire → src MiB | compression × | goodput MiB/s | mean link util (until switch-off) | workload MiB/s (whole run) | vs local | workload MiB/s until switch-off | vs local, same window | on-demand p50 / p99 ms (n) | dest peak RSS MiB | final image |',
+      '| scenario | complete | switch-off s (of which dest start-up) | wire → dest MiB | wire → src MiB | compression × | goodput MiB/s | mean link util (until switch-off) | workload MiB/s (whole run) | vs local | workload MiB/s until switch-off | vs local, same window | on-demand p50 / p99 ms (n) | on-demand 4 KiB p50 / p99 ms (n) | dest peak RSS MiB | final image |',
     );
-    L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+    L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
     for (const s of p.scenarios) {
       // until switch-off where there is one (the workload goes on after it), else the whole run
       const window = s.linkUtilisation.filter(([t]) => s.switchOffSeconds === null || t <= s.switchOffSeconds);
       const util = window.length ? window.reduce((a, b) => a + b[1], 0) / window.length : null;
       L.push(
-        `| ${s.name} | ${s.complete ? 'yes' : `NO${s.error ? ` (${s.error.split('\n')[0].slice(0, 80)})` : ''}`} | ${f1(s.switchOffSeconds)}${s.destStartupSeconds !== null ? ` (${f1(s.destStartupSeconds)})` : ''} | ${mib(s.wire.bytesToDest)} | ${mib(s.wire.bytesToSource)} | ${f1(s.compressionFactor, 2)} | ${s.goodputBytesPerSecond ? f1(s.goodputBytesPerSecond / MiB) : '—'} | ${util === null ? '—' : `${(util * 100).toFixed(0)}%`} | ${s.workload ? f1(s.workload.bytesPerSecond / MiB) : '—'} | ${f1(s.workloadVsLocal, 2)} | ${s.workloadDuringMigration !== null ? f1(s.workloadDuringMigration / MiB) : '—'} | ${f1(s.workloadDuringMigrationVsLocal, 2)} | ${s.onDemand ? `${f1(s.onDemand.p50)} / ${f1(s.onDemand.p99)} (${s.onDemand.count})` : '—'} | ${mib(s.peakRssBytes)} | ${s.verified ? (s.verified.ok ? 'verified' : `WRONG: ${s.verified.detail}`) : '—'} |`,
+        `| ${s.name} | ${s.complete ? 'yes' : `NO${s.error ? ` (${s.error.split('\n')[0].slice(0, 80)})` : ''}`} | ${f1(s.switchOffSeconds)}${s.destStartupSeconds !== null ? ` (${f1(s.destStartupSeconds)})` : ''} | ${mib(s.wire.bytesToDest)} | ${mib(s.wire.bytesToSource)} | ${f1(s.compressionFactor, 2)} | ${s.goodputBytesPerSecond ? f1(s.goodputBytesPerSecond / MiB) : '—'} | ${util === null ? '—' : `${(util * 100).toFixed(0)}%`} | ${s.workload ? f1(s.workload.bytesPerSecond / MiB) : '—'} | ${f1(s.workloadVsLocal, 2)} | ${s.workloadDuringMigration !== null ? f1(s.workloadDuringMigration / MiB) : '—'} | ${f1(s.workloadDuringMigrationVsLocal, 2)} | ${s.onDemand ? `${f1(s.onDemand.p50)} / ${f1(s.onDemand.p99)} (${s.onDemand.count})` : '—'} | ${s.onDemandBlock ? `${f1(s.onDemandBlock.p50)} / ${f1(s.onDemandBlock.p99)} (${s.onDemandBlock.count})` : '—'} | ${mib(s.peakRssBytes)} | ${s.verified ? (s.verified.ok ? 'verified' : `WRONG: ${s.verified.detail}`) : '—'} |`,
       );
     }
     L.push('', 'Workload per job (MiB/s, IOPS, mean latency µs):', '');
@@ -804,7 +827,8 @@ async function main(): Promise<void> {
         log(
           `  ${r.name.padEnd(34)} ${r.complete ? 'complete' : 'INCOMPLETE'} switch-off ${f1(r.switchOffSeconds)} s, ` +
             `wire ${mib(r.wire.bytesToDest)}/${mib(r.wire.bytesToSource)} MiB, workload ${r.workload ? f1(r.workload.bytesPerSecond / MiB) : '—'} MiB/s, ` +
-            `on-demand ${r.onDemand ? `${f1(r.onDemand.p50)}/${f1(r.onDemand.p99)} ms` : '—'}, RSS ${mib(r.peakRssBytes)} MiB`,
+            `on-demand ${r.onDemand ? `${f1(r.onDemand.p50)}/${f1(r.onDemand.p99)} ms` : '—'}` +
+            ` (4 KiB ${r.onDemandBlock ? `${f1(r.onDemandBlock.p50)}/${f1(r.onDemandBlock.p99)} ms` : '—'}), RSS ${mib(r.peakRssBytes)} MiB`,
         );
       }
       const meanUntil = (w: WorkloadResult, until: number): number | null => {

@@ -47,6 +47,7 @@ function migration(): SimulatedMigration {
     backgroundWindowBytes: 3_145_728,
     backgroundInFlightBytes: 2_097_152,
     onDemandLatencyMs: { p50: 12.5, p99: 80, count: 17 },
+    onDemandBlockLatencyMs: { p50: 12.5, p99: 80, count: 17 },
     etaSeconds: 39,
     rateLimitBytesPerSecond: 2_000_000,
     reconnects: 2,

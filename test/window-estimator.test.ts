@@ -1,5 +1,5 @@
 import t from 'tap';
-import { WindowEstimator } from '../src/migrate/background-copy';
+import { WindowEstimator } from '../src/migrate/window-estimator';
 
 /** A bottleneck of `rate` bytes/ms and base RTT: latency grows with the queue above one BDP. */
 function simulate(est: WindowEstimator, clock: { t: number }, rounds: number, rate: number, rtt: number): number[] {

@@ -46,13 +46,13 @@ const STATUS_METRICS: Array<{
   },
   {
     name: 'ferry_background_window_bytes',
-    help: "The background copy's in-flight target (adaptive window), image bytes",
+    help: "The background copy's in-flight target (adaptive window), wire bytes",
     kind: 'gauge',
     value: (s) => s.backgroundWindowBytes,
   },
   {
     name: 'ferry_background_in_flight_bytes',
-    help: 'Image bytes of background fetches in flight',
+    help: 'Wire bytes of background fetches in flight',
     kind: 'gauge',
     value: (s) => s.backgroundInFlightBytes,
   },

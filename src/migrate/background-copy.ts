@@ -2,16 +2,23 @@
  * Streams every block the destination does not hold yet, in runs, keeping
  * about one bandwidth-delay product in flight: enough to fill the link, and
  * little enough that an on-demand fetch does not wait behind a deep queue of
- * background bytes at the bottleneck (see WindowEstimator).
+ * background bytes at the bottleneck (see WindowEstimator). The window counts
+ * wire bytes (WireRatio predicts a run's), and sends are spaced at the
+ * measured delivery rate (Pacer); image bytes in flight are bounded too,
+ * since each costs a buffer at the destination until it lands.
  */
 import type { Logger } from 'pino';
 import type { MigratingDevice } from './migrating-device';
 import { TokenBucket } from './token-bucket';
+import { WindowEstimator } from './window-estimator';
+import { WireRatio, type LinkCounters } from './wire-ratio';
+import { Pacer } from './pacer';
+import { Backoff } from '../util/backoff';
 
 export interface BackgroundCopyOptions {
   /** Blocks per fetch request. */
   batchBlocks: number;
-  /** Bytes of background fetches in flight at most (the adaptive window's ceiling). */
+  /** Image bytes of background fetches in flight at most, and the ceiling of the adaptive wire window. */
   windowBytes: number;
   /** Pause after the local image refused a write (full disk). */
   storeErrorBackoffMs: number;
@@ -24,6 +31,7 @@ export interface BackgroundCopyOptions {
 
 export class BackgroundCopy {
   private cursor = 0;
+  /** Image bytes of the runs in flight. */
   private inFlightBytes = 0;
   private paused = false;
   private stopped = false;
@@ -31,9 +39,11 @@ export class BackgroundCopy {
   private wakeUp: (() => void) | null = null;
   private readonly bucket: TokenBucket;
   private loop: Promise<void> | null = null;
-  private failures = 0;
+  private readonly failures = new Backoff(FAILED_FETCH_BACKOFF);
   private readonly running = new Set<Promise<void>>();
   private readonly window: WindowEstimator;
+  private readonly ratio = new WireRatio();
+  private readonly pacer = new Pacer();
   /** Runs are claimed only below this block (a zero scan raises it as it goes). */
   private limit: number;
 
@@ -42,6 +52,8 @@ export class BackgroundCopy {
     private readonly options: BackgroundCopyOptions,
     rateLimit: number | null,
     private readonly log: Logger,
+    /** The upstream's cumulative byte counters (null while none is attached). */
+    private readonly link: () => LinkCounters | null = () => null,
   ) {
     this.limit = device.map.blockCount;
     this.bucket = new TokenBucket(rateLimit);
@@ -49,8 +61,8 @@ export class BackgroundCopy {
     this.window = new WindowEstimator(
       Math.min(2 * batchBytes, options.windowBytes),
       options.windowBytes,
-      batchBytes,
-      Math.round((options.queueBatches ?? 1) * batchBytes),
+      Math.min(MIN_WINDOW, batchBytes),
+      this.headroom(),
     );
     device.on('store-error', () => {
       this.blockedUntil = Date.now() + options.storeErrorBackoffMs;
@@ -67,13 +79,34 @@ export class BackgroundCopy {
     return this.bucket.bytesPerSecond;
   }
 
+  /** Image bytes in flight. */
   get bytesInFlight(): number {
     return this.inFlightBytes;
   }
 
-  /** The current in-flight target in bytes. */
+  /** Predicted wire bytes in flight (what the window bounds). */
+  get wireBytesInFlight(): number {
+    return this.ratio.wireBytes(this.inFlightBytes);
+  }
+
+  /** The current in-flight target in wire bytes. */
   get windowBytes(): number {
     return this.window.bytes;
+  }
+
+  /** Whether there is room for another run: wire bytes under the window, image bytes under the ceiling. */
+  hasRoom(): boolean {
+    if (this.inFlightBytes >= this.options.windowBytes) return false;
+    const base = this.window.baseLatencyMs ?? 0;
+    // In the pacer's probing round the window opens by the same gain, or the probe could not find more rate.
+    const extra = (this.pacer.gain(base) - 1) * this.window.rate * base;
+    return this.wireBytesInFlight < this.window.bytes + Math.max(0, extra);
+  }
+
+  /** Headroom above the bandwidth-delay product: queueBatches batches at their predicted wire size. */
+  private headroom(): number {
+    const batchBytes = this.options.batchBlocks * this.device.map.blockSize;
+    return Math.round((this.options.queueBatches ?? 1) * this.ratio.wireBytes(batchBytes));
   }
 
   start(): void {
@@ -137,13 +170,18 @@ export class BackgroundCopy {
         await this.sleep(null); // warm: wait for a source write to make a block missing again
         continue;
       }
-      if (this.paused || this.inFlightBytes >= this.window.bytes) {
-        await this.sleep(this.paused ? null : 1000);
+      if (this.paused || !this.hasRoom()) {
+        await this.sleep(this.paused ? null : 1000); // a completion wakes it
         continue;
       }
       const blockedFor = this.blockedUntil - Date.now();
       if (blockedFor > 0) {
         await this.sleep(blockedFor);
+        continue;
+      }
+      const paced = this.pacer.delay();
+      if (paced >= 1) {
+        await this.sleep(paced);
         continue;
       }
       const wait = this.bucket.take(batchBytes);
@@ -166,21 +204,23 @@ export class BackgroundCopy {
       const bytes = run.length * bs;
       this.inFlightBytes += bytes;
       const sentAt = performance.now();
-      const inFlightAtSend = this.inFlightBytes;
+      const wireInFlightAtSend = this.wireBytesInFlight;
+      const base = this.window.baseLatencyMs ?? 0;
+      this.pacer.sent(this.ratio.wireBytes(bytes), this.window.rate, base);
       const fetch = this.device
         .fetchBackgroundRun(run)
         .then(
           () => {
-            this.failures = 0;
-            this.window.sample(inFlightAtSend, performance.now() - sentAt, bytes);
+            this.failures.reset();
+            const counters = this.link();
+            if (counters) this.ratio.observe(counters);
+            this.window.setHeadroom(this.headroom());
+            this.window.sample(wireInFlightAtSend, performance.now() - sentAt, this.ratio.wireBytes(bytes));
+            this.pacer.observe(this.window.rate, this.window.baseLatencyMs ?? 0);
           },
           (e: Error) => {
             // Wait on a real timer before the next run, so a source that fails at once cannot spin the loop.
-            this.failures++;
-            this.blockedUntil = Math.max(
-              this.blockedUntil,
-              Date.now() + Math.min(20 * 2 ** Math.min(this.failures, 6), 1000),
-            );
+            this.blockedUntil = Math.max(this.blockedUntil, Date.now() + this.failures.next());
             this.log.debug({ err: e.message }, 'background fetch failed; will retry');
           },
         )
@@ -194,80 +234,7 @@ export class BackgroundCopy {
   }
 }
 
-/**
- * In-flight target from delivery samples, as BBR estimates a path: each
- * completed batch gives the latency it saw and a delivery rate: the larger
- * of its bytes in flight over its latency and the bytes completed over the
- * last base latency (the second sees the bottleneck's rate as soon as a burst
- * keeps it busy, where the first needs a deep queue to). The largest recent
- * rate times the smallest recent latency is the bandwidth-delay product; the
- * window is that plus a headroom (a batch by default), and the copy may send
- * while it has less than the window in flight, so the window can grow. A
- * window above the product only builds a queue, and a standing queue hides
- * the true latency, so every few seconds the window drops to its floor for a
- * moment (a latency probe) to let the queue drain and measure the path again.
- */
-export class WindowEstimator {
-  private readonly rates: Array<[number, number]> = []; // [time, bytes/ms]
-  private readonly latencies: Array<[number, number]> = []; // [time, ms]
-  private readonly completions: Array<[number, number]> = []; // [time, bytes]
-  private probeUntil = 0;
-  private nextProbe: number;
-  private estimate: number;
-
-  constructor(
-    initial: number,
-    private readonly ceiling: number,
-    private readonly floor: number,
-    /** Bytes kept in flight above the bandwidth-delay product. */
-    private readonly headroom: number = floor,
-    private readonly now: () => number = () => performance.now(),
-    private readonly filterMs = 10_000,
-    private readonly probeEveryMs = 8_000,
-  ) {
-    this.estimate = initial;
-    this.nextProbe = now() + 1000; // early: the start-up ramp overshoots
-  }
-
-  /** The in-flight target now. */
-  get bytes(): number {
-    const t = this.now();
-    if (t >= this.nextProbe) {
-      const base = this.minLatency() ?? 100;
-      this.probeUntil = t + Math.max(2 * base, 50);
-      this.nextProbe = t + this.probeEveryMs;
-    }
-    return t < this.probeUntil ? this.floor : this.estimate;
-  }
-
-  /** A batch of `bytes` completed `latencyMs` after it was sent with `inFlightBytes` in flight (itself included). */
-  sample(inFlightBytes: number, latencyMs: number, bytes = 0): void {
-    if (latencyMs <= 0) return;
-    const t = this.now();
-    keepRecent(this.latencies, t, this.filterMs).push([t, latencyMs]);
-    const base = this.minLatency() ?? latencyMs;
-    let rate = inFlightBytes / latencyMs;
-    if (bytes > 0) {
-      keepRecent(this.completions, t, base).push([t, bytes]);
-      let completed = 0;
-      for (const [, b] of this.completions) completed += b;
-      // Only once the span holds more than this batch: one completion alone says nothing of the rate.
-      if (this.completions.length > 1 && t - this.completions[0][0] > 0) rate = Math.max(rate, completed / base);
-    }
-    keepRecent(this.rates, t, this.filterMs / 4).push([t, rate]);
-    let best = 0;
-    for (const [, r] of this.rates) best = Math.max(best, r);
-    this.estimate = Math.max(this.floor, Math.min(this.ceiling, Math.round(best * base + this.headroom)));
-  }
-
-  private minLatency(): number | null {
-    let min: number | null = null;
-    for (const [, l] of this.latencies) min = min === null ? l : Math.min(min, l);
-    return min;
-  }
-}
-
-function keepRecent<T>(list: Array<[number, T]>, now: number, ms: number): Array<[number, T]> {
-  while (list.length && list[0][0] < now - ms) list.shift();
-  return list;
-}
+/** Waits after a failed background fetch: 40 ms, doubling to 1 s, reset by a success. */
+const FAILED_FETCH_BACKOFF = { minMs: 40, maxMs: 1000 };
+/** The window's floor in wire bytes (a latency probe drops to it; one run is always allowed in flight). */
+const MIN_WINDOW = 64 * 1024;

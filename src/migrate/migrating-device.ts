@@ -75,6 +75,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     dirtyReports: 0,
   };
   readonly onDemandLatency = new LatencyWindow();
+  /** On-demand fetches of one block: the small reads a VM waits on most. */
+  readonly onDemandBlockLatency = new LatencyWindow();
   readonly backgroundRate = new RateMeter();
   readonly states: BlockStates;
   private readonly bs: number;
@@ -470,7 +472,9 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         if (data === null) continue;
         if (data.length !== to - from) throw new Error(`source returned ${data.length} bytes for ${to - from}`);
         data.copy(into, 0, offset - from, offset - from + into.length);
-        this.onDemandLatency.add(performance.now() - started);
+        const ms = performance.now() - started;
+        this.onDemandLatency.add(ms);
+        if (to - from <= this.bs) this.onDemandBlockLatency.add(ms);
         return;
       } catch (e) {
         this.counters.fetchErrors++;
@@ -570,7 +574,11 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         throw new BlockDeviceError('EIO', `source did not deliver within ${this.options.fetchTimeoutMs} ms`);
       }
     }
-    if (fetched) this.onDemandLatency.add(performance.now() - started);
+    if (fetched) {
+      const ms = performance.now() - started;
+      this.onDemandLatency.add(ms);
+      if (fetched === 1) this.onDemandBlockLatency.add(ms);
+    }
   }
 
   /**

@@ -81,7 +81,9 @@ export class Migration extends EventEmitter implements MigrationControl {
       this.copy = null;
       return;
     }
-    const copy = new BackgroundCopy(device, options.copy, options.rateLimit, log);
+    const copy = new BackgroundCopy(device, options.copy, options.rateLimit, log, () =>
+      this.upstream ? this.upstream.linkStats() : null,
+    );
     this.copy = copy;
     if ((options.skipZeroRanges ?? true) && upstream.zeroRanges && device.canFastZero) {
       const scan = new ZeroScan(device, upstream, log);
@@ -360,11 +362,16 @@ export class Migration extends EventEmitter implements MigrationControl {
       onDemandFetches: d.counters.onDemandFetches,
       backgroundBytesPerSecond: Math.round(rate),
       backgroundWindowBytes: this.copy?.windowBytes ?? 0,
-      backgroundInFlightBytes: this.copy?.bytesInFlight ?? 0,
+      backgroundInFlightBytes: this.copy?.wireBytesInFlight ?? 0,
       onDemandLatencyMs: {
         p50: round2(d.onDemandLatency.percentile(50)),
         p99: round2(d.onDemandLatency.percentile(99)),
         count: d.onDemandLatency.count,
+      },
+      onDemandBlockLatencyMs: {
+        p50: round2(d.onDemandBlockLatency.percentile(50)),
+        p99: round2(d.onDemandBlockLatency.percentile(99)),
+        count: d.onDemandBlockLatency.count,
       },
       etaSeconds: remaining === 0 ? 0 : rate > 0 ? Math.round(remaining / rate) : null,
       rateLimitBytesPerSecond: this.copy?.rateLimit ?? null,

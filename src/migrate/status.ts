@@ -42,12 +42,14 @@ export interface MigrationStatus extends LinkStats {
   onDemandFetches: number;
   /** Background copy rate over the last few seconds. */
   backgroundBytesPerSecond: number;
-  /** The background copy's current in-flight target (its adaptive window), in image bytes. */
+  /** The background copy's current in-flight target (its adaptive window), in wire bytes. */
   backgroundWindowBytes: number;
-  /** Image bytes of background fetches in flight now. */
+  /** Wire bytes of background fetches in flight now (image bytes times the recent wire ratio). */
   backgroundInFlightBytes: number;
   /** Latency of on-demand fetches (request to data held), over the most recent ones. */
   onDemandLatencyMs: { p50: number; p99: number; count: number };
+  /** The same for on-demand fetches of a single block (a small read that missed). */
+  onDemandBlockLatencyMs: { p50: number; p99: number; count: number };
   /** Seconds until every block is held at the current rate; null when unknown. */
   etaSeconds: number | null;
   /** The background copy's rate limit, or null for none. */

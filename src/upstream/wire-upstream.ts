@@ -219,7 +219,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
     const firstBlock = offset / bs;
     const count = Math.ceil(length / bs);
     let todo: number[] = [...Array(count).keys()]; // block indexes relative to firstBlock still wanted
-    let flags = 0;
+    let flags = fetchFlags(priority);
     for (let attempt = 0; todo.length; attempt++) {
       if (attempt >= this.options.maxAttempts) {
         throw new Error(
@@ -695,4 +695,14 @@ export class TrackingLostError extends Error {
 /** Errors reconnecting cannot cure: the source serves another image, or no longer tracks its writes. */
 function isFatal(e: unknown): boolean {
   return (e instanceof WireRefusedError && e.code === RefuseCode.IdentityMismatch) || e instanceof TrackingLostError;
+}
+
+/**
+ * Flags of a first FETCH. An urgent one asks for bytes: a reference may
+ * point to a block the destination does not hold yet (still on its way in a
+ * background batch), and refusing it costs a second round trip while a VM
+ * waits; the few bytes a reference saves are nothing next to that.
+ */
+export function fetchFlags(priority: FetchPriority): number {
+  return priority === 'urgent' ? FetchFlag.NoReferences : 0;
 }

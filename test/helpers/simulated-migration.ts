@@ -25,6 +25,7 @@ export function initialStatus(overrides: Partial<MigrationStatus> = {}): Migrati
     backgroundWindowBytes: 0,
     backgroundInFlightBytes: 0,
     onDemandLatencyMs: { p50: 0, p99: 0, count: 0 },
+    onDemandBlockLatencyMs: { p50: 0, p99: 0, count: 0 },
     etaSeconds: null,
     rateLimitBytesPerSecond: null,
     reconnects: 0,

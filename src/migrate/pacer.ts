@@ -1,0 +1,67 @@
+/**
+ * Spaces the background copy's sends at the link's measured delivery rate,
+ * as BBR paces a flow: a window alone lets a whole window leave at once and
+ * wait in the bottleneck's queue, where an on-demand fetch then waits behind
+ * it; sends spread at the delivery rate arrive as the bottleneck drains them.
+ * Until the rate stops growing (three rounds without +25%) the gain is 2, so
+ * the rate found doubles each round (the copy opens its window by the same
+ * gain). Then the gain cycles per round trip, starting with a drain of what
+ * start-up queued: one round at 0.75, six at 1, one at 1.25 (finds a link
+ * that got faster), and so on.
+ */
+export const PACING_GAINS = [1.25, 0.75, 1, 1, 1, 1, 1, 1];
+export const STARTUP_GAIN = 2;
+
+export class Pacer {
+  private nextAt = 0;
+  private fullRate = 0;
+  private flatRounds = 0;
+  private roundStart: number;
+  private cycleStart = 0;
+  private full = false;
+
+  constructor(private readonly now: () => number = () => performance.now()) {
+    this.roundStart = now();
+  }
+
+  /** Whether start-up is over (the rate stopped growing). */
+  get filled(): boolean {
+    return this.full;
+  }
+
+  /** The gain of the round trip now. */
+  gain(roundMs: number): number {
+    if (!this.full) return STARTUP_GAIN;
+    const phase = Math.floor((this.now() - this.cycleStart) / Math.max(roundMs, 1)) % PACING_GAINS.length;
+    return PACING_GAINS[phase];
+  }
+
+  /** Feeds the delivery-rate estimate; once per round it decides whether start-up is over. */
+  observe(rate: number, roundMs: number): void {
+    if (this.full || rate <= 0) return;
+    const t = this.now();
+    if (t - this.roundStart < roundMs) return;
+    this.roundStart = t;
+    if (rate >= 1.25 * this.fullRate) {
+      this.fullRate = rate;
+      this.flatRounds = 0;
+      return;
+    }
+    if (++this.flatRounds >= 3) {
+      this.full = true;
+      this.cycleStart = t - Math.max(roundMs, 1); // the cycle's drain round first
+    }
+  }
+
+  /** Milliseconds until the next send may go (0: now). */
+  delay(): number {
+    return Math.max(0, this.nextAt - this.now());
+  }
+
+  /** Records a send of `bytes` at `rate` bytes/ms (times the round's gain): the next waits its time. */
+  sent(bytes: number, rate: number, roundMs: number): void {
+    if (rate <= 0) return; // no rate measured yet: the window alone paces
+    const t = this.now();
+    this.nextAt = Math.max(this.nextAt, t) + bytes / (rate * this.gain(roundMs));
+  }
+}

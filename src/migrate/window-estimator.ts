@@ -1,0 +1,102 @@
+/**
+ * In-flight target from delivery samples, as BBR estimates a path: each
+ * completed batch gives the latency it saw and a delivery rate: the larger
+ * of its bytes in flight over its latency and the bytes completed over the
+ * last base latency (the second sees the bottleneck's rate as soon as a burst
+ * keeps it busy, where the first needs a deep queue to). The largest recent
+ * rate times the smallest recent latency is the bandwidth-delay product; the
+ * window is that plus a headroom (a batch by default), and the copy may send
+ * while it has less than the window in flight, so the window can grow. A
+ * window above the product only builds a queue, and a standing queue hides
+ * the true latency, so every few seconds the window drops to its floor for a
+ * moment (a latency probe) to let the queue drain and measure the path again.
+ * The copy feeds it wire bytes (what crosses the bottleneck), not image bytes:
+ * a run sent as references or zero blocks costs almost nothing on the link.
+ */
+export class WindowEstimator {
+  private readonly rates: Array<[number, number]> = []; // [time, bytes/ms]
+  private readonly latencies: Array<[number, number]> = []; // [time, ms]
+  private readonly completions: Array<[number, number]> = []; // [time, bytes]
+  private probeUntil = 0;
+  private nextProbe: number;
+  private estimate: number;
+  private bestRate = 0;
+
+  constructor(
+    initial: number,
+    private readonly ceiling: number,
+    private readonly floor: number,
+    /** Bytes kept in flight above the bandwidth-delay product (see setHeadroom). */
+    private headroom: number = floor,
+    private readonly now: () => number = () => performance.now(),
+    private readonly filterMs = 10_000,
+    private readonly probeEveryMs = 8_000,
+  ) {
+    this.estimate = initial;
+    this.nextProbe = now() + 1000; // early: the start-up ramp overshoots
+  }
+
+  /** The in-flight target now. */
+  get bytes(): number {
+    const t = this.now();
+    if (t >= this.nextProbe) {
+      const base = this.minLatency() ?? 100;
+      this.probeUntil = t + Math.max(2 * base, 50);
+      this.nextProbe = t + this.probeEveryMs;
+    }
+    return t < this.probeUntil ? this.floor : this.estimate;
+  }
+
+  /** The largest recent delivery rate, bytes per ms (0 before the first sample). */
+  get rate(): number {
+    return this.bestRate;
+  }
+
+  /** The smallest recent latency, ms (null before the first sample). */
+  get baseLatencyMs(): number | null {
+    return this.minLatency();
+  }
+
+  /** Changes the headroom (the copy sizes it to one batch as the batch's wire size changes). */
+  setHeadroom(bytes: number): void {
+    this.headroom = bytes;
+    const base = this.minLatency();
+    if (base !== null) this.update(base);
+  }
+
+  /** A batch of `bytes` completed `latencyMs` after it was sent with `inFlightBytes` in flight (itself included). */
+  sample(inFlightBytes: number, latencyMs: number, bytes = 0): void {
+    if (latencyMs <= 0) return;
+    const t = this.now();
+    keepRecent(this.latencies, t, this.filterMs).push([t, latencyMs]);
+    const base = this.minLatency() ?? latencyMs;
+    let rate = inFlightBytes / latencyMs;
+    if (bytes > 0) {
+      keepRecent(this.completions, t, base).push([t, bytes]);
+      let completed = 0;
+      for (const [, b] of this.completions) completed += b;
+      // Only once the span holds more than this batch: one completion alone says nothing of the rate.
+      if (this.completions.length > 1 && t - this.completions[0][0] > 0) rate = Math.max(rate, completed / base);
+    }
+    keepRecent(this.rates, t, this.filterMs / 4).push([t, rate]);
+    let best = 0;
+    for (const [, r] of this.rates) best = Math.max(best, r);
+    this.bestRate = best;
+    this.update(base);
+  }
+
+  private update(base: number): void {
+    this.estimate = Math.max(this.floor, Math.min(this.ceiling, Math.round(this.bestRate * base + this.headroom)));
+  }
+
+  private minLatency(): number | null {
+    let min: number | null = null;
+    for (const [, l] of this.latencies) min = min === null ? l : Math.min(min, l);
+    return min;
+  }
+}
+
+function keepRecent<T>(list: Array<[number, T]>, now: number, ms: number): Array<[number, T]> {
+  while (list.length && list[0][0] < now - ms) list.shift();
+  return list;
+}

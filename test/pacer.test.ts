@@ -1,0 +1,42 @@
+import t from 'tap';
+import { Pacer, PACING_GAINS, STARTUP_GAIN } from '../src/migrate/pacer';
+
+t.test('start-up paces at twice the rate until the rate stops growing', async (t) => {
+  const clock = { t: 0 };
+  const p = new Pacer(() => clock.t);
+  const round = 50;
+  t.equal(p.gain(round), STARTUP_GAIN);
+  let rate = 100;
+  for (let i = 0; i < 5; i++) {
+    clock.t += round;
+    p.observe((rate *= 2), round);
+  }
+  t.notOk(p.filled, 'still growing');
+  for (let i = 0; i < 3; i++) {
+    clock.t += round;
+    p.observe(rate, round);
+  }
+  t.ok(p.filled, 'three flat rounds end start-up');
+  t.equal(p.gain(round), 0.75, 'the cycle starts by draining what start-up queued');
+  clock.t += round;
+  t.equal(p.gain(round), 1);
+  clock.t += 6 * round;
+  t.equal(p.gain(round), PACING_GAINS[0], 'then probes for more');
+});
+
+t.test('sends are spaced by their bytes over rate times gain', async (t) => {
+  const clock = { t: 0 };
+  const p = new Pacer(() => clock.t);
+  t.equal(p.delay(), 0, 'nothing sent: no wait');
+  p.sent(1000, 0, 50);
+  t.equal(p.delay(), 0, 'no rate known: not paced');
+  p.sent(1000, 10, 50); // start-up: 1000 / (10 × 2) = 50 ms
+  t.equal(p.delay(), 50);
+  p.sent(1000, 10, 50);
+  t.equal(p.delay(), 100, 'a second send waits behind the first');
+  clock.t += 100;
+  t.equal(p.delay(), 0);
+  clock.t += 1000;
+  p.sent(1000, 10, 50);
+  t.equal(p.delay(), 50, 'idle time is not saved up as a burst');
+});

@@ -1,0 +1,99 @@
+/**
+ * An urgent fetch is answered with the block's bytes, never with a reference:
+ * the block a reference names may still be on its way to the destination,
+ * and refusing it costs a second round trip while the VM waits. Background
+ * fetches keep references (the same blocks, asked in the background, come as
+ * one, which shows the source would have sent it).
+ */
+import t, { Test } from 'tap';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import pino from 'pino';
+import { CodecPool } from '../src/pool';
+import { FileDevice } from '../src/store/file-device';
+import { CodecChooser } from '../src/wire/codec-chooser';
+import { FetchFlag } from '../src/wire/protocol';
+import { WireSourceServer } from '../src/wire/source-server';
+import { SourceSessions } from '../src/wire/source-sessions';
+import { WireUpstream, fetchFlags } from '../src/upstream/wire-upstream';
+import { tempDir } from './helpers/temp-dir';
+
+const BS = 4096;
+
+async function setUp(t: Test, image: Buffer): Promise<WireUpstream> {
+  const dir = tempDir(t, 'ferry-urgent-ref-');
+  const file = path.join(dir, 'disk.img');
+  fs.writeFileSync(file, image);
+  const device = FileDevice.open(file, { readOnly: true });
+  const pool = new CodecPool({ workers: 1, codec: 'none' });
+  const auth = { kind: 'insecure' } as const;
+  const log = pino({ level: 'silent' });
+  const sessions = new SourceSessions({
+    imageSize: image.length,
+    image: file,
+    identity: 'test',
+    device: null,
+    recordPath: null,
+    log,
+  });
+  const server = new WireSourceServer({
+    device,
+    sessions,
+    exportName: 'disk.img',
+    identity: 'test',
+    auth,
+    pool,
+    chooser: new CodecChooser('none', ['none'], 1),
+    log,
+  });
+  const address = await server.listen('127.0.0.1', 0);
+  const port = Number(address.slice(address.lastIndexOf(':') + 1));
+  const upstream = await WireUpstream.open(
+    `ferry://127.0.0.1:${port}/disk.img`,
+    auth,
+    pool,
+    {
+      blockSize: BS,
+      backgroundStreams: 1,
+      maxBatchBlocks: 64,
+      connectTimeoutMs: 5000,
+      minBackoffMs: 10,
+      maxBackoffMs: 100,
+      maxAttempts: 3,
+    },
+    log,
+  );
+  t.teardown(async () => {
+    await upstream.close();
+    await server.close();
+    sessions.close();
+    await pool.close();
+    await device.close();
+  });
+  return upstream;
+}
+
+t.test('only background fetches may be answered with references', async (t) => {
+  t.equal(fetchFlags('urgent') & FetchFlag.NoReferences, FetchFlag.NoReferences);
+  t.equal(fetchFlags('background') & FetchFlag.NoReferences, 0);
+});
+
+t.test('an urgent fetch of a repeated block gets bytes, not a reference', async (t) => {
+  // Blocks 0 and 5 hold the same random content; the rest differ.
+  const image = crypto.randomBytes(16 * BS);
+  image.copy(image, 5 * BS, 0, BS);
+  const upstream = await setUp(t, image);
+
+  // The source has now sent block 0's content on this session: a repeat of it may become a reference.
+  t.same(await upstream.fetch(0, BS, 'background'), image.subarray(0, BS));
+  t.same(await upstream.fetch(5 * BS, BS, 'urgent'), image.subarray(5 * BS, 6 * BS), 'the urgent block is right');
+  t.equal(upstream.stats.blocksByEncoding.reference ?? 0, 0, 'no reference in the urgent reply');
+  t.equal(upstream.stats.referencesRefused, 0, 'nothing refused, so no second round trip');
+
+  // The same block asked in the background comes as a reference to block 0, which this
+  // destination (no local blocks attached) cannot use: refused, then fetched as bytes.
+  t.same(await upstream.fetch(5 * BS, BS, 'background'), image.subarray(5 * BS, 6 * BS));
+  t.equal(upstream.stats.blocksByEncoding.reference, 1, 'the background reply was a reference');
+  t.equal(upstream.stats.referencesRefused, 1);
+});
