@@ -1,17 +1,18 @@
 /**
- * A ferry source as the upstream of a migrating destination. One urgent
- * stream and several background streams; every batch is decoded and
- * verified on the worker pool; a block that fails its checksum is fetched
- * again (and counted), never returned; a reference is honoured only when the
- * destination still holds that content, else the block is fetched as bytes.
- * A source that tracks its VM's writes sends them as DIRTY reports and, at
- * cutover, its final write set (docs/wire-protocol.md).
+ * A ferry source as the upstream of a migrating destination: its streams
+ * (one urgent, several background), replaced with backoff when they drop,
+ * and the fetches that run on them. A fetch is cut into FETCH requests
+ * (wire-fetch-plan), every batch is decoded and verified on the worker pool
+ * (wire-batch-decoder); a block that fails its checksum is fetched again
+ * (and counted), never returned; a reference is honoured only when the
+ * destination still holds that content (wire-references), else the block is
+ * fetched as bytes. A source that tracks its VM's writes sends them as DIRTY
+ * reports and, at cutover, its final write set (wire-reports).
  */
 import { EventEmitter } from 'node:events';
 import crypto from 'node:crypto';
 import type { Logger } from 'pino';
-import { QueueFullError, type CodecPool } from '../pool';
-import { BlockEncoding, type BlockEntry } from '../codec/batch';
+import type { CodecPool } from '../pool';
 import type {
   FetchPriority,
   LinkStats,
@@ -22,12 +23,19 @@ import type {
   ZeroRangeAnswer,
 } from './upstream';
 import type { WireAuth } from '../wire/auth';
-import type { Dirty } from '../wire/messages';
-import { blockRuns } from '../util/block-runs';
 import { Gate, retry } from '../util/backoff';
-import { BatchFrame, CorruptFrameError, CutoverSet, WireRefusedError, WireStream } from '../wire/wire-stream';
-import { FetchFlag, RefuseCode, Role, Tracking, WIRE_VERSION, WireEncoding } from '../wire/protocol';
-import { toBlockEncoding, wireEncodingName } from '../wire/encoding-map';
+import { WireRefusedError, WireStream } from '../wire/wire-stream';
+import { RefuseCode, Role, Tracking, WIRE_VERSION, WireEncoding } from '../wire/protocol';
+import { parseFerryUrl, type FerryTarget } from './ferry-url';
+import { emptyWireStats, wireLinkStats, type WireStats } from './wire-stats';
+import { fetchFlags, fetchPieces } from './wire-fetch-plan';
+import { WireBatchDecoder, type FetchOutput } from './wire-batch-decoder';
+import { ReferenceResolver } from './wire-references';
+import { WireReports } from './wire-reports';
+
+export { parseFerryUrl, type FerryTarget } from './ferry-url';
+export type { WireStats } from './wire-stats';
+export { fetchFlags } from './wire-fetch-plan';
 
 export interface WireUpstreamOptions {
   blockSize: number;
@@ -46,59 +54,13 @@ export interface WireUpstreamOptions {
   session?: string;
 }
 
-export interface WireStats {
-  bytesOnWire: number;
-  bytesBeforeEncoding: number;
-  checksumFailures: number;
-  corruptFrames: number;
-  referencesUsed: number;
-  referencesRefused: number;
-  blocksByEncoding: Record<string, number>;
-  codec: string;
-}
-
-export interface FerryTarget {
-  host: string;
-  port: number;
-  exportName: string;
-}
-
-export function parseFerryUrl(text: string): FerryTarget {
-  let url: URL;
-  try {
-    url = new URL(text);
-  } catch {
-    throw new Error(`not a ferry URL: "${text}" (expected ferry://HOST:PORT/EXPORT)`);
-  }
-  if (url.protocol !== 'ferry:') throw new Error(`not a ferry URL: "${text}" (expected ferry://HOST:PORT/EXPORT)`);
-  if (!url.hostname) throw new Error(`ferry URL "${text}" has no host`);
-  return {
-    host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
-    port: url.port ? Number(url.port) : 10810,
-    exportName: decodeURIComponent(url.pathname.replace(/^\//, '')),
-  };
-}
-
-/** Largest FETCH sent (the source accepts up to 16 MiB). */
-const MAX_FETCH = 8 << 20;
-
 export class WireUpstream extends EventEmitter implements Upstream {
   size = 0;
   identity = '';
   reconnects = 0;
-  readonly stats: WireStats = {
-    bytesOnWire: 0,
-    bytesBeforeEncoding: 0,
-    checksumFailures: 0,
-    corruptFrames: 0,
-    referencesUsed: 0,
-    referencesRefused: 0,
-    blocksByEncoding: {},
-    codec: '',
-  };
+  readonly stats: WireStats = emptyWireStats();
   private urgent: WireStream | null = null;
   private readonly background: Array<WireStream | null>;
-  private local: LocalBlocks | null = null;
   private target: FerryTarget;
   private closing = false;
   private readonly abort = new AbortController();
@@ -110,20 +72,14 @@ export class WireUpstream extends EventEmitter implements Upstream {
   private fatal: Error | null = null;
   private trackingMode: WriteTracking = 'none';
   private epoch = '';
-  /** cutover() calls waiting for the final set, and the urgent stream the request went out on. */
-  private cutoverWaiters: Array<{ resolve: (r: DirtyReport) => void; reject: (e: Error) => void }> = [];
-  private cutoverAskedOn: WireStream | null = null;
-  /** The final set received and not yet acknowledged: asking again gives it. */
-  private cutoverReport: { seq: number; report: DirtyReport } | null = null;
-  /** The final set acknowledged, sent again on every new urgent stream (the source ignores a repeat). */
-  private cutoverAcked: number | null = null;
-  /** Reports that came before anyone listened (during open()): handed over to the first listener. */
-  private undelivered: { dirty: DirtyReport[]; cutover: DirtyReport | null } = { dirty: [], cutover: null };
+  private readonly reports: WireReports;
+  private readonly references: ReferenceResolver;
+  private readonly decoder: WireBatchDecoder;
 
   private constructor(
     private url: string,
     private readonly auth: WireAuth,
-    private readonly pool: CodecPool,
+    pool: CodecPool,
     private readonly options: WireUpstreamOptions,
     private readonly log: Logger,
   ) {
@@ -131,10 +87,9 @@ export class WireUpstream extends EventEmitter implements Upstream {
     this.target = parseFerryUrl(url);
     this.background = new Array(options.backgroundStreams).fill(null);
     this.session = options.session ?? crypto.randomUUID();
-    this.on('newListener', (event: string) => {
-      if (event !== 'dirty' && event !== 'cutover') return;
-      setImmediate(() => this.deliver()); // the listener is added after this event
-    });
+    this.reports = new WireReports(this, options.blockSize, this.stats, () => this.urgent, log);
+    this.references = new ReferenceResolver(pool, options.blockSize, () => this.size);
+    this.decoder = new WireBatchDecoder(pool, options.blockSize, this.stats, this.references);
   }
 
   static async open(
@@ -178,12 +133,11 @@ export class WireUpstream extends EventEmitter implements Upstream {
    */
   cutover(): Promise<DirtyReport> {
     if (this.trackingMode === 'none') return Promise.resolve({ ranges: [], ack: () => undefined });
-    if (this.cutoverReport) return Promise.resolve(this.cutoverReport.report);
+    const pending = this.reports.pendingCutover;
+    if (pending) return Promise.resolve(pending);
     if (this.closing) return Promise.reject(new Error('upstream closed'));
     if (this.fatal) return Promise.reject(this.fatal);
-    const answer = new Promise<DirtyReport>((resolve, reject) => this.cutoverWaiters.push({ resolve, reject }));
-    this.askCutover();
-    return answer;
+    return this.reports.requestCutover();
   }
 
   get description(): string {
@@ -195,22 +149,11 @@ export class WireUpstream extends EventEmitter implements Upstream {
   }
 
   attachLocal(local: LocalBlocks): void {
-    this.local = local;
+    this.references.attachLocal(local);
   }
 
   linkStats(): LinkStats {
-    // The codec is the compressing encoding most blocks arrived in; raw alone means none.
-    const counts = Object.entries(this.stats.blocksByEncoding).filter(([name]) => name === 'lz4' || name === 'deflate');
-    counts.sort((a, b) => b[1] - a[1]);
-    return {
-      bytesOnWire: this.stats.bytesOnWire,
-      bytesBeforeEncoding: this.stats.bytesBeforeEncoding,
-      checksumFailures: this.stats.checksumFailures,
-      corruptFrames: this.stats.corruptFrames,
-      referencesUsed: this.stats.referencesUsed,
-      referencesRefused: this.stats.referencesRefused,
-      codec: counts[0]?.[0] ?? (this.stats.blocksByEncoding.raw ? 'none' : this.stats.codec),
-    };
+    return wireLinkStats(this.stats);
   }
 
   async fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer> {
@@ -219,7 +162,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
     const firstBlock = offset / bs;
     const count = Math.ceil(length / bs);
     let todo: number[] = [...Array(count).keys()]; // block indexes relative to firstBlock still wanted
-    let flags = fetchFlags(priority);
+    const output: FetchOutput = { out, outOffset: offset };
     for (let attempt = 0; todo.length; attempt++) {
       if (attempt >= this.options.maxAttempts) {
         throw new Error(
@@ -227,17 +170,11 @@ export class WireUpstream extends EventEmitter implements Upstream {
         );
       }
       const failed: number[] = [];
-      const perFetch = Math.max(1, Math.floor(MAX_FETCH / bs));
-      for (const [start, n] of blockRuns(todo)) {
-        for (let piece = 0; piece < n; piece += perFetch) {
-          const runOffset = (firstBlock + start + piece) * bs;
-          const runLength = Math.min(Math.min(perFetch, n - piece) * bs, offset + length - runOffset);
-          const bad = await this.fetchRun(runOffset, runLength, priority, flags, out, offset);
-          failed.push(...bad.map((b) => b - firstBlock));
-        }
+      for (const piece of fetchPieces(offset, length, todo, bs)) {
+        const bad = await this.fetchRun(piece.offset, piece.length, priority, fetchFlags(priority, attempt), output);
+        failed.push(...bad.map((b) => b - firstBlock));
       }
       todo = failed;
-      flags = FetchFlag.NoReferences; // a retry asks for bytes
     }
     return out;
   }
@@ -299,7 +236,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
     const closed = new Error('upstream closed');
     this.urgentGate.close(closed);
     this.backgroundGate.close(closed);
-    for (const w of this.cutoverWaiters.splice(0)) w.reject(closed);
+    this.reports.failWaiters(closed);
     this.urgent?.destroy();
     for (const s of this.background) s?.destroy();
   }
@@ -310,8 +247,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
     runLength: number,
     priority: FetchPriority,
     flags: number,
-    out: Buffer,
-    outOffset: number,
+    output: FetchOutput,
   ): Promise<number[]> {
     const stream = await this.streamFor(priority);
     const bs = this.options.blockSize;
@@ -333,7 +269,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
       covered.fill(1, at, at + n);
       // Handled here: a decode that fails before the last batch arrives must not go unobserved.
       decodes.push(
-        this.decodeBatch(batch, priority, out, outOffset).catch((e: Error) => {
+        this.decoder.decode(batch, priority === 'urgent', output).catch((e: Error) => {
           decodeError ??= e;
           return [];
         }),
@@ -343,127 +279,6 @@ export class WireUpstream extends EventEmitter implements Upstream {
     if (decodeError) throw decodeError;
     for (let i = 0; i < count; i++) if (!covered[i]) failed.push(first + i); // never sent: never returned as data
     return failed;
-  }
-
-  /** Decodes and verifies one batch into `out`; returns the absolute blocks that failed. */
-  private async decodeBatch(
-    batch: BatchFrame,
-    priority: FetchPriority,
-    out: Buffer,
-    outOffset: number,
-  ): Promise<number[]> {
-    const bs = this.options.blockSize;
-    const { meta } = batch;
-    const first = meta.offset / bs;
-    const failed: number[] = [];
-    // References are resolved here, not by the kernels: hand them over as empty zero blocks and ignore their status.
-    const entries: BlockEntry[] = meta.entries.map((e) =>
-      e.encoding === WireEncoding.Reference
-        ? { encoding: BlockEncoding.Zero, length: 0, checksum: 0n }
-        : { encoding: toBlockEncoding(e.encoding), length: e.length, checksum: e.checksum },
-    );
-    for (const e of meta.entries) {
-      const name = wireEncodingName(e.encoding);
-      this.stats.blocksByEncoding[name] = (this.stats.blocksByEncoding[name] ?? 0) + 1;
-    }
-    const urgent = priority === 'urgent';
-    const payload = new Uint8Array(batch.payload.buffer, batch.payload.byteOffset, batch.payload.byteLength);
-    const decoded = await this.whenQueued(
-      () => this.pool.decode({ blockSize: bs, entries, payload }, { urgent }),
-      urgent,
-    );
-    const blocks = Buffer.from(decoded.blocks.buffer, decoded.blocks.byteOffset, decoded.blocks.byteLength);
-    const references: number[] = [];
-    for (let i = 0; i < meta.count; i++) {
-      const e = meta.entries[i];
-      if (e.encoding === WireEncoding.Reference) {
-        references.push(i);
-        continue;
-      }
-      if (decoded.status[i] !== 0) {
-        this.stats.checksumFailures++;
-        failed.push(first + i);
-        continue;
-      }
-      this.place(out, outOffset, (first + i) * bs, blocks.subarray(i * bs, (i + 1) * bs));
-    }
-    const fromLocal = await this.resolveReferences(references, meta, blocks, decoded.status, out, outOffset, urgent);
-    for (const [i, ok] of fromLocal) {
-      if (ok) this.stats.referencesUsed++;
-      else {
-        this.stats.referencesRefused++;
-        failed.push(first + i);
-      }
-    }
-    return failed;
-  }
-
-  /** Copies a block's bytes into the fetch's output, trimmed at its end. */
-  private place(out: Buffer, outOffset: number, blockOffset: number, bytes: Buffer): void {
-    const at = blockOffset - outOffset;
-    bytes.copy(out, at, 0, Math.min(bytes.length, out.length - at));
-  }
-
-  /**
-   * Resolves a batch's references: to a block earlier in the batch, or to the
-   * destination's own copy, read in runs and hashed in one pool task (the VM
-   * may have overwritten it since). Returns [entry index, resolved] pairs.
-   */
-  private async resolveReferences(
-    references: number[],
-    meta: BatchFrame['meta'],
-    blocks: Buffer,
-    status: number[],
-    out: Buffer,
-    outOffset: number,
-    urgent: boolean,
-  ): Promise<Array<[number, boolean]>> {
-    const bs = this.options.blockSize;
-    const first = meta.offset / bs;
-    const results: Array<[number, boolean]> = [];
-    const local: Array<{ i: number; target: number }> = [];
-    for (const i of references) {
-      const { reference: target, checksum } = meta.entries[i];
-      const inBatch = target - first;
-      if (inBatch >= 0 && inBatch < meta.count && meta.entries[inBatch].encoding !== WireEncoding.Reference) {
-        const ok = status[inBatch] === 0 && meta.entries[inBatch].checksum === checksum;
-        if (ok) this.place(out, outOffset, (first + i) * bs, blocks.subarray(inBatch * bs, (inBatch + 1) * bs));
-        results.push([i, ok]);
-      } else if (this.local && target * bs < this.size && this.local.isHeld(target)) local.push({ i, target });
-      else results.push([i, false]);
-    }
-    if (local.length === 0) return results;
-    const copy = new ArrayBuffer(local.length * bs);
-    const reads: Array<Promise<void>> = [];
-    // Consecutive references often point to consecutive blocks (a file copied earlier): one read per run.
-    for (let k = 0; k < local.length;) {
-      let n = 1;
-      while (k + n < local.length && local[k + n].target === local[k].target + n) n++;
-      const offset = local[k].target * bs;
-      reads.push(this.local!.read(offset, Buffer.from(copy, k * bs, Math.min(n * bs, this.size - offset))));
-      k += n;
-    }
-    await Promise.all(reads);
-    const hashed = await this.whenQueued(() => this.pool.hash(copy, bs, { urgent }), urgent);
-    const bytes = Buffer.from(hashed.blocks);
-    local.forEach(({ i }, k) => {
-      const ok = hashed.checksums[k] === meta.entries[i].checksum;
-      if (ok) this.place(out, outOffset, (first + i) * bs, bytes.subarray(k * bs, (k + 1) * bs));
-      results.push([i, ok]);
-    });
-    return results;
-  }
-
-  /** Runs a pool task, waiting for the pool's signal while its queue is full. */
-  private async whenQueued<T>(task: () => Promise<T>, urgent: boolean): Promise<T> {
-    for (;;) {
-      try {
-        return await task();
-      } catch (e) {
-        if (!(e instanceof QueueFullError)) throw e;
-        await this.pool.whenAccepting(urgent);
-      }
-    }
   }
 
   private async streamFor(priority: FetchPriority): Promise<WireStream> {
@@ -516,11 +331,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
       void this.reopen(index);
     });
     this.setSlot(index, stream);
-    if (index < 0) {
-      // A new urgent stream: the source resends what was not acknowledged; so do we.
-      if (this.cutoverAcked !== null) stream.ackDirty(this.cutoverAcked);
-      this.askCutover();
-    }
+    if (index < 0) this.reports.onUrgentStream(stream);
   }
 
   private async reopen(index: number): Promise<void> {
@@ -559,7 +370,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
       this.fatal = e as Error;
       this.urgentGate.close(this.fatal);
       this.backgroundGate.close(this.fatal);
-      for (const w of this.cutoverWaiters.splice(0)) w.reject(this.fatal);
+      this.reports.failWaiters(this.fatal);
     } finally {
       this.reconnecting.delete(index);
     }
@@ -580,80 +391,6 @@ export class WireUpstream extends EventEmitter implements Upstream {
     if (w.trackingEpoch !== this.epoch)
       this.log.warn({ was: this.epoch, now: w.trackingEpoch }, "the source's write tracking restarted");
     this.epoch = w.trackingEpoch;
-  }
-
-  /** A DIRTY report: checked against the image and block size, then handed on; its ack goes back on its stream. */
-  private onDirty(stream: WireStream, d: Dirty): void {
-    const bs = this.options.blockSize;
-    const size = stream.welcome?.imageSize ?? 0; // this.size is not set yet during open()
-    for (const r of d.ranges) {
-      const end = r.offset + r.length;
-      if (r.offset % bs !== 0 || end > size || (end % bs !== 0 && end !== size)) {
-        stream.destroy(
-          new CorruptFrameError(`DIRTY ${d.seq} range ${r.offset}+${r.length} is not whole blocks of the image`),
-        );
-        this.stats.corruptFrames++;
-        return;
-      }
-    }
-    let acked = false;
-    const report: DirtyReport = {
-      ranges: d.ranges,
-      ack: () => {
-        if (acked) return;
-        acked = true;
-        stream.ackDirty(d.seq); // a stream gone by then sends nothing: the source sends the report again
-      },
-    };
-    this.undelivered.dirty.push(report);
-    this.deliver();
-  }
-
-  /** Emits the reports held back while nobody listened. The source sends at most its window of them unacked. */
-  private deliver(): void {
-    if (this.listenerCount('dirty') > 0) for (const r of this.undelivered.dirty.splice(0)) this.emit('dirty', r);
-    const cut = this.undelivered.cutover;
-    if (cut && this.listenerCount('cutover') > 0) {
-      this.undelivered.cutover = null;
-      if (this.cutoverReport?.report === cut) this.emit('cutover', cut);
-    }
-  }
-
-  /** A final write set: the answer to cutover(), or the source's own cutover ('cutover' event). */
-  private onCutover(stream: WireStream, set: CutoverSet): void {
-    if (set.seq === this.cutoverAcked || set.seq === this.cutoverReport?.seq) return; // a repeat
-    const bs = this.options.blockSize;
-    const size = stream.welcome?.imageSize ?? 0;
-    const bad = set.ranges.find((r) => r.offset % bs !== 0 || r.offset + r.length > size);
-    if (bad) {
-      this.stats.corruptFrames++;
-      stream.destroy(new CorruptFrameError(`CUTOVER range ${bad.offset}+${bad.length} outside the image`));
-      return;
-    }
-    const report: DirtyReport = {
-      ranges: set.ranges,
-      ack: () => {
-        if (this.cutoverReport?.seq !== set.seq) return;
-        this.cutoverReport = null;
-        this.cutoverAcked = set.seq;
-        this.urgent?.ackDirty(set.seq); // else sent when the urgent stream is back
-      },
-    };
-    this.cutoverReport = { seq: set.seq, report };
-    this.cutoverAskedOn = null;
-    const waiters = this.cutoverWaiters.splice(0);
-    this.log.info({ seq: set.seq, ranges: set.ranges.length, solicited: waiters.length > 0 }, 'final write set');
-    if (waiters.length) for (const w of waiters) w.resolve(report);
-    else {
-      this.undelivered.cutover = report;
-      this.deliver();
-    }
-  }
-
-  /** Sends CUTOVER_REQUEST once per urgent stream while a cutover() waits. */
-  private askCutover(): void {
-    if (this.cutoverWaiters.length === 0 || !this.urgent || this.cutoverAskedOn === this.urgent) return;
-    if (this.urgent.requestCutover()) this.cutoverAskedOn = this.urgent;
   }
 
   private hello(role: Role) {
@@ -677,10 +414,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
       this.hello(role),
       this.options.connectTimeoutMs,
       undefined,
-      (stream) => {
-        stream.on('dirty', (d: Dirty) => this.onDirty(stream, d));
-        stream.on('cutover', (set: CutoverSet) => this.onCutover(stream, set));
-      },
+      (stream) => this.reports.watch(stream),
     );
   }
 }
@@ -695,14 +429,4 @@ export class TrackingLostError extends Error {
 /** Errors reconnecting cannot cure: the source serves another image, or no longer tracks its writes. */
 function isFatal(e: unknown): boolean {
   return (e instanceof WireRefusedError && e.code === RefuseCode.IdentityMismatch) || e instanceof TrackingLostError;
-}
-
-/**
- * Flags of a first FETCH. An urgent one asks for bytes: a reference may
- * point to a block the destination does not hold yet (still on its way in a
- * background batch), and refusing it costs a second round trip while a VM
- * waits; the few bytes a reference saves are nothing next to that.
- */
-export function fetchFlags(priority: FetchPriority): number {
-  return priority === 'urgent' ? FetchFlag.NoReferences : 0;
 }
