@@ -117,6 +117,8 @@ interface ScenarioResult {
   /** bytesBeforeEncoding / (switch-off time − dest startup): the copy's own rate. */
   goodputBytesPerSecond: number | null;
   peakRssBytes: number | null;
+  /** Queueing delay at the link's bottleneck, source → destination, packets until switch-off (netns bridge only). */
+  bottleneckQueueMs: { p50: number; p99: number; packets: number } | null;
   /** Final destination image checked against the source and the workload's writes; null when not checked. */
   verified: { ok: boolean; detail: string } | null;
   status: Record<string, unknown> | null;
@@ -172,6 +174,21 @@ interface Sampler {
   stop(): void;
   linkUtilisation: Array<[number, number]>;
   peakRss: number;
+  /** Percentiles of the bottleneck queue's delay over the packets since start (null: the link cannot tell). */
+  queueDelay(): { p50: number; p99: number; packets: number } | null;
+}
+
+/** Percentiles of a 1 ms-bucket histogram's growth from `before` to `after`. */
+function histogramPercentiles(before: number[], after: number[]): { p50: number; p99: number; packets: number } | null {
+  const delta = after.map((n, i) => n - (before[i] ?? 0));
+  const packets = delta.reduce((a, b) => a + b, 0);
+  if (packets === 0) return null;
+  const at = (p: number): number => {
+    let seen = 0;
+    for (let i = 0; i < delta.length; i++) if ((seen += delta[i]) >= p * packets) return i;
+    return delta.length - 1;
+  };
+  return { p50: at(0.5), p99: at(0.99), packets };
 }
 
 function startSampler(
@@ -180,7 +197,13 @@ function startSampler(
   rateBitsPerSecond: number,
   rssPid?: () => number | undefined,
 ): Sampler {
-  const s: Sampler = { stop: () => undefined, linkUtilisation: [], peakRss: 0 };
+  const queueAtStart = link.counters().queueDelayToDest ?? [];
+  const s: Sampler = {
+    stop: () => undefined,
+    linkUtilisation: [],
+    peakRss: 0,
+    queueDelay: () => histogramPercentiles(queueAtStart, link.counters().queueDelayToDest ?? []),
+  };
   // The link's counters may advance in steps (the namespace bridge reports every 250 ms), so each
   // point is the rate over the last two sampling intervals (~1 s), sampled every 500 ms.
   const raw: Array<{ t: number; bytes: number }> = [{ t: Date.now(), bytes: link.counters().bytesToDest }];
@@ -292,6 +315,7 @@ function emptyResult(name: string, kind: ScenarioResult['kind'], codec?: string)
     workloadDuringMigrationVsLocal: null,
     onDemand: null,
     onDemandBlock: null,
+    bottleneckQueueMs: null,
     compressionFactor: null,
     goodputBytesPerSecond: null,
     destStartupSeconds: null,
@@ -440,6 +464,7 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
     }
     r.linkUtilisation = sampler.linkUtilisation;
     r.peakRssBytes = sampler.peakRss;
+    r.bottleneckQueueMs = sampler.queueDelay();
     diffWire(r, before, await ctx.link.freshCounters());
     const decoded = Number(r.status?.bytesBeforeEncoding ?? 0);
     if (decoded > 0 && r.wire.bytesToDest > 0) r.compressionFactor = decoded / r.wire.bytesToDest;
@@ -667,15 +692,15 @@ function markdown(
       '',
     );
     L.push(
-      '| scenario | complete | switch-off s (of which dest start-up) | wire → dest MiB | wire → src MiB | compression × | goodput MiB/s | mean link util (until switch-off) | workload MiB/s (whole run) | vs local | workload MiB/s until switch-off | vs local, same window | on-demand p50 / p99 ms (n) | on-demand 4 KiB p50 / p99 ms (n) | dest peak RSS MiB | final image |',
+      '| scenario | complete | switch-off s (of which dest start-up) | wire → dest MiB | wire → src MiB | compression × | goodput MiB/s | mean link util (until switch-off) | workload MiB/s (whole run) | vs local | workload MiB/s until switch-off | vs local, same window | on-demand p50 / p99 ms (n) | on-demand 4 KiB p50 / p99 ms (n) | bottleneck queue p50 / p99 ms | dest peak RSS MiB | final image |',
     );
-    L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+    L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
     for (const s of p.scenarios) {
       // until switch-off where there is one (the workload goes on after it), else the whole run
       const window = s.linkUtilisation.filter(([t]) => s.switchOffSeconds === null || t <= s.switchOffSeconds);
       const util = window.length ? window.reduce((a, b) => a + b[1], 0) / window.length : null;
       L.push(
-        `| ${s.name} | ${s.complete ? 'yes' : `NO${s.error ? ` (${s.error.split('\n')[0].slice(0, 80)})` : ''}`} | ${f1(s.switchOffSeconds)}${s.destStartupSeconds !== null ? ` (${f1(s.destStartupSeconds)})` : ''} | ${mib(s.wire.bytesToDest)} | ${mib(s.wire.bytesToSource)} | ${f1(s.compressionFactor, 2)} | ${s.goodputBytesPerSecond ? f1(s.goodputBytesPerSecond / MiB) : '—'} | ${util === null ? '—' : `${(util * 100).toFixed(0)}%`} | ${s.workload ? f1(s.workload.bytesPerSecond / MiB) : '—'} | ${f1(s.workloadVsLocal, 2)} | ${s.workloadDuringMigration !== null ? f1(s.workloadDuringMigration / MiB) : '—'} | ${f1(s.workloadDuringMigrationVsLocal, 2)} | ${s.onDemand ? `${f1(s.onDemand.p50)} / ${f1(s.onDemand.p99)} (${s.onDemand.count})` : '—'} | ${s.onDemandBlock ? `${f1(s.onDemandBlock.p50)} / ${f1(s.onDemandBlock.p99)} (${s.onDemandBlock.count})` : '—'} | ${mib(s.peakRssBytes)} | ${s.verified ? (s.verified.ok ? 'verified' : `WRONG: ${s.verified.detail}`) : '—'} |`,
+        `| ${s.name} | ${s.complete ? 'yes' : `NO${s.error ? ` (${s.error.split('\n')[0].slice(0, 80)})` : ''}`} | ${f1(s.switchOffSeconds)}${s.destStartupSeconds !== null ? ` (${f1(s.destStartupSeconds)})` : ''} | ${mib(s.wire.bytesToDest)} | ${mib(s.wire.bytesToSource)} | ${f1(s.compressionFactor, 2)} | ${s.goodputBytesPerSecond ? f1(s.goodputBytesPerSecond / MiB) : '—'} | ${util === null ? '—' : `${(util * 100).toFixed(0)}%`} | ${s.workload ? f1(s.workload.bytesPerSecond / MiB) : '—'} | ${f1(s.workloadVsLocal, 2)} | ${s.workloadDuringMigration !== null ? f1(s.workloadDuringMigration / MiB) : '—'} | ${f1(s.workloadDuringMigrationVsLocal, 2)} | ${s.onDemand ? `${f1(s.onDemand.p50)} / ${f1(s.onDemand.p99)} (${s.onDemand.count})` : '—'} | ${s.onDemandBlock ? `${f1(s.onDemandBlock.p50)} / ${f1(s.onDemandBlock.p99)} (${s.onDemandBlock.count})` : '—'} | ${s.bottleneckQueueMs ? `${s.bottleneckQueueMs.p50} / ${s.bottleneckQueueMs.p99}` : '—'} | ${mib(s.peakRssBytes)} | ${s.verified ? (s.verified.ok ? 'verified' : `WRONG: ${s.verified.detail}`) : '—'} |`,
       );
     }
     L.push('', 'Workload per job (MiB/s, IOPS, mean latency µs):', '');
@@ -828,7 +853,7 @@ async function main(): Promise<void> {
           `  ${r.name.padEnd(34)} ${r.complete ? 'complete' : 'INCOMPLETE'} switch-off ${f1(r.switchOffSeconds)} s, ` +
             `wire ${mib(r.wire.bytesToDest)}/${mib(r.wire.bytesToSource)} MiB, workload ${r.workload ? f1(r.workload.bytesPerSecond / MiB) : '—'} MiB/s, ` +
             `on-demand ${r.onDemand ? `${f1(r.onDemand.p50)}/${f1(r.onDemand.p99)} ms` : '—'}` +
-            ` (4 KiB ${r.onDemandBlock ? `${f1(r.onDemandBlock.p50)}/${f1(r.onDemandBlock.p99)} ms` : '—'}), RSS ${mib(r.peakRssBytes)} MiB`,
+            ` (4 KiB ${r.onDemandBlock ? `${f1(r.onDemandBlock.p50)}/${f1(r.onDemandBlock.p99)} ms` : '—'}), queue ${r.bottleneckQueueMs ? `${r.bottleneckQueueMs.p50}/${r.bottleneckQueueMs.p99} ms` : '—'}, RSS ${mib(r.peakRssBytes)} MiB`,
         );
       }
       const meanUntil = (w: WorkloadResult, until: number): number | null => {

@@ -107,6 +107,7 @@ export class NetnsBridge implements WanLink {
     packetsToSource: 0,
     drops: 0,
     lost: 0,
+    queueDelayToDest: [],
   };
   private closed = false;
   private requests = 0;
@@ -250,7 +251,8 @@ export class NetnsBridge implements WanLink {
     for (const check of [...this.requestWaiters]) check();
   }
 
-  private absorb(c: Record<string, number>): void {
+  private absorb(line: Record<string, unknown>): void {
+    const c = line as Record<string, number>;
     this.answered = Math.max(this.answered, c.req ?? -1);
     this.latest = {
       bytesToDest: c.bytesAB,
@@ -259,6 +261,7 @@ export class NetnsBridge implements WanLink {
       packetsToSource: c.packetsBA,
       drops: c.dropsAB + c.dropsBA,
       lost: c.lostAB + c.lostBA,
+      queueDelayToDest: Array.isArray(line.qAB) ? (line.qAB as number[]) : [],
     };
     this.wakeRequests();
   }

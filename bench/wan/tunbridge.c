@@ -6,7 +6,9 @@
  *
  * RATE 0 means no cap. Creates both devices (IFF_TUN | IFF_NO_PI), prints
  * "ready" once they exist, then a JSON line of counters every 250 ms and on
- * SIGUSR1. A number written as a line on stdin is a request: the counters
+ * SIGUSR1; "qAB" is the histogram of the queueing delay packets A → B met
+ * (time waiting for the serializer, 1 ms buckets, the last one open-ended).
+ * A number written as a line on stdin is a request: the counters
  * printed in answer carry it as "req", so the caller knows they are at least
  * as new as its request. Exits on SIGTERM, SIGINT or when stdin closes; the
  * devices vanish with it.
@@ -33,6 +35,7 @@
 #define SLOT_BYTES 2048
 #define MAX_SLOTS 65536
 #define BURST 64
+#define QUEUE_BUCKETS 200
 
 struct slot {
   uint64_t due_ns;
@@ -52,6 +55,7 @@ struct direction {
   uint64_t wire_free_ns; /* when the serializer finishes the last accepted packet */
   uint64_t rng;
   _Atomic uint64_t bytes, packets, drops, lost;
+  _Atomic uint64_t queue_ms[QUEUE_BUCKETS]; /* packets by queueing delay at arrival */
 };
 
 static uint64_t now_ns(void) {
@@ -107,6 +111,9 @@ static void take_arrivals(struct direction *d) {
       continue;
     }
     uint64_t start = d->wire_free_ns > t ? d->wire_free_ns : t;
+    uint64_t waited_ms = (start - t) / 1000000ull;
+    atomic_fetch_add_explicit(&d->queue_ms[waited_ms < QUEUE_BUCKETS ? waited_ms : QUEUE_BUCKETS - 1], 1,
+                              memory_order_relaxed);
     uint64_t tx = d->rate_bps > 0 ? (uint64_t)((double)n * 8e9 / d->rate_bps) : 0;
     d->wire_free_ns = start + tx;
     s->len = (uint32_t)n;
@@ -158,11 +165,14 @@ static void *forward(void *arg) {
 
 static void print_counters(struct direction *ab, struct direction *ba, long req) {
   printf("{\"req\":%ld,\"bytesAB\":%llu,\"packetsAB\":%llu,\"dropsAB\":%llu,\"lostAB\":%llu,"
-         "\"bytesBA\":%llu,\"packetsBA\":%llu,\"dropsBA\":%llu,\"lostBA\":%llu}\n",
+         "\"bytesBA\":%llu,\"packetsBA\":%llu,\"dropsBA\":%llu,\"lostBA\":%llu,\"qAB\":[",
          req, (unsigned long long)atomic_load(&ab->bytes), (unsigned long long)atomic_load(&ab->packets),
          (unsigned long long)atomic_load(&ab->drops), (unsigned long long)atomic_load(&ab->lost),
          (unsigned long long)atomic_load(&ba->bytes), (unsigned long long)atomic_load(&ba->packets),
          (unsigned long long)atomic_load(&ba->drops), (unsigned long long)atomic_load(&ba->lost));
+  for (int i = 0; i < QUEUE_BUCKETS; i++)
+    printf("%s%llu", i ? "," : "", (unsigned long long)atomic_load(&ab->queue_ms[i]));
+  printf("]}\n");
   fflush(stdout);
 }
 

@@ -26,6 +26,11 @@ export interface WanCounters {
   /** Bytes carried source → destination and back, since start. */
   bytesToDest: number;
   bytesToSource: number;
+  /**
+   * Packets source → destination by the time they waited in the bottleneck's
+   * queue, in 1 ms buckets (the last open-ended); empty where the link cannot tell.
+   */
+  queueDelayToDest?: number[];
 }
 
 export interface WanLink {
