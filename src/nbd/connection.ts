@@ -119,10 +119,16 @@ export class NbdConnection {
     return this.inFlight < this.limits.maxInFlightRequests && this.heldBytes() < this.limits.maxInFlightBytes;
   }
 
-  /** Whether a request's data fits the budget now (one request alone always does). */
+  /**
+   * Whether a request's data fits the budget now. With nothing in progress
+   * and the socket below its high-water mark it always does: no completion
+   * or 'drain' would come to take it later. A request refused for its length
+   * is never given its length.
+   */
   private fits(req: RequestMessage): boolean {
     const held = this.heldBytes();
-    return held === 0 || held + payloadBytes(req) <= this.limits.maxInFlightBytes;
+    if (held === 0 || (this.inFlight === 0 && !this.socket.writableNeedDrain)) return true;
+    return held + Math.min(payloadBytes(req), this.limits.maxPayload) <= this.limits.maxInFlightBytes;
   }
 
   private pump(): void {
