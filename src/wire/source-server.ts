@@ -71,6 +71,8 @@ export interface SourceServerOptions {
 const SOCKET_HIGH_WATER = 8 << 20;
 /** Before HELLO a peer may send small frames only: a HELLO's metadata and no payload. */
 const PRE_HELLO_MAX_META = 16 * 1024;
+/** After HELLO: FETCH, ZERO_QUERY, DIRTY_ACK and CUTOVER_REQUEST are a few dozen bytes each. */
+const POST_HELLO_MAX_META = 4 * 1024;
 /** Span one ZERO_QUERY is answered for at most (the destination asks again from where it ends). */
 const MAX_ZERO_QUERY = 2 ** 40;
 
@@ -340,7 +342,8 @@ class SourceConnection implements SessionLink {
     this.hello = hello;
     sessions.connected(session);
     this.session = session;
-    this.decoder.setLimits();
+    // A destination sends small requests and never a payload: nothing bigger is buffered for it.
+    this.decoder.setLimits(POST_HELLO_MAX_META, 0);
     this.onAuthenticated();
     this.socket.write(
       encodeWelcome({
