@@ -16,6 +16,7 @@ import pino from 'pino';
 import { Migration, type MigrationOptions } from '../src/migrate/migration';
 import type { WriteTracking } from '../src/upstream/upstream';
 import { TrackingSource } from './helpers/tracking-source';
+import { ImageLockedError, lockImage } from '../src/store/image-lock';
 import { tempDir } from './helpers/temp-dir';
 
 const log = pino({ level: 'silent' });
@@ -213,6 +214,34 @@ t.test('abort before cutover removes image and state; after cutover it is refuse
   await second.cutover();
   await t.rejects(second.abort(), /cannot abort: the cutover has happened/);
   t.ok(fs.existsSync(options.imagePath));
+});
+
+t.test('abort removes the image and state while it still holds their locks', async (t) => {
+  const source = new TrackingSource(crypto.randomBytes(8 * BS), () => 0, 'stream');
+  const options = migrationOptions(tempDir(t), source);
+  const migration = await Migration.open(options, log);
+  migration.start();
+  // Another process's lock attempt at the moment each file is removed: it must still be refused.
+  const attempts: string[] = [];
+  const rmSync = fs.rmSync;
+  fs.rmSync = ((target: fs.PathLike, opts?: fs.RmOptions) => {
+    const file = String(target);
+    if (file === options.imagePath || file === options.statePath) {
+      try {
+        lockImage(file, 'exclusive')();
+        attempts.push(`${path.basename(file)}: lock taken`);
+      } catch (e) {
+        attempts.push(`${path.basename(file)}: ${e instanceof ImageLockedError ? 'refused' : String(e)}`);
+      }
+    }
+    rmSync(target, opts);
+  }) as typeof fs.rmSync;
+  t.teardown(() => void (fs.rmSync = rmSync));
+  await migration.abort();
+  fs.rmSync = rmSync;
+  t.same(attempts.sort(), ['img: refused', 'state: refused'], 'both files were locked when removed');
+  t.notOk(fs.existsSync(options.imagePath));
+  t.notOk(fs.existsSync(options.statePath));
 });
 
 t.test('a restart under other write tracking makes every copied block missing again', async (t) => {

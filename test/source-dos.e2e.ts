@@ -16,6 +16,8 @@ import { encodeFrameHead, encodePreamble, FrameDecoder } from '../src/wire/frame
 import { decodeRefuse } from '../src/wire/messages';
 import { MessageType } from '../src/wire/protocol';
 import { readPsk } from '../src/wire/auth';
+import { connectWirePeer, helloFields } from './helpers/wire-peer';
+import { until } from './helpers/until';
 
 const FERRY = path.resolve(__dirname, '..', '..', 'bin', 'ferry.js');
 
@@ -144,4 +146,29 @@ t.test('a frame announced before HELLO is refused on its header', async (t) => {
       `metadata ${meta} and payload ${payload} refused on the 16-byte header alone`,
     );
   }
+});
+
+t.test('after HELLO a destination may send small frames only', async (t) => {
+  const { port } = await source(t, 'handshake_timeout_ms = 600000', ['--insecure']);
+  const peer = await connectWirePeer(port, helloFields());
+  t.ok(await peer.frame(MessageType.Welcome), 'welcomed');
+  // A payload no destination sends: refused on the header, its 64 MiB never awaited or kept.
+  peer.socket.write(encodeFrameHead(MessageType.Fetch, 0, Buffer.alloc(18), 64 << 20));
+  const refuse = await peer.frame(MessageType.Refuse);
+  t.match(decodeRefuse(refuse!.meta), { reason: /frame lengths out of bounds/ });
+  await peer.closed;
+});
+
+t.test('made-up session ids do not pile up: the longest idle session makes room', async (t) => {
+  const { src, port } = await source(t, 'handshake_timeout_ms = 600000\nmax_connections = 4', ['--insecure']);
+  for (let i = 0; i < 12; i++) {
+    const peer = await connectWirePeer(port, helloFields({ session: `made-up-${i}` }));
+    t.ok(await peer.frame(MessageType.Welcome), `session ${i} welcomed`);
+    peer.socket.destroy();
+    await peer.closed;
+  }
+  // The log line and the WELCOME travel apart: wait for the eighth line, then check no ninth came.
+  await until(() => src.logCount('forgot an idle session to make room for a new one') >= 8, 'eight sessions forgotten');
+  await src.waitForLog('forgot an idle session to make room for a new one');
+  t.equal(src.logCount('forgot an idle session to make room for a new one'), 8, 'at most 4 sessions are kept');
 });

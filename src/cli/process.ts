@@ -2,13 +2,14 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { ListenAddress } from '../nbd/server';
-import type { ConnectionLimits } from '../nbd/connection';
+import type { ListenAddress, ServerLimits } from '../nbd/server';
 import type { FerryConfig } from '../config/schema';
 
 /** The NBD server's per-connection limits from the `[nbd]` section. */
-export function nbdLimits(config: FerryConfig): ConnectionLimits {
+export function nbdLimits(config: FerryConfig): ServerLimits {
   return {
+    maxConnections: config.nbd.max_connections,
+    idleTimeoutMs: config.nbd.idle_timeout_ms,
     maxInFlightRequests: config.nbd.max_in_flight_requests,
     maxInFlightBytes: config.nbd.max_in_flight_bytes,
     maxPayload: config.nbd.max_request_bytes,

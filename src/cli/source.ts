@@ -101,6 +101,8 @@ export function registerSource(program: Command): void {
         device: tracked,
         recordPath: cutoverRecordPath(stateDir, s.image),
         log: log.child({ component: 'tracking' }),
+        // Every session has a connection when it is made, so live ones never exceed the connection cap.
+        maxSessions: s.max_connections,
       });
       const workers = s.workers || Math.max(1, os.availableParallelism());
       const pool = new CodecPool({ workers, codec: s.codec === 'auto' ? 'lz4' : s.codec, level: s.deflate_level });

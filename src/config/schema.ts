@@ -36,7 +36,7 @@ export const NbdSection = z
   .object({
     /** Requests one connection may have in flight before the server stops reading from it. */
     max_in_flight_requests: positiveInt.max(4096).default(64),
-    /** Bytes of READ/WRITE payload one connection may have in flight. */
+    /** Bytes one connection may hold: READ/WRITE payloads in progress plus replies the client has not read yet. */
     max_in_flight_bytes: positiveInt.min(1 << 20).default(64 << 20),
     /** Largest READ or WRITE a client may send (also advertised as the maximum block size). */
     max_request_bytes: positiveInt
@@ -45,6 +45,10 @@ export const NbdSection = z
       .default(32 << 20),
     /** A client must finish the handshake within this time. */
     handshake_timeout_ms: positiveInt.default(30_000),
+    /** NBD connections at once (per listener); more are closed as they arrive. */
+    max_connections: positiveInt.max(65_536).default(128),
+    /** Close a connection with nothing in flight that sends nothing for this long; 0: never (a VM's disk may be idle for days). */
+    idle_timeout_ms: z.number().int().min(0).default(0),
   })
   .strict();
 

@@ -309,9 +309,14 @@ export class Migration extends EventEmitter implements MigrationControl {
       );
     this.aborted = true;
     const { imagePath, statePath } = this.options;
-    await this.close().catch(() => undefined); // what is not saved is removed anyway
-    fs.rmSync(statePath, { force: true });
-    fs.rmSync(imagePath, { force: true });
+    // The locks go last: until the files are gone, no other process may open them.
+    await this.closeKeepingLocks().catch(() => undefined); // what is not saved is removed anyway
+    try {
+      fs.rmSync(statePath, { force: true });
+      fs.rmSync(imagePath, { force: true });
+    } finally {
+      this.unlock();
+    }
     this.log.warn(
       { image: imagePath, state: statePath },
       'migration aborted: image and state removed; the source is untouched',
@@ -418,6 +423,15 @@ export class Migration extends EventEmitter implements MigrationControl {
 
   /** Stops the copy, persists progress and closes everything. */
   async close(): Promise<void> {
+    try {
+      await this.closeKeepingLocks();
+    } finally {
+      this.unlock();
+    }
+  }
+
+  /** close() but the image and state stay locked, for a caller that removes them first. */
+  private async closeKeepingLocks(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.removeAllListeners('phase');
@@ -436,7 +450,6 @@ export class Migration extends EventEmitter implements MigrationControl {
     });
     this.device.map.close();
     await this.device.close();
-    this.unlock();
     // Progress since the last save is fetched again after a restart, but the operator must know.
     if (persistError) throw persistError;
   }
@@ -448,10 +461,14 @@ export class Migration extends EventEmitter implements MigrationControl {
    */
   async discard(): Promise<void> {
     const mustServe = this.started;
-    await this.close();
-    if (mustServe || !this.createdHere) return;
-    if (this.createdHere.image) fs.rmSync(this.createdHere.image, { force: true });
-    fs.rmSync(this.createdHere.state, { force: true });
+    try {
+      await this.closeKeepingLocks();
+      if (mustServe || !this.createdHere) return;
+      if (this.createdHere.image) fs.rmSync(this.createdHere.image, { force: true });
+      fs.rmSync(this.createdHere.state, { force: true });
+    } finally {
+      this.unlock();
+    }
   }
 
   private requireCopy(what: string): BackgroundCopy {

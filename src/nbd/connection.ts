@@ -1,7 +1,10 @@
 /**
  * One client connection: handshake, then requests served concurrently and
  * replied to as they complete. Reading pauses while the connection is at its
- * in-flight limit, so a client can never make the server buffer without bound.
+ * in-flight limit, so a client can never make the server buffer without bound:
+ * the bytes of requests in progress and of replies the client has not read
+ * yet share one budget, so a client that never reads its replies holds at
+ * most that much.
  */
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -12,14 +15,23 @@ import { ExportTable, Negotiation, NegotiatedSession } from './negotiation';
 import { checkRequest } from './request-check';
 import * as enc from './server-encoder';
 import { largeBuffers } from './buffer-pool';
+import { releaseDroppedBuffers } from '../util/release-memory';
 
 export interface ConnectionLimits {
   maxInFlightRequests: number;
+  /** READ/WRITE bytes in progress plus reply bytes not yet taken by the client. */
   maxInFlightBytes: number;
   maxPayload: number;
   /** The handshake must finish within this time. */
   handshakeTimeoutMs: number;
+  /** A connection with nothing in flight that sends nothing for this long is closed; 0: never. */
+  idleTimeoutMs: number;
 }
+
+/** Option replies a client may leave unread during the handshake before the server stops reading it. */
+const HANDSHAKE_UNREAD_BYTES = 256 * 1024;
+/** A connection that held this much at once asks for the memory back when it closes. */
+const RELEASE_AFTER_BYTES = 8 * 1024 * 1024;
 
 export class NbdConnection {
   private readonly decoder: ServerDecoder;
@@ -32,6 +44,9 @@ export class NbdConnection {
   private draining = false; // replies are all sent; whatever the client still sends is dropped
   private handshakeTimer: NodeJS.Timeout | null;
   private idleWaiters: Array<() => void> = [];
+  /** A request taken from the decoder that did not fit the byte budget yet. */
+  private held: RequestMessage | null = null;
+  private peakHeldBytes = 0;
 
   constructor(
     private readonly socket: Socket,
@@ -55,6 +70,12 @@ export class NbdConnection {
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
     socket.on('close', () => this.onClose());
     this.handshakeTimer = setTimeout(() => this.hangUp('handshake timed out'), limits.handshakeTimeoutMs);
+    if (limits.idleTimeoutMs > 0) {
+      // Only a connection with no request in progress counts as idle: a slow device is not the client's fault.
+      socket.setTimeout(limits.idleTimeoutMs, () => {
+        if (this.inFlight === 0 && this.held === null) this.hangUp('idle timeout', 'info');
+      });
+    }
     socket.write(enc.greeting());
   }
 
@@ -85,19 +106,40 @@ export class NbdConnection {
     setTimeout(() => this.socket.destroy(), 2000).unref();
   }
 
+  /** Bytes this connection holds: requests in progress and replies the client has not read. */
+  private heldBytes(): number {
+    const held = this.inFlightBytes + this.socket.writableLength;
+    if (held > this.peakHeldBytes) this.peakHeldBytes = held;
+    return held;
+  }
+
   private canTakeMore(): boolean {
-    return (
-      !this.disconnecting &&
-      this.inFlight < this.limits.maxInFlightRequests &&
-      this.inFlightBytes < this.limits.maxInFlightBytes &&
-      this.socket.writableLength < this.limits.maxInFlightBytes
-    );
+    if (this.disconnecting) return false;
+    if (!this.session) return this.socket.writableLength < HANDSHAKE_UNREAD_BYTES;
+    return this.inFlight < this.limits.maxInFlightRequests && this.heldBytes() < this.limits.maxInFlightBytes;
+  }
+
+  /**
+   * Whether a request's data fits the budget now. With nothing in progress
+   * and the socket below its high-water mark it always does: no completion
+   * or 'drain' would come to take it later. A request refused for its length
+   * is never given its length.
+   */
+  private fits(req: RequestMessage): boolean {
+    const held = this.heldBytes();
+    if (held === 0 || (this.inFlight === 0 && !this.socket.writableNeedDrain)) return true;
+    return held + Math.min(payloadBytes(req), this.limits.maxPayload) <= this.limits.maxInFlightBytes;
   }
 
   private pump(): void {
     while (!this.closed && this.canTakeMore()) {
-      const message = this.decoder.next();
+      const message = this.held ?? this.decoder.next();
+      this.held = null;
       if (message === null) break;
+      if (message.kind === 'request' && !this.fits(message)) {
+        this.held = message;
+        break;
+      }
       switch (message.kind) {
         case 'protocolError':
           return this.hangUp(message.reason);
@@ -118,9 +160,9 @@ export class NbdConnection {
           break;
       }
     }
-    // Hold the socket while at a limit; completions call pump() again.
+    // Hold the socket while at a limit; completions and 'drain' call pump() again.
     if (this.closed) return;
-    if (this.canTakeMore()) this.socket.resume();
+    if (this.canTakeMore() && this.held === null) this.socket.resume();
     else if (!this.disconnecting) this.socket.pause();
   }
 
@@ -144,7 +186,7 @@ export class NbdConnection {
       this.replyError(req, problem, `request rejected: ${problem}`);
       return;
     }
-    const bytes = req.type === Command.Read || req.type === Command.Write ? req.length : 0;
+    const bytes = payloadBytes(req);
     this.inFlight++;
     this.inFlightBytes += bytes;
     this.execute(req, session)
@@ -233,7 +275,7 @@ export class NbdConnection {
     this.socket.write(structured ? enc.errorChunk(req.cookie, value, message) : enc.simpleReply(req.cookie, value));
   }
 
-  private hangUp(reason: string, level: 'warn' | 'debug' = 'warn'): void {
+  private hangUp(reason: string, level: 'warn' | 'info' | 'debug' = 'warn'): void {
     if (this.closed) return;
     this.log[level]({ reason }, 'closing connection');
     this.disconnecting = true;
@@ -244,10 +286,19 @@ export class NbdConnection {
 
   private onClose(): void {
     this.closed = true;
+    if (this.held?.payload) largeBuffers.give(this.held.payload);
+    this.held = null;
+    // Replies it never read are garbage now: a big pile of them goes back to the system at once.
+    if (this.peakHeldBytes >= RELEASE_AFTER_BYTES) releaseDroppedBuffers();
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     for (const wake of this.idleWaiters.splice(0)) wake();
     this.log.debug('connection closed');
   }
+}
+
+/** The READ reply or WRITE payload a request makes the server hold. */
+function payloadBytes(req: RequestMessage): number {
+  return req.type === Command.Read || req.type === Command.Write ? req.length : 0;
 }
 
 function takeBuffer(length: number): Buffer {

@@ -8,14 +8,22 @@ import fs from 'node:fs';
 import type { Logger } from 'pino';
 import { ConnectionLimits, NbdConnection } from './connection';
 import type { ExportTable, NbdExport } from './negotiation';
+import { BurstLog } from '../util/burst-log';
 
 export type ListenAddress = { host: string; port: number } | { socketPath: string };
 
-export const DEFAULT_LIMITS: ConnectionLimits = {
+export interface ServerLimits extends ConnectionLimits {
+  /** Connections at once; more are closed as they arrive. */
+  maxConnections: number;
+}
+
+export const DEFAULT_LIMITS: ServerLimits = {
   maxInFlightRequests: 64,
   maxInFlightBytes: 64 * 1024 * 1024,
   maxPayload: 32 * 1024 * 1024,
   handshakeTimeoutMs: 30_000,
+  idleTimeoutMs: 0,
+  maxConnections: 128,
 };
 
 export class StaticExportTable implements ExportTable {
@@ -32,14 +40,30 @@ export class StaticExportTable implements ExportTable {
 export class NbdServer {
   private readonly server: net.Server;
   private readonly connections = new Set<NbdConnection>();
+  private readonly refusals: BurstLog;
   private nextId = 1;
+  /** Connections closed at arrival because the server was at its limit. */
+  refusedOverLimit = 0;
 
   constructor(
     private readonly exportTable: ExportTable,
     private readonly log: Logger,
-    private readonly limits: ConnectionLimits = DEFAULT_LIMITS,
+    private readonly limits: ServerLimits = DEFAULT_LIMITS,
   ) {
     this.server = net.createServer((socket) => this.accept(socket));
+    this.server.maxConnections = limits.maxConnections;
+    this.refusals = new BurstLog((count, windowMs) =>
+      log.warn({ count, windowMs, limit: limits.maxConnections }, 'refused more NBD connections at the limit'),
+    );
+    this.server.on('drop', (peer?: net.DropArgument) => {
+      this.refusedOverLimit++;
+      this.refusals.note(() =>
+        log.warn(
+          { peer: peer && `${peer.remoteAddress}:${peer.remotePort}`, limit: limits.maxConnections },
+          'refused an NBD connection: at the connection limit (nbd.max_connections)',
+        ),
+      );
+    });
   }
 
   get connectionCount(): number {
@@ -69,6 +93,7 @@ export class NbdServer {
 
   /** Stops accepting, finishes in-flight requests, closes every connection. */
   async close(): Promise<void> {
+    this.refusals.close();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     await Promise.all([...this.connections].map((c) => c.shutdown()));
     await closed;

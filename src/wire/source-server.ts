@@ -45,6 +45,7 @@ import { batchBlocksLimit, blockSizeProblem, MAX_BATCH_BLOCKS } from '../util/li
 import { SourceSessions, type SessionLink, type SourceSession } from './source-sessions';
 import type { CodecChooser } from './codec-chooser';
 import { LinkMeter } from './link-meter';
+import { BurstLog } from '../util/burst-log';
 
 export interface SourceServerOptions {
   /** The image as read for destinations. */
@@ -70,6 +71,8 @@ export interface SourceServerOptions {
 const SOCKET_HIGH_WATER = 8 << 20;
 /** Before HELLO a peer may send small frames only: a HELLO's metadata and no payload. */
 const PRE_HELLO_MAX_META = 16 * 1024;
+/** After HELLO: FETCH, ZERO_QUERY, DIRTY_ACK and CUTOVER_REQUEST are a few dozen bytes each. */
+const POST_HELLO_MAX_META = 4 * 1024;
 /** Span one ZERO_QUERY is answered for at most (the destination asks again from where it ends). */
 const MAX_ZERO_QUERY = 2 ** 40;
 
@@ -79,6 +82,10 @@ export class WireSourceServer {
   /** When each connection still in its TLS handshake arrived, by peer address. */
   private readonly arrivals = new Map<string, number>();
   private readonly handshakeTimeoutMs: number;
+  // A flood of refused peers is logged once per burst (the first with its address, then counts).
+  private readonly authRefusals: BurstLog;
+  private readonly limitRefusals: BurstLog;
+  private readonly lateHandshakes: BurstLog;
   private nextId = 1;
   private readonly meter: LinkMeter;
   counters = {
@@ -93,6 +100,9 @@ export class WireSourceServer {
   };
 
   constructor(private readonly options: SourceServerOptions) {
+    this.authRefusals = burstLog(options.log, 'more connections failed authentication');
+    this.limitRefusals = burstLog(options.log, 'more connections refused at the connection limit');
+    this.lateHandshakes = burstLog(options.log, 'more peers disconnected: no HELLO in time');
     const handshakeTimeoutMs = (this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000);
     this.server = createWireServer(
       options.auth,
@@ -100,15 +110,19 @@ export class WireSourceServer {
       (socket) => this.accept(socket),
       (reason, peer, detail) => {
         this.counters.authFailures++;
-        options.log.warn({ peer, reason, detail }, 'refused a connection that failed authentication');
+        this.authRefusals.note(() =>
+          options.log.warn({ peer, reason, detail }, 'refused a connection that failed authentication'),
+        );
       },
     );
     this.server.maxConnections = options.maxConnections ?? 64;
     this.server.on('drop', (peer?: net.DropArgument) => {
       this.counters.refusedOverLimit++;
-      options.log.warn(
-        { peer: peer && `${peer.remoteAddress}:${peer.remotePort}`, limit: this.server.maxConnections },
-        'refused a connection: at the connection limit (source.max_connections)',
+      this.limitRefusals.note(() =>
+        options.log.warn(
+          { peer: peer && `${peer.remoteAddress}:${peer.remotePort}`, limit: this.server.maxConnections },
+          'refused a connection: at the connection limit (source.max_connections)',
+        ),
       );
     });
     // The TLS server's own handshake timeout (the same length) guards a connection until TLS completes.
@@ -138,6 +152,7 @@ export class WireSourceServer {
 
   async close(): Promise<void> {
     this.meter.stop();
+    for (const burst of [this.authRefusals, this.limitRefusals, this.lateHandshakes]) burst.close();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const s of this.sockets) s.destroy();
     await closed;
@@ -152,7 +167,9 @@ export class WireSourceServer {
     const deadline = setTimeout(
       () => {
         this.counters.handshakeTimeouts++;
-        log.warn({ timeoutMs: this.handshakeTimeoutMs }, 'disconnected a peer that did not authenticate in time');
+        this.lateHandshakes.note(() =>
+          log.warn({ timeoutMs: this.handshakeTimeoutMs }, 'disconnected a peer that did not authenticate in time'),
+        );
         socket.destroy();
       },
       Math.max(0, arrived + this.handshakeTimeoutMs - Date.now()),
@@ -325,7 +342,8 @@ class SourceConnection implements SessionLink {
     this.hello = hello;
     sessions.connected(session);
     this.session = session;
-    this.decoder.setLimits();
+    // A destination sends small requests and never a payload: nothing bigger is buffered for it.
+    this.decoder.setLimits(POST_HELLO_MAX_META, 0);
     this.onAuthenticated();
     this.socket.write(
       encodeWelcome({
@@ -490,4 +508,9 @@ class SourceConnection implements SessionLink {
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 2000).unref();
   }
+}
+
+/** Counts the repeats of a refusal and logs them as one line per window. */
+function burstLog(log: Logger, msg: string): BurstLog {
+  return new BurstLog((count, windowMs) => log.warn({ count, windowMs }, msg));
 }

@@ -96,7 +96,11 @@ export interface SourceSessionsOptions {
   reportDelayMs?: number;
   /** A session without connections is forgotten after this long (one with a cutover set never is). */
   idleMs?: number;
+  /** Sessions kept at once; beyond it the longest idle one is forgotten, or the HELLO refused. */
+  maxSessions?: number;
 }
+
+const DEFAULT_MAX_SESSIONS = 64;
 
 const DEFAULT_REPORT_DELAY_MS = 20;
 const DEFAULT_IDLE_MS = 60 * 60 * 1000;
@@ -136,6 +140,9 @@ export class SourceSessions {
         return `session ${hello.session} uses block size ${session.blockSize}, not ${hello.blockSize}`;
       return session;
     }
+    // Each session holds a bitmap of the image: a peer making up session ids must not grow them without bound.
+    if (this.sessions.size >= (this.options.maxSessions ?? DEFAULT_MAX_SESSIONS) && !this.forgetLongestIdle())
+      return `too many sessions (${this.sessions.size}, every one connected or cut over)`;
     const tracker = this.tracking ? new DirtyTracker(this.options.imageSize, hello.blockSize) : null;
     session = new SourceSession(hello.session, hello.blockSize, tracker ? crypto.randomUUID() : '', tracker, (s) =>
       this.scheduleReport(s),
@@ -360,14 +367,35 @@ export class SourceSessions {
     link.sendFrames(encodeCutoverFrames(cut.seq, cut.ranges));
   }
 
+  /**
+   * Forgets the session idle the longest (none with a cutover set): its
+   * destination, if it comes back, gets a new tracking epoch and fetches
+   * again what it copied. False when every session is in use.
+   */
+  private forgetLongestIdle(): boolean {
+    let oldest: SourceSession | null = null;
+    for (const s of this.sessions.values()) {
+      if (s.connections > 0 || s.cutover) continue;
+      if (!oldest || s.idleSince < oldest.idleSince) oldest = s;
+    }
+    if (!oldest) return false;
+    this.forget(oldest);
+    this.options.log.info({ session: oldest.id }, 'forgot an idle session to make room for a new one');
+    return true;
+  }
+
+  private forget(s: SourceSession): void {
+    this.options.device?.removeSink(s);
+    if (s.flushTimer) clearTimeout(s.flushTimer);
+    this.sessions.delete(s.id);
+  }
+
   private sweep(): void {
     const now = Date.now();
     for (const [id, s] of this.sessions) {
       if (s.connections > 0 || s.cutover) continue;
       if (now - s.idleSince < (s.tracker ? (this.options.idleMs ?? DEFAULT_IDLE_MS) : UNTRACKED_IDLE_MS)) continue;
-      this.options.device?.removeSink(s);
-      if (s.flushTimer) clearTimeout(s.flushTimer);
-      this.sessions.delete(id);
+      this.forget(s);
       this.options.log.info({ session: id }, 'forgot an idle session');
     }
   }
