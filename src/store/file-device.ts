@@ -16,6 +16,8 @@ import { WriteBatcher } from './write-batch';
 const ZERO_CHUNK = 1 << 20;
 const MAX_STATUS_EXTENTS = 512;
 const NOWAIT_MAX = 256 * 1024;
+/** Bytes one fallocate call covers before the event loop gets a turn. */
+const FALLOCATE_SLICE = 16 << 20;
 
 export interface FileDeviceOptions {
   readOnly?: boolean;
@@ -149,7 +151,7 @@ export class FileDevice implements BlockDevice {
     if (this.sectorSize !== null) return this.zero(offset, length, { fua, noHole: false, fastZero: false });
     if (!fileOps) return; // TRIM is advisory; not advertised without the addon
     try {
-      fileOps.punchHole(this.fd, offset, length);
+      await inSlices(offset, length, (at, n) => fileOps!.punchHole(this.fd, at, n));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOTSUP') throw deviceError(e as NodeJS.ErrnoException, 'trim');
     }
@@ -184,10 +186,13 @@ export class FileDevice implements BlockDevice {
     this.checkWritable();
     if (fileOps) {
       try {
-        if (!options.noHole) this.punchHole(offset, length);
-        else if (this.sectorSize === null) fileOps.zeroRange(this.fd, offset, length);
+        const ops = fileOps;
         // A block device zeroes a range by writing it (ZERO_RANGE there may write, and would block this thread).
-        else throw Object.assign(new Error('allocated zeros are written on a block device'), { code: 'ENOTSUP' });
+        if (options.noHole && this.sectorSize !== null)
+          throw Object.assign(new Error('allocated zeros are written on a block device'), { code: 'ENOTSUP' });
+        await inSlices(offset, length, (at, n) =>
+          options.noHole ? ops.zeroRange(this.fd, at, n) : this.punchHole(at, n),
+        );
         if (options.fua) await this.flush();
         return;
       } catch (e) {
@@ -270,6 +275,22 @@ export class FileDevice implements BlockDevice {
     // After close the descriptor number may belong to another file: never write through it.
     if (this.closed) throw new BlockDeviceError('EIO', `image ${this.path} is closed`);
     if (this.readOnly) throw new BlockDeviceError('EPERM', 'the image is read-only');
+  }
+}
+
+/**
+ * Runs a synchronous range operation (fallocate) slice by slice, yielding to
+ * the event loop between slices: punching 64 MiB of cached data takes tens
+ * of milliseconds, so one request for gigabytes must not run in one go.
+ * Slice edges fall on multiples of the slice size.
+ */
+async function inSlices(offset: number, length: number, op: (at: number, n: number) => void): Promise<void> {
+  const end = offset + length;
+  for (let at = offset; at < end;) {
+    const next = Math.min(end, (Math.floor(at / FALLOCATE_SLICE) + 1) * FALLOCATE_SLICE);
+    op(at, next - at);
+    at = next;
+    if (at < end) await new Promise((resolve) => setImmediate(resolve));
   }
 }
 
