@@ -52,6 +52,8 @@ export interface CopyCounters {
   blocksInvalidated: number;
   /** Write reports received from the source. */
   dirtyReports: number;
+  /** Blocks copied from the seed image: the source's hash matched the seed's. */
+  seededBlocks: number;
 }
 
 /** Source writes noted while a zero-range query was out: its answer may predate them. */
@@ -73,6 +75,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     passThroughReads: 0,
     blocksInvalidated: 0,
     dirtyReports: 0,
+    seededBlocks: 0,
   };
   readonly onDemandLatency = new LatencyWindow();
   /** On-demand fetches of one block: the small reads a VM waits on most. */
@@ -477,6 +480,39 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       if (this.map.allHeld) break;
       await new Promise((r) => setImmediate(r));
     }
+    return held;
+  }
+
+  /**
+   * Holds blocks from the seed: `data` is the seed's bytes from block `first`
+   * on, `matches` the blocks whose hash there equals the source's. Each still
+   * missing and not written at the source since the hash query went out
+   * (`watch`) is claimed, written to the image, then held; a source write
+   * reported meanwhile leaves it missing, and a VM write waits for the claim
+   * and then lands over it. Returns how many blocks became held.
+   */
+  async holdSeedBlocks(first: number, data: Buffer, matches: number[], watch: ZeroQueryWatch): Promise<number> {
+    const written = this.blocksIn(watch.ranges, first, first + Math.ceil(data.length / this.bs));
+    const claims: Transit[] = [];
+    for (const b of matches)
+      if (!written.has(b) && this.states.state(b) === 'missing') claims.push(this.states.claim(b, 'seed'));
+    let held = 0;
+    for (const run of transitRuns(claims)) {
+      const start = (run[0].block - first) * this.bs;
+      const bytes = data.subarray(start, Math.min(start + run.length * this.bs, data.length));
+      try {
+        await this.local.write(run[0].block * this.bs, bytes, false);
+      } catch (e) {
+        for (const t of run) this.states.claimFailed(t);
+        throw e;
+      }
+      for (const t of run) {
+        const stale = t.stale;
+        this.states.claimApplied(t);
+        if (!stale) held++;
+      }
+    }
+    this.counters.seededBlocks += held;
     return held;
   }
 
