@@ -83,6 +83,35 @@ t.test('a whole-block write during a fetch wins over the fetched copy', async (t
   t.ok(reader.equals(mine) || reader.equals(source.subarray(2 * BS, 3 * BS)), 'the concurrent read saw old or new');
 });
 
+t.test(
+  'seeded blocks: a VM write during the copy wins; a source write reported meanwhile leaves them missing',
+  async (t) => {
+    const source = makeSource(8, 0);
+    const upstream = new FakeUpstream(source);
+    const { device, map } = setup(t, source, upstream);
+    const seed = Buffer.from(source.subarray(0, 4 * BS));
+    // Block 1 is written by the source while the hash query is out; block 2 by the VM while the seed is copied.
+    const watch = device.watchZeroQuery();
+    (device as unknown as { invalidateRanges(r: Array<{ offset: number; length: number }>): number }).invalidateRanges([
+      { offset: BS, length: 10 },
+    ]);
+    const vmData = crypto.randomBytes(BS);
+    const seeding = device.holdSeedBlocks(0, seed, [0, 1, 2, 3], watch);
+    t.equal(device.states.state(2), 'claimed', 'the seed claims the blocks it copies');
+    const vmWrite = device.write(2 * BS, vmData, false);
+    t.equal(await seeding, 3, 'blocks 0, 2 and 3 held from the seed');
+    device.endZeroQuery(watch);
+    await vmWrite;
+    t.notOk(map.isHeld(1), 'the block the source wrote meanwhile stays missing');
+    const block = Buffer.alloc(BS);
+    await device.read(2 * BS, block);
+    t.ok(block.equals(vmData), 'the VM write landed over the seeded copy');
+    await device.read(1 * BS, block);
+    t.ok(block.equals(source.subarray(BS, 2 * BS)), 'the missing block is fetched from the source');
+    t.equal(device.counters.seededBlocks, 3);
+  },
+);
+
 t.test('a partial write to a missing block fetches it first; trim and zero need no fetch', async (t) => {
   const source = makeSource(8);
   const upstream = new FakeUpstream(source);
