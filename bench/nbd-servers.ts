@@ -28,7 +28,7 @@ export function serverSpecs(ferryNodeArgs: string[]): ServerSpec[] {
       name: 'ferry',
       exportName: '',
       describe:
-        `node ${ferryNodeArgs.join(' ')} bin/ferry.js serve --image IMG --listen 127.0.0.1:PORT --log-level warn (one JS thread; misses go to the libuv pool of 4)`.replace(
+        `node ${ferryNodeArgs.join(' ')} bin/ferry.js serve --image IMG --listen 127.0.0.1:PORT --log-level warn (one JS thread; writes and misses go to the libuv pool of 16)`.replace(
           '  ',
           ' ',
         ),
