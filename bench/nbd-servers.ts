@@ -9,6 +9,10 @@ import path from 'node:path';
 
 export interface ServerSpec {
   name: string;
+  /** Makes what the server needs once before the rounds (a completed destination's copy). */
+  prepare?(image: string): Promise<void>;
+  /** The file it serves, when not the image itself (to warm its page cache). */
+  served?(image: string): string;
   /** Export name to put in the URI. */
   exportName: string;
   /** How it is configured, for the report. */
@@ -24,7 +28,7 @@ export function serverSpecs(ferryNodeArgs: string[]): ServerSpec[] {
       name: 'ferry',
       exportName: '',
       describe:
-        `node ${ferryNodeArgs.join(' ')} bin/ferry.js serve --image IMG --listen 127.0.0.1:PORT --log-level warn (one JS thread; misses go to the libuv pool of 4)`.replace(
+        `node ${ferryNodeArgs.join(' ')} bin/ferry.js serve --image IMG --listen 127.0.0.1:PORT --log-level warn (one JS thread; writes and misses go to the libuv pool of 16)`.replace(
           '  ',
           ' ',
         ),
@@ -41,6 +45,25 @@ export function serverSpecs(ferryNodeArgs: string[]): ServerSpec[] {
             `127.0.0.1:${port}`,
             '--log-level',
             'warn',
+          ],
+          { stdio: ['ignore', 'ignore', 'inherit'] },
+        ),
+    },
+    {
+      name: 'ferry-dest',
+      exportName: 'dest',
+      describe: `node ${ferryNodeArgs.join(' ')} bin/ferry.js dest --image IMG.dest --export dest --listen 127.0.0.1:PORT (a completed migration of IMG, serving its copy)`,
+      prepare: (image) => completedDestination(image),
+      served: (image) => `${image}.dest`,
+      start: (image, port) =>
+        spawn(
+          process.execPath,
+          [
+            ...ferryNodeArgs,
+            FERRY_BIN,
+            'dest',
+            ...['--image', `${image}.dest`, '--export', 'dest', '--control', `${image}.dest.sock`],
+            ...['--listen', `127.0.0.1:${port}`, '--log-level', 'warn'],
           ],
           { stdio: ['ignore', 'ignore', 'inherit'] },
         ),
@@ -82,6 +105,50 @@ export function serverSpecs(ferryNodeArgs: string[]): ServerSpec[] {
         ),
     },
   ];
+}
+
+/**
+ * Migrates IMG into IMG.dest once (ferry serve as the source, ferry dest with
+ * cutover at start), so the bench can serve a completed destination.
+ */
+async function completedDestination(image: string): Promise<void> {
+  const copy = `${image}.dest`;
+  const state = `${copy}.ferry-state`;
+  if (fs.existsSync(copy) && fs.existsSync(state) && fs.statSync(copy).mtimeMs >= fs.statSync(image).mtimeMs) return;
+  fs.rmSync(copy, { force: true });
+  fs.rmSync(state, { force: true });
+  const sourcePort = await freePort();
+  const source = spawn(
+    process.execPath,
+    [FERRY_BIN, 'serve', '--image', image, '--read-only', '--listen', `127.0.0.1:${sourcePort}`, '--log-level', 'warn'],
+    { stdio: ['ignore', 'ignore', 'inherit'] },
+  );
+  try {
+    await waitForExport(`nbd://127.0.0.1:${sourcePort}/`, source);
+    const destPort = await freePort();
+    const dest = spawn(
+      process.execPath,
+      [
+        FERRY_BIN,
+        'dest',
+        '--cutover-at-start',
+        ...['--source', `nbd://127.0.0.1:${sourcePort}/`, '--image', copy, '--control', `${copy}.sock`],
+        ...['--listen', `127.0.0.1:${destPort}`, '--log-level', 'info'],
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    await new Promise<void>((resolve, reject) => {
+      let log = '';
+      dest.stderr!.on('data', (b: Buffer) => {
+        log += b.toString();
+        if (log.includes('migration complete')) resolve();
+      });
+      dest.on('exit', (code) => reject(new Error(`ferry dest exited with ${code} before completing:\n${log}`)));
+    });
+    await stopServer(dest);
+  } finally {
+    await stopServer(source);
+  }
 }
 
 /** Resolves once the export answers nbdinfo (a bare TCP probe would make qemu-nbd log a failed handshake). */

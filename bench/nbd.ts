@@ -1,9 +1,10 @@
 // npm run bench:nbd [-- --quick] [--json FILE] [--size BYTES] [--dir DIR] [--servers a,b] [--jobs randread,read]
 //                        [--rounds N] [--runtime SECONDS]
 //                        [--ferry-node-args "--cpu-prof --cpu-prof-dir=bench/out/prof"]
-// Serves one preallocated image (page-cache resident) with ferry, nbdkit's file
-// plugin and qemu-nbd in turn, drives each with the same fio nbd-engine jobs, and
-// prints IOPS, MiB/s and ferry's ratio to each peer.
+// Serves one preallocated image (page-cache resident) with ferry serve, a
+// completed ferry dest (its copy of the image), nbdkit's file plugin and qemu-nbd
+// in turn, drives each with the same fio nbd-engine jobs, and prints IOPS, MiB/s
+// and each ferry server's ratio to each peer, measured in the same run.
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -95,6 +96,7 @@ async function main(): Promise<void> {
   const results = new Map<string, Map<string, Measurement[]>>(); // job → server → rounds
   for (const job of jobs) results.set(job.name, new Map());
 
+  for (const server of servers) await server.prepare?.(image);
   for (let round = 0; round < ROUNDS; round++) {
     for (const server of servers) {
       const port = await freePort();
@@ -104,13 +106,13 @@ async function main(): Promise<void> {
         await waitForExport(uri, child);
         for (const job of jobs) {
           execFileSync('sync'); // earlier writes must not be written back during this job
-          warmPageCache(image);
+          warmPageCache(server.served?.(image) ?? image);
           const cpuBefore = cpuSeconds(child.pid!);
           const started = process.hrtime.bigint();
           const result = await runFio(job, uri, SIZE, RUNTIME);
           const wall = Number(process.hrtime.bigint() - started) / 1e9;
           const serverCpu = (cpuSeconds(child.pid!) - cpuBefore) / wall;
-          const cached = residentBytes(image) / SIZE;
+          const cached = residentBytes(server.served?.(image) ?? image) / SIZE;
           const perServer = results.get(job.name)!;
           if (!perServer.has(server.name)) perServer.set(server.name, []);
           perServer.get(server.name)!.push({ ...result, serverCpu });
@@ -126,7 +128,8 @@ async function main(): Promise<void> {
   }
 
   const names = servers.map((s) => s.name);
-  const peers = names.filter((n) => n !== 'ferry');
+  const ferries = names.filter((n) => n.startsWith('ferry'));
+  const peers = names.filter((n) => !n.startsWith('ferry'));
   const summary = jobs.map((job) => {
     const row: Record<string, Measurement> = {};
     for (const name of names) {
@@ -141,24 +144,27 @@ async function main(): Promise<void> {
     // Ratios per round, then the median: rounds run back to back, so a
     // neighbour's load on the machine hits both sides of each ratio alike.
     // Best against best estimates what each does on a quiet machine.
+    // Keyed "ferry / peer" for every ferry server (serve, a completed dest) and every peer.
     const ratios: Record<string, number> = {};
     const bestRatios: Record<string, number> = {};
     const best = (rounds: Measurement[]): number => Math.max(...rounds.map((r) => r.iops));
-    const ferryRounds = results.get(job.name)!.get('ferry');
-    for (const peer of peers) {
-      const peerRounds = results.get(job.name)!.get(peer)!;
-      if (!ferryRounds) continue;
-      ratios[peer] = median(ferryRounds.map((r, i) => r.iops / peerRounds[i].iops));
-      bestRatios[peer] = best(ferryRounds) / best(peerRounds);
+    for (const ferry of ferries) {
+      const ferryRounds = results.get(job.name)!.get(ferry)!;
+      for (const peer of peers) {
+        const peerRounds = results.get(job.name)!.get(peer)!;
+        ratios[`${ferry} / ${peer}`] = median(ferryRounds.map((r, i) => r.iops / peerRounds[i].iops));
+        bestRatios[`${ferry} / ${peer}`] = best(ferryRounds) / best(peerRounds);
+      }
     }
     const rounds = Object.fromEntries(names.map((n) => [n, results.get(job.name)!.get(n)!]));
     return { job: job.name, results: row, ferryRatio: ratios, ferryRatioBest: bestRatios, rounds };
   });
 
+  const pairs = ferries.flatMap((f) => peers.map((p) => `${f} / ${p}`));
   const header = [
     'job',
     ...names.flatMap((n) => [`${n} IOPS`, `${n} MiB/s`]),
-    ...(names.includes('ferry') ? peers.map((p) => `ferry / ${p} (best / best)`) : []),
+    ...pairs.map((pair) => `${pair} (best / best)`),
     'server CPU (' + names.join(' / ') + ')',
   ];
   const lines = [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`];
@@ -166,9 +172,7 @@ async function main(): Promise<void> {
     const cells = [
       job,
       ...names.flatMap((n) => [row[n].iops.toFixed(0), (row[n].bytesPerSecond / MiB).toFixed(0)]),
-      ...(names.includes('ferry')
-        ? peers.map((p) => `${ferryRatio[p].toFixed(2)}× (${ferryRatioBest[p].toFixed(2)}×)`)
-        : []),
+      ...pairs.map((pair) => `${ferryRatio[pair].toFixed(2)}× (${ferryRatioBest[pair].toFixed(2)}×)`),
       names.map((n) => (row[n].serverCpu * 100).toFixed(0) + '%').join(' / '),
     ];
     lines.push(`| ${cells.join(' | ')} |`);

@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import t from 'tap';
 import { encodePreamble, FrameDecoder, WireEvent } from '../src/wire/frame-codec';
 import {
@@ -14,6 +15,10 @@ import {
   encodeRefuse,
   encodeWelcome,
   decodeZeroQuery,
+  decodeHashQuery,
+  decodeBlockHashes,
+  encodeHashQuery,
+  encodeBlockHashes,
   decodeZeroRanges,
   encodeZeroQuery,
   encodeZeroRanges,
@@ -198,6 +203,24 @@ t.test('ZERO_QUERY and ZERO_RANGES round-trip; bad ranges are refused', async (t
   t.type(decodeZeroRanges(meta(encodeZeroRanges({ ...answer, covered: 0, ranges: [] }))), 'string', 'covers nothing');
   t.type(decodeZeroRanges(Buffer.alloc(23)), 'string', 'truncated');
   t.type(decodeZeroQuery(Buffer.alloc(19)), 'string');
+});
+
+t.test('HASH_QUERY and BLOCK_HASHES round-trip; wrong counts and lengths are refused', async (t) => {
+  const meta = (bytes: Buffer): Buffer => bytes.subarray(16);
+  const q = { requestId: 9, offset: 1 << 30, count: 3 };
+  const qf = encodeHashQuery(q);
+  t.equal(qf[8], MessageType.HashQuery);
+  t.same(decodeHashQuery(meta(qf)), q);
+  t.match(decodeHashQuery(meta(encodeHashQuery({ ...q, count: 0 }))), /not 1\.\.8192/);
+  t.match(decodeHashQuery(meta(encodeHashQuery({ ...q, count: 8193 }))), /not 1\.\.8192/);
+  t.type(decodeHashQuery(Buffer.alloc(15)), 'string', 'truncated');
+  const answer = { requestId: 9, offset: 1 << 30, count: 3, hashes: crypto.randomBytes(96) };
+  const af = encodeBlockHashes(answer);
+  t.equal(af[8], MessageType.BlockHashes);
+  t.same(decodeBlockHashes(meta(af)), answer);
+  t.type(decodeBlockHashes(meta(af).subarray(0, 16 + 95)), 'string', 'a hash cut short');
+  t.type(decodeBlockHashes(Buffer.concat([meta(af), Buffer.alloc(32)])), 'string', 'one hash too many');
+  t.throws(() => encodeBlockHashes({ ...answer, count: 4 }), RangeError);
 });
 
 /** Frame header (16 bytes) then metadata, as hex: the layouts of docs/wire-protocol.md, byte for byte. */

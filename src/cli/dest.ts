@@ -35,6 +35,7 @@ interface DestFlags extends AuthCliFlags {
   rate?: string;
   cutoverAtStart?: boolean;
   dirtyBitmap?: string;
+  seed?: string;
   config?: string;
   logLevel?: string;
   logFile?: string;
@@ -65,6 +66,10 @@ export function registerDest(program: Command): void {
       'background copy limit, e.g. 50M (k/M/G = 1024-based) or off (config copy.rate_limit, 0 = none)',
     )
     .option(
+      '--seed <file>',
+      "a template or older copy of the disk here: blocks whose SHA-256 equals the source's are copied from it, not fetched; ferry source only (config dest.seed)",
+    )
+    .option(
       '--dirty-bitmap <name>',
       'plain NBD source only: QEMU dirty bitmap NAME exported by the source (qemu:dirty-bitmap:NAME) that records its writes (config dest.dirty_bitmap)',
     );
@@ -85,6 +90,7 @@ export function registerDest(program: Command): void {
         'dest.block_size': flags.blockSize === undefined ? undefined : Number(flags.blockSize),
         'dest.cutover': flags.cutoverAtStart ? 'at-start' : undefined,
         'dest.dirty_bitmap': flags.dirtyBitmap,
+        'dest.seed': flags.seed,
         'copy.rate_limit': flags.rate === undefined ? undefined : (asUsage(() => parseByteRate(flags.rate!)) ?? 0),
         ...authOverrides('wire', flags),
         'log.level': flags.logLevel,
@@ -101,6 +107,10 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   if (!d.state && isBlockDevicePath(d.image)) ensureStateDir(path.dirname(statePath));
   const controlPath = d.control ?? defaultControl(statePath, log);
   warnIfNoFileOps(log);
+  if (d.seed && d.source && !d.source.startsWith('ferry://'))
+    throw new UsageError(
+      `dest: --seed (dest.seed) needs a ferry source, which sends the block hashes that vouch for the seed's blocks; ${d.source} is plain NBD`,
+    );
   const pools: CodecPool[] = [];
   const migration = await Migration.open(
     {
@@ -114,6 +124,7 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
       rateLimit: config.copy.rate_limit || null,
       skipZeroRanges: config.copy.skip_zero_ranges,
       cutoverAtStart: d.cutover === 'at-start',
+      seedPath: d.seed,
       copy: {
         batchBlocks: config.copy.batch_blocks,
         windowBytes: config.copy.window_bytes,

@@ -109,6 +109,11 @@ export const DestSection = z
     reconnect_max_ms: positiveInt.default(5000),
     /** Plain NBD source only: the QEMU dirty bitmap (qemu:dirty-bitmap:NAME) that records the source's writes. */
     dirty_bitmap: z.string().min(1).max(1023).optional(),
+    /**
+     * A seed image here (a template or an older copy of the disk): blocks whose SHA-256 equals the
+     * source's are copied from it instead of fetched. Needs a ferry source (ferry://).
+     */
+    seed: z.string().min(1).optional(),
   })
   .strict();
 

@@ -33,6 +33,12 @@ const STATUS_METRICS: Array<{
     value: (s) => s.bytesSkippedAsZero,
   },
   {
+    name: 'ferry_bytes_seeded_total',
+    help: 'Bytes copied from the seed image instead of fetched',
+    kind: 'counter',
+    value: (s) => s.bytesSeeded,
+  },
+  {
     name: 'ferry_on_demand_fetches_total',
     help: 'Blocks fetched because the VM was waiting for them',
     kind: 'counter',

@@ -31,7 +31,11 @@ export function formatStatusSummary(s: MigrationStatus): string {
       `${s.blocksHeld} / ${s.blocksTotal} blocks of ${formatBytes(s.blockSize)} (${heldPercent(s).toFixed(1)}%),` +
         ` ${formatBytes(s.blocksHeld * s.blockSize)} of ${formatBytes(s.blocksTotal * s.blockSize)}`,
     ],
-    ['fetched', `${formatBytes(s.bytesFetched)}, ${formatBytes(s.bytesSkippedAsZero)} skipped (zeros at the source)`],
+    [
+      'fetched',
+      `${formatBytes(s.bytesFetched)}, ${formatBytes(s.bytesSkippedAsZero)} skipped (zeros at the source)` +
+        (s.bytesSeeded ? `, ${formatBytes(s.bytesSeeded)} from the seed` : ''),
+    ],
     [
       'link',
       `${formatBytes(s.bytesOnWire)} on the wire for ${formatBytes(s.bytesBeforeEncoding)} of blocks` +

@@ -12,11 +12,12 @@
  * - fetching: fetches are in flight (an urgent one may overtake a background
  *   one; the first to land wins).
  * - landing: fetched bytes are being written to the image.
- * - claimed: a whole-block VM write, zero or trim, or a source hole being
- *   punched, is being applied; fetched bytes that arrive are discarded.
+ * - claimed: a whole-block VM write, zero or trim, a source hole being
+ *   punched, or seed bytes the source's hash vouched for being copied, is
+ *   being applied; fetched bytes that arrive are discarded.
  * - held: the image has the block (the bit is set in memory; persist() makes
  *   it durable after the data).
- * - stale (a flag on fetching, landing and hole claims): the source reported a
+ * - stale (a flag on fetching, landing, hole and seed claims): the source reported a
  *   write to the block after the work began, before cutover; whatever the work
  *   produces is discarded and the block ends missing.
  *
@@ -32,8 +33,8 @@ import type { BitWriter, BlockMap } from '../store/block-map';
 
 export type BlockState = 'missing' | 'fetching' | 'landing' | 'claimed' | 'held';
 
-/** Who claimed a block: the VM (its write must win) or a source hole being punched. */
-export type ClaimKind = 'vm' | 'hole';
+/** Who claimed a block: the VM (its write must win), a source hole being punched, or seed bytes being copied. */
+export type ClaimKind = 'vm' | 'hole' | 'seed';
 
 /** The record of a block that is not missing and not held; readers wait on it. */
 export interface Transit {

@@ -52,6 +52,8 @@ export interface CopyCounters {
   blocksInvalidated: number;
   /** Write reports received from the source. */
   dirtyReports: number;
+  /** Blocks copied from the seed image: the source's hash matched the seed's. */
+  seededBlocks: number;
 }
 
 /** Source writes noted while a zero-range query was out: its answer may predate them. */
@@ -73,6 +75,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     passThroughReads: 0,
     blocksInvalidated: 0,
     dirtyReports: 0,
+    seededBlocks: 0,
   };
   readonly onDemandLatency = new LatencyWindow();
   /** On-demand fetches of one block: the small reads a VM waits on most. */
@@ -143,7 +146,9 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     if (length === 0) return;
     await this.afterCutover();
     await this.inSlices(offset, length, (at, n) =>
-      this.modify(at, n, true, () => this.local.zero(at, n, { ...options, fua: false })),
+      this.zeroAtOnce(at, n, options.noHole)
+        ? Promise.resolve()
+        : this.modify(at, n, true, () => this.local.zero(at, n, { ...options, fua: false })),
     );
     if (options.fua) await this.flush();
   }
@@ -159,7 +164,9 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     const end = offset + length === this.size ? this.size : Math.floor((offset + length) / this.bs) * this.bs;
     if (end > start)
       await this.inSlices(start, end - start, (at, n) =>
-        this.modify(at, n, false, () => this.local.zero(at, n, { fua: false, noHole: false, fastZero: false })),
+        this.zeroAtOnce(at, n, false)
+          ? Promise.resolve()
+          : this.modify(at, n, false, () => this.local.zero(at, n, { fua: false, noHole: false, fastZero: false })),
       );
     if (fua) await this.flush();
   }
@@ -179,6 +186,32 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       at = next;
       if (at < end) await new Promise((r) => setImmediate(r));
     }
+  }
+
+  /**
+   * Zeroes [at, at+n) and holds its missing blocks with no await in between,
+   * when the image can punch a hole on this thread, every missing block in
+   * the range is covered whole and nobody works on any of them: nothing can
+   * interleave, so no claim is needed, and gigabytes of zeros make no
+   * per-block record. Returns false (having changed nothing) otherwise.
+   */
+  private zeroAtOnce(at: number, n: number, noHole: boolean): boolean {
+    if (!this.local.zeroNow || noHole || this.phaseNow !== 'post-copy') return false;
+    const [first, last] = this.blocksOf(at, n);
+    const end = at + n;
+    for (let b = first; b <= last; b++) {
+      if (this.map.isHeld(b)) continue;
+      const whole = b * this.bs >= at && Math.min((b + 1) * this.bs, this.size) <= end;
+      if (!whole || this.states.transit(b)) return false;
+    }
+    try {
+      this.local.zeroNow(at, n);
+    } catch (e) {
+      if (e instanceof BlockDeviceError && e.errno === 'ENOTSUP') return false;
+      throw e;
+    }
+    for (let b = first; b <= last; b++) if (!this.map.isHeld(b)) this.states.holdAsZero(b);
+    return true;
   }
 
   async cache(offset: number, length: number): Promise<void> {
@@ -447,6 +480,39 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       if (this.map.allHeld) break;
       await new Promise((r) => setImmediate(r));
     }
+    return held;
+  }
+
+  /**
+   * Holds blocks from the seed: `data` is the seed's bytes from block `first`
+   * on, `matches` the blocks whose hash there equals the source's. Each still
+   * missing and not written at the source since the hash query went out
+   * (`watch`) is claimed, written to the image, then held; a source write
+   * reported meanwhile leaves it missing, and a VM write waits for the claim
+   * and then lands over it. Returns how many blocks became held.
+   */
+  async holdSeedBlocks(first: number, data: Buffer, matches: number[], watch: ZeroQueryWatch): Promise<number> {
+    const written = this.blocksIn(watch.ranges, first, first + Math.ceil(data.length / this.bs));
+    const claims: Transit[] = [];
+    for (const b of matches)
+      if (!written.has(b) && this.states.state(b) === 'missing') claims.push(this.states.claim(b, 'seed'));
+    let held = 0;
+    for (const run of transitRuns(claims)) {
+      const start = (run[0].block - first) * this.bs;
+      const bytes = data.subarray(start, Math.min(start + run.length * this.bs, data.length));
+      try {
+        await this.local.write(run[0].block * this.bs, bytes, false);
+      } catch (e) {
+        for (const t of run) this.states.claimFailed(t);
+        throw e;
+      }
+      for (const t of run) {
+        const stale = t.stale;
+        this.states.claimApplied(t);
+        if (!stale) held++;
+      }
+    }
+    this.counters.seededBlocks += held;
     return held;
   }
 

@@ -13,6 +13,7 @@ import { lockImage, lockImages, type ReleaseLock } from '../store/image-lock';
 import { BackgroundCopy, BackgroundCopyOptions } from './background-copy';
 import { MigratingDevice } from './migrating-device';
 import { ZeroScan } from './zero-scan';
+import { SeedScan } from './seed-scan';
 import type { MigrationControl, MigrationPhase, MigrationState, MigrationStatus } from './status';
 import { emptyLinkStats, type LinkStats, type Upstream } from '../upstream/upstream';
 
@@ -33,6 +34,12 @@ export interface MigrationOptions {
    * more (a stopped VM, a snapshot), or to fence a ferry source at once.
    */
   cutoverAtStart?: boolean;
+  /**
+   * A seed image at the destination (a template, an older copy of the disk):
+   * blocks whose SHA-256 equals the source's are copied from it instead of
+   * fetched. Needs a source that answers block-hash queries (the ferry wire).
+   */
+  seedPath?: string;
   /** Mode of the image and state files a new migration creates; default 0600. */
   fileMode?: number;
   /**
@@ -52,6 +59,7 @@ export class MigrationError extends Error {
 export class Migration extends EventEmitter implements MigrationControl {
   private readonly copy: BackgroundCopy | null;
   private readonly zeroScan: ZeroScan | null = null;
+  private readonly seedScan: SeedScan | null = null;
   private persistTimer: NodeJS.Timeout | null = null;
   private completing: Promise<void> | null = null;
   private completedAt: Date | null;
@@ -73,24 +81,36 @@ export class Migration extends EventEmitter implements MigrationControl {
     private upstream: Upstream | null,
     private readonly options: MigrationOptions,
     private readonly log: Logger,
+    seed: FileDevice | null = null,
   ) {
     super();
     const map = device.map;
     this.completedAt = map.complete ? new Date() : null;
     if (map.complete || !upstream) {
       this.copy = null;
+      void seed?.close();
       return;
     }
     const copy = new BackgroundCopy(device, options.copy, options.rateLimit, log, () =>
       this.upstream ? this.upstream.linkStats() : null,
     );
     this.copy = copy;
+    // The copy claims only blocks every scan has passed: it never fetches a hole or a seeded block.
+    const scans: Array<{ scannedBlocks: number }> = [];
+    const limitCopy = (): void => copy.setLimit(Math.min(...scans.map((scan) => scan.scannedBlocks)));
     if ((options.skipZeroRanges ?? true) && upstream.zeroRanges && device.canFastZero) {
       const scan = new ZeroScan(device, upstream, log);
-      copy.setLimit(0);
-      scan.on('progress', (blocks: number) => copy.setLimit(blocks));
+      scan.on('progress', limitCopy);
+      scans.push(scan);
       this.zeroScan = scan;
     }
+    if (seed) {
+      const scan = new SeedScan(device, upstream, seed, log);
+      scan.on('progress', limitCopy);
+      scans.push(scan);
+      this.seedScan = scan;
+    }
+    if (scans.length) limitCopy();
     device.on('all-held', () => {
       if (device.phase === 'post-copy') void this.complete();
     });
@@ -123,8 +143,10 @@ export class Migration extends EventEmitter implements MigrationControl {
     const upstream = await options.openUpstream(options.sourceUrl, options.blockSize, session);
     let map: BlockMap;
     let local: FileDevice | undefined;
+    let seed: FileDevice | null = null;
     const locks: ReleaseLock[] = [];
     try {
+      seed = Migration.openSeed(options, upstream);
       local = FileDevice.open(imagePath, {
         createSize: upstream.size,
         deviceSize: upstream.size,
@@ -147,6 +169,7 @@ export class Migration extends EventEmitter implements MigrationControl {
       locks.push(lockImage(statePath, 'exclusive'));
     } catch (e) {
       for (const unlock of locks) unlock();
+      await seed?.close();
       await local?.close();
       // The image was created here just now (an existing file is refused above): remove it again.
       if (local && !onDevice) fs.rmSync(imagePath, { force: true });
@@ -163,7 +186,7 @@ export class Migration extends EventEmitter implements MigrationControl {
       },
       'migration started',
     );
-    const migration = new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
+    const migration = new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log, seed);
     migration.unlock = () => locks.forEach((unlock) => unlock());
     migration.createdHere = { image: onDevice ? null : imagePath, state: statePath };
     return migration;
@@ -209,6 +232,7 @@ export class Migration extends EventEmitter implements MigrationControl {
     }
     const url = options.sourceUrl ?? map.sourceUrl;
     let upstream: Upstream;
+    let seed: FileDevice | null;
     try {
       upstream = await options.openUpstream(url, map.blockSize, map.session || crypto.randomUUID());
       if (upstream.size !== map.imageSize || upstream.identity !== map.sourceIdentity) {
@@ -218,6 +242,12 @@ export class Migration extends EventEmitter implements MigrationControl {
             `size ${upstream.size} (recorded ${map.imageSize}), identity ${upstream.identity} (recorded ${map.sourceIdentity})`,
         );
       }
+      try {
+        seed = Migration.openSeed(options, upstream);
+      } catch (e) {
+        await upstream.close();
+        throw e;
+      }
       await map.setSourceUrl(url);
     } catch (e) {
       map.close();
@@ -225,7 +255,20 @@ export class Migration extends EventEmitter implements MigrationControl {
       throw e;
     }
     log.info({ source: url, held: map.heldCount, blocks: map.blockCount, phase: map.phase }, 'migration resumed');
-    return new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log);
+    return new Migration(Migration.device(local, map, upstream, options, log), upstream, options, log, seed);
+  }
+
+  /** The seed image, read-only, once the source is known to send the hashes that vouch for its blocks. */
+  private static openSeed(options: MigrationOptions, upstream: Upstream): FileDevice | null {
+    if (!options.seedPath) return null;
+    const problem = upstream.blockHashes
+      ? (upstream.blockHashesProblem?.() ?? null)
+      : `${upstream.description} cannot send block hashes (plain NBD has none): --seed needs a ferry source (ferry://)`;
+    if (problem) throw new MigrationError(`cannot seed from ${options.seedPath}: ${problem}`);
+    if (!fs.existsSync(options.seedPath)) throw new MigrationError(`seed image ${options.seedPath} does not exist`);
+    if (fs.existsSync(options.imagePath) && fs.realpathSync(options.seedPath) === fs.realpathSync(options.imagePath))
+      throw new MigrationError(`the seed ${options.seedPath} is the image itself`);
+    return FileDevice.open(options.seedPath, { readOnly: true });
   }
 
   private static device(
@@ -264,6 +307,7 @@ export class Migration extends EventEmitter implements MigrationControl {
 
   private startCopy(): void {
     this.zeroScan?.start();
+    this.seedScan?.start();
     this.copy?.start();
   }
 
@@ -364,6 +408,7 @@ export class Migration extends EventEmitter implements MigrationControl {
       blocksHeld: map.heldCount,
       bytesFetched: d.counters.bytesFetched,
       bytesSkippedAsZero: d.counters.zeroBlocksSkipped * map.blockSize,
+      bytesSeeded: d.counters.seededBlocks * map.blockSize,
       onDemandFetches: d.counters.onDemandFetches,
       backgroundBytesPerSecond: Math.round(rate),
       backgroundWindowBytes: this.copy?.windowBytes ?? 0,
@@ -437,12 +482,14 @@ export class Migration extends EventEmitter implements MigrationControl {
     this.removeAllListeners('phase');
     if (this.persistTimer) clearInterval(this.persistTimer);
     this.zeroScan?.stop();
+    this.seedScan?.stop();
     await this.copy?.stop();
     await this.completing?.catch(() => undefined);
     // Closing the upstream fails the fetches and queries still waiting on it; then nothing lands after the image closes.
     await this.upstream?.close();
     await this.copy?.settle();
     await this.zeroScan?.settle();
+    await this.seedScan?.settle();
     let persistError: Error | null = null;
     await this.device.flush().catch((e: Error) => {
       persistError = e;
@@ -484,12 +531,14 @@ export class Migration extends EventEmitter implements MigrationControl {
       if (this.persistTimer) clearInterval(this.persistTimer);
       this.persistTimer = null;
       this.zeroScan?.stop();
+      this.seedScan?.stop();
       await this.copy?.stop();
       this.device.detachUpstream();
       if (this.upstream) this.lastLinkStats = this.upstream.linkStats();
       await this.upstream?.close();
       await this.copy?.settle();
       await this.zeroScan?.settle();
+      await this.seedScan?.settle();
       this.log.info(
         {
           blocks: map.blockCount,

@@ -38,6 +38,8 @@ export interface MigrationStatus extends LinkStats {
   bytesFetched: number;
   /** Bytes held without fetching them: the source reads as zeros there (its holes). */
   bytesSkippedAsZero: number;
+  /** Bytes copied from the seed image instead of fetched (--seed). */
+  bytesSeeded: number;
   /** Blocks fetched because the VM was waiting for them. */
   onDemandFetches: number;
   /** Background copy rate over the last few seconds. */

@@ -47,6 +47,12 @@ export class NbdConnection {
   /** A request taken from the decoder that did not fit the byte budget yet. */
   private held: RequestMessage | null = null;
   private peakHeldBytes = 0;
+  /** Replies written this turn of the event loop wait corked, then leave in one writev. */
+  private batching = false;
+  private readonly sendBatch = (): void => {
+    this.batching = false;
+    this.socket.uncork();
+  };
 
   constructor(
     private readonly socket: Socket,
@@ -243,28 +249,40 @@ export class NbdConnection {
         let extents = await device.status(req.offset, req.length);
         if (req.flags & CommandFlag.ReqOne) extents = extents.slice(0, 1);
         if (this.closed) return;
-        this.socket.write(enc.blockStatusChunk(req.cookie, session.baseAllocationId, extents, true));
+        this.send(enc.blockStatusChunk(req.cookie, session.baseAllocationId, extents, true));
         return;
       }
     }
-    if (!this.closed) this.socket.write(enc.simpleReply(req.cookie, 0));
+    if (!this.closed) this.send(enc.simpleReply(req.cookie, 0));
+  }
+
+  /**
+   * Queues a reply. Completions that land in the same turn of the event loop
+   * (the thread pool hands back several at once under load) share one
+   * writev: a syscall per reply was a third of the CPU at 4 KiB requests.
+   */
+  private send(bytes: Buffer, sent?: () => void): void {
+    if (!this.batching) {
+      this.batching = true;
+      this.socket.cork();
+      setImmediate(this.sendBatch);
+    }
+    this.socket.write(bytes, sent);
   }
 
   private replyData(req: RequestMessage, data: Buffer): void {
     if (this.closed) return largeBuffers.give(data);
-    // Header and payload in one corked write so no other reply can come between them.
-    this.socket.cork();
+    // Header and payload are queued together, so no other reply can come between them.
     if (this.session!.structuredReplies) {
-      if (data.length === 0) this.socket.write(enc.noneChunk(req.cookie));
+      if (data.length === 0) this.send(enc.noneChunk(req.cookie));
       else {
-        this.socket.write(enc.offsetDataHeader(req.cookie, req.offset, data.length, true));
-        this.socket.write(data, () => largeBuffers.give(data));
+        this.send(enc.offsetDataHeader(req.cookie, req.offset, data.length, true));
+        this.send(data, () => largeBuffers.give(data));
       }
     } else {
-      this.socket.write(enc.simpleReply(req.cookie, 0));
-      this.socket.write(data, () => largeBuffers.give(data));
+      this.send(enc.simpleReply(req.cookie, 0));
+      this.send(data, () => largeBuffers.give(data));
     }
-    process.nextTick(uncork, this.socket);
   }
 
   private replyError(req: RequestMessage, errno: NbdErrnoName, message: string): void {
@@ -272,7 +290,7 @@ export class NbdConnection {
     const value = NbdErrno[errno];
     const structured =
       this.session!.structuredReplies && (req.type === Command.Read || req.type === Command.BlockStatus);
-    this.socket.write(structured ? enc.errorChunk(req.cookie, value, message) : enc.simpleReply(req.cookie, value));
+    this.send(structured ? enc.errorChunk(req.cookie, value, message) : enc.simpleReply(req.cookie, value));
   }
 
   private hangUp(reason: string, level: 'warn' | 'info' | 'debug' = 'warn'): void {
@@ -303,8 +321,4 @@ function payloadBytes(req: RequestMessage): number {
 
 function takeBuffer(length: number): Buffer {
   return largeBuffers.take(length);
-}
-
-function uncork(socket: Socket): void {
-  socket.uncork();
 }

@@ -11,10 +11,13 @@ import fs from 'node:fs';
 import { BlockDevice, BlockDeviceError, BlockSizeHint, Extent, ExtentFlags, ZeroOptions } from './block-device';
 import { fileOps, SEEK_DATA, SEEK_HOLE } from './fileops';
 import { blockDeviceGeometry } from './device-geometry';
+import { WriteBatcher } from './write-batch';
 
 const ZERO_CHUNK = 1 << 20;
 const MAX_STATUS_EXTENTS = 512;
 const NOWAIT_MAX = 256 * 1024;
+/** Bytes one fallocate call covers before the event loop gets a turn. */
+const FALLOCATE_SLICE = 16 << 20;
 
 export interface FileDeviceOptions {
   readOnly?: boolean;
@@ -31,6 +34,8 @@ export class FileDevice implements BlockDevice {
   readonly canTrim: boolean;
   readonly canFastZero: boolean;
   private closed = false;
+  private noWaitWrites = true;
+  private readonly batcher: WriteBatcher | null;
 
   private constructor(
     readonly path: string,
@@ -40,6 +45,7 @@ export class FileDevice implements BlockDevice {
     /** Logical sector size of a block device; null for a regular file. */
     private readonly sectorSize: number | null,
   ) {
+    this.batcher = fileOps && !readOnly ? new WriteBatcher(fd, fileOps, (err) => deviceError(err, 'write')) : null;
     this.canTrim = !readOnly && (fileOps !== null || sectorSize !== null);
     this.canFastZero = !readOnly && fileOps !== null;
   }
@@ -104,6 +110,23 @@ export class FileDevice implements BlockDevice {
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.checkWritable();
+    // Where the file system takes non-blocking buffered writes (xfs, btrfs), a
+    // write the page cache absorbs at once is done here; ext4 refuses them,
+    // and after the first refusal every write goes to the thread pool.
+    let start = 0;
+    if (fileOps && this.noWaitWrites && data.length <= NOWAIT_MAX) {
+      const n = fileOps.pwriteNoWait(this.fd, data, offset);
+      if (n === -2) this.noWaitWrites = false;
+      else if (n === data.length) return fua ? this.flush() : Promise.resolve();
+      else if (n > 0) start = n;
+    }
+    const written = this.batcher
+      ? this.batcher.write(start ? data.subarray(start) : data, offset + start)
+      : this.writeThroughPool(offset, data, start);
+    return fua ? written.then(() => this.flush()) : written;
+  }
+
+  private writeThroughPool(offset: number, data: Buffer, start: number): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const step = (done: number): void => {
         fs.write(this.fd, data, done, data.length - done, offset + done, (err, n) => {
@@ -112,8 +135,8 @@ export class FileDevice implements BlockDevice {
           resolve();
         });
       };
-      step(0);
-    }).then(() => (fua ? this.flush() : undefined));
+      step(start);
+    });
   }
 
   flush(): Promise<void> {
@@ -128,7 +151,7 @@ export class FileDevice implements BlockDevice {
     if (this.sectorSize !== null) return this.zero(offset, length, { fua, noHole: false, fastZero: false });
     if (!fileOps) return; // TRIM is advisory; not advertised without the addon
     try {
-      fileOps.punchHole(this.fd, offset, length);
+      await inSlices(offset, length, (at, n) => fileOps!.punchHole(this.fd, at, n));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOTSUP') throw deviceError(e as NodeJS.ErrnoException, 'trim');
     }
@@ -163,10 +186,13 @@ export class FileDevice implements BlockDevice {
     this.checkWritable();
     if (fileOps) {
       try {
-        if (!options.noHole) this.punchHole(offset, length);
-        else if (this.sectorSize === null) fileOps.zeroRange(this.fd, offset, length);
+        const ops = fileOps;
         // A block device zeroes a range by writing it (ZERO_RANGE there may write, and would block this thread).
-        else throw Object.assign(new Error('allocated zeros are written on a block device'), { code: 'ENOTSUP' });
+        if (options.noHole && this.sectorSize !== null)
+          throw Object.assign(new Error('allocated zeros are written on a block device'), { code: 'ENOTSUP' });
+        await inSlices(offset, length, (at, n) =>
+          options.noHole ? ops.zeroRange(this.fd, at, n) : this.punchHole(at, n),
+        );
         if (options.fua) await this.flush();
         return;
       } catch (e) {
@@ -240,6 +266,8 @@ export class FileDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // Batched writes still queued or running must never reach a reused descriptor number.
+    await this.batcher?.idle();
     await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
   }
 
@@ -247,6 +275,22 @@ export class FileDevice implements BlockDevice {
     // After close the descriptor number may belong to another file: never write through it.
     if (this.closed) throw new BlockDeviceError('EIO', `image ${this.path} is closed`);
     if (this.readOnly) throw new BlockDeviceError('EPERM', 'the image is read-only');
+  }
+}
+
+/**
+ * Runs a synchronous range operation (fallocate) slice by slice, yielding to
+ * the event loop between slices: punching 64 MiB of cached data takes tens
+ * of milliseconds, so one request for gigabytes must not run in one go.
+ * Slice edges fall on multiples of the slice size.
+ */
+async function inSlices(offset: number, length: number, op: (at: number, n: number) => void): Promise<void> {
+  const end = offset + length;
+  for (let at = offset; at < end;) {
+    const next = Math.min(end, (Math.floor(at / FALLOCATE_SLICE) + 1) * FALLOCATE_SLICE);
+    op(at, next - at);
+    at = next;
+    if (at < end) await new Promise((resolve) => setImmediate(resolve));
   }
 }
 

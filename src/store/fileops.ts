@@ -14,6 +14,10 @@ export interface FileOps {
   seek(fd: number, offset: number, whence: number): number;
   /** Reads what the page cache holds without blocking; -1 when it would block. */
   preadNoWait(fd: number, buffer: Buffer, position: number): number;
+  /** Writes into the page cache without blocking; -1 when it would block, -2 when the file system cannot. */
+  pwriteNoWait(fd: number, buffer: Buffer, position: number): number;
+  /** Writes every buffer at its position in one thread-pool task; then callback(errno per buffer, 0 = written). */
+  writeBatch(fd: number, buffers: Buffer[], positions: number[], callback: (errors: number[]) => void): void;
   /** flock(2) without waiting: true when taken, false when a conflicting lock is held elsewhere. */
   tryLock(fd: number, exclusive: 0 | 1): boolean;
   /** Size in bytes and logical sector size of a block device (BLKGETSIZE64, BLKSSZGET). */

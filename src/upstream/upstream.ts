@@ -104,6 +104,15 @@ export interface Upstream extends EventEmitter {
    * tell; rejects when the link fails (the caller may ask again).
    */
   zeroRanges?(offset: number, length: number): Promise<ZeroRangeAnswer | null>;
+  /**
+   * The SHA-256 of each of `count` blocks from `offset` (a multiple of the
+   * block size), back to back, so blocks can be taken from a seed image
+   * instead of fetched. Absent where the source cannot tell (plain NBD, a
+   * ferry source that predates it: see `blockHashesProblem`).
+   */
+  blockHashes?(offset: number, count: number): Promise<Buffer>;
+  /** Why blockHashes cannot be asked, or null when it can. */
+  blockHashesProblem?(): string | null;
   /** Gives the upstream read access to blocks the destination holds. */
   attachLocal?(local: LocalBlocks): void;
   /** How this source reports its writes before cutover (fixed for the upstream's life). */

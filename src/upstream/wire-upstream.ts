@@ -25,7 +25,7 @@ import type {
 import type { WireAuth } from '../wire/auth';
 import { Gate, retry } from '../util/backoff';
 import { WireRefusedError, WireStream } from '../wire/wire-stream';
-import { RefuseCode, Role, Tracking, WIRE_VERSION, WireEncoding } from '../wire/protocol';
+import { RefuseCode, Role, Tracking, WelcomeFlag, WIRE_VERSION, WireEncoding } from '../wire/protocol';
 import { parseFerryUrl, type FerryTarget } from './ferry-url';
 import { emptyWireStats, wireLinkStats, type WireStats } from './wire-stats';
 import { fetchFlags, fetchPieces } from './wire-fetch-plan';
@@ -71,6 +71,8 @@ export class WireUpstream extends EventEmitter implements Upstream {
   private reconnecting = new Set<number>();
   private fatal: Error | null = null;
   private trackingMode: WriteTracking = 'none';
+  /** The source answers HASH_QUERY (WELCOME said so). */
+  private hashes = false;
   private epoch = '';
   private readonly reports: WireReports;
   private readonly references: ReferenceResolver;
@@ -107,6 +109,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
     u.stats.codec = welcome.codec;
     u.trackingMode = welcome.tracking === Tracking.Stream ? 'stream' : 'none';
     u.epoch = welcome.trackingEpoch;
+    u.hashes = (urgent.welcomeFlags & WelcomeFlag.BlockHashes) !== 0;
     u.install(-1, urgent); // from now on a dropped stream is replaced
     try {
       for (let i = 0; i < u.background.length; i++) u.install(i, await u.openStream(Role.Background));
@@ -177,6 +180,21 @@ export class WireUpstream extends EventEmitter implements Upstream {
       todo = failed;
     }
     return out;
+  }
+
+  /** On a background stream: the source reads the blocks to hash them, which an on-demand fetch must not wait for. */
+  async blockHashes(offset: number, count: number): Promise<Buffer> {
+    const stream = await this.streamFor('background');
+    if (!(stream.welcomeFlags & WelcomeFlag.BlockHashes)) throw new Error(this.blockHashesProblem()!);
+    const hashes = await stream.blockHashes(offset, count);
+    this.stats.bytesOnWire += 32 + hashes.length;
+    return hashes;
+  }
+
+  blockHashesProblem(): string | null {
+    return this.hashes
+      ? null
+      : `the source at ${this.url} does not answer block-hash queries (a ferry source older than this destination): seeding needs one that does`;
   }
 
   /** Asked on the urgent stream: its answer is small and must not wait behind background batches. */

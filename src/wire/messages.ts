@@ -3,7 +3,16 @@
  * A decoder returns a string (the reason) for metadata that does not parse.
  */
 import { encodeFrameHead } from './frame-codec';
-import { ENTRY_SIZE, MAX_DIRTY_RANGES, MAX_STRING, MAX_ZERO_RANGES, MessageType, WireEncoding } from './protocol';
+import { BLOCK_HASH_BYTES } from '../util/block-hash';
+import {
+  ENTRY_SIZE,
+  MAX_DIRTY_RANGES,
+  MAX_HASH_BLOCKS,
+  MAX_STRING,
+  MAX_ZERO_RANGES,
+  MessageType,
+  WireEncoding,
+} from './protocol';
 
 export interface Hello {
   version: number;
@@ -78,6 +87,21 @@ export interface ZeroRanges {
   /** How far the answer goes (at least one byte, at most the length asked). */
   covered: number;
   ranges: Array<{ offset: number; length: number }>;
+}
+
+/** Asks for the SHA-256 of `count` blocks (of the session's block size) from `offset`. */
+export interface HashQuery {
+  requestId: number;
+  offset: number;
+  count: number;
+}
+
+/** The answer: `count` SHA-256 digests back to back, one per block in order. */
+export interface BlockHashes {
+  requestId: number;
+  offset: number;
+  count: number;
+  hashes: Buffer;
 }
 
 export interface ByteRange {
@@ -222,10 +246,11 @@ export function decodeHello(meta: Buffer): Hello | string {
   return r.ok && r.atEnd ? m : 'malformed HELLO';
 }
 
-export function encodeWelcome(m: Welcome): Buffer {
+/** `flags`: WelcomeFlag bits (what else the source answers). */
+export function encodeWelcome(m: Welcome, flags = 0): Buffer {
   return encodeFrameHead(
     MessageType.Welcome,
-    0,
+    flags,
     new Writer()
       .u16(m.version)
       .u64(m.imageSize)
@@ -383,6 +408,37 @@ export function decodeZeroRanges(meta: Buffer): ZeroRanges | string {
   }
   if (!r.atEnd || covered === 0) return 'malformed ZERO_RANGES';
   return { requestId, offset, covered, ranges };
+}
+
+export function encodeHashQuery(m: HashQuery): Buffer {
+  return encodeFrameHead(MessageType.HashQuery, 0, new Writer().u32(m.requestId).u64(m.offset).u32(m.count).done());
+}
+
+export function decodeHashQuery(meta: Buffer): HashQuery | string {
+  const r = new Reader(meta);
+  const m = { requestId: r.u32(), offset: r.u64(), count: r.u32() };
+  if (!r.ok || !r.atEnd) return 'malformed HASH_QUERY';
+  if (m.count < 1 || m.count > MAX_HASH_BLOCKS) return `HASH_QUERY of ${m.count} blocks is not 1..${MAX_HASH_BLOCKS}`;
+  return m;
+}
+
+export function encodeBlockHashes(m: BlockHashes): Buffer {
+  if (m.hashes.length !== m.count * BLOCK_HASH_BYTES) throw new RangeError('BLOCK_HASHES: one hash per block');
+  return encodeFrameHead(
+    MessageType.BlockHashes,
+    0,
+    Buffer.concat([new Writer().u32(m.requestId).u64(m.offset).u32(m.count).done(), m.hashes]),
+  );
+}
+
+export function decodeBlockHashes(meta: Buffer): BlockHashes | string {
+  const r = new Reader(meta);
+  const requestId = r.u32();
+  const offset = r.u64();
+  const count = r.u32();
+  if (!r.ok || count < 1 || count > MAX_HASH_BLOCKS || meta.length !== 16 + count * BLOCK_HASH_BYTES)
+    return 'malformed BLOCK_HASHES';
+  return { requestId, offset, count, hashes: Buffer.from(meta.subarray(16)) };
 }
 
 function writeRanges(w: Writer, ranges: readonly ByteRange[], what: string): Writer {

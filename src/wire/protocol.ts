@@ -33,7 +33,20 @@ export const enum MessageType {
   CutoverRequest = 11,
   /** The final write set of a fenced source (one or more frames, the last with Final). */
   Cutover = 12,
+  /** The destination asks for the SHA-256 of each block of a range (to find them in its seed). */
+  HashQuery = 13,
+  /** The answer to a HASH_QUERY. */
+  BlockHashes = 14,
 }
+
+/** WELCOME's frame flags: what else the source answers. */
+export const enum WelcomeFlag {
+  /** The source answers HASH_QUERY. */
+  BlockHashes = 1,
+}
+
+/** Blocks one HASH_QUERY may ask about; their hashes fit the metadata section. */
+export const MAX_HASH_BLOCKS = 8192;
 
 /** WELCOME's tracking field: how the source reports its writes. */
 export const enum Tracking {

@@ -16,14 +16,17 @@ import {
   decodeCutoverRequest,
   decodeDirtyAck,
   decodeFetch,
+  decodeHashQuery,
   decodeHello,
   decodeZeroQuery,
+  encodeBlockHashes,
   encodeBatchHead,
   encodeFetchError,
   encodeRefuse,
   encodeWelcome,
   encodeZeroRanges,
   Fetch,
+  HashQuery,
   Hello,
   WireEntry,
   ZeroQuery,
@@ -36,9 +39,11 @@ import {
   MessageType,
   RefuseCode,
   Role,
+  WelcomeFlag,
   WIRE_VERSION,
   WireEncoding,
 } from './protocol';
+import { hashBlocks } from '../util/block-hash';
 import { ExtentFlags } from '../store/block-device';
 import { toWireEncoding } from './encoding-map';
 import { batchBlocksLimit, blockSizeProblem, MAX_BATCH_BLOCKS } from '../util/limits';
@@ -287,6 +292,22 @@ class SourceConnection implements SessionLink {
           });
         continue;
       }
+      if (frame.type === MessageType.HashQuery) {
+        const query = decodeHashQuery(frame.meta);
+        if (typeof query === 'string') return this.refuse(RefuseCode.BadRequest, query);
+        this.inFlight++;
+        this.serveHashQuery(query)
+          .catch((e: Error) => {
+            this.send([
+              encodeFetchError({ requestId: query.requestId, code: FetchErrorCode.ReadError, reason: e.message }),
+            ]);
+          })
+          .finally(() => {
+            this.inFlight--;
+            this.pump();
+          });
+        continue;
+      }
       if (frame.type !== MessageType.Fetch)
         return this.refuse(RefuseCode.BadRequest, `unexpected message type ${frame.type}`);
       const fetch = decodeFetch(frame.meta);
@@ -346,13 +367,16 @@ class SourceConnection implements SessionLink {
     this.decoder.setLimits(POST_HELLO_MAX_META, 0);
     this.onAuthenticated();
     this.socket.write(
-      encodeWelcome({
-        version: WIRE_VERSION,
-        imageSize: device.size,
-        identity,
-        codec: this.options.chooser.current,
-        ...sessions.welcomeTracking(session),
-      }),
+      encodeWelcome(
+        {
+          version: WIRE_VERSION,
+          imageSize: device.size,
+          identity,
+          codec: this.options.chooser.current,
+          ...sessions.welcomeTracking(session),
+        },
+        WelcomeFlag.BlockHashes,
+      ),
     );
     // After WELCOME: the first DIRTY or CUTOVER must not come before it.
     if (hello.role === Role.Urgent) sessions.attachUrgent(session, this);
@@ -455,6 +479,21 @@ class SourceConnection implements SessionLink {
     // No extent at all (never expected) answers "data" for the whole range rather than stalling the scan.
     const covered = end > offset ? end - offset : query.length;
     this.send([encodeZeroRanges({ requestId, offset, covered, ranges })]);
+  }
+
+  /** SHA-256 of each block asked about, so the destination can take equal blocks from its seed. */
+  private async serveHashQuery(query: HashQuery): Promise<void> {
+    const { device } = this.options;
+    const bs = this.hello!.blockSize;
+    const { requestId, offset, count } = query;
+    if (offset % bs !== 0 || offset >= device.size || offset + (count - 1) * bs >= device.size) {
+      const reason = `hash query of ${count} blocks at ${offset} is not whole blocks inside the image (${device.size} bytes)`;
+      this.send([encodeFetchError({ requestId, code: FetchErrorCode.OutOfRange, reason })]);
+      return;
+    }
+    const data = Buffer.allocUnsafe(Math.min(count * bs, device.size - offset));
+    await device.read(offset, data);
+    this.send([encodeBlockHashes({ requestId, offset, count, hashes: hashBlocks(data, bs) })]);
   }
 
   /** Encodes on the pool, waiting (not failing) while its bounded queue is full. */

@@ -20,6 +20,9 @@ import {
   decodeRefuse,
   decodeWelcome,
   decodeZeroRanges,
+  decodeBlockHashes,
+  encodeHashQuery,
+  BlockHashes,
   encodeCutoverRequest,
   encodeDirtyAck,
   encodeFetch,
@@ -49,6 +52,8 @@ interface PendingFetch {
   onBatch: (batch: BatchFrame) => void;
   /** Set for a ZERO_QUERY: its one answer. */
   onZeroRanges?: (ranges: ZeroRanges) => void;
+  /** Set for a HASH_QUERY: its one answer. */
+  onBlockHashes?: (hashes: BlockHashes) => void;
   reject: (err: Error) => void;
 }
 
@@ -71,6 +76,8 @@ export class CorruptFrameError extends Error {
 
 export class WireStream extends EventEmitter {
   welcome: Welcome | null = null;
+  /** WELCOME's frame flags (WelcomeFlag): what else the source answers. */
+  welcomeFlags = 0;
   private readonly decoder = new FrameDecoder();
   private readonly pending = new Map<number, PendingFetch>();
   private nextRequest = 1;
@@ -202,6 +209,30 @@ export class WireStream extends EventEmitter {
     });
   }
 
+  /** The SHA-256 of `count` blocks of `blockSize` from `offset` (HASH_QUERY; only where WELCOME offered it). */
+  blockHashes(offset: number, count: number): Promise<Buffer> {
+    if (this.closed) return Promise.reject(this.closeError);
+    if (this.pending.size === 0) this.lastFrameAt = Date.now();
+    const requestId = this.takeRequestId();
+    return new Promise((resolve, reject) => {
+      this.pending.set(requestId, {
+        onBatch: () => this.destroy(new CorruptFrameError(`BATCH for hash query ${requestId}`)),
+        onBlockHashes: (answer) => {
+          this.pending.delete(requestId);
+          if (answer.offset !== offset || answer.count !== count) {
+            const err = new CorruptFrameError(
+              `BLOCK_HASHES for ${answer.count} blocks at ${answer.offset}, asked ${count} at ${offset}`,
+            );
+            reject(err);
+            this.destroy(err);
+          } else resolve(answer.hashes);
+        },
+        reject,
+      });
+      this.socket.write(encodeHashQuery({ requestId, offset, count }));
+    });
+  }
+
   /** DIRTY_ACK: report (or final set) `seq` is durable here. A closed stream sends nothing (the source sends it again). */
   ackDirty(seq: number): boolean {
     if (this.closed) return false;
@@ -248,6 +279,7 @@ export class WireStream extends EventEmitter {
           const w = decodeWelcome(frame.meta);
           if (typeof w === 'string') return this.destroy(new CorruptFrameError(w));
           this.welcome = w;
+          this.welcomeFlags = frame.flags;
           this.emit('welcome', w);
           break;
         }
@@ -273,6 +305,15 @@ export class WireStream extends EventEmitter {
           const p = this.pending.get(z.requestId);
           if (p && !p.onZeroRanges) return this.destroy(new CorruptFrameError(`ZERO_RANGES for fetch ${z.requestId}`));
           p?.onZeroRanges!(z);
+          break;
+        }
+        case MessageType.BlockHashes: {
+          const h = decodeBlockHashes(frame.meta);
+          if (typeof h === 'string') return this.destroy(new CorruptFrameError(h));
+          const p = this.pending.get(h.requestId);
+          if (p && !p.onBlockHashes)
+            return this.destroy(new CorruptFrameError(`BLOCK_HASHES for request ${h.requestId}`));
+          p?.onBlockHashes!(h);
           break;
         }
         case MessageType.Dirty: {

@@ -20,6 +20,7 @@ export function initialStatus(overrides: Partial<MigrationStatus> = {}): Migrati
     blocksHeld: 0,
     bytesFetched: 0,
     bytesSkippedAsZero: 0,
+    bytesSeeded: 0,
     onDemandFetches: 0,
     backgroundBytesPerSecond: 0,
     backgroundWindowBytes: 0,
