@@ -12,6 +12,7 @@ import { BatchCodec } from '../src/codec/batch-codec';
 import { xxh64 } from '../src/kernels';
 import { CodecPool } from '../src/pool';
 import { FileDevice } from '../src/store/file-device';
+import { BatchBuffers } from '../src/wire/batch-buffers';
 import { CodecChooser } from '../src/wire/codec-chooser';
 import { DedupeTable } from '../src/wire/dedupe-table';
 import { encodePreamble, FrameDecoder } from '../src/wire/frame-codec';
@@ -51,8 +52,10 @@ class CollectingLink implements FetchLink {
   constructor() {
     this.decoder.push(encodePreamble()); // as a connection starts
   }
-  send(parts: Buffer[]): void {
-    for (const p of parts) this.decoder.push(p);
+  send(parts: Buffer[], written?: () => void): void {
+    // A copy, as the socket's bytes would be: the sender may reuse its buffers once told.
+    for (const p of parts) this.decoder.push(Buffer.from(p));
+    written?.();
   }
   async roomToWrite(): Promise<void> {}
   batches(): Array<{ entries: WireEntry[]; payload: Buffer }> {
@@ -95,6 +98,7 @@ async function setup(t: Test, failFirstEncode = false) {
     pool: spy,
     chooser: new CodecChooser('lz4', ['lz4'], 1),
     hasher: new BatchCodec({ codec: 'none' }),
+    buffers: new BatchBuffers(),
     counters,
     log: pino({ level: 'silent' }),
   };
@@ -164,4 +168,30 @@ t.test('a batch that fails to encode leaves no reference to its blocks', async (
   const [batch] = link.batches();
   t.equal(batch.entries[0].encoding, WireEncoding.Lz4, 'the first block is sent again in full');
   t.equal(batch.entries[2].reference, 0);
+});
+
+t.test('a recycled buffer pads a short last block with zeros, not its old bytes', async (t) => {
+  const { services } = await setup(t);
+  const dir = tempDir(t, 'ferry-fetch-tail-');
+  const image = path.join(dir, 'tail.img');
+  const content = IMAGE.subarray(0, 2 * BS + 100);
+  fs.writeFileSync(image, content);
+  const device = FileDevice.open(image, { readOnly: true });
+  t.teardown(() => device.close());
+  const used = new ArrayBuffer(3 * BS);
+  new Uint8Array(used).fill(0xff);
+  services.buffers.give(used);
+  const link = new CollectingLink();
+  const fetch = {
+    requestId: 2,
+    priority: Role.Background,
+    flags: FetchFlag.NoReferences,
+    offset: 0,
+    length: content.length,
+  };
+  await serveFetch(fetch, hello, new DedupeTable(), link, { ...services, device }, 1 << 20);
+  const [batch] = link.batches();
+  const tail = Buffer.alloc(BS);
+  content.copy(tail, 0, 2 * BS);
+  t.equal(batch.entries[2].checksum, xxh64(tail), 'the tail block is its bytes and zeros');
 });

@@ -8,6 +8,7 @@
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { BatchCodec } from '../codec/batch-codec';
+import type { BatchBuffers } from './batch-buffers';
 import { encodePreamble, FrameDecoder } from './frame-codec';
 import {
   decodeCutoverRequest,
@@ -47,6 +48,7 @@ export class SourceConnection implements SessionLink, FetchLink {
     private readonly options: SourceServerOptions,
     private readonly counters: SourceCounters,
     private readonly hasher: BatchCodec,
+    private readonly buffers: BatchBuffers,
     private readonly log: Logger,
     roleProblem: string | null,
     private readonly onAuthenticated: () => void,
@@ -143,7 +145,15 @@ export class SourceConnection implements SessionLink, FetchLink {
       if (typeof fetch === 'string') return this.refuse(RefuseCode.BadRequest, fetch);
       this.inFlight++;
       const { device, pool, chooser } = this.options;
-      const services = { device, pool, chooser, hasher: this.hasher, counters: this.counters, log: this.log };
+      const services = {
+        device,
+        pool,
+        chooser,
+        hasher: this.hasher,
+        buffers: this.buffers,
+        counters: this.counters,
+        log: this.log,
+      };
       serveFetch(fetch, this.hello, this.session!.dedupe, this, services, this.maxFetchBytes)
         .catch((e: Error) => {
           // The destination must hear of it, or it waits for a final batch that never comes.
@@ -203,10 +213,15 @@ export class SourceConnection implements SessionLink, FetchLink {
     );
   }
 
-  send(parts: Buffer[]): void {
+  send(parts: Buffer[], written?: () => void): void {
     if (this.dead) return;
     if (parts.length > 1) this.socket.cork();
-    for (const p of parts) if (p.length) this.socket.write(p);
+    const last = parts.length - 1;
+    // The callback of the last write runs once every part is written (or the socket failed).
+    parts.forEach((p, i) => {
+      if (p.length || (i === last && written))
+        this.socket.write(p, i === last && written ? () => written() : undefined);
+    });
     if (parts.length > 1) this.socket.uncork();
   }
 

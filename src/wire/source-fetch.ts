@@ -9,6 +9,7 @@ import type { BatchCodec } from '../codec/batch-codec';
 import { QueueFullError, type CodecPool } from '../pool';
 import type { BlockDevice } from '../store/block-device';
 import { batchBlocksLimit } from '../util/limits';
+import type { BatchBuffers } from './batch-buffers';
 import type { CodecChooser } from './codec-chooser';
 import type { DedupeTable } from './dedupe-table';
 import { toWireEncoding } from './encoding-map';
@@ -18,7 +19,8 @@ import { FetchErrorCode, FetchFlag, Role, WireEncoding } from './protocol';
 /** What serving a fetch needs from the connection it came on. */
 export interface FetchLink {
   readonly dead: boolean;
-  send(parts: Buffer[]): void;
+  /** Sends frames; `written` runs once the socket no longer needs their bytes (not at all if it never writes them). */
+  send(parts: Buffer[], written?: () => void): void;
   /** Resolves once the socket has room again (at once when it has). */
   roomToWrite(): Promise<void>;
 }
@@ -29,6 +31,7 @@ export interface FetchServices {
   chooser: CodecChooser;
   /** Hashes batches on this thread, before they go to the pool. */
   hasher: BatchCodec;
+  buffers: BatchBuffers;
   counters: { batches: number; bytesRead: number; bytesSent: number; references: number };
   log: Logger;
 }
@@ -75,10 +78,13 @@ export async function serveFetch(
     // Wait while the peer is slow to read: bounded memory, and the pool is not fed for nothing.
     await link.roomToWrite();
     if (link.dead) return;
-    const buffer = new ArrayBuffer(count * bs); // the tail block is padded with zeros
+    const buffer = services.buffers.take(count * bs);
+    // A short tail block is padded with zeros (a recycled buffer holds old bytes there).
+    if (bytes < count * bs) new Uint8Array(buffer, bytes).fill(0);
     try {
       await device.read(offset, Buffer.from(buffer, 0, bytes));
     } catch (e) {
+      services.buffers.give(buffer);
       link.send([
         encodeFetchError({ requestId: fetch.requestId, code: FetchErrorCode.ReadError, reason: (e as Error).message }),
       ]);
@@ -118,7 +124,8 @@ export async function serveFetch(
       final,
       payload.length,
     );
-    link.send([head, payload]);
+    const carrier = encoded.payload.buffer as ArrayBuffer;
+    link.send([head, payload], () => services.buffers.give(carrier));
     counters.batches++;
     counters.bytesSent += head.length + payload.length;
   }

@@ -11,6 +11,7 @@ import type { CodecPool } from '../pool';
 import type { BlockDevice } from '../store/block-device';
 import { createWireServer, destinationProblem, WireAuth } from './auth';
 import type { CodecChooser } from './codec-chooser';
+import { BatchBuffers } from './batch-buffers';
 import { LinkMeter } from './link-meter';
 import { BurstLog } from '../util/burst-log';
 import { SourceConnection } from './source-connection';
@@ -62,6 +63,8 @@ export class WireSourceServer {
   private readonly meter: LinkMeter;
   /** Hashes batches on this thread, so repeats are known before the pool compresses anything. */
   private readonly hasher = new BatchCodec({ codec: 'none' });
+  /** Batch buffers, reused across fetches and connections once their bytes are written. */
+  private readonly buffers = new BatchBuffers();
   counters: SourceCounters = {
     connections: 0,
     authFailures: 0,
@@ -153,8 +156,15 @@ export class WireSourceServer {
     socket.setNoDelay(true);
     const roleProblem = destinationProblem(this.options.auth, socket);
     if (roleProblem) this.counters.authFailures++;
-    const conn = new SourceConnection(socket, this.options, this.counters, this.hasher, log, roleProblem, () =>
-      clearTimeout(deadline),
+    const conn = new SourceConnection(
+      socket,
+      this.options,
+      this.counters,
+      this.hasher,
+      this.buffers,
+      log,
+      roleProblem,
+      () => clearTimeout(deadline),
     );
     socket.on('close', () => {
       clearTimeout(deadline);
