@@ -8,13 +8,14 @@ const MIN_MATCH: usize = 4;
 const LAST_LITERALS: usize = 5;
 const MF_LIMIT: usize = 12;
 const MAX_OFFSET: usize = 65535;
-// Inputs up to SMALL_INPUT bytes hash into 2^14 slots (fewer collisions: the
-// faster choice on 4 KiB blocks); larger ones into the first 2^12, which stay
-// in L1 and give the same ratio as lz4-wasm (lz4_flex) on every corpus, where
-// 2^14 found more matches but was up to 1.5x slower on binaries.
+// Inputs under 64 KiB hash into 2^14 slots (fewer collisions: the faster
+// choice on 4 KiB blocks, and below 64 KiB lz4-wasm's table grows to 2^14
+// too, so the ratios stay alike); from 64 KiB on into the first 2^12, which
+// stay in L1 and give lz4-wasm's ratio, where 2^14 found 1-4% more matches
+// but was up to 1.5x slower on binaries.
 const HASH_LOG: u32 = 14;
 const HASH_LOG_LARGE: u32 = 12;
-const SMALL_INPUT: usize = 16384;
+const SMALL_INPUT: usize = 65535;
 // After 2^SKIP_TRIGGER misses in a row the search step grows by one (the
 // reference uses 6; 4 measured faster on binaries with a ratio still within
 // 0.3% of lz4-wasm's; 3 lost over 1% on ext4 images). Acceleration multiplies
@@ -105,8 +106,7 @@ function writeLength(op: usize, rem: usize): usize {
  */
 export function lz4Compress(src: usize, len: usize, dst: usize, cap: usize, accel: u32): isize {
   // Two copies of the loop, each with its table size as a constant: small
-  // inputs take the whole table (fewer collisions), large ones a quarter of
-  // it, which stays in L1 and keeps the ratio at the reference's.
+  // inputs take the whole table, large ones a quarter of it (see HASH_LOG).
   if (len <= SMALL_INPUT) return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG);
   return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG_LARGE);
 }
