@@ -8,26 +8,35 @@ const MIN_MATCH: usize = 4;
 const LAST_LITERALS: usize = 5;
 const MF_LIMIT: usize = 12;
 const MAX_OFFSET: usize = 65535;
+// Inputs under 64 KiB hash into 2^14 slots (fewer collisions: the faster
+// choice on 4 KiB blocks, and below 64 KiB lz4-wasm's table grows to 2^14
+// too, so the ratios stay alike); from 64 KiB on into the first 2^12, which
+// stay in L1 and give lz4-wasm's ratio, where 2^14 found 1-4% more matches
+// but was up to 1.5x slower on binaries.
 const HASH_LOG: u32 = 14;
+const HASH_LOG_LARGE: u32 = 12;
+const SMALL_INPUT: usize = 65535;
 // After 2^SKIP_TRIGGER misses in a row the search step grows by one (the
-// reference uses 6; 4 measured faster on binaries with a ratio still above
-// lz4-wasm's). Acceleration multiplies the starting miss count.
+// reference uses 6; 4 measured faster on binaries with a ratio still within
+// 0.3% of lz4-wasm's; 3 lost over 1% on ext4 images). Acceleration multiplies
+// the starting miss count.
 const SKIP_TRIGGER: u32 = 4;
 
-// Hash table in static memory: 2^14 u32 entries (64 KiB). A larger table
-// measured both faster and better than 2^12 (fewer false candidates). Entries
-// hold `position - src + epoch`, and every call starts a new epoch above all
-// values written before, so entries from earlier calls are simply out of
-// range: no reset per call, and the output depends only on the input.
+// Hash table in static memory: 2^14 u32 entries (64 KiB). Entries hold
+// `position - src + epoch`, and every call starts a new epoch more than
+// MAX_OFFSET above all values written before, so entries from earlier calls
+// fail the same distance test as matches too far back: no reset per call, one
+// comparison per candidate, and the output depends only on the input.
 const TABLE: usize = memory.data(4 << HASH_LOG, 16);
-let epoch: u32 = 1;
+const EPOCH_GAP: u32 = <u32>MAX_OFFSET + 1;
+let epoch: u32 = EPOCH_GAP;
 
 /**
  * Moves the epoch, to exercise the table reset at wrap-around. Exported only
  * by the test kernels (test/kernels/test-kernels.ts), not by assembly/index.ts.
  */
 export function lz4SetEpoch(value: u32): void {
-  epoch = value < 1 ? 1 : value;
+  epoch = value < EPOCH_GAP ? EPOCH_GAP : value;
 }
 
 export const LZ4_ERR_OUTPUT_FULL: isize = -1;
@@ -37,8 +46,8 @@ export const LZ4_ERR_BAD_OFFSET: isize = -4;
 
 // @ts-ignore: decorator
 @inline
-function slot(seq: u32): usize {
-  return TABLE + (<usize>((seq * 2654435761) >> (32 - HASH_LOG)) << 2);
+function slot(seq: u32, shift: u32): usize {
+  return TABLE + (<usize>((seq * 2654435761) >> shift) << 2);
 }
 
 /** Worst-case compressed size of `len` input bytes. */
@@ -96,54 +105,69 @@ function writeLength(op: usize, rem: usize): usize {
  * compressed length, or LZ4_ERR_OUTPUT_FULL if it would not fit in `cap`.
  */
 export function lz4Compress(src: usize, len: usize, dst: usize, cap: usize, accel: u32): isize {
+  // Two copies of the loop, each with its table size as a constant: small
+  // inputs take the whole table, large ones a quarter of it (see HASH_LOG).
+  if (len <= SMALL_INPUT) return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG);
+  return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG_LARGE);
+}
+
+// @ts-ignore: decorator
+@inline
+function compressWith(src: usize, len: usize, dst: usize, cap: usize, accel: u32, shift: u32): isize {
   const iend = src + len;
   const oend = dst + cap;
   let op = dst;
   let anchor = src;
   if (accel < 1) accel = 1;
   if (len > MF_LIMIT) {
-    if (<u64>epoch + <u64>len + 1 > <u64>0xffffffff) {
+    if (<u64>epoch + <u64>len + EPOCH_GAP > <u64>0xffffffff) {
       memory.fill(TABLE, 0, 4 << HASH_LOG);
-      epoch = 1;
+      epoch = EPOCH_GAP;
     }
     const base = epoch;
-    epoch += <u32>len + 1;
-    // Table value of position p is p - origin; valid values are >= base.
+    epoch += <u32>len + EPOCH_GAP;
+    // Table value of position p is p - origin (>= base). Values left by
+    // earlier calls are all more than MAX_OFFSET below base, so the one
+    // distance test below also rejects them.
     const origin = src - <usize>base;
     const mflimit = iend - MF_LIMIT;
     const matchlimit = iend - LAST_LITERALS;
     let ip = src;
-    store<u32>(slot(load<u32>(ip)), <u32>(ip - origin));
+    store<u32>(slot(load<u32>(ip), shift), <u32>(ip - origin));
     ip++;
-    let searching = true;
-    while (searching) {
+    while (true) {
       // Find a match, stepping faster the longer nothing matches.
       let match: usize = 0;
       let attempts: u32 = accel << SKIP_TRIGGER;
-      let step: u32 = 1;
+      let step: usize = 1;
       while (true) {
-        if (ip > mflimit) {
-          searching = false;
-          break;
-        }
+        if (ip > mflimit) break;
         const seq = load<u32>(ip);
-        const h = slot(seq);
+        const h = slot(seq, shift);
+        const cur = <u32>(ip - origin);
         const v = load<u32>(h);
-        store<u32>(h, <u32>(ip - origin));
-        match = origin + <usize>v;
-        if (v >= base && ip - match <= MAX_OFFSET && load<u32>(match) == seq) break;
+        store<u32>(h, cur);
+        if (cur - v <= <u32>MAX_OFFSET) {
+          match = origin + <usize>v;
+          if (load<u32>(match) == seq) break;
+        }
         ip += step;
-        step = attempts++ >> SKIP_TRIGGER;
+        step = <usize>(attempts++ >> SKIP_TRIGGER);
       }
-      if (!searching) break;
-      while (ip > anchor && match > src && load<u8>(ip - 1) == load<u8>(match - 1)) {
+      if (ip > mflimit) break;
+      while (ip > anchor && match > src) {
+        if (load<u8>(ip - 1) != load<u8>(match - 1)) break;
         ip--;
         match--;
       }
       const mlen = MIN_MATCH + matchLength(ip + MIN_MATCH, match + MIN_MATCH, matchlimit);
       const litLen = ip - anchor;
       const ml = mlen - MIN_MATCH;
-      if (op + litLen + litLen / 255 + ml / 255 + 5 > oend) return LZ4_ERR_OUTPUT_FULL;
+      // Room for token, lengths, literals and offset; the exact test (with its
+      // divisions) only when the cheap over-estimate says it may not fit.
+      if (op + litLen + ((litLen + ml) >> 7) + 8 > oend) {
+        if (op + litLen + litLen / 255 + ml / 255 + 5 > oend) return LZ4_ERR_OUTPUT_FULL;
+      }
       const tokenAt = op;
       op++;
       let token: u32;
@@ -171,7 +195,7 @@ export function lz4Compress(src: usize, len: usize, dst: usize, cap: usize, acce
       ip += mlen;
       anchor = ip;
       if (ip > mflimit) break;
-      store<u32>(slot(load<u32>(ip - 2)), <u32>(ip - 2 - origin));
+      store<u32>(slot(load<u32>(ip - 2), shift), <u32>(ip - 2 - origin));
     }
   }
   const litLen = iend - anchor;

@@ -1,6 +1,6 @@
 // Benchmark corpora: zeros, text, random, binaries and a real ext4 image.
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildExt4Image, findMkfs } from './migrate-image';
@@ -56,6 +56,22 @@ function concat(files: string[], size: number): Uint8Array {
 }
 
 const LIB_DIR = '/usr/lib/x86_64-linux-gnu';
+const BIN_DIR = '/usr/bin';
+
+/** True when the file starts with the ELF magic (an executable, not a script). */
+function isElf(path: string): boolean {
+  try {
+    const fd = openSync(path, 'r');
+    try {
+      const head = Buffer.alloc(4);
+      return readSync(fd, head, 0, 4, 0) === 4 && head.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]));
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+}
 
 export function buildCorpora(size: number, log: (line: string) => void): Corpus[] {
   const root = join(__dirname, '..', '..');
@@ -70,6 +86,11 @@ export function buildCorpora(size: number, log: (line: string) => void): Corpus[
     },
     { name: 'random', description: 'crypto.randomBytes (incompressible)', bytes: new Uint8Array(randomBytes(size)) },
     { name: 'binary', description: `shared libraries from ${LIB_DIR}`, bytes: concat(binFiles, size) },
+    {
+      name: 'elf',
+      description: `ELF executables from ${BIN_DIR}`,
+      bytes: concat(filesUnder(BIN_DIR, () => true, size * 4).filter(isElf), size),
+    },
   ];
   // Small images waste too much on metadata and journal to hold 40% of data.
   const image = ext4Image(Math.max(size, 32 << 20), log);

@@ -1,4 +1,4 @@
-// npm run bench:codecs [-- --quick] [--json FILE] [--workers N]
+// npm run bench:codecs [-- --quick] [--json FILE] [--workers N] [--only lz4,stages]
 // Measures the data plane: kernels against their references, every codec on
 // every corpus, pool scaling, and the link-rate trade-off table.
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -13,6 +13,8 @@ import { lz4Compress, lz4Decompress, xxh64 } from '../src/kernels/index';
 import { CodecPool } from '../src/pool';
 import { Kernels } from '../src/kernels/kernel-loader';
 import { type Corpus, buildCorpora } from './codecs-corpora';
+import { measureLz4Matrix } from './codecs-lz4';
+import { measureStages } from './codecs-stages';
 import { lineChartSvg } from './codecs-svg';
 
 const args = process.argv.slice(2);
@@ -21,6 +23,9 @@ const jsonAt = args.indexOf('--json');
 const JSON_FILE = jsonAt >= 0 ? args[jsonAt + 1] : undefined;
 const workersAt = args.indexOf('--workers');
 const MAX_WORKERS = workersAt >= 0 ? Number(args[workersAt + 1]) : Math.min(2, availableParallelism());
+const onlyAt = args.indexOf('--only');
+const ONLY = onlyAt >= 0 ? new Set(args[onlyAt + 1].split(',')) : undefined;
+const runs = (section: string) => !ONLY || ONLY.has(section);
 const BS = 4096;
 const BATCH_BLOCKS = 64;
 const BATCH = BS * BATCH_BLOCKS;
@@ -235,6 +240,93 @@ async function main(): Promise<void> {
   );
   for (const c of corpora) out.push(`- **${c.name}**: ${c.description}`);
   out.push('');
+
+  const lz4Corpora = ['text', 'elf', 'binary', 'ext4']
+    .map((name) => corpora.find((c) => c.name === name))
+    .filter((c): c is Corpus => c !== undefined);
+  let lz4Rows: Awaited<ReturnType<typeof measureLz4Matrix>> = [];
+  if (runs('lz4')) {
+    lz4Rows = await measureLz4Matrix(lz4Corpora, {
+      budget: QUICK ? 2 << 20 : 8 << 20,
+      rounds: ROUNDS,
+      minMs: QUICK ? 40 : 100,
+      log,
+    });
+    out.push('## LZ4 against lz4-wasm, same run (per corpus × input size)', '');
+    out.push(
+      'MB of input per CPU-second of the whole process (best of alternating rounds). **function**: ' +
+        '`lz4Compress` against `lz4-wasm-nodejs` `compress`, one call per input, copies in and out included. ' +
+        '**pool**: one worker with codec `lz4` against one with codec `lz4-wasm`, 1 MiB tasks of blocks of the input size ' +
+        '(checksum and zero test included on both sides). Ratio: input / output bytes.',
+      '',
+    );
+    out.push(
+      table(
+        [
+          'corpus',
+          'input',
+          'path',
+          'ours MB/s',
+          'lz4-wasm MB/s',
+          'ours / lz4-wasm',
+          'ratio ours',
+          'ratio lz4-wasm',
+          'ratio Δ',
+        ],
+        lz4Rows.map((r) => [
+          r.corpus,
+          r.inputBytes >= 1 << 20 ? `${r.inputBytes >> 20} MiB` : `${r.inputBytes >> 10} KiB`,
+          r.path,
+          mbs(r.oursMBs * MB),
+          mbs(r.refMBs * MB),
+          `**${r.speed.toFixed(2)}**`,
+          r.oursRatio.toFixed(3),
+          r.refRatio.toFixed(3),
+          `${((r.oursRatio / r.refRatio - 1) * 100).toFixed(2)}%`,
+        ]),
+      ),
+      '',
+    );
+  }
+  let stageRows: Awaited<ReturnType<typeof measureStages>> = [];
+  const stageCorpus = corpora.find((c) => c.name === 'ext4') ?? corpora.find((c) => c.name === 'binary')!;
+  if (runs('stages')) {
+    log(`pipeline stages on ${stageCorpus.name}...`);
+    stageRows = await measureStages(stageCorpus, {
+      blockSize: BS,
+      batchBlocks: BATCH_BLOCKS,
+      rounds: ROUNDS,
+      minMs: QUICK ? 40 : 100,
+    });
+    out.push(`## Pipeline stages, one core each (${stageCorpus.name}, batches of ${BATCH_BLOCKS} × ${BS} B)`, '');
+    out.push(
+      'MB of disk data per CPU-second, one batch at a time on this thread: the stage with the lowest rate bounds a core.',
+      '',
+    );
+    out.push(
+      table(
+        ['side', 'stage', 'MB/s per core'],
+        stageRows.map((r) => [r.side, r.stage, mbs(r.MBs * MB)]),
+      ),
+      '',
+    );
+  }
+
+  if (ONLY) {
+    // Only the sections asked for (lz4, stages): the rest takes most of the run.
+    process.stdout.write(out.join('\n'));
+    if (JSON_FILE) {
+      writeFileSync(
+        JSON_FILE,
+        JSON.stringify(
+          { quick: QUICK, loadavgAtStart, loadavgAtEnd: loadavg(), cpu, lz4: lz4Rows, stages: stageRows },
+          null,
+          2,
+        ),
+      );
+    }
+    return;
+  }
 
   // 1. Kernels against their references, per 4 KiB block through the plain functions.
   log('kernels vs references...');
@@ -466,6 +558,8 @@ async function main(): Promise<void> {
           batchBlocks: BATCH_BLOCKS,
           corpusBytes: CORPUS_SIZE,
           kernels: kernelJson,
+          lz4: lz4Rows,
+          stages: stageRows,
           codecs: codecResults,
           pool: poolResults,
           tradeoff,

@@ -173,6 +173,32 @@ t.test('lz4: ratio within 1% of lz4-wasm on text and binary', async (t) => {
   }
 });
 
+t.test('lz4: ratio no more than 1% below lz4-wasm at 4 KiB to 1 MiB inputs, both table sizes', async (t) => {
+  for (const [name, corpus] of [
+    ['text', TEXT],
+    ['binary', BINARY],
+  ] as const) {
+    for (const size of [4096, 16385, 65535, 65536, 1 << 20]) {
+      let ours = 0;
+      let theirs = 0;
+      for (let o = 0; o + size <= corpus.length; o += size) {
+        const input = corpus.subarray(o, o + size);
+        const block = lz4Compress(input);
+        ours += block.length;
+        theirs += refCompress(input).length - 4;
+        // The small and the large table are both plain LZ4 blocks to lz4-wasm.
+        if (o === 0)
+          t.ok(
+            Buffer.from(refDecompress(withPrefix(block, size))).equals(input),
+            `${name} ${size}: lz4-wasm reads ours`,
+          );
+      }
+      t.ok(theirs > 0, `${name} ${size}: corpus large enough`);
+      t.ok(ours <= theirs * 1.01, `${name} ${size}: ${ours} vs lz4-wasm ${theirs}`);
+    }
+  }
+});
+
 t.test('lz4Decompress rejects malformed blocks with a clear error', async (t) => {
   const good = lz4Compress(TEXT.subarray(0, 10_000));
   t.throws(() => lz4Decompress(new Uint8Array(0), 10), /malformed LZ4 block of 0 bytes: input truncated/);

@@ -70,6 +70,17 @@ function compiledModule(path: string): WebAssembly.Module {
 const align = (n: number): number => (n + 15) & ~15;
 
 /**
+ * A new array holding a copy of `bytes`. Every byte is overwritten at once,
+ * so the memory need not be zeroed first: about twice as fast as slice() on
+ * the few-KiB results of one block, which is a tenth of compressing it.
+ */
+function copyToNew(bytes: Uint8Array): Uint8Array {
+  const out = Buffer.allocUnsafeSlow(bytes.length);
+  out.set(bytes);
+  return new Uint8Array(out.buffer, out.byteOffset, out.length);
+}
+
+/**
  * One instance of the kernels. Not thread-safe (one per worker); every call
  * reuses the same scratch area above the module's heap base.
  */
@@ -135,7 +146,7 @@ export class Kernels {
     this.bytes.set(data, src);
     const n = this.raw.lz4Compress(src, data.length, dst, cap, acceleration);
     if (n < 0) throw new Error(`lz4Compress: ${lz4ErrorMessage(n)}`);
-    return this.bytes.slice(dst, dst + n);
+    return copyToNew(this.bytes.subarray(dst, dst + n));
   }
 
   /** Throws on a malformed block or one that does not decode to exactly `length` bytes. */
@@ -148,6 +159,6 @@ export class Kernels {
     if (n !== length) {
       throw new Error(`lz4Decompress: block decodes to ${n} bytes, expected ${length}`);
     }
-    return this.bytes.slice(dst, dst + n);
+    return copyToNew(this.bytes.subarray(dst, dst + n));
   }
 }

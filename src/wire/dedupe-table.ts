@@ -22,4 +22,9 @@ export class DedupeTable {
     }
     return -1;
   }
+
+  /** Forgets that `block` carried this content (it was never sent after all). */
+  forget(checksum: bigint, block: number): void {
+    if (this.byChecksum.get(checksum) === block) this.byChecksum.delete(checksum);
+  }
 }
