@@ -142,6 +142,35 @@ t.test('line splitter: an over-long line is reported once and skipped to its new
   t.same(new LineSplitter(8).push(Buffer.from('12345678\n')), [{ line: '12345678' }], 'exactly the limit is fine');
 });
 
+t.test('server: a named group gets the socket at 0660, set before it appears at its path', async (t) => {
+  const socketPath = tempSocket(t);
+  const gid = os.userInfo().gid; // a group this process may give its files
+  const seen: number[] = [];
+  // Whenever the socket shows up at its path, it already has its final mode.
+  const watcher = fs.watch(path.dirname(socketPath), () => {
+    try {
+      seen.push(fs.statSync(socketPath).mode & 0o777);
+    } catch {
+      // not there yet
+    }
+  });
+  t.teardown(() => watcher.close());
+  const server = new ControlServer(new SimulatedMigration({ blocksTotal: 1 }), log);
+  await server.listen(socketPath, String(gid));
+  t.teardown(() => server.close());
+  const stat = fs.statSync(socketPath);
+  t.equal(stat.mode & 0o777, 0o660, 'group read-write');
+  t.equal(stat.gid, gid, 'owned by the group');
+  t.ok(
+    seen.every((m) => m === 0o660),
+    `never seen with another mode (${seen.map((m) => m.toString(8))})`,
+  );
+  t.match(await sendControl(socketPath, { cmd: 'status' }, 2000), { ok: true });
+
+  const other = new ControlServer(new SimulatedMigration({ blocksTotal: 1 }), log);
+  await t.rejects(other.listen(tempSocket(t), 'no-such-group-here'), /no group "no-such-group-here" in \/etc\/group/);
+});
+
 t.test('server: every command reaches the control and answers with the status', async (t) => {
   const socketPath = tempSocket(t);
   const migration = new SimulatedMigration({ blocksTotal: 10 });

@@ -150,7 +150,7 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
       throw listenError('NBD server', nbdAt, e);
     });
     if (control && controlPath)
-      await control.listen(controlPath).catch((e: NodeJS.ErrnoException) => {
+      await control.listen(controlPath, d.control_group).catch((e: NodeJS.ErrnoException) => {
         throw listenError('control socket', controlPath, e);
       });
     if (d.metrics) {

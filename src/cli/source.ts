@@ -133,7 +133,7 @@ export function registerSource(program: Command): void {
         nbdAddress = await nbd.listen(parseHostPort(s.nbd_listen));
       }
       const control = s.control ? new ControlServer(sourceDispatch(sessions), log) : null;
-      await control?.listen(s.control!);
+      await control?.listen(s.control!, s.control_group);
       log.info(
         {
           address,

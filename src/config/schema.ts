@@ -80,6 +80,8 @@ export const DestSection = z
     socket: z.string().min(1).optional(),
     /** Control socket for `ferry ctl`; default: beside the state file, STATE without ".ferry-state" + ".ferry-ctl". */
     control: z.string().min(1).optional(),
+    /** Group (name or id) that may use the control socket too (mode 0660); default: owner only (0600). */
+    control_group: z.string().min(1).max(255).optional(),
     /** HOST:PORT (or a bare PORT, on 127.0.0.1) to serve Prometheus metrics on (GET /metrics). */
     metrics: z
       .union([hostPort, z.string().regex(/^\d{1,5}$/, 'must be HOST:PORT or PORT')])
@@ -170,6 +172,8 @@ export const SourceSection = z
     workers: z.number().int().min(0).max(64).default(0),
     /** Control socket for `ferry ctl` (status, cutover, unfence). */
     control: z.string().min(1).optional(),
+    /** Group (name or id) that may use the control socket too (mode 0660); default: owner only (0600). */
+    control_group: z.string().min(1).max(255).optional(),
     /** A destination must finish TLS and say HELLO within this time, or it is disconnected. */
     handshake_timeout_ms: positiveInt.max(600_000).default(10_000),
     /** Wire connections at once (each destination opens 1 + wire.background_streams); more are refused. */

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import type { MigrationControl } from '../migrate/status';
 import { LineSplitter } from './line-splitter';
+import { groupId } from './group';
 import {
   MAX_LINE_BYTES,
   formatResponseLine,
@@ -38,15 +39,20 @@ export class ControlServer {
     this.dispatch = typeof control === 'function' ? control : migrationDispatch(control);
   }
 
-  /** Listens on `socketPath`, replacing a stale socket file left by a dead process. */
-  async listen(socketPath: string): Promise<void> {
+  /**
+   * Listens on `socketPath`, replacing a stale socket file left by a dead
+   * process. Owner-only (0600), or 0660 owned by `group` when one is named.
+   */
+  async listen(socketPath: string, group?: string): Promise<void> {
     if (this.server) throw new Error(`control socket: already listening on ${this.socketPath}`);
+    const gid = group === undefined ? null : groupId(group);
     await removeStaleSocket(socketPath);
     const server = net.createServer((socket) => this.accept(socket));
     server.maxConnections = MAX_CONNECTIONS;
-    // The socket can pause, detach and redirect the migration: only its owner may use it. It is
-    // made in a private (0700) directory, narrowed to 0600 there, and only then renamed into
-    // place, so it never exists at its path with a wider mode, whatever the umask.
+    // The socket can pause, detach and redirect the migration: only its owner (and the group
+    // named) may use it. It is made in a private (0700) directory, given its group and mode
+    // there, and only then renamed into place, so it never exists at its path with a wider
+    // mode or another group, whatever the umask.
     const privateDir = fs.mkdtempSync(path.join(path.dirname(socketPath), '.ferry-control-'));
     const staging = path.join(privateDir, 'control.sock');
     try {
@@ -58,6 +64,10 @@ export class ControlServer {
         });
       });
       fs.chmodSync(staging, 0o600);
+      if (gid !== null) {
+        fs.chownSync(staging, -1, gid);
+        fs.chmodSync(staging, 0o660);
+      }
       fs.renameSync(staging, socketPath);
     } catch (e) {
       server.close();

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { campaign, reportRow } from './campaign';
-import { NbdFuzzer, newCounts, probe, readAll, type FuzzCounts } from './nbd-fuzzer';
+import { NbdFuzzer, closeLeftoverSockets, newCounts, probe, readAll, type FuzzCounts } from './nbd-fuzzer';
 import { residentBytes, startFerryServe } from '../helpers/ferry-serve';
 import { startFerry, servingPort } from '../helpers/ferry-daemon';
 import { tempDir, writePatternFile } from '../helpers/temp-dir';
@@ -123,6 +123,7 @@ async function fuzz(t: Test, name: string, target: Target, content: Buffer): Pro
   }
   const survived = alive;
   const code = await target.stop();
+  t.comment(`sockets the fuzzer left open: ${closeLeftoverSockets()}`);
   t.equal(code, 0, `${name} stops cleanly on SIGTERM`);
   reportRow({
     scenario: `nbd-fuzz ${name}`,

@@ -11,7 +11,25 @@
  * a write is in the model exactly when the server acknowledged it.
  */
 import net from 'node:net';
-import { connectSocket, readExactly } from '../helpers/raw-nbd-client';
+import { connectSocket as connectRaw, readExactly } from '../helpers/raw-nbd-client';
+
+/** Every socket the fuzzer opened that is not closed yet. */
+const openSockets = new Set<net.Socket>();
+
+async function connectSocket(host: string, port: number): Promise<net.Socket> {
+  const socket = await connectRaw(host, port);
+  openSockets.add(socket);
+  socket.once('close', () => openSockets.delete(socket));
+  return socket;
+}
+
+/** Destroys the sockets still open (none should be); returns how many there were. */
+export function closeLeftoverSockets(): number {
+  const left = openSockets.size;
+  for (const s of openSockets) s.destroy();
+  openSockets.clear();
+  return left;
+}
 
 const REQUEST_MAGIC = 0x25609513;
 const SIMPLE_REPLY_MAGIC = 0x67446698;
