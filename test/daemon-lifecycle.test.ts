@@ -58,6 +58,7 @@ t.test('the state an operator reads', async (t) => {
   t.equal(view(at('started', true), f(['warming'])), 'paused');
   t.equal(view(at('cutover'), f(['post-copy', 'warming'])), 'cutting-over', 'one disk done, one not: not yet');
   t.equal(view(at('cutover'), f(['post-copy', 'complete'])), 'post-copy');
+  t.equal(view(at('cutover', true), f(['post-copy', 'post-copy'])), 'paused', 'paused after cutover');
   t.equal(view(at('cutover'), f(['complete', 'complete'], { complete: true })), 'complete');
   t.equal(view(at('started'), { ...f(['warming']), failed: true }), 'failed');
   t.equal(view(at('aborting'), f([])), 'aborting');

@@ -100,7 +100,8 @@ export function view(at: Position, facts: DiskFacts & { phases: string[]; failed
     (at.stage === 'cutover' && facts.phases.some((p) => p === 'warming'))
   )
     return 'cutting-over';
+  if (at.paused && at.stage !== 'created') return 'paused';
   if (facts.phases.length > 0 && facts.phases.every((p) => p === 'post-copy' || p === 'complete')) return 'post-copy';
   if (at.stage === 'created') return 'created';
-  return at.paused ? 'paused' : 'copying';
+  return 'copying';
 }
