@@ -181,6 +181,15 @@ export function registerDaemonVerbs(ctl: Command): void {
       });
 
   ctl
+    .command('reload')
+    .description('ferry daemon: read the config file again (as SIGHUP does): rates, limits, declared migrations')
+    .option('--json', 'print the answer as JSON')
+    .action(async (opts: DaemonAnswerOptions, cmd: Command) => {
+      const answer = await daemonRequest(cmd, { cmd: 'reload' });
+      if (answer) printAnswer(answer, opts, 'config reloaded');
+    });
+
+  ctl
     .command('list')
     .description('ferry daemon: every migration with its state, progress and ETA')
     .option('--json', 'print the answer as JSON')

@@ -34,15 +34,17 @@ export function registerDaemon(program: Command): void {
     .action(async (flags: DaemonFlags) => {
       const overrides = { 'log.level': flags.logLevel, 'log.file': flags.logFile };
       const config = loadDaemonConfig(flags.config, overrides);
-      await runDaemon(config, createLogger(config.log, 'ferryd'), () => loadDaemonConfig(flags.config, overrides));
+      const file = flags.config;
+      const reread = file ? () => loadDaemonConfig(file, overrides) : null;
+      await runDaemon(config, createLogger(config.log, 'ferryd'), reread);
     });
 }
 
-async function runDaemon(config: DaemonConfig, log: Logger, reread: () => DaemonConfig): Promise<void> {
+async function runDaemon(config: DaemonConfig, log: Logger, reread: (() => DaemonConfig) | null): Promise<void> {
   const d = config.daemon;
   warnIfNoFileOps(log);
   const pool = Daemon.createPool(config);
-  const daemon = new Daemon(config, pool, log);
+  const daemon = new Daemon(config, pool, log, reread);
   const nbd = new NbdServer(daemon.exports, log, nbdLimits(config));
   const control = new ControlServer<DaemonRequest>((request) => daemon.handle(request), log, parseDaemonRequestLine);
   let metrics: MetricsServer | null = null;
@@ -84,15 +86,9 @@ async function runDaemon(config: DaemonConfig, log: Logger, reread: () => Daemon
     throw e;
   }
   notifySystemd(log);
+  // SIGHUP re-reads the file: rates, limits and declared migrations change at once.
   process.on('SIGHUP', () => {
-    let next: DaemonConfig;
-    try {
-      next = reread();
-    } catch (e) {
-      log.error({ err: (e as Error).message }, 'config not reloaded: it has errors; the running settings stay');
-      return;
-    }
-    daemon.reload(next).catch((e: Error) => log.error({ err: e.message }, 'config reload failed'));
+    daemon.reloadFile().catch((e: Error) => log.warn({ err: e.message }, 'SIGHUP: no reload'));
   });
   const shutdown = async (): Promise<void> => {
     await nbd.close();

@@ -78,10 +78,12 @@ export class Daemon {
   private tick: NodeJS.Timeout | null = null;
   private closing = false;
 
+  /** reread: loads the config file again (SIGHUP, `reload`); a config without a file cannot be reloaded. */
   constructor(
     private config: DaemonConfig,
     readonly pool: CodecPool,
     private readonly log: Logger,
+    private readonly reread: (() => DaemonConfig) | null = null,
   ) {
     this.registryFile = new RegistryFile(config.daemon.state_dir);
     this.opener = new UpstreamOpener(config, pool, log);
@@ -128,7 +130,8 @@ export class Daemon {
       case 'list':
         return this.list();
       case 'reload':
-        throw new DaemonRefusal('reload needs the config file: send SIGHUP to the daemon');
+        await this.reloadFile();
+        return this.list();
       case 'create':
         return this.create(request.spec, 'control');
       case 'status':
@@ -145,6 +148,19 @@ export class Daemon {
       default:
         return this.verb(request.cmd, request.name);
     }
+  }
+
+  /** Reads the config file again and applies it; a file with errors changes nothing and says why. */
+  async reloadFile(): Promise<void> {
+    if (!this.reread) throw new DaemonRefusal('the daemon was started without --config: there is nothing to reload');
+    let next: DaemonConfig;
+    try {
+      next = this.reread();
+    } catch (e) {
+      this.log.error({ err: (e as Error).message }, 'config not reloaded: it has errors; the running settings stay');
+      throw new DaemonRefusal(`config not reloaded: ${(e as Error).message}`);
+    }
+    await this.reload(next);
   }
 
   /** Applies new rates, limits and declared migrations (SIGHUP). Listeners and paths need a restart. */
