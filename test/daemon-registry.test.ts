@@ -15,6 +15,7 @@ function body(generation: number, names: string[]): RegistryBody {
   return {
     generation,
     retired: [],
+    ended: [],
     migrations: names.map((name) => ({
       spec: MigrationSpec.parse({
         name,
@@ -32,7 +33,7 @@ function body(generation: number, names: string[]): RegistryBody {
 t.test('save then load gives the same body; no registry yet is an empty one', async (t) => {
   const dir = tempDir(t);
   const file = new RegistryFile(path.join(dir, 'state'));
-  t.same(file.load(), { generation: 0, migrations: [], retired: [] });
+  t.same(file.load(), { generation: 0, migrations: [], retired: [], ended: [] });
   const b = body(3, ['vm1', 'vm2']);
   file.save(b);
   t.same(new RegistryFile(path.join(dir, 'state')).load(), b);

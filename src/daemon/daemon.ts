@@ -34,6 +34,8 @@ import { UpstreamOpener } from './upstream-opener';
 
 /** How often the budget, unfinished cutovers and failed opens are looked at again. */
 const TICK_MS = 1000;
+/** Aborted and forgotten migrations remembered, so that asking again answers what happened. */
+const ENDED_KEPT = 1000;
 /** A disk that cannot be opened (its source is down) is tried again after this long. */
 const REOPEN_MS = 5000;
 
@@ -74,6 +76,7 @@ export class Daemon {
   private generation = 0;
   /** Names of declared migrations that were aborted or forgotten: the config does not bring them back. */
   private retired: string[] = [];
+  private ended: RegistryBody['ended'] = [];
   private readonly opener: UpstreamOpener;
   private tick: NodeJS.Timeout | null = null;
   private closing = false;
@@ -98,6 +101,7 @@ export class Daemon {
     const body = this.registryFile.load();
     this.generation = body.generation;
     this.retired = body.retired;
+    this.ended = body.ended;
     for (const record of body.migrations) this.runs.set(record.spec.name, this.newRun(record));
     this.log.info({ migrations: body.migrations.length, generation: body.generation }, 'registry loaded');
     await Promise.all([...this.runs.values()].map((run) => this.resume(run)));
@@ -217,8 +221,13 @@ export class Daemon {
 
   private find(name: string): Run {
     const run = this.runs.get(name);
-    if (!run) throw new DaemonRefusal(`no migration named "${name}"`);
-    return run;
+    if (run) return run;
+    const ended = this.ended.find((e) => e.name === name);
+    if (ended)
+      throw new DaemonRefusal(
+        `no migration named "${name}": it was ${ended.verb === 'abort' ? 'aborted' : 'forgotten'} at ${ended.at}`,
+      );
+    throw new DaemonRefusal(`no migration named "${name}"`);
   }
 
   private serialized<T>(run: Run, work: (run: Run) => Promise<T>): Promise<T> {
@@ -261,6 +270,7 @@ export class Daemon {
     const run = this.newRun(record);
     this.runs.set(spec.name, run);
     this.retired = this.retired.filter((n) => n !== spec.name);
+    this.ended = this.ended.filter((e) => e.name !== spec.name);
     this.save();
     return this.serialized(run, async () => {
       try {
@@ -306,9 +316,13 @@ export class Daemon {
   // ---- verbs -----------------------------------------------------------------------------
 
   private verb(verb: Verb, name: string): Promise<object> {
+    // Asked again after it is done (the answer was lost): the same yes.
+    const ended = this.runs.has(name) ? undefined : this.ended.find((e) => e.name === name);
+    if (ended?.verb === verb)
+      return Promise.resolve({ name, state: verb === 'abort' ? 'aborted' : 'forgotten', at: ended.at });
     return this.serialized(this.find(name), async (run) => {
       await this.applyVerb(run, verb);
-      return this.runs.has(name) ? this.report(run) : { name, state: 'gone', verb };
+      return this.runs.has(name) ? this.report(run) : { name, state: verb === 'abort' ? 'aborted' : 'forgotten' };
     });
   }
 
@@ -380,7 +394,7 @@ export class Daemon {
       } else removeIfOurs(d);
     }
     fs.rmSync(migrationStateDir(this.config.daemon.state_dir, name), { recursive: true, force: true });
-    this.drop(run);
+    this.drop(run, 'abort');
     run.log.warn('migration aborted: images and state removed; the sources are untouched');
   }
 
@@ -388,13 +402,16 @@ export class Daemon {
     for (const d of run.disks) this.exports.remove(d.exportName);
     await this.closeDisks(run);
     fs.rmSync(migrationStateDir(this.config.daemon.state_dir, run.record.spec.name), { recursive: true, force: true });
-    this.drop(run);
+    this.drop(run, 'forget');
     run.log.info({ images: run.disks.map((d) => d.spec.image) }, 'migration forgotten: the images stay');
   }
 
-  private drop(run: Run): void {
+  private drop(run: Run, verb: 'abort' | 'forget'): void {
     const name = run.record.spec.name;
     this.runs.delete(name);
+    this.ended = [...this.ended.filter((e) => e.name !== name), { name, verb, at: new Date().toISOString() }].slice(
+      -ENDED_KEPT,
+    );
     if (run.record.origin === 'config' && !this.retired.includes(name)) this.retired.push(name);
     this.save();
     this.applyBudget();
@@ -603,6 +620,7 @@ export class Daemon {
       generation: ++this.generation,
       migrations: [...this.runs.values()].map((r) => r.record),
       retired: this.retired,
+      ended: this.ended,
     };
     this.registryFile.save(body);
   }

@@ -31,6 +31,8 @@ const RegistryBody = z
     migrations: z.array(MigrationRecord),
     /** Declared migrations that were aborted or forgotten: the config file does not create them again. */
     retired: z.array(z.string()),
+    /** Migrations aborted or forgotten lately: asking again answers what happened (the verbs are idempotent). */
+    ended: z.array(z.object({ name: z.string(), verb: z.enum(['abort', 'forget']), at: z.string() }).strict()),
   })
   .strict();
 export type RegistryBody = z.infer<typeof RegistryBody>;
@@ -94,7 +96,8 @@ export class RegistryFile {
     try {
       text = fs.readFileSync(this.path, 'utf8');
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { generation: 0, migrations: [], retired: [] };
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT')
+        return { generation: 0, migrations: [], retired: [], ended: [] };
       throw new RegistryError(`cannot read ${this.path}: ${(e as Error).message}`);
     }
     return decodeRegistry(text, this.path);
