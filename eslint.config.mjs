@@ -17,6 +17,7 @@ const LAYERS = [
   ['migrate'],
   ['control', 'config'],
   ['link', 'demo', 'qemu'],
+  ['daemon'],
   ['cli'],
 ];
 

@@ -10,6 +10,7 @@ import type { MigrationStatus } from '../migrate/status';
 import type { SourceStatus } from '../wire/source-sessions';
 import { destControlPath, destStatePath } from './state-dir';
 import { UsageError } from './usage-error';
+import { daemonRequest, printAnswer, registerDaemonVerbs } from './ctl-daemon';
 
 /** Exit codes: the daemon refused (or could not be reached), and the command line was wrong. */
 const EXIT_REFUSED = 1;
@@ -36,11 +37,12 @@ function parsePositiveInt(name: string): (value: string) => number {
   };
 }
 
-function parseRateArgument(value: string): number | null {
+/** A rate read inside an action (its position depends on the verb's form): a bad one is a usage error. */
+function rateOrUsage(value: string): number | null {
   try {
     return parseByteRate(value);
   } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
+    throw new UsageError(`ctl rate: ${(err as Error).message}`);
   }
 }
 
@@ -110,11 +112,21 @@ export function registerCtl(program: Command): void {
       throw err.exitCode === 0 ? err : new CommanderError(EXIT_USAGE, err.code, err.message);
     });
 
+  registerDaemonVerbs(ctl);
+
   ctl
     .command('status')
-    .description('print the migration status (a source: its sessions, fence and unacknowledged reports)')
+    .description(
+      'print the migration status (a source: its sessions, fence and unacknowledged reports; ferry daemon: name the migration)',
+    )
+    .argument('[name]', 'ferry daemon: the migration (per disk and total, with ETA)')
     .option('--json', 'print the status as JSON')
-    .action(async (opts: { json?: boolean }, cmd: Command) => {
+    .action(async (name: string | undefined, opts: { json?: boolean }, cmd: Command) => {
+      if (name !== undefined) {
+        const answer = await daemonRequest(cmd, { cmd: 'status', name });
+        if (answer) printAnswer(answer, opts);
+        return;
+      }
       const status = await requestAny(ctlFlags(cmd), { cmd: 'status' });
       if (!status) return;
       if (opts.json) process.stdout.write(JSON.stringify(status, null, 2) + '\n');
@@ -144,7 +156,10 @@ export function registerCtl(program: Command): void {
   ctl
     .command('pause')
     .description('stop the background copy; on-demand fetches go on')
-    .action(async (_opts: unknown, cmd: Command) => {
+    .argument('[name]', 'ferry daemon: the migration')
+    .option('--json', 'ferry daemon: print the answer as JSON')
+    .action(async (name: string | undefined, opts: { json?: boolean }, cmd: Command) => {
+      if (name !== undefined) return daemonVerb(cmd, 'pause', name, opts, `paused ${name}`);
       const status = await request(ctlFlags(cmd), { cmd: 'pause' });
       if (status)
         process.stdout.write(
@@ -155,7 +170,10 @@ export function registerCtl(program: Command): void {
   ctl
     .command('resume')
     .description('restart the background copy')
-    .action(async (_opts: unknown, cmd: Command) => {
+    .argument('[name]', 'ferry daemon: the migration')
+    .option('--json', 'ferry daemon: print the answer as JSON')
+    .action(async (name: string | undefined, opts: { json?: boolean }, cmd: Command) => {
+      if (name !== undefined) return daemonVerb(cmd, 'resume', name, opts, `resumed ${name}`);
       const status = await request(ctlFlags(cmd), { cmd: 'resume' });
       if (status) process.stdout.write(`resumed: state ${status.state}\n`);
     });
@@ -163,8 +181,22 @@ export function registerCtl(program: Command): void {
   ctl
     .command('rate')
     .description('limit the background copy: bytes/s with optional k, M, G (x1024); "off" removes the limit')
-    .argument('<bytes-per-second>', 'e.g. 500000, 512k, 10M, 1.5G, off', parseRateArgument)
-    .action(async (bytesPerSecond: number | null, _opts: unknown, cmd: Command) => {
+    .argument('<bytes-per-second>', 'e.g. 500000, 512k, 10M, 1.5G, off (ferry daemon: NAME first)')
+    .argument('[rate]', 'ferry daemon: `rate NAME RATE` caps that migration (all its disks together)')
+    .option('--json', 'ferry daemon: print the answer as JSON')
+    .action(async (first: string, second: string | undefined, opts: { json?: boolean }, cmd: Command) => {
+      if (second !== undefined) {
+        const rate = rateOrUsage(second);
+        const answer = await daemonRequest(cmd, { cmd: 'rate', name: first, bytesPerSecond: rate });
+        if (answer)
+          printAnswer(
+            answer,
+            opts,
+            rate === null ? `${first}: own rate limit removed` : `${first}: limited to ${formatRate(rate)}`,
+          );
+        return;
+      }
+      const bytesPerSecond = rateOrUsage(first);
       const status = await request(ctlFlags(cmd), { cmd: 'rate', bytesPerSecond });
       if (!status) return;
       const limit = status.rateLimitBytesPerSecond;
@@ -187,9 +219,13 @@ export function registerCtl(program: Command): void {
     .command('cutover')
     .description(
       'make the destination the authority now: fence the source, apply its final write set (the VM runs here); ' +
-        'at a ferry source: fence the image (NBD writes fail with EPERM) and send every destination its final write set',
+        'at a ferry source: fence the image (NBD writes fail with EPERM) and send every destination its final write set; ' +
+        'ferry daemon: every disk of the named migration at once',
     )
-    .action(async (_opts: unknown, cmd: Command) => {
+    .argument('[name]', 'ferry daemon: the migration')
+    .option('--json', 'ferry daemon: print the answer as JSON')
+    .action(async (name: string | undefined, opts: { json?: boolean }, cmd: Command) => {
+      if (name !== undefined) return daemonVerb(cmd, 'cutover', name, opts, `${name}: every disk cut over`);
       const status = await requestAny(ctlFlags(cmd), { cmd: 'cutover' });
       if (!status) return;
       if (isSourceStatus(status))
@@ -205,7 +241,17 @@ export function registerCtl(program: Command): void {
   ctl
     .command('abort')
     .description('before cutover only: stop, remove the image and its state; the source is untouched')
-    .action(async (_opts: unknown, cmd: Command) => {
+    .argument('[name]', 'ferry daemon: the migration (every disk)')
+    .option('--json', 'ferry daemon: print the answer as JSON')
+    .action(async (name: string | undefined, opts: { json?: boolean }, cmd: Command) => {
+      if (name !== undefined)
+        return daemonVerb(
+          cmd,
+          'abort',
+          name,
+          opts,
+          `${name} aborted: images and state removed; the sources are untouched`,
+        );
       const status = await request(ctlFlags(cmd), { cmd: 'abort' });
       if (status) process.stdout.write('aborted: image and state removed; the source and its VM are untouched\n');
     });
@@ -222,6 +268,17 @@ export function registerCtl(program: Command): void {
           `reconnected to ${status.source} (${status.connected ? 'connected' : 'not connected yet'}, ${status.reconnects} reconnects)\n`,
         );
     });
+}
+
+async function daemonVerb(
+  cmd: Command,
+  verb: 'pause' | 'resume' | 'cutover' | 'abort',
+  name: string,
+  opts: { json?: boolean },
+  headline: string,
+): Promise<void> {
+  const answer = await daemonRequest(cmd, { cmd: verb, name });
+  if (answer) printAnswer(answer, opts, headline);
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

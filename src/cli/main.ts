@@ -12,6 +12,7 @@ type Register = (program: Command) => void;
 const SUBCOMMANDS: Record<string, () => Register> = {
   serve: () => require('./serve').registerServe,
   dest: () => require('./dest').registerDest,
+  daemon: () => require('./daemon').registerDaemon,
   source: () => require('./source').registerSource,
   keygen: () => require('./keygen').registerKeygen,
   demo: () => require('./demo').registerDemo,

@@ -6,7 +6,7 @@ import type { ListenAddress, ServerLimits } from '../nbd/server';
 import type { FerryConfig } from '../config/schema';
 
 /** The NBD server's per-connection limits from the `[nbd]` section. */
-export function nbdLimits(config: FerryConfig): ServerLimits {
+export function nbdLimits(config: Pick<FerryConfig, 'nbd'>): ServerLimits {
   return {
     maxConnections: config.nbd.max_connections,
     idleTimeoutMs: config.nbd.idle_timeout_ms,

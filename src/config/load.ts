@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
 import { ConfigSchema, FerryConfig } from './schema';
+import { DaemonConfigSchema, type DaemonConfig } from './daemon-schema';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -18,12 +19,21 @@ type Tree = Record<string, unknown>;
 
 /** Overrides are dotted keys (`serve.listen`) with values already typed; undefined means not given. */
 export function loadConfig(file: string | undefined, overrides: Record<string, unknown> = {}): FerryConfig {
+  return loadWithSchema(ConfigSchema, file, overrides);
+}
+
+/** `ferry daemon`'s ferryd.toml: its own schema, the same reading and the same error messages. */
+export function loadDaemonConfig(file: string | undefined, overrides: Record<string, unknown> = {}): DaemonConfig {
+  return loadWithSchema(DaemonConfigSchema, file, overrides);
+}
+
+function loadWithSchema<T>(schema: z.ZodType<T>, file: string | undefined, overrides: Record<string, unknown>): T {
   const tree: Tree = file ? readToml(file) : {};
   for (const [key, value] of Object.entries(overrides)) {
     if (value === undefined) continue;
     setDotted(tree, key, value);
   }
-  const result = ConfigSchema.safeParse(tree);
+  const result = schema.safeParse(tree);
   if (!result.success) throw new ConfigError(describe(result.error, tree, file));
   return result.data;
 }

@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import { batchBlocksLimit, blockSizeProblem, isPowerOfTwo, MAX_BATCH_BLOCKS, MAX_BATCH_BYTES } from '../util/limits';
 
-const hostPort = z
+export const hostPort = z
   .string()
   .regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'must be HOST:PORT')
   .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535');
@@ -58,10 +58,16 @@ const powerOfTwo = (min: number, max: number) =>
     .int()
     .refine((n) => n >= min && n <= max && isPowerOfTwo(n), `must be a power of two between ${min} and ${max}`);
 
-const blockSize = z.number().superRefine((n, ctx) => {
+export const blockSize = z.number().superRefine((n, ctx) => {
   const problem = blockSizeProblem(n);
   if (problem) ctx.addIssue({ code: 'custom', message: problem });
 });
+
+/** HOST:PORT, or a bare PORT on 127.0.0.1. */
+export const metricsAddress = z
+  .union([hostPort, z.string().regex(/^\d{1,5}$/, 'must be HOST:PORT or PORT')])
+  .transform((v) => (/^\d+$/.test(v) ? `127.0.0.1:${v}` : v))
+  .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535');
 
 export const DestSection = z
   .object({
@@ -83,11 +89,7 @@ export const DestSection = z
     /** Group (name or id) that may use the control socket too (mode 0660); default: owner only (0600). */
     control_group: z.string().min(1).max(255).optional(),
     /** HOST:PORT (or a bare PORT, on 127.0.0.1) to serve Prometheus metrics on (GET /metrics). */
-    metrics: z
-      .union([hostPort, z.string().regex(/^\d{1,5}$/, 'must be HOST:PORT or PORT')])
-      .transform((v) => (/^\d+$/.test(v) ? `127.0.0.1:${v}` : v))
-      .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535')
-      .optional(),
+    metrics: metricsAddress.optional(),
     /** Mode of the image and state files a new migration creates (octal string, e.g. "0640"). */
     file_mode: z
       .string()

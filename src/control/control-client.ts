@@ -39,12 +39,25 @@ function connectError(socketPath: string, err: NodeJS.ErrnoException): ControlUn
   }
 }
 
-export function sendControl(socketPath: string, request: ControlRequest, timeoutMs: number): Promise<ControlResponse> {
+export function sendControl(socketPath: string, request: ControlRequest, timeoutMs: number): Promise<ControlResponse>;
+/** A request of another verb set (`ferry daemon`'s), with its own response parser. */
+export function sendControl<Q extends { cmd: string }, A>(
+  socketPath: string,
+  request: Q,
+  timeoutMs: number,
+  parse: (line: string) => A,
+): Promise<A>;
+export function sendControl(
+  socketPath: string,
+  request: { cmd: string },
+  timeoutMs: number,
+  parse: (line: string) => unknown = parseResponseLine,
+): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const socket = net.connect(socketPath);
     const splitter = new LineSplitter(MAX_LINE_BYTES);
     let settled = false;
-    const finish = (err: Error | null, response?: ControlResponse): void => {
+    const finish = (err: Error | null, response?: unknown): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
@@ -59,13 +72,13 @@ export function sendControl(socketPath: string, request: ControlRequest, timeout
         ),
       timeoutMs,
     );
-    socket.once('connect', () => socket.write(formatRequestLine(request)));
+    socket.once('connect', () => socket.write(formatRequestLine(request as ControlRequest)));
     socket.on('error', (err: NodeJS.ErrnoException) => finish(connectError(socketPath, err)));
     socket.on('data', (chunk: Buffer) => {
       for (const item of splitter.push(chunk)) {
         if ('tooLong' in item) return finish(new Error(`control response from ${socketPath} is too long`));
         try {
-          return finish(null, parseResponseLine(item.line));
+          return finish(null, parse(item.line));
         } catch (err) {
           return finish(err as Error);
         }

@@ -15,6 +15,7 @@ import {
   parseRequestLine,
   type ControlRequest,
   type ControlResponse,
+  type ParsedRequest,
 } from './protocol';
 
 /** Operators and scrapers, not crowds: beyond this many connections new ones are refused. */
@@ -23,20 +24,25 @@ const MAX_CONNECTIONS = 32;
 const IDLE_TIMEOUT_MS = 5 * 60 * 1000;
 
 /** Runs one request and returns the daemon's status after it; throws to refuse. */
-export type ControlDispatch = (request: ControlRequest) => Promise<object>;
+export type ControlDispatch<R = ControlRequest> = (request: R) => Promise<object>;
 
-export class ControlServer {
+/** Parses one request line (a ferry dest's verbs by default, `ferry daemon` brings its own). */
+export type RequestParser<R> = (line: string) => ParsedRequest<R>;
+
+export class ControlServer<R extends { cmd: string } = ControlRequest> {
   private server: net.Server | null = null;
   private socketPath: string | null = null;
   private readonly connections = new Set<net.Socket>();
-  private readonly dispatch: ControlDispatch;
+  private readonly dispatch: ControlDispatch<R>;
 
   /** Serves a migration's controls, or any daemon's given as a dispatch function. */
   constructor(
-    control: MigrationControl | ControlDispatch,
+    control: MigrationControl | ControlDispatch<R>,
     private readonly log: Logger,
+    private readonly parse: RequestParser<R> = parseRequestLine as unknown as RequestParser<R>,
   ) {
-    this.dispatch = typeof control === 'function' ? control : migrationDispatch(control);
+    this.dispatch =
+      typeof control === 'function' ? control : (migrationDispatch(control) as unknown as ControlDispatch<R>);
   }
 
   /**
@@ -91,14 +97,15 @@ export class ControlServer {
   }
 
   /** Runs one request against the control; never throws. */
-  async handle(request: ControlRequest): Promise<ControlResponse> {
+  async handle(request: R): Promise<ControlResponse> {
+    const quiet = request.cmd === 'status' || request.cmd === 'list';
     try {
       const status = await this.dispatch(request);
-      if (request.cmd !== 'status') this.log.info({ request: loggable(request) }, 'control command done');
+      if (!quiet) this.log.info({ request: loggable(request) }, 'control command done');
       return { ok: true, status } as ControlResponse;
     } catch (err) {
       const error = err instanceof Error ? err.message : String(err);
-      if (request.cmd !== 'status') this.log.warn({ request: loggable(request), error }, 'control command refused');
+      if (!quiet) this.log.warn({ request: loggable(request), error }, 'control command refused');
       return { ok: false, error };
     }
   }
@@ -125,7 +132,7 @@ export class ControlServer {
       if ('tooLong' in item) {
         response = { ok: false, error: `request line is longer than ${MAX_LINE_BYTES} bytes` };
       } else {
-        const parsed = parseRequestLine(item.line);
+        const parsed = this.parse(item.line);
         response = parsed.ok ? await this.handle(parsed.request) : parsed;
       }
       if (socket.destroyed || !socket.writable) return;
@@ -168,8 +175,8 @@ function migrationDispatch(control: MigrationControl): ControlDispatch {
 }
 
 /** A reconnect URL may carry credentials; logs get only its scheme and host. */
-function loggable(request: ControlRequest): ControlRequest {
-  if (request.cmd !== 'reconnect' || request.url === undefined) return request;
+function loggable<R extends { cmd: string }>(request: R): R | ControlRequest {
+  if (request.cmd !== 'reconnect' || !('url' in request) || typeof request.url !== 'string') return request;
   let url: string;
   try {
     const parsed = new URL(request.url);

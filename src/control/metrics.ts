@@ -11,7 +11,7 @@ import type { MigrationControl, MigrationState, MigrationStatus } from '../migra
 const STATES: MigrationState[] = ['migrating', 'paused', 'stalled', 'complete'];
 
 /** One line per plain metric: adding a status field to the metrics is adding a line here. */
-const STATUS_METRICS: Array<{
+export const STATUS_METRICS: Array<{
   name: string;
   help: string;
   kind: 'gauge' | 'counter';
@@ -163,6 +163,12 @@ export class MigrationMetrics {
   }
 }
 
+/** Whatever renders a Prometheus text exposition (`ferry daemon` labels its metrics by migration and disk). */
+export interface MetricsSource {
+  readonly contentType: string;
+  render(): Promise<string>;
+}
+
 export interface MetricsServer {
   readonly address: { host: string; port: number };
   close(): Promise<void>;
@@ -170,11 +176,11 @@ export interface MetricsServer {
 
 /** Serves GET /metrics on `host:port` (port 0 picks a free one). */
 export async function startMetricsServer(
-  control: MigrationControl,
+  control: MigrationControl | MetricsSource,
   listen: { host: string; port: number },
   log: Logger,
 ): Promise<MetricsServer> {
-  const metrics = new MigrationMetrics(control);
+  const metrics = 'render' in control ? control : new MigrationMetrics(control);
   const server = http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (path !== '/metrics') {

@@ -34,7 +34,7 @@ export type ControlRequest = { [K in ControlCommand]: z.infer<(typeof requestSch
 /** A ferry dest answers with its migration's status, a ferry source with its sessions'. */
 export type ControlResponse = { ok: true; status: MigrationStatus | SourceStatus } | { ok: false; error: string };
 
-export type ParsedRequest = { ok: true; request: ControlRequest } | { ok: false; error: string };
+export type ParsedRequest<R = ControlRequest> = { ok: true; request: R } | { ok: false; error: string };
 
 function describe(value: unknown): string {
   const text = JSON.stringify(value);

@@ -1,0 +1,241 @@
+// npm run bench:daemon [-- --size-mib N] [--migrations N] [--links 100M/25,1G/5] [--json FILE]
+// N concurrent migrations in one `ferry daemon`, their sources behind ONE emulated
+// WAN link (a plain NBD server, nbdkit, serving every source image): aggregate
+// goodput against the link, Jain's fairness index between the equal-weight
+// migrations, the daemon's on-demand p50 per migration while all copy, its RSS,
+// and its CPU per migrated GiB against one `ferry dest` migrating one disk over
+// the same link.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import { sendControl } from '../src/control/control-client';
+import { parseDaemonResponseLine, type DaemonRequest } from '../src/control/daemon-protocol';
+import type { MigrationReport } from '../src/daemon/migration-status';
+import { SlowLink } from '../src/link/slow-link';
+import { NbdClient } from '../src/nbd/client';
+import { freePort } from './nbd-servers';
+import { FERRY_BIN, killAll, spawnOn } from './migrate-procs';
+
+const args = process.argv.slice(2);
+const flag = (name: string): string | undefined => {
+  const at = args.indexOf(name);
+  return at >= 0 ? args[at + 1] : undefined;
+};
+const SIZE_MIB = Number(flag('--size-mib') ?? 64);
+const MIGRATIONS = Number(flag('--migrations') ?? 8);
+const LINKS = (flag('--links') ?? '100M/25,1G/5').split(',').map((p) => {
+  const m = /^(\d+(?:\.\d+)?)([MG])\/(\d+(?:\.\d+)?)$/.exec(p.trim());
+  if (!m) throw new Error(`--links: "${p}" is not RATE/LATENCY like 100M/25`);
+  return { bits: Number(m[1]) * (m[2] === 'G' ? 1e9 : 1e6), latencyMs: Number(m[3]), name: p.trim() };
+});
+const MiB = 1 << 20;
+const log = (line: string): void => void process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${line}\n`);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** CPU seconds (user + system) a process has used so far. */
+function cpuSeconds(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : 0;
+}
+
+/** Jain's fairness index of the throughputs: 1 when all are equal, 1/n when one takes all. */
+function jain(xs: number[]): number {
+  const sum = xs.reduce((a, b) => a + b, 0);
+  return (sum * sum) / (xs.length * xs.reduce((a, b) => a + b * b, 0));
+}
+
+async function startNbdkit(dir: string): Promise<{ port: number; stop: () => void }> {
+  const port = await freePort();
+  const child = spawn('nbdkit', ['-f', '-r', '-i', '127.0.0.1', '-p', String(port), 'file', `dir=${dir}`], {
+    stdio: 'ignore',
+  });
+  for (let i = 0; i < 100; i++) {
+    const ok = await NbdClient.connect({ host: '127.0.0.1', port }, { exportName: 'm0.img' }).then(
+      (c) => c.close().then(() => true),
+      () => false,
+    );
+    if (ok) break;
+    await sleep(50);
+  }
+  return { port, stop: () => void child.kill('SIGKILL') };
+}
+
+interface LinkResult {
+  link: string;
+  loadAverage: number[];
+  migrations: number;
+  sizeMiB: number;
+  seconds: number;
+  goodputMbit: number;
+  linkMbit: number;
+  goodputOverLink: number;
+  jainWhileAllCopy: number;
+  onDemandP50Ms: number[];
+  rttMs: number;
+  daemonRssPeakMiB: number;
+  daemonCpuSecondsPerGiB: number;
+  destCpuSecondsPerGiB: number;
+}
+
+async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-bench-daemon-'));
+  const sources = path.join(dir, 'sources');
+  fs.mkdirSync(sources);
+  for (let i = 0; i < MIGRATIONS; i++)
+    fs.writeFileSync(path.join(sources, `m${i}.img`), crypto.randomBytes(SIZE_MIB * MiB));
+  const nbdkit = await startNbdkit(sources);
+  const wan = new SlowLink({
+    listen: { host: '127.0.0.1', port: 0 },
+    target: { host: '127.0.0.1', port: nbdkit.port },
+    oneWayLatencyMs: link.latencyMs,
+    bandwidthBitsPerSecond: link.bits,
+  });
+  const wanPort = (await wan.start()).port;
+  const control = path.join(dir, 'ferryd.sock');
+  const config = path.join(dir, 'ferryd.toml');
+  fs.writeFileSync(
+    config,
+    `[daemon]\nstate_dir = "${dir}/state"\ncontrol = "${control}"\nlisten = "127.0.0.1:0"\n[log]\nlevel = "warn"\n`,
+  );
+  const daemon = spawnOn([process.execPath, FERRY_BIN], 'ferryd', [
+    'daemon',
+    '--config',
+    config,
+    '--log-level',
+    'info',
+  ]);
+  await daemon.waitFor('"msg":"serving"', 60_000);
+  const nbdAddress = /"address":"([^"]+)"/.exec(daemon.lines.find((l) => l.includes('"msg":"serving"'))!)![1];
+  const ctl = async (request: DaemonRequest): Promise<Record<string, unknown>> => {
+    const r = await sendControl(control, request, 120_000, parseDaemonResponseLine);
+    if (!r.ok) throw new Error(r.error);
+    return r.status;
+  };
+  const names = [...Array(MIGRATIONS).keys()].map((i) => `m${i}`);
+  const cpu0 = cpuSeconds(daemon.child.pid!);
+  const t0 = Date.now();
+  await Promise.all(
+    names.map((name) =>
+      ctl({
+        cmd: 'create',
+        spec: {
+          name,
+          start: true,
+          cutover: 'at-start',
+          disk: [
+            {
+              name: 'vda',
+              source: `nbd://127.0.0.1:${wanPort}/${name}.img`,
+              image: path.join(dir, `${name}-dest.img`),
+            },
+          ],
+        },
+      }),
+    ),
+  );
+  // A VM per migration reading blocks while all copy: reads of blocks not held yet are on-demand fetches.
+  const port = Number(nbdAddress.slice(nbdAddress.lastIndexOf(':') + 1));
+  let reading = true;
+  const readers = names.map(async (name) => {
+    const client = await NbdClient.connect({ host: '127.0.0.1', port }, { exportName: `${name}/vda` });
+    while (reading) {
+      const block = Math.floor(Math.random() * ((SIZE_MIB * MiB) / 4096));
+      await client.read(block * 4096, 4096).catch(() => undefined);
+      await sleep(100);
+    }
+    await client.close();
+  });
+  let rssPeak = 0;
+  let firstDone: number[] | null = null;
+  let p50: number[] = [];
+  for (;;) {
+    const reports = await Promise.all(
+      names.map((name) => ctl({ cmd: 'status', name }) as Promise<unknown> as Promise<MigrationReport>),
+    );
+    rssPeak = Math.max(rssPeak, rssMiB(daemon.child.pid!));
+    if (!firstDone && reports.some((r) => r.state === 'complete')) {
+      // Throughput of each while all copied: bytes held when the first finished.
+      firstDone = reports.map((r) => r.total.bytesHeld);
+      p50 = reports.map((r) => r.disks[0].status?.onDemandLatencyMs.p50 ?? 0);
+    }
+    if (reports.every((r) => r.state === 'complete')) break;
+    await sleep(250);
+  }
+  const seconds = (Date.now() - t0) / 1000;
+  reading = false;
+  await Promise.all(readers);
+  const daemonCpu = cpuSeconds(daemon.child.pid!) - cpu0;
+  await daemon.stop();
+  // The peer: one ferry dest migrating one disk of the same size over the same link.
+  const destImage = path.join(dir, 'single-dest.img');
+  const dest = spawnOn([process.execPath, FERRY_BIN], 'ferry dest', [
+    'dest',
+    '--cutover-at-start',
+    '--source',
+    `nbd://127.0.0.1:${wanPort}/m0.img`,
+    '--image',
+    destImage,
+    '--listen',
+    '127.0.0.1:0',
+    '--control',
+    path.join(dir, 'dest.sock'),
+  ]);
+  await dest.waitFor('"msg":"serving"', 60_000);
+  const destCpu0 = cpuSeconds(dest.child.pid!);
+  await dest.waitFor('migration complete', 600_000);
+  const destCpu = cpuSeconds(dest.child.pid!) - destCpu0;
+  await dest.stop();
+  await wan.close();
+  nbdkit.stop();
+  fs.rmSync(dir, { recursive: true, force: true });
+  const gib = (MIGRATIONS * SIZE_MIB) / 1024;
+  const goodputMbit = (MIGRATIONS * SIZE_MIB * MiB * 8) / seconds / 1e6;
+  return {
+    link: link.name,
+    loadAverage: os.loadavg().map((x) => Math.round(x * 100) / 100),
+    migrations: MIGRATIONS,
+    sizeMiB: SIZE_MIB,
+    seconds: Math.round(seconds * 10) / 10,
+    goodputMbit: Math.round(goodputMbit * 10) / 10,
+    linkMbit: link.bits / 1e6,
+    goodputOverLink: Math.round((goodputMbit / (link.bits / 1e6)) * 1000) / 1000,
+    jainWhileAllCopy: Math.round(jain(firstDone!) * 1000) / 1000,
+    onDemandP50Ms: p50,
+    rttMs: 2 * link.latencyMs,
+    daemonRssPeakMiB: Math.round(rssPeak),
+    daemonCpuSecondsPerGiB: Math.round((daemonCpu / gib) * 100) / 100,
+    destCpuSecondsPerGiB: Math.round((destCpu / (SIZE_MIB / 1024)) * 100) / 100,
+  };
+}
+
+async function main(): Promise<void> {
+  const results: LinkResult[] = [];
+  for (const link of LINKS) {
+    log(`${MIGRATIONS} migrations of ${SIZE_MIB} MiB over ${link.name} (load ${os.loadavg()[0].toFixed(1)})`);
+    const r = await benchLink(link);
+    log(JSON.stringify(r));
+    results.push(r);
+  }
+  const file = flag('--json');
+  if (file) fs.writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
+  process.stdout.write(JSON.stringify(results, null, 2) + '\n');
+}
+
+main().then(
+  () => {
+    killAll();
+    process.exit(0);
+  },
+  (e: Error) => {
+    log(`bench failed: ${e.stack ?? e.message}`);
+    killAll();
+    process.exit(1);
+  },
+);

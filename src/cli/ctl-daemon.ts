@@ -1,0 +1,214 @@
+/**
+ * `ferry ctl` verbs for `ferry daemon`: each names the migration it acts on
+ * (create, start, list, status NAME, pause NAME, resume NAME, rate NAME RATE,
+ * cutover NAME, abort NAME, forget NAME). With --json the daemon's answer is
+ * printed as it came; exit 1 when the daemon refused or cannot be reached.
+ */
+import { InvalidArgumentError, type Command } from 'commander';
+import { formatBytes, formatDuration, formatRate, parseByteRate } from '../control/byte-rate';
+import { sendControl } from '../control/control-client';
+import { parseDaemonResponseLine, type DaemonRequest, type DaemonResponse } from '../control/daemon-protocol';
+
+/** Where a packaged ferryd listens (daemon.control's default). */
+export const DEFAULT_DAEMON_CONTROL = '/run/ferry/ferryd.sock';
+
+interface DaemonCtlFlags {
+  control?: string;
+  timeoutMs: number;
+}
+
+export interface DaemonAnswerOptions {
+  json?: boolean;
+}
+
+function fail(message: string): null {
+  process.stderr.write(`ferry ctl: ${message}\n`);
+  process.exitCode = 1;
+  return null;
+}
+
+/** Sends one request to the daemon; prints the refusal and returns null when it said no. */
+export async function daemonRequest(cmd: Command, request: DaemonRequest): Promise<Record<string, unknown> | null> {
+  const flags = cmd.optsWithGlobals<DaemonCtlFlags>();
+  const control = flags.control ?? DEFAULT_DAEMON_CONTROL;
+  let response: DaemonResponse;
+  try {
+    // A create or cutover waits for sources and fences: give it more than a status does.
+    const slow = ['create', 'cutover', 'abort', 'forget'].includes(request.cmd);
+    response = await sendControl(
+      control,
+      request,
+      slow ? Math.max(flags.timeoutMs, 120_000) : flags.timeoutMs,
+      parseDaemonResponseLine,
+    );
+  } catch (err) {
+    return fail((err as Error).message);
+  }
+  if (!response.ok) return fail(response.error);
+  return response.status;
+}
+
+/** Prints the answer: JSON, or the migration's report as text. */
+export function printAnswer(answer: Record<string, unknown>, opts: DaemonAnswerOptions, headline?: string): void {
+  if (opts.json) {
+    process.stdout.write(JSON.stringify(answer, null, 2) + '\n');
+    return;
+  }
+  if (headline) process.stdout.write(headline + '\n');
+  if (Array.isArray(answer.disks)) process.stdout.write(formatReport(answer as unknown as ReportText));
+}
+
+interface ReportText {
+  name: string;
+  state: string;
+  error: string | null;
+  queued: boolean;
+  allocatedRate: number | null;
+  total: {
+    bytesTotal: number;
+    bytesHeld: number;
+    percent: number;
+    backgroundBytesPerSecond: number;
+    etaSeconds: number | null;
+  };
+  disks: Array<{
+    name: string;
+    export: string;
+    status: {
+      phase: string;
+      state: string;
+      blocksHeld: number;
+      blocksTotal: number;
+      blockSize: number;
+      backgroundBytesPerSecond: number;
+      etaSeconds: number | null;
+    } | null;
+  }>;
+}
+
+function formatReport(r: ReportText): string {
+  const t = r.total;
+  const lines = [
+    `${r.name}: ${r.state}${r.queued ? ' (waiting for a copy slot)' : ''} — ${t.percent}% of ${formatBytes(t.bytesTotal)} held, ` +
+      `${formatRate(t.backgroundBytesPerSecond)}, ETA ${formatDuration(t.etaSeconds)}` +
+      (r.allocatedRate ? `, budget ${formatRate(r.allocatedRate)}` : ''),
+  ];
+  if (r.error) lines.push(`  error: ${r.error}`);
+  for (const d of r.disks) {
+    const s = d.status;
+    lines.push(
+      s
+        ? `  ${d.name} (${d.export}): ${s.phase}/${s.state} ${s.blocksHeld}/${s.blocksTotal} blocks, ` +
+            `${formatRate(s.backgroundBytesPerSecond)}, ETA ${formatDuration(s.etaSeconds)}`
+        : `  ${d.name} (${d.export}): not open`,
+    );
+  }
+  return lines.join('\n') + '\n';
+}
+
+/** `--disk name=vda,source=URL,image=PATH[,export=NAME][,block_size=N][,dirty_bitmap=B]`. */
+function parseDisk(value: string, previous: Array<Record<string, unknown>> = []): Array<Record<string, unknown>> {
+  const disk: Record<string, unknown> = {};
+  for (const part of value.split(',')) {
+    const eq = part.indexOf('=');
+    if (eq <= 0) throw new InvalidArgumentError(`--disk takes key=value pairs separated by commas (got "${part}")`);
+    const key = part.slice(0, eq).trim();
+    const v = part.slice(eq + 1);
+    disk[key] = key === 'block_size' ? Number(v) : v;
+  }
+  return [...previous, disk];
+}
+
+function parseRate(value: string): number | null {
+  try {
+    return parseByteRate(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+export function registerDaemonVerbs(ctl: Command): void {
+  ctl
+    .command('create')
+    .description('ferry daemon: create a migration (checks its sources, creates images and state; copies nothing yet)')
+    .argument('<name>', 'migration name (the VM)')
+    .requiredOption(
+      '--disk <spec>',
+      'name=vda,source=URL,image=PATH[,export=NAME,block_size=N,dirty_bitmap=B]; once per disk',
+      parseDisk,
+    )
+    .option('--rate <bytes/s>', "the migration's background cap, e.g. 50M", parseRate)
+    .option('--weight <n>', 'share of the host max_rate against other migrations', Number)
+    .option('--start', 'start copying at once')
+    .option('--cutover-at-start', 'the sources are no longer written: cut over at once')
+    .option('--json', 'print the answer as JSON')
+    .action(
+      async (
+        name: string,
+        opts: {
+          disk: Array<Record<string, unknown>>;
+          rate?: number | null;
+          weight?: number;
+          start?: boolean;
+          cutoverAtStart?: boolean;
+          json?: boolean;
+        },
+        cmd: Command,
+      ) => {
+        const spec: Record<string, unknown> = { name, disk: opts.disk };
+        if (opts.rate !== undefined) spec.rate = opts.rate ?? 0;
+        if (opts.weight !== undefined) spec.weight = opts.weight;
+        if (opts.start) spec.start = true;
+        if (opts.cutoverAtStart) spec.cutover = 'at-start';
+        const answer = await daemonRequest(cmd, { cmd: 'create', spec });
+        if (answer) printAnswer(answer, opts, `created ${name}`);
+      },
+    );
+
+  for (const verb of ['start', 'forget'] as const)
+    ctl
+      .command(verb)
+      .description(
+        verb === 'start'
+          ? 'ferry daemon: start copying a created migration'
+          : 'ferry daemon: drop a complete migration from the registry (its images stay; its exports are no longer served)',
+      )
+      .argument('<name>', 'migration name')
+      .option('--json', 'print the answer as JSON')
+      .action(async (name: string, opts: DaemonAnswerOptions, cmd: Command) => {
+        const answer = await daemonRequest(cmd, { cmd: verb, name });
+        if (answer) printAnswer(answer, opts, verb === 'start' ? `started ${name}` : `forgot ${name}; its images stay`);
+      });
+
+  ctl
+    .command('reload')
+    .description('ferry daemon: read the config file again (as SIGHUP does): rates, limits, declared migrations')
+    .option('--json', 'print the answer as JSON')
+    .action(async (opts: DaemonAnswerOptions, cmd: Command) => {
+      const answer = await daemonRequest(cmd, { cmd: 'reload' });
+      if (answer) printAnswer(answer, opts, 'config reloaded');
+    });
+
+  ctl
+    .command('list')
+    .description('ferry daemon: every migration with its state, progress and ETA')
+    .option('--json', 'print the answer as JSON')
+    .action(async (opts: DaemonAnswerOptions, cmd: Command) => {
+      const answer = await daemonRequest(cmd, { cmd: 'list' });
+      if (!answer) return;
+      if (opts.json) return printAnswer(answer, opts);
+      const rows = answer.migrations as Array<{
+        name: string;
+        state: string;
+        disks: number;
+        percent: number;
+        backgroundBytesPerSecond: number;
+        etaSeconds: number | null;
+      }>;
+      if (rows.length === 0) process.stdout.write('no migrations\n');
+      for (const r of rows)
+        process.stdout.write(
+          `${r.name}\t${r.state}\t${r.disks} disk(s)\t${r.percent}%\t${formatRate(r.backgroundBytesPerSecond)}\tETA ${formatDuration(r.etaSeconds)}\n`,
+        );
+    });
+}

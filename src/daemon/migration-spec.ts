@@ -1,0 +1,51 @@
+/**
+ * What the registry keeps of one migration: the spec it was created with
+ * and where its lifecycle stands. Disk progress is not here: each disk's
+ * block map holds it, made durable by the disk's own Migration.
+ */
+import path from 'node:path';
+import { z } from 'zod';
+import { MigrationSpec, type DiskSpec } from '../config/daemon-schema';
+import { STAGES } from './lifecycle';
+
+export const MigrationRecord = z
+  .object({
+    spec: MigrationSpec,
+    stage: z.enum(STAGES),
+    /** The operator paused the background copy (kept across restarts). */
+    paused: z.boolean(),
+    /** Declared in the config file (a reload may change its rate and weight) or created over the control socket. */
+    origin: z.enum(['config', 'control']),
+    createdAt: z.string(),
+    /** When the cutover was asked for: from then on every disk is cut over, after any restart. */
+    cutoverAt: z.string().nullable(),
+  })
+  .strict();
+export type MigrationRecord = z.infer<typeof MigrationRecord>;
+
+/** A disk's block map lives in the daemon's state directory, one folder per migration. */
+export function migrationStateDir(stateDir: string, migration: string): string {
+  return path.join(stateDir, 'migrations', migration);
+}
+
+export function diskStatePath(stateDir: string, migration: string, disk: string): string {
+  return path.join(migrationStateDir(stateDir, migration), `${disk}.ferry-state`);
+}
+
+export function diskExportName(migration: string, disk: DiskSpec): string {
+  return disk.export ?? `${migration}/${disk.name}`;
+}
+
+/**
+ * Two specs are the same migration when their disks and cutover mode are:
+ * `create` twice with one spec is one migration (rate and weight are
+ * changed with `rate`, not by creating again).
+ */
+export function sameMigration(a: MigrationSpec, b: MigrationSpec): boolean {
+  const key = (s: MigrationSpec): string =>
+    JSON.stringify([
+      s.cutover,
+      s.disk.map((d) => [d.name, d.source, d.image, d.export ?? null, d.block_size ?? null, d.dirty_bitmap ?? null]),
+    ]);
+  return key(a) === key(b);
+}
