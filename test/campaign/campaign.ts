@@ -8,6 +8,7 @@
  * calls `reportRow` once with what it did; `run.ts` prints the rows.
  */
 import fs from 'node:fs';
+import net from 'node:net';
 
 export interface Campaign {
   /** The sizes of docs/reliability.md rather than CI's reduced ones. */
@@ -70,4 +71,29 @@ function mulberry32(state: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
   };
+}
+
+/**
+ * Once a scenario's tests are done, nothing of it may keep the process alive:
+ * sockets still open (to daemons already stopped) are named in the log, so
+ * the leak can be found, and destroyed, so the run ends instead of waiting
+ * for tap's timeout.
+ */
+export function closeLeftoverSockets(): string[] {
+  const handles = (process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles();
+  const named: string[] = [];
+  for (const h of handles) {
+    if (!(h instanceof net.Socket) || h === process.stdout || h === process.stderr || h === process.stdin) continue;
+    named.push(h.remoteAddress ? `tcp ${h.remoteAddress}:${h.remotePort} from :${h.localPort}` : 'pipe or unix socket');
+    h.destroy();
+  }
+  return named;
+}
+
+/** Registers closeLeftoverSockets() to run when the scenario file's tests are done. */
+export function endCleanly(root: { teardown(fn: () => void): void }): void {
+  root.teardown(() => {
+    const left = closeLeftoverSockets();
+    if (left.length) console.log(`# sockets left open when the tests ended (now closed): ${left.join('; ')}`);
+  });
 }

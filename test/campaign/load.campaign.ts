@@ -11,13 +11,15 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
-import { campaign, reportRow } from './campaign';
+import { campaign, endCleanly, reportRow } from './campaign';
 import { readAll } from './nbd-fuzzer';
 import { startFerry, servingPort } from '../helpers/ferry-daemon';
 import { residentBytes, startFerryServe } from '../helpers/ferry-serve';
 import { connectSocket, handshake, readExactly, readSimpleReply, requestHeader } from '../helpers/raw-nbd-client';
 import { tempDir, writePatternFile } from '../helpers/temp-dir';
 import { until } from '../helpers/until';
+
+endCleanly(t);
 
 const MiB = 1 << 20;
 const CLIENTS = 64;

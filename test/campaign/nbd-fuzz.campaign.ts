@@ -9,11 +9,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { campaign, reportRow } from './campaign';
+import { campaign, endCleanly, reportRow } from './campaign';
 import { NbdFuzzer, closeLeftoverSockets, newCounts, probe, readAll, type FuzzCounts } from './nbd-fuzzer';
 import { residentBytes, startFerryServe } from '../helpers/ferry-serve';
 import { startFerry, servingPort } from '../helpers/ferry-daemon';
 import { tempDir, writePatternFile } from '../helpers/temp-dir';
+
+endCleanly(t);
 
 const MiB = 1 << 20;
 const SIZE = 32 * MiB;

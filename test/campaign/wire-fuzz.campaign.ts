@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
-import { campaign, reportRow } from './campaign';
+import { campaign, endCleanly, reportRow } from './campaign';
 import { startFerry, servingPort } from '../helpers/ferry-daemon';
 import { residentBytes } from '../helpers/ferry-serve';
 import { tempDir, writePatternFile } from '../helpers/temp-dir';
@@ -18,6 +18,8 @@ import { connectWirePeer, helloFields } from '../helpers/wire-peer';
 import { encodeFrameHead, encodePreamble } from '../../src/wire/frame-codec';
 import { encodeDirtyAck, encodeFetch, encodeHello, encodeZeroQuery } from '../../src/wire/messages';
 import { MessageType } from '../../src/wire/protocol';
+
+endCleanly(t);
 
 const MiB = 1 << 20;
 const SIZE = 16 * MiB;
