@@ -38,7 +38,30 @@ export class BlockModel {
   }
 
   get touched(): number[] {
-    return [...new Set([...this.settled.keys(), ...this.open.keys()])].sort((a, b) => a - b);
+    return [...new Set([...this.settled.keys(), ...this.open.keys(), ...this.unspecified])].sort((a, b) => a - b);
+  }
+
+  /** Blocks a failed write left unspecified: anything is allowed until a flushed write settles them. */
+  private readonly unspecified = new Set<number>();
+
+  /** A write of `after` to `block` is in flight: the block may hold its old content or this. */
+  begin(block: number, after: Buffer): void {
+    this.open.set(block, [...this.allowed(block), after]);
+  }
+
+  /** A FLUSH acknowledged the write of `after` to `block`. */
+  settle(block: number, after: Buffer): void {
+    this.settled.set(block, after);
+    this.open.delete(block);
+    this.unspecified.delete(block);
+    this.flushedWrites++;
+  }
+
+  /** A write to `block` failed (ENOSPC): NBD leaves its content unspecified. */
+  forget(block: number): void {
+    this.open.delete(block);
+    this.settled.delete(block);
+    this.unspecified.add(block);
   }
 
   /** The contents a block may hold now. */
@@ -49,6 +72,7 @@ export class BlockModel {
   /** Checks one block's bytes; null when allowed. */
   check(block: number, got: Buffer): Mismatch | null {
     this.checks++;
+    if (this.unspecified.has(block)) return null;
     const allowed = this.allowed(block);
     if (allowed.some((a) => a.equals(got))) return null;
     return { block, torn: allowed.some((a) => sameBytes(a, got) > 0) };
@@ -109,7 +133,7 @@ export class BlockModel {
       if (kind < 0.2) {
         after = Buffer.alloc(BS);
         send = () => client.zero(block * BS, BS);
-      } else if (kind < 0.5 && before.length === 1) {
+      } else if (kind < 0.5 && before.length === 1 && !this.unspecified.has(block)) {
         // A patch of an uncertain block would have several outcomes: only settled blocks get one.
         const at = Math.floor(this.random() * (BS - 1));
         const length = 1 + Math.floor(this.random() * (BS - at - 1));
@@ -127,11 +151,7 @@ export class BlockModel {
     });
     await Promise.all(writes);
     await client.flush();
-    for (const [block, after] of done) {
-      this.settled.set(block, after);
-      this.open.delete(block);
-      this.flushedWrites++;
-    }
+    for (const [block, after] of done) this.settle(block, after);
   }
 
   /** The image every settled block says it must be, and whether any block is still open. */
