@@ -119,9 +119,10 @@ export class BlockModel {
    * One batch: `count` distinct blocks each get a whole-block write, a
    * sub-block patch or a write-zeroes, all in flight at once, then a FLUSH.
    * Rejects when the connection is cut (a kill); the model then keeps both
-   * contents possible for the batch's blocks.
+   * contents possible for the batch's blocks. `wholeBlocksOnly`: no patches
+   * (a patch of a missing block needs the source's bytes first).
    */
-  async writeBatch(client: NbdClient, count: number): Promise<void> {
+  async writeBatch(client: NbdClient, count: number, wholeBlocksOnly = false): Promise<void> {
     const chosen = new Set<number>();
     while (chosen.size < Math.min(count, this.blocks)) chosen.add(Math.floor(this.random() * this.blocks));
     const done: Array<[number, Buffer]> = [];
@@ -133,7 +134,7 @@ export class BlockModel {
       if (kind < 0.2) {
         after = Buffer.alloc(BS);
         send = () => client.zero(block * BS, BS);
-      } else if (kind < 0.5 && before.length === 1 && !this.unspecified.has(block)) {
+      } else if (kind < 0.5 && !wholeBlocksOnly && before.length === 1 && !this.unspecified.has(block)) {
         // A patch of an uncertain block would have several outcomes: only settled blocks get one.
         const at = Math.floor(this.random() * (BS - 1));
         const length = 1 + Math.floor(this.random() * (BS - at - 1));

@@ -21,8 +21,8 @@ const c = campaign();
 const random = c.random('first-start');
 const SIZE = 1 << 20;
 /** Kills per file event, and kills at random moments. */
-const PER_EVENT = c.full ? 10 : 1;
-const RANDOM_KILLS = c.full ? 40 : 0;
+const PER_EVENT = c.full ? 3 : 1;
+const RANDOM_KILLS = c.full ? 12 : 0;
 const FERRY_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'ferry.js');
 const EXIT_WITH_PARENT = path.resolve(__dirname, '..', 'helpers', 'exit-with-parent.js');
 

@@ -16,8 +16,8 @@ import { BS } from './block-model';
 const c = campaign();
 const random = c.random('kill9');
 const KILLS = c.full ? 20 : 3;
-const SIZE = c.full ? 64 << 20 : 16 << 20;
-const RATE = c.full ? '4M' : '2M';
+const SIZE = c.full ? 64 << 20 : 8 << 20;
+const RATE = c.full ? '4M' : '1M';
 
 /** Writes batches until the connection is cut; reads a random block between batches. */
 async function writeUntilCut(rig: MigrationRig, client: NbdClient): Promise<void> {

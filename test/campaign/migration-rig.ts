@@ -25,6 +25,10 @@ export interface RigOptions {
   destFlags?: string[];
   /** Where the destination image goes (default: the rig's directory). */
   destDir?: string;
+  /** The path between the daemons: given the source's port, the port the destination dials. */
+  route?: (sourcePort: number) => Promise<number>;
+  /** Authentication flags of both ferry-wire daemons (default --insecure). */
+  auth?: string[];
 }
 
 /** A daemon the rig started, and whether an exit of it was asked for. */
@@ -46,6 +50,7 @@ export class MigrationRig {
   private source: Managed | null = null;
   private dest: Managed | null = null;
   private sourcePort = 0;
+  private destDials = 0;
   private readonly sourcePath: string;
 
   constructor(
@@ -64,14 +69,14 @@ export class MigrationRig {
   }
 
   get sourceUrl(): string {
-    return `${this.options.transport}://127.0.0.1:${this.sourcePort}/disk.img`;
+    return `${this.options.transport}://127.0.0.1:${this.destDials}/disk.img`;
   }
 
   get destArgs(): string[] {
     return [
       ...['dest', '--cutover-at-start', '--source', this.sourceUrl, '--image', this.destImage],
       ...['--listen', '127.0.0.1:0', '--control', this.destCtl, '--rate', this.options.rate, '--log-level', 'info'],
-      ...(this.options.transport === 'ferry' ? ['--insecure'] : []),
+      ...(this.options.transport === 'ferry' ? (this.options.auth ?? ['--insecure']) : []),
       ...(this.options.destFlags ?? []),
     ];
   }
@@ -82,13 +87,16 @@ export class MigrationRig {
   }
 
   async startSource(): Promise<FerryDaemon> {
-    if (!this.sourcePort) this.sourcePort = await freePort();
+    if (!this.sourcePort) {
+      this.sourcePort = await freePort();
+      this.destDials = this.options.route ? await this.options.route(this.sourcePort) : this.sourcePort;
+    }
     const listen = `127.0.0.1:${this.sourcePort}`;
     const args =
       this.options.transport === 'nbd'
         ? ['serve', '--image', this.sourcePath, '--read-only', '--listen', listen]
         : [
-            ...['source', '--image', this.sourcePath, '--listen', listen, '--insecure'],
+            ...['source', '--image', this.sourcePath, '--listen', listen, ...(this.options.auth ?? ['--insecure'])],
             ...['--state-dir', path.join(this.dir, 'source-state')],
           ];
     this.source = this.manage(await this.start(args, 'the source'));
