@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -321,4 +322,26 @@ t.test('client: clear errors when nobody listens or nobody answers', async (t) =
     message: `ferry dest on ${socketPath} did not answer within 150 ms`,
   });
   t.ok(Date.now() - started < 10_000, 'gave up rather than waiting on');
+});
+
+t.test('server: a staging directory left by a start killed while listening is removed, a live one kept', async (t) => {
+  const socketPath = tempSocket(t);
+  const dir = path.dirname(socketPath);
+  const dead = spawnSync('true').pid!; // a pid that has exited
+  const stale = path.join(dir, `.control.sock.staging-${dead}-AbC123`);
+  const live = path.join(dir, `.control.sock.staging-${process.ppid}-XyZ789`);
+  const other = path.join(dir, `.other.sock.staging-${dead}-QqQ000`);
+  for (const d of [stale, live, other]) fs.mkdirSync(d, { mode: 0o700 });
+  fs.writeFileSync(path.join(stale, 'control.sock'), '');
+  const server = new ControlServer(new SimulatedMigration({ blocksTotal: 1 }), log);
+  await server.listen(socketPath);
+  t.teardown(() => server.close());
+  t.notOk(fs.existsSync(stale), 'the dead start’s directory is gone');
+  t.ok(fs.existsSync(live), 'a running start’s directory is kept');
+  t.ok(fs.existsSync(other), 'another socket’s directory is kept');
+  t.same(
+    fs.readdirSync(dir).filter((n) => n.startsWith('.control.sock.staging-')),
+    [path.basename(live)],
+    'and this start left none of its own',
+  );
 });

@@ -155,14 +155,9 @@ t.test('a full local disk: ENOSPC to the VM, the state stays consistent', async 
     (e: NbdError) => e,
   );
   t.equal(err?.errno, 28, 'the VM gets ENOSPC for a write that does not fit');
-  const readErr = await vm.read(15 << 20, 4096).then(
-    () => null,
-    (e: NbdError) => e,
-  );
-  t.ok(
-    readErr === null || readErr.errno === 28 || readErr.errno === 5,
-    'a read needing a fetch fails cleanly or succeeds',
-  );
+  // The fetched bytes answer the read even though the image cannot take them.
+  const missing = await vm.read(15 << 20, 4096);
+  t.ok(missing.equals(source.subarray(15 << 20, (15 << 20) + 4096)), 'a read of a missing block succeeds');
   const held = await vm.read(0, 4096).catch(() => null);
   t.ok(held === null || held.equals(source.subarray(0, 4096)), 'what is served is right');
   await vm.close();

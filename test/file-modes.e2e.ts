@@ -38,7 +38,7 @@ t.test('a destination creates its files owner-only, whatever the umask', async (
   t.ok(fs.lstatSync(control).isSocket());
   t.equal(mode(control), 0o600, 'control socket 0600');
   t.same(
-    fs.readdirSync(dir).filter((f) => f.startsWith('.ferry-control-')),
+    fs.readdirSync(dir).filter((f) => f.startsWith('.ctl.sock.staging-')),
     [],
     'no staging directory left',
   );

@@ -59,7 +59,11 @@ export class ControlServer<R extends { cmd: string } = ControlRequest> {
     // named) may use it. It is made in a private (0700) directory, given its group and mode
     // there, and only then renamed into place, so it never exists at its path with a wider
     // mode or another group, whatever the umask.
-    const privateDir = fs.mkdtempSync(path.join(path.dirname(socketPath), '.ferry-control-'));
+    // Named for the socket and this process, so that a start killed here leaves a directory the
+    // next start recognises as stale (its process is gone) and removes.
+    const prefix = stagingPrefix(socketPath);
+    removeStaleStaging(path.dirname(socketPath), prefix);
+    const privateDir = fs.mkdtempSync(path.join(path.dirname(socketPath), `${prefix}${process.pid}-`));
     const staging = path.join(privateDir, 'control.sock');
     try {
       await new Promise<void>((resolve, reject) => {
@@ -211,4 +215,36 @@ async function removeStaleSocket(socketPath: string): Promise<void> {
   });
   if (alive) throw new Error(`control socket: ${socketPath} is in use by a running process`);
   fs.rmSync(socketPath, { force: true });
+}
+
+/** The private directories a control socket is made in: `.NAME.staging-PID-RANDOM` beside it. */
+function stagingPrefix(socketPath: string): string {
+  return `.${path.basename(socketPath)}.staging-`;
+}
+
+/** Removes this socket's staging directories whose process is gone (a start killed while listening). */
+export function removeStaleStaging(dir: string, prefix: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir).filter((n) => n.startsWith(prefix));
+  } catch {
+    return; // the listen that follows names the problem with the directory
+  }
+  for (const name of names) {
+    const pid = Number(name.slice(prefix.length).split('-')[0]);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || processAlive(pid)) continue;
+    const full = path.join(dir, name);
+    const stat = fs.lstatSync(full, { throwIfNoEntry: false });
+    // Only directories this user made: another user's names are not ours to remove.
+    if (stat?.isDirectory() && stat.uid === process.getuid?.()) fs.rmSync(full, { recursive: true, force: true });
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

@@ -49,6 +49,11 @@ export interface Transit {
   stale: boolean;
   /** Why the transit ended without the block becoming held, for the readers waiting on it. */
   error: Error | null;
+  /**
+   * The source's bytes of a block the image refused to take (a full disk):
+   * a read waiting on the block is answered from them, the block stays missing.
+   */
+  unlanded: Buffer | null;
   /** Settles when the transit ends (made on first use: most transits are never waited on). */
   readonly done: Promise<void>;
 }
@@ -60,6 +65,7 @@ class TransitRecord implements Transit {
   urgent = false;
   stale = false;
   error: Error | null = null;
+  unlanded: Buffer | null = null;
   private ended = false;
   private waiting: Promise<void> | null = null;
   private resolve: (() => void) | null = null;
@@ -168,9 +174,10 @@ export class BlockStates extends EventEmitter {
   }
 
   /** landing → missing: the image refused the bytes; waiters see `error`. */
-  landingFailed(t: Transit, error: Error): void {
+  landingFailed(t: Transit, error: Error, bytes: Buffer | null = null): void {
     this.expect(t, 'landing', 'landingFailed');
     t.error = error;
+    t.unlanded = t.stale ? null : bytes;
     this.close(t, false);
   }
 

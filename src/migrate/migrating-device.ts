@@ -131,8 +131,17 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     if (into.length === 0) return;
     if (this.phaseNow !== 'post-copy') return this.readThrough(offset, into);
     const [first, last] = this.blocksOf(offset, into.length);
-    if (!this.map.rangeHeld(first, last)) await this.ensureHeld(this.missingIn(first, last));
+    if (this.map.rangeHeld(first, last)) return this.local.read(offset, into);
+    // A block fetched for this read that the image could not take (a full disk) is answered from
+    // the fetched bytes and stays missing: a read never fails because a write would.
+    const unlanded = new Map<number, Buffer>();
+    await this.ensureHeld(this.missingIn(first, last), unlanded);
     await this.local.read(offset, into);
+    for (const [block, bytes] of unlanded) {
+      const from = Math.max(offset, block * this.bs);
+      const to = Math.min(offset + into.length, block * this.bs + bytes.length);
+      bytes.copy(into, from - offset, from - block * this.bs, to - block * this.bs);
+    }
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
@@ -591,15 +600,19 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     return out;
   }
 
-  /** Waits until every listed block is held, fetching urgently what nobody is fetching. */
-  private async ensureHeld(blocks: number[]): Promise<void> {
+  /**
+   * Waits until every listed block is held, fetching urgently what nobody is
+   * fetching. With `unlanded` (a read), a block the image refused is not an
+   * error: its fetched bytes go there instead.
+   */
+  private async ensureHeld(blocks: number[], unlanded?: Map<number, Buffer>): Promise<void> {
     const started = performance.now();
     const deadline = Date.now() + this.options.fetchTimeoutMs;
     let fetched = 0;
     let round = 0;
     const backoff = new Backoff(FAILED_FETCH_BACKOFF);
     for (;;) {
-      if (round++ > 0 && !blocks.every((b) => this.map.isHeld(b))) {
+      if (round++ > 0 && !blocks.every((b) => this.map.isHeld(b) || unlanded?.has(b))) {
         // Blocks went missing again (a fetch failed): back off on a real timer,
         // so a source that fails at once cannot spin the event loop the VM's disk runs on.
         await pause(Math.min(backoff.next(), Math.max(0, deadline - Date.now())));
@@ -607,7 +620,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       const waiting: Transit[] = [];
       const toFetch: Transit[] = [];
       for (const b of blocks) {
-        if (this.map.isHeld(b)) continue;
+        if (this.map.isHeld(b) || unlanded?.has(b)) continue;
         const t = this.states.transit(b);
         if (t && (t.state !== 'fetching' || t.urgent)) {
           waiting.push(t); // landing, claimed, or an urgent fetch is on it already
@@ -632,7 +645,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         waiting.map((t) => t.done),
         left,
       );
-      const failed = waiting.find((t) => t.error);
+      for (const t of waiting) if (unlanded && t.error && t.unlanded) unlanded.set(t.block, t.unlanded);
+      const failed = waiting.find((t) => t.error && !(unlanded && t.unlanded));
       if (failed) throw failed.error!;
       if (timedOut) {
         // The fetch stays in flight (it settles when the link delivers or drops): the next
@@ -725,7 +739,10 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       } catch (e) {
         const err = e instanceof BlockDeviceError ? e : new BlockDeviceError('EIO', (e as Error).message);
         this.log.error({ err: err.message, block: group[0].block, count: group.length }, 'cannot store fetched blocks');
-        for (const t of group) this.states.landingFailed(t, err);
+        for (const t of group) {
+          const at = (t.block - first) * this.bs;
+          this.states.landingFailed(t, err, data.subarray(at, Math.min(at + this.bs, data.length)));
+        }
         this.emit('store-error', err);
         continue;
       }

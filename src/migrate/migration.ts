@@ -49,6 +49,11 @@ export interface MigrationOptions {
   openUpstream: (url: string, blockSize: number, session: string) => Promise<Upstream>;
 }
 
+/** Where a new migration's state is written before it takes its name. */
+export function creatingPath(statePath: string): string {
+  return `${statePath}.creating`;
+}
+
 export class MigrationError extends Error {
   constructor(message: string) {
     super(message);
@@ -134,6 +139,8 @@ export class Migration extends EventEmitter implements MigrationControl {
     // An existing block device is the target: its old content is never served (unheld blocks come
     // from the source) and is overwritten as blocks arrive. An existing file is refused.
     const onDevice = isBlockDevice(imagePath);
+    const creating = creatingPath(statePath);
+    if (fs.existsSync(creating)) Migration.undoInterruptedStart(imagePath, creating, onDevice, log);
     if (!onDevice && fs.existsSync(imagePath)) {
       throw new MigrationError(
         `image ${imagePath} exists but has no migration state (${statePath}); refusing to overwrite it — remove it or choose another --image`,
@@ -141,20 +148,17 @@ export class Migration extends EventEmitter implements MigrationControl {
     }
     const session = crypto.randomUUID();
     const upstream = await options.openUpstream(options.sourceUrl, options.blockSize, session);
-    let map: BlockMap;
+    let map: BlockMap | undefined;
     let local: FileDevice | undefined;
     let seed: FileDevice | null = null;
     const locks: ReleaseLock[] = [];
     try {
       seed = Migration.openSeed(options, upstream);
-      local = FileDevice.open(imagePath, {
-        createSize: upstream.size,
-        deviceSize: upstream.size,
-        createMode: options.fileMode,
-      });
-      locks.push(lockImage(imagePath, 'exclusive'));
+      // The state is written under a temporary name first and takes its own name last, once the
+      // image exists at its size: a start killed at any step leaves either a complete migration
+      // or a `.creating` record saying the image is this start's to remove.
       map = BlockMap.create(
-        statePath,
+        creating,
         {
           blockSize: options.blockSize,
           imageSize: upstream.size,
@@ -166,13 +170,26 @@ export class Migration extends EventEmitter implements MigrationControl {
         },
         options.fileMode,
       );
+      const unlockCreating = lockImage(creating, 'exclusive');
+      locks.push(unlockCreating);
+      local = FileDevice.open(imagePath, {
+        createSize: upstream.size,
+        deviceSize: upstream.size,
+        createMode: options.fileMode,
+      });
+      locks.push(lockImage(imagePath, 'exclusive'));
+      await local.flush(); // the image's size is durable before the state says it exists
+      unlockCreating(); // the image lock keeps an undo by another start out from here on
+      map.moveTo(statePath);
       locks.push(lockImage(statePath, 'exclusive'));
     } catch (e) {
       for (const unlock of locks) unlock();
       await seed?.close();
+      map?.close();
       await local?.close();
       // The image was created here just now (an existing file is refused above): remove it again.
       if (local && !onDevice) fs.rmSync(imagePath, { force: true });
+      if (map) fs.rmSync(map.path, { force: true });
       await upstream.close();
       throw e;
     }
@@ -190,6 +207,23 @@ export class Migration extends EventEmitter implements MigrationControl {
     migration.unlock = () => locks.forEach((unlock) => unlock());
     migration.createdHere = { image: onDevice ? null : imagePath, state: statePath };
     return migration;
+  }
+
+  /**
+   * A first start was killed before its state took its name: what it created
+   * (the `.creating` record and, for a file, the image made after it) is
+   * removed so that this start begins afresh. Both are locked first: a start
+   * still running keeps them.
+   */
+  private static undoInterruptedStart(imagePath: string, creating: string, onDevice: boolean, log: Logger): void {
+    const unlock = lockImages([creating, ...(onDevice || !fs.existsSync(imagePath) ? [] : [imagePath])], 'exclusive');
+    try {
+      if (!onDevice) fs.rmSync(imagePath, { force: true });
+      fs.rmSync(creating, { force: true });
+    } finally {
+      unlock();
+    }
+    log.warn({ image: imagePath, state: creating }, 'an interrupted first start was undone; starting afresh');
   }
 
   /** One image, one owner: a second destination on the same image would lose writes. */

@@ -16,6 +16,7 @@
  * table of the migrating device). Everyone else reads.
  */
 import fs from 'node:fs';
+import nodePath from 'node:path';
 import zlib from 'node:zlib';
 import { blockSizeProblem } from '../util/limits';
 
@@ -77,7 +78,7 @@ export class BlockMap {
   private headerWrites: Promise<void> = Promise.resolve();
 
   private constructor(
-    readonly path: string,
+    private filePath: string,
     private readonly fd: number,
     private header: BlockMapHeader,
     generation: number,
@@ -89,6 +90,10 @@ export class BlockMap {
     for (let i = 0; i < this.blockCount; i++) if (this.isHeld(i)) this.held++;
   }
 
+  /** Where the map lives (a new map moves once, from its creation name to its own). */
+  get path(): string {
+    return this.filePath;
+  }
   get blockSize(): number {
     return this.header.blockSize;
   }
@@ -124,8 +129,10 @@ export class BlockMap {
     return fs.existsSync(path);
   }
 
-  /** Creates a new map with every block missing; fails if the file exists. */
-  /** Creates the map file with `mode` exactly (owner-only by default: it says what the image holds). */
+  /**
+   * Creates a new map with every block missing; fails if the file exists. The
+   * file gets `mode` exactly (owner-only by default: it says what the image holds).
+   */
   static create(path: string, header: Omit<BlockMapHeader, 'complete'>, mode = 0o600): BlockMap {
     if (!header.session) throw new BlockMapError('a new block map needs a session id');
     const blockSizeIssue = blockSizeProblem(header.blockSize);
@@ -284,6 +291,17 @@ export class BlockMap {
     await this.writeHeader((h) => ({ ...h, sourceUrl: url }));
   }
 
+  /**
+   * Gives the map its name, atomically (rename, then the directory synced):
+   * a map created under a temporary name becomes the migration's record only
+   * once everything it describes exists.
+   */
+  moveTo(path: string): void {
+    fs.renameSync(this.filePath, path);
+    this.filePath = path;
+    syncDirectory(nodePath.dirname(path));
+  }
+
   close(): void {
     fs.closeSync(this.fd);
   }
@@ -403,4 +421,14 @@ function writeAll(fd: number, data: Buffer, position: number): Promise<void> {
 
 function fdatasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Makes a rename in `dir` durable. */
+function syncDirectory(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
