@@ -127,35 +127,13 @@ export class SourceConnection implements SessionLink, FetchLink {
       if (frame.type === MessageType.ZeroQuery) {
         const query = decodeZeroQuery(frame.meta);
         if (typeof query === 'string') return this.refuse(RefuseCode.BadRequest, query);
-        this.inFlight++;
-        answerZeroQuery(this.options.device, query)
-          .then((frame) => this.send([frame]))
-          .catch((e: Error) => {
-            this.send([
-              encodeFetchError({ requestId: query.requestId, code: FetchErrorCode.ReadError, reason: e.message }),
-            ]);
-          })
-          .finally(() => {
-            this.inFlight--;
-            this.pump();
-          });
+        this.answer(query.requestId, answerZeroQuery(this.options.device, query));
         continue;
       }
       if (frame.type === MessageType.HashQuery) {
         const query = decodeHashQuery(frame.meta);
         if (typeof query === 'string') return this.refuse(RefuseCode.BadRequest, query);
-        this.inFlight++;
-        answerHashQuery(this.options.device, this.hello.blockSize, query)
-          .then((frame) => this.send([frame]))
-          .catch((e: Error) => {
-            this.send([
-              encodeFetchError({ requestId: query.requestId, code: FetchErrorCode.ReadError, reason: e.message }),
-            ]);
-          })
-          .finally(() => {
-            this.inFlight--;
-            this.pump();
-          });
+        this.answer(query.requestId, answerHashQuery(this.options.device, this.hello.blockSize, query));
         continue;
       }
       if (frame.type !== MessageType.Fetch)
@@ -245,6 +223,20 @@ export class SourceConnection implements SessionLink, FetchLink {
         this.socket.write(p, i === last && written ? () => written() : undefined);
     });
     if (parts.length > 1) this.socket.uncork();
+  }
+
+  /** Sends a query's answer when it is ready (FETCH_ERROR if it failed); it counts as in flight until then. */
+  private answer(requestId: number, reply: Promise<Buffer>): void {
+    this.inFlight++;
+    reply
+      .then((frame) => this.send([frame]))
+      .catch((e: Error) => {
+        this.send([encodeFetchError({ requestId, code: FetchErrorCode.ReadError, reason: e.message })]);
+      })
+      .finally(() => {
+        this.inFlight--;
+        this.pump();
+      });
   }
 
   private refuse(code: RefuseCode, reason: string): void {
