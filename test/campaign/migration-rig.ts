@@ -14,6 +14,11 @@ import { tempDir } from '../helpers/temp-dir';
 import { BlockModel, sourceImage, type Mismatch } from './block-model';
 import { PeakRss, within } from './peak-rss';
 
+// The VM's side waits as long as the destination may take to answer a read of a
+// missing block (its fetch_timeout_ms, 60 s by default), as QEMU does: the
+// client's own 30 s silence limit would give up before the destination has.
+NbdClient.stallTimeoutMs = 90_000;
+
 export type Transport = 'nbd' | 'ferry';
 
 export interface RigOptions {
