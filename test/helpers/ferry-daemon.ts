@@ -117,15 +117,22 @@ export function startFerry(t: Teardownable, args: string[], timeoutMs = 60_000):
 }
 
 /** A loopback port that was free a moment ago. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
+/**
+ * A free loopback port below the kernel's ephemeral range (32768+), so that a
+ * daemon restarted on it cannot find it taken by another test's `:0` listener
+ * or outgoing connection in the meantime.
+ */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const free = await new Promise<boolean>((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
     });
-  });
+    if (free) return port;
+  }
+  throw new Error('no free loopback port between 20000 and 32000');
 }
 
 /** The port of a `serving` record's address (host:port). */
