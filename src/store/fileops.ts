@@ -30,9 +30,34 @@ export const SEEK_HOLE = 4;
 /** Where `npm install` (native/install.js → node-gyp) puts the addon; from build/src/store. */
 export const FILEOPS_ADDON = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'fileops.node');
 
+/** Every function FileOps has: an addon built from an older source lacks some. */
+const FILEOPS_FUNCTIONS = [
+  'punchHole',
+  'zeroRange',
+  'seek',
+  'preadNoWait',
+  'pwriteNoWait',
+  'writeBatch',
+  'tryLock',
+  'blockDeviceGeometry',
+] as const satisfies ReadonlyArray<keyof FileOps>;
+
+/** Why a loaded addon cannot serve as FileOps (it is out of date), or null when it can. */
+export function fileOpsProblem(addon: unknown): string | null {
+  const missing = FILEOPS_FUNCTIONS.filter(
+    (name) => typeof (addon as Record<string, unknown> | null)?.[name] !== 'function',
+  );
+  return missing.length
+    ? `${FILEOPS_ADDON} was built from an older source (it lacks ${missing.join(', ')}); npm run build:addon rebuilds it`
+    : null;
+}
+
 function load(): { ops: FileOps | null; error: string | null } {
   try {
-    return { ops: require(FILEOPS_ADDON) as FileOps, error: null };
+    const addon: unknown = require(FILEOPS_ADDON);
+    // Half an addon is worse than none: a missing function would fail every write that needs it.
+    const problem = fileOpsProblem(addon);
+    return problem ? { ops: null, error: problem } : { ops: addon as FileOps, error: null };
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     if (err.code === 'MODULE_NOT_FOUND')
