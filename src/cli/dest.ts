@@ -18,7 +18,8 @@ import { parseByteRate } from '../control/byte-rate';
 import os from 'node:os';
 import { CodecPool } from '../pool';
 import { warnIfNoFileOps } from '../store/fileops';
-import { authWarnings, loadAuth } from '../wire/auth';
+import { authWarnings } from '../wire/auth';
+import { destWireAuth } from '../config/wire-auth';
 import { WireUpstream } from '../upstream/wire-upstream';
 import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
 
@@ -217,20 +218,7 @@ async function openUpstream(
         `dest: --dirty-bitmap (dest.dirty_bitmap) is for a plain NBD source; ferry source ${url} reports its writes itself`,
       );
     const w = config.wire;
-    const auth = asUsage(() =>
-      loadAuth(
-        {
-          pskFile: w.psk_file,
-          cert: w.cert,
-          key: w.key,
-          ca: w.ca,
-          insecure: w.insecure,
-          allowOpenPsk: w.allow_open_psk,
-          peerName: w.peer_name,
-        },
-        'dest',
-      ),
-    );
+    const auth = asUsage(() => destWireAuth(w));
     for (const warning of authWarnings(auth)) log.warn(warning);
     const pool = new CodecPool({ workers: w.workers || Math.max(1, os.availableParallelism()), codec: 'lz4' });
     pools.push(pool);

@@ -8,7 +8,8 @@ import type { CodecPool } from '../pool';
 import { NbdUpstream } from '../upstream/nbd-upstream';
 import type { Upstream } from '../upstream/upstream';
 import { WireUpstream } from '../upstream/wire-upstream';
-import { authWarnings, loadAuth, type WireAuth } from '../wire/auth';
+import { authWarnings, type WireAuth } from '../wire/auth';
+import { destWireAuth } from '../config/wire-auth';
 
 export class SourceUrlError extends Error {
   constructor(message: string) {
@@ -36,19 +37,7 @@ export class UpstreamOpener {
   /** The wire's credentials, read once (a bad key file fails the first ferry:// disk, with the reason). */
   private wireAuth(): WireAuth {
     if (this.auth) return this.auth;
-    const w = this.config.wire;
-    const auth = loadAuth(
-      {
-        pskFile: w.psk_file,
-        cert: w.cert,
-        key: w.key,
-        ca: w.ca,
-        insecure: w.insecure,
-        allowOpenPsk: w.allow_open_psk,
-        peerName: w.peer_name,
-      },
-      'dest',
-    );
+    const auth = destWireAuth(this.config.wire);
     for (const warning of authWarnings(auth)) this.log.warn(warning);
     this.auth = auth;
     return auth;
