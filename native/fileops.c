@@ -76,11 +76,11 @@ static napi_value seek(napi_env env, napi_callback_info info) {
   return result;
 }
 
-// preadNoWait(fd, buffer, position): reads only what the page cache holds
-// (RWF_NOWAIT), so a cached read costs no thread-pool round trip. Returns
-// the bytes read, or -1 when the data is not cached and the caller must read
-// the ordinary way.
-static napi_value pread_nowait(napi_env env, napi_callback_info info) {
+// One page-cache-only transfer (RWF_NOWAIT) of (fd, buffer, position): what
+// preadNoWait and pwriteNoWait share. Returns the bytes moved, -1 when it
+// would block, and for a write -2 when the file system cannot do it.
+static napi_value io_nowait(napi_env env, napi_callback_info info, int writing) {
+  const char *usage = writing ? "pwriteNoWait(fd, buffer, position)" : "preadNoWait(fd, buffer, position)";
   napi_value argv[3];
   size_t argc = 3;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
@@ -89,16 +89,25 @@ static napi_value pread_nowait(napi_env env, napi_callback_info info) {
   int64_t fd, position;
   if (argc < 3 || napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok ||
       napi_get_value_int64(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[2], &position) != napi_ok) {
-    napi_throw_type_error(env, NULL, "preadNoWait(fd, buffer, position)");
+    napi_throw_type_error(env, NULL, usage);
     return NULL;
   }
   struct iovec iov = {data, length};
-  ssize_t n = preadv2((int)fd, &iov, 1, (off_t)position, RWF_NOWAIT);
-  if (n < 0 && errno != EAGAIN && errno != EOPNOTSUPP && errno != EINTR) return throw_errno(env, "preadv2", errno);
+  ssize_t n = writing ? pwritev2((int)fd, &iov, 1, (off_t)position, RWF_NOWAIT)
+                      : preadv2((int)fd, &iov, 1, (off_t)position, RWF_NOWAIT);
+  int err = errno;
+  if (n < 0 && err != EAGAIN && err != EOPNOTSUPP && err != EINTR)
+    return throw_errno(env, writing ? "pwritev2" : "preadv2", err);
   napi_value result;
-  napi_create_int64(env, n < 0 ? -1 : (int64_t)n, &result);
+  napi_create_int64(env, n >= 0 ? (int64_t)n : writing && err == EOPNOTSUPP ? -2 : -1, &result);
   return result;
 }
+
+// preadNoWait(fd, buffer, position): reads only what the page cache holds
+// (RWF_NOWAIT), so a cached read costs no thread-pool round trip. Returns
+// the bytes read, or -1 when the data is not cached and the caller must read
+// the ordinary way.
+static napi_value pread_nowait(napi_env env, napi_callback_info info) { return io_nowait(env, info, 0); }
 
 // pwriteNoWait(fd, buffer, position): writes into the page cache only when
 // that needs no waiting (RWF_NOWAIT: no page to read in, no dirty-page
@@ -106,25 +115,7 @@ static napi_value pread_nowait(napi_env env, napi_callback_info info) {
 // thread-pool round trip. Returns the bytes written (possibly short), or -1
 // when it would block, or -2 when the file system cannot (ext4 takes
 // RWF_NOWAIT only for direct I/O): the caller then writes the ordinary way.
-static napi_value pwrite_nowait(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  size_t argc = 3;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  void *data;
-  size_t length;
-  int64_t fd, position;
-  if (argc < 3 || napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok ||
-      napi_get_value_int64(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[2], &position) != napi_ok) {
-    napi_throw_type_error(env, NULL, "pwriteNoWait(fd, buffer, position)");
-    return NULL;
-  }
-  struct iovec iov = {data, length};
-  ssize_t n = pwritev2((int)fd, &iov, 1, (off_t)position, RWF_NOWAIT);
-  if (n < 0 && errno != EAGAIN && errno != EOPNOTSUPP && errno != EINTR) return throw_errno(env, "pwritev2", errno);
-  napi_value result;
-  napi_create_int64(env, n >= 0 ? (int64_t)n : errno == EOPNOTSUPP ? -2 : -1, &result);
-  return result;
-}
+static napi_value pwrite_nowait(napi_env env, napi_callback_info info) { return io_nowait(env, info, 1); }
 
 // writeBatch(fd, buffers, positions, callback): every buffer written at its
 // position by one thread-pool task, then callback(errors) with one errno per
