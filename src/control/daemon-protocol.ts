@@ -4,7 +4,7 @@
  * name the migration they act on. Pure: strings in, typed values out.
  */
 import { z } from 'zod';
-import { MAX_LINE_BYTES, type ParsedRequest } from './protocol';
+import { decodeRequestLine, decodeResponseLine, describe, type ParsedRequest } from './protocol';
 
 const name = z.string().min(1).max(64);
 const positiveRate = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
@@ -32,11 +32,6 @@ export type DaemonRequest = { [K in DaemonCommand]: z.infer<(typeof daemonSchema
 
 export type DaemonResponse = { ok: true; status: Record<string, unknown> } | { ok: false; error: string };
 
-function describe(value: unknown): string {
-  const text = JSON.stringify(value);
-  return text === undefined ? String(value) : text.length > 80 ? text.slice(0, 77) + '...' : text;
-}
-
 export function validateDaemonRequest(value: unknown): ParsedRequest<DaemonRequest> {
   if (typeof value !== 'object' || value === null || Array.isArray(value))
     return { ok: false, error: `request must be a JSON object (got ${describe(value)})` };
@@ -56,15 +51,7 @@ export function validateDaemonRequest(value: unknown): ParsedRequest<DaemonReque
 }
 
 export function parseDaemonRequestLine(line: string): ParsedRequest<DaemonRequest> {
-  if (Buffer.byteLength(line) > MAX_LINE_BYTES)
-    return { ok: false, error: `request line is longer than ${MAX_LINE_BYTES} bytes` };
-  let value: unknown;
-  try {
-    value = JSON.parse(line);
-  } catch (err) {
-    return { ok: false, error: `request is not valid JSON: ${(err as Error).message}` };
-  }
-  return validateDaemonRequest(value);
+  return decodeRequestLine(line, validateDaemonRequest);
 }
 
 const responseSchema = z.union([
@@ -73,13 +60,5 @@ const responseSchema = z.union([
 ]);
 
 export function parseDaemonResponseLine(line: string): DaemonResponse {
-  let value: unknown;
-  try {
-    value = JSON.parse(line);
-  } catch {
-    throw new Error(`control response is not valid JSON: ${describe(line)}`);
-  }
-  const result = responseSchema.safeParse(value);
-  if (!result.success) throw new Error(`control response has an unexpected shape: ${describe(value)}`);
-  return result.data as DaemonResponse;
+  return decodeResponseLine(line, responseSchema) as DaemonResponse;
 }

@@ -36,7 +36,8 @@ export type ControlResponse = { ok: true; status: MigrationStatus | SourceStatus
 
 export type ParsedRequest<R = ControlRequest> = { ok: true; request: R } | { ok: false; error: string };
 
-function describe(value: unknown): string {
+/** A value for an error message: JSON, cut at 80 characters. */
+export function describe(value: unknown): string {
   const text = JSON.stringify(value);
   return text === undefined ? String(value) : text.length > 80 ? text.slice(0, 77) + '...' : text;
 }
@@ -69,6 +70,11 @@ export function validateRequest(value: unknown): ParsedRequest {
 
 /** Parses one request line (without its newline). */
 export function parseRequestLine(line: string): ParsedRequest {
+  return decodeRequestLine(line, validateRequest);
+}
+
+/** Decodes one request line as JSON (bounded) and checks it with `validate`. */
+export function decodeRequestLine<R>(line: string, validate: (value: unknown) => ParsedRequest<R>): ParsedRequest<R> {
   if (Buffer.byteLength(line) > MAX_LINE_BYTES)
     return { ok: false, error: `request line is longer than ${MAX_LINE_BYTES} bytes` };
   let value: unknown;
@@ -77,7 +83,7 @@ export function parseRequestLine(line: string): ParsedRequest {
   } catch (err) {
     return { ok: false, error: `request is not valid JSON: ${(err as Error).message}` };
   }
-  return validateRequest(value);
+  return validate(value);
 }
 
 export function formatRequestLine(request: ControlRequest): string {
@@ -99,13 +105,18 @@ const responseSchema = z.union([
 
 /** Parses one response line; throws naming the line when it is not a control response. */
 export function parseResponseLine(line: string): ControlResponse {
+  return decodeResponseLine(line, responseSchema) as ControlResponse;
+}
+
+/** Decodes one response line as JSON of `schema`'s shape; throws naming the line when it is not. */
+export function decodeResponseLine<T>(line: string, schema: z.ZodType<T>): T {
   let value: unknown;
   try {
     value = JSON.parse(line);
   } catch {
     throw new Error(`control response is not valid JSON: ${describe(line)}`);
   }
-  const result = responseSchema.safeParse(value);
+  const result = schema.safeParse(value);
   if (!result.success) throw new Error(`control response has an unexpected shape: ${describe(value)}`);
-  return result.data as ControlResponse;
+  return result.data;
 }
