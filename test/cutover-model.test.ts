@@ -13,7 +13,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { Migration, type MigrationOptions } from '../src/migrate/migration';
+import { creatingPath, Migration, type MigrationOptions } from '../src/migrate/migration';
 import type { WriteTracking } from '../src/upstream/upstream';
 import { TrackingSource } from './helpers/tracking-source';
 import { ImageLockedError, lockImage } from '../src/store/image-lock';
@@ -226,7 +226,7 @@ t.test('abort removes the image and state while it still holds their locks', asy
   const rmSync = fs.rmSync;
   fs.rmSync = ((target: fs.PathLike, opts?: fs.RmOptions) => {
     const file = String(target);
-    if (file === options.imagePath || file === options.statePath) {
+    if (file === options.imagePath || file === creatingPath(options.statePath)) {
       try {
         lockImage(file, 'exclusive')();
         attempts.push(`${path.basename(file)}: lock taken`);
@@ -239,9 +239,40 @@ t.test('abort removes the image and state while it still holds their locks', asy
   t.teardown(() => void (fs.rmSync = rmSync));
   await migration.abort();
   fs.rmSync = rmSync;
-  t.same(attempts.sort(), ['img: refused', 'state: refused'], 'both files were locked when removed');
+  t.same(
+    attempts.sort(),
+    ['img: refused', 'state.creating: refused'],
+    'both files were locked when removed (the state under its abort record name)',
+  );
   t.notOk(fs.existsSync(options.imagePath));
   t.notOk(fs.existsSync(options.statePath));
+});
+
+t.test('an abort killed between its steps is finished by the next start, never kept as a migration', async (t) => {
+  const content = crypto.randomBytes(8 * BS);
+  const options = migrationOptions(tempDir(t), new TrackingSource(Buffer.from(content), () => 0, 'stream'));
+  const migration = await Migration.open(options, log);
+  migration.start();
+  while (migration.device.map.heldCount < 8) await new Promise((r) => setImmediate(r));
+  // The process dies when the abort is about to remove the image: its state is already renamed.
+  const rmSync = fs.rmSync;
+  fs.rmSync = ((target: fs.PathLike, opts?: fs.RmOptions) => {
+    if (String(target) === options.imagePath) throw new Error('killed');
+    rmSync(target, opts);
+  }) as typeof fs.rmSync;
+  t.teardown(() => void (fs.rmSync = rmSync));
+  await t.rejects(migration.abort(), /killed/);
+  fs.rmSync = rmSync;
+  t.ok(fs.existsSync(options.imagePath), 'the image is still there');
+  t.notOk(fs.existsSync(options.statePath), 'no migration state: the aborted migration cannot be resumed');
+  t.ok(fs.existsSync(creatingPath(options.statePath)), 'the record says the image is to be removed');
+
+  // The next start removes the image and starts afresh: nothing of the aborted copy is served.
+  const source = new TrackingSource(Buffer.from(content), () => 0, 'stream');
+  const again = await Migration.open({ ...options, openUpstream: async () => source }, log);
+  t.teardown(() => again.close());
+  t.equal(again.device.map.heldCount, 0, 'a fresh migration: no block held');
+  t.notOk(fs.existsSync(creatingPath(options.statePath)), 'the record is gone');
 });
 
 t.test('a restart under other write tracking makes every copied block missing again', async (t) => {

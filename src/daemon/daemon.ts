@@ -17,6 +17,7 @@ import type { DaemonConfig } from '../config/daemon-schema';
 import { MigrationSpec } from '../config/daemon-schema';
 import type { DaemonRequest } from '../control/daemon-protocol';
 import { Migration } from '../migrate/migration';
+import { removeDiskFilesIfOurs } from './disk-files';
 import { ExportRegistry } from '../nbd/export-registry';
 import { CodecPool } from '../pool';
 import { shareBudget, type BudgetShare } from './budget';
@@ -391,7 +392,7 @@ export class Daemon {
       if (d.migration) {
         await d.migration.abort();
         d.migration = null;
-      } else removeIfOurs(d);
+      } else removeDiskFilesIfOurs(d.spec.image, d.statePath);
     }
     fs.rmSync(migrationStateDir(this.config.daemon.state_dir, name), { recursive: true, force: true });
     this.drop(run, 'abort');
@@ -624,19 +625,4 @@ export class Daemon {
     };
     this.registryFile.save(body);
   }
-}
-
-/**
- * A disk whose Migration is not open (its source was down): its image is
- * removed only when its block map exists (this daemon created both), never
- * a block device, and never an image it refused to overwrite.
- */
-function removeIfOurs(d: DiskRun): void {
-  if (!fs.existsSync(d.statePath)) return;
-  try {
-    if (fs.statSync(d.spec.image).isFile()) fs.rmSync(d.spec.image, { force: true });
-  } catch {
-    // already gone
-  }
-  fs.rmSync(d.statePath, { force: true });
 }

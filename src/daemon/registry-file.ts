@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { MigrationRecord } from './migration-spec';
+import { syncDirectory } from '../util/sync-directory';
 
 export const REGISTRY_FORMAT = 'ferryd-registry';
 export const REGISTRY_VERSION = 1;
@@ -123,11 +124,6 @@ export class RegistryFile {
       throw e;
     }
     // The rename is durable only once the directory entry is.
-    const dirFd = fs.openSync(this.dir, 'r');
-    try {
-      fs.fsyncSync(dirFd);
-    } finally {
-      fs.closeSync(dirFd);
-    }
+    syncDirectory(this.dir);
   }
 }

@@ -16,6 +16,7 @@ import { ZeroScan } from './zero-scan';
 import { SeedScan } from './seed-scan';
 import type { MigrationControl, MigrationPhase, MigrationState, MigrationStatus } from './status';
 import { emptyLinkStats, type LinkStats, type Upstream } from '../upstream/upstream';
+import { syncDirectoryOf } from '../util/sync-directory';
 
 export interface MigrationOptions {
   imagePath: string;
@@ -223,7 +224,7 @@ export class Migration extends EventEmitter implements MigrationControl {
     } finally {
       unlock();
     }
-    log.warn({ image: imagePath, state: creating }, 'an interrupted first start was undone; starting afresh');
+    log.warn({ image: imagePath, state: creating }, 'an interrupted first start or abort was undone; starting afresh');
   }
 
   /** One image, one owner: a second destination on the same image would lose writes. */
@@ -387,11 +388,17 @@ export class Migration extends EventEmitter implements MigrationControl {
       );
     this.aborted = true;
     const { imagePath, statePath } = this.options;
+    const onDevice = isBlockDevice(imagePath);
     // The locks go last: until the files are gone, no other process may open them.
     await this.closeKeepingLocks().catch(() => undefined); // what is not saved is removed anyway
     try {
-      fs.rmSync(statePath, { force: true });
-      fs.rmSync(imagePath, { force: true });
+      // The state becomes the record of a start to undo before the image goes: killed between
+      // the two, the next open removes the image (never a block device) instead of keeping it.
+      const marker = creatingPath(statePath);
+      fs.renameSync(statePath, marker);
+      syncDirectoryOf(marker);
+      if (!onDevice) fs.rmSync(imagePath, { force: true });
+      fs.rmSync(marker, { force: true });
     } finally {
       this.unlock();
     }

@@ -19,6 +19,7 @@ import fs from 'node:fs';
 import nodePath from 'node:path';
 import zlib from 'node:zlib';
 import { blockSizeProblem } from '../util/limits';
+import { syncDirectory } from '../util/sync-directory';
 
 const MAGIC = 'FERRYMAP';
 const VERSION = 2;
@@ -421,14 +422,4 @@ function writeAll(fd: number, data: Buffer, position: number): Promise<void> {
 
 function fdatasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
-}
-
-/** Makes a rename in `dir` durable. */
-function syncDirectory(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
 }

@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import type { ByteRange } from './messages';
+import { syncDirectory, syncDirectoryOf } from '../util/sync-directory';
 
 const rangePair = z.tuple([z.number().int().min(0), z.number().int().positive()]);
 
@@ -100,22 +101,13 @@ export function writeCutoverRecord(file: string, record: CutoverRecord): void {
     fs.closeSync(fd);
   }
   fs.renameSync(tmp, file);
-  syncDir(dir);
+  syncDirectory(dir);
 }
 
 /** Removes the record durably. */
 export function removeCutoverRecord(file: string): void {
   fs.rmSync(file, { force: true });
-  syncDir(path.dirname(file));
-}
-
-function syncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
+  syncDirectoryOf(file);
 }
 
 export function rangesToPairs(ranges: readonly ByteRange[]): Array<[number, number]> {
