@@ -200,8 +200,10 @@ t.test('a crashed worker fails its task with a clear error and is replaced', asy
 });
 
 t.test('close finishes queued work by default, cancels it on request, then refuses', async (t) => {
+  // Small tasks: close waits for them, and a worker starved by a loaded machine must still
+  // finish them within the pool's close timeout.
   const pool = new CodecPool({ workers: 1, maxQueued: 8, codec: 'deflate', level: 9 });
-  const tasks = Array.from({ length: 4 }, (_, i) => pool.encode(batch(256, i), BS));
+  const tasks = Array.from({ length: 4 }, (_, i) => pool.encode(batch(16, i), BS));
   await pool.close();
   const results = await Promise.allSettled(tasks);
   t.ok(
@@ -211,9 +213,9 @@ t.test('close finishes queued work by default, cancels it on request, then refus
   await t.rejects(pool.encode(batch(1), BS), PoolClosedError);
 
   const pool2 = new CodecPool({ workers: 1, maxQueued: 8, codec: 'deflate', level: 9 });
-  const first = pool2.encode(batch(256), BS);
+  const first = pool2.encode(batch(16), BS);
   await until(() => pool2.queued.background === 0, 'the worker has taken the first task');
-  const queued = Promise.allSettled(Array.from({ length: 4 }, (_, i) => pool2.encode(batch(256, i), BS)));
+  const queued = Promise.allSettled(Array.from({ length: 4 }, (_, i) => pool2.encode(batch(16, i), BS)));
   const firstDone = Promise.allSettled([first]);
   // One worker holds one task: at least three wait (four if the first is still running).
   const waitingAtClose = pool2.queued.background;
