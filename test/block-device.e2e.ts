@@ -155,3 +155,26 @@ t.test('ferry dest migrates onto a block device holding old bytes, its state els
   t.ok((await vm.read(6 * MiB, MiB)).equals(expected.subarray(6 * MiB, 7 * MiB)));
   await vm.close();
 });
+
+t.test('an abort onto a block device removes the state and keeps the device', async (t) => {
+  const dir = tempDir(t);
+  const loop = loopDevice(t, dir, 4 * MiB);
+  if (!loop) return;
+  const srcPath = path.join(dir, 'src.img');
+  fs.writeFileSync(srcPath, patternBytes(4 * MiB, 3));
+  const source = await startFerry(t, [
+    ...['source', '--image', srcPath, '--listen', '127.0.0.1:0', '--insecure'],
+    ...['--state-dir', path.join(dir, 'source-state')],
+  ]);
+  const state = path.join(dir, 'dest.ferry-state');
+  const dest = await startFerry(t, [
+    ...['dest', '--image', loop, '--state', state, '--listen', '127.0.0.1:0', '--insecure'],
+    ...['--source', `ferry://127.0.0.1:${servingPort(source)}/src.img`],
+  ]);
+  const abort = await run(process.execPath, [FERRY, 'ctl', '--image', loop, '--state', state, 'abort']);
+  t.equal(abort.code, 0, abort.stderr);
+  t.equal(await dest.exited, 0, 'ferry dest exits once aborted');
+  t.ok(fs.statSync(loop).isBlockDevice(), 'the device node is still there');
+  t.notOk(fs.existsSync(state), 'the state is removed');
+  t.notOk(fs.existsSync(`${state}.creating`), 'and no record is left');
+});
