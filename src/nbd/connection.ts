@@ -16,6 +16,7 @@ import { checkRequest } from './request-check';
 import * as enc from './server-encoder';
 import { largeBuffers } from './buffer-pool';
 import { releaseDroppedBuffers } from '../util/release-memory';
+import { readIntoLentBuffers } from './socket-read-into';
 
 export interface ConnectionLimits {
   maxInFlightRequests: number;
@@ -53,9 +54,11 @@ export class NbdConnection {
     this.batching = false;
     this.socket.uncork();
   };
+  private readonly socket: Socket;
 
+  /** `accepted` comes paused (pauseOnConnect); the connection reads it from here on. */
   constructor(
-    private readonly socket: Socket,
+    accepted: Socket,
     exportTable: ExportTable,
     private readonly limits: ConnectionLimits,
     private readonly log: Logger,
@@ -64,14 +67,27 @@ export class NbdConnection {
       maxOptionLength: 65536,
       maxWritePayload: limits.maxPayload,
       allocatePayload: takeBuffer,
+      releasePayload: giveBuffer,
     });
     this.negotiation = new Negotiation(exportTable, limits.maxPayload);
-    socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => {
-      if (this.draining) return;
-      this.decoder.push(chunk);
-      this.pump();
+    // Reads land in memory the decoder lends (a WRITE payload's own buffer);
+    // where that is not possible, in the socket's own chunks.
+    const lent = readIntoLentBuffers(accepted, {
+      target: () => this.decoder.readTarget(),
+      received: (n) => {
+        this.decoder.received(n);
+        if (!this.draining) this.pump();
+      },
     });
+    const socket = (this.socket = lent ?? accepted);
+    if (!lent)
+      socket.on('data', (chunk: Buffer) => {
+        if (this.draining) return;
+        this.decoder.push(chunk);
+        this.pump();
+      });
+    socket.resume();
+    socket.setNoDelay(true);
     socket.on('drain', () => this.pump());
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
     socket.on('close', () => this.onClose());
@@ -107,6 +123,7 @@ export class NbdConnection {
    */
   private endAfterReplies(): void {
     this.draining = true;
+    this.decoder.close();
     this.socket.end();
     this.socket.resume();
     setTimeout(() => this.socket.destroy(), 2000).unref();
@@ -304,6 +321,7 @@ export class NbdConnection {
 
   private onClose(): void {
     this.closed = true;
+    this.decoder.close();
     if (this.held?.payload) largeBuffers.give(this.held.payload);
     this.held = null;
     // Replies it never read are garbage now: a big pile of them goes back to the system at once.
@@ -321,4 +339,8 @@ function payloadBytes(req: RequestMessage): number {
 
 function takeBuffer(length: number): Buffer {
   return largeBuffers.take(length);
+}
+
+function giveBuffer(buffer: Buffer): void {
+  largeBuffers.give(buffer);
 }

@@ -2,6 +2,12 @@
  * Client → server NBD bytes in, typed messages out. Pure: no sockets, no
  * timers. Pull-based (`next()`), so the caller decides how many requests it
  * takes in at once and unread bytes wait here instead of in its queues.
+ *
+ * Bytes come in either as chunks the caller owns (`push`) or straight into
+ * memory the decoder lends (`readTarget` / `received`): then a large WRITE
+ * payload is read from the socket into its own buffer, with no copy and no
+ * socket chunk per 64 KiB, and everything else lands in one reused scratch
+ * buffer.
  */
 import { ByteQueue } from '../util/byte-queue';
 import { Command, IHAVEOPT, OPTION_HEADER_SIZE, REQUEST_HEADER_SIZE, REQUEST_MAGIC } from './protocol';
@@ -49,7 +55,16 @@ export interface ServerDecoderLimits {
   maxWritePayload: number;
   /** Where WRITE payload buffers come from (a pool, say); default Buffer.allocUnsafe. */
   allocatePayload?: (length: number) => Buffer;
+  /** Takes back the buffer of a payload that never arrived whole (see close()). */
+  releasePayload?: (payload: Buffer) => void;
 }
+
+/** Bytes of the scratch buffer reads land in when no payload takes them. */
+const SCRATCH_BYTES = 128 * 1024;
+/** Less room than this left in the scratch buffer and a fresh one is used. */
+const SCRATCH_MIN_ROOM = 16 * 1024;
+/** A payload with at least this much still to come is read into its own buffer. */
+const DIRECT_READ_MIN = 16 * 1024;
 
 type Phase = 'clientFlags' | 'options' | 'transmission' | 'failed';
 
@@ -61,11 +76,64 @@ export class ServerDecoder {
   // The oversized message itself, handed out only once its bytes are dropped:
   // a client (libnbd) cannot match a reply to a request it is still sending.
   private afterDiscard: OptionMessage | RequestMessage | null = null;
+  /** Bytes of the pending WRITE's payload already in place. */
+  private filled = 0;
+  private scratch: Buffer | null = null;
+  private scratchUsed = 0;
+  /** What the last readTarget() lent: the pending payload or the scratch buffer. */
+  private lent: 'payload' | 'scratch' | null = null;
 
   constructor(private readonly limits: ServerDecoderLimits) {}
 
+  /** Bytes the caller read into a buffer of its own (the decoder keeps a reference, not a copy). */
   push(chunk: Buffer): void {
     this.queue.push(chunk);
+  }
+
+  /**
+   * Where the next read should put its bytes; then received(n) says how many
+   * it put there. Valid until received() or the next readTarget(): the
+   * caller reads into the last one it was given, and only once.
+   */
+  readTarget(): Buffer {
+    const pending = this.pending;
+    if (pending?.kind === 'request' && this.queue.length === 0 && pending.length - this.filled >= DIRECT_READ_MIN) {
+      this.lent = 'payload';
+      return pending.payload!.subarray(this.filled, pending.length);
+    }
+    // Every byte of the scratch buffer is consumed and nothing handed out
+    // refers to it (headers are read at once, option data is copied): reuse it.
+    if (this.scratch && this.queue.length === 0) this.scratchUsed = 0;
+    if (!this.scratch || this.scratch.length - this.scratchUsed < SCRATCH_MIN_ROOM) {
+      this.scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
+      this.scratchUsed = 0;
+    }
+    this.lent = 'scratch';
+    return this.scratch.subarray(this.scratchUsed);
+  }
+
+  /** `n` bytes were read into the last readTarget(). */
+  received(n: number): void {
+    const lent = this.lent;
+    this.lent = null;
+    if (lent === null) throw new Error('ServerDecoder: received() without a readTarget()');
+    if (n === 0 || this.phase === 'failed') return; // after close() or a protocol error: dropped
+    if (lent === 'payload') this.filled += n;
+    else {
+      this.queue.push(this.scratch!.subarray(this.scratchUsed, this.scratchUsed + n));
+      this.scratchUsed += n;
+    }
+  }
+
+  /**
+   * Nothing more is decoded: bytes still arriving are dropped, and a payload
+   * not yet whole is dropped and its buffer handed back.
+   */
+  close(): void {
+    const pending = this.pending;
+    this.pending = null;
+    this.phase = 'failed';
+    if (pending?.kind === 'request' && pending.payload) this.limits.releasePayload?.(pending.payload);
   }
 
   /** Bytes received but not yet decoded. */
@@ -131,6 +199,9 @@ export class ServerDecoder {
     const request: RequestMessage = { kind: 'request', flags, type, cookie, offset, length, payload: null };
     if (type !== Command.Write) return request;
     if (length > this.limits.maxWritePayload) return this.discardThen(request);
+    // The payload's own buffer from the start, so the rest of it can be read straight into it.
+    request.payload = this.limits.allocatePayload?.(length) ?? Buffer.allocUnsafe(length);
+    this.filled = 0;
     this.pending = request;
     return this.finishPending();
   }
@@ -145,15 +216,20 @@ export class ServerDecoder {
 
   private finishPending(): ClientMessage | null {
     const pending = this.pending!;
-    if (this.queue.length < pending.length) return null;
-    this.pending = null;
-    if (pending.kind === 'option') pending.data = this.queue.take(pending.length);
-    else {
-      // Own the bytes: the payload outlives the socket chunk it came in.
-      const payload = this.limits.allocatePayload?.(pending.length) ?? Buffer.allocUnsafe(pending.length);
-      this.queue.copyInto(payload, 0, pending.length);
-      pending.payload = payload;
+    if (pending.kind === 'option') {
+      if (this.queue.length < pending.length) return null;
+      this.pending = null;
+      // A copy: the bytes may sit in the scratch buffer, which is reused.
+      pending.data = Buffer.from(this.queue.take(pending.length));
+      return pending;
     }
+    // Own the bytes: the payload outlives the chunk (or scratch space) they came in.
+    const step = Math.min(this.queue.length, pending.length - this.filled);
+    if (step > 0) this.queue.copyInto(pending.payload!, this.filled, step);
+    this.filled += step;
+    if (this.filled < pending.length) return null;
+    this.pending = null;
+    this.filled = 0;
     return pending;
   }
 

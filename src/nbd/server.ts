@@ -50,7 +50,8 @@ export class NbdServer {
     private readonly log: Logger,
     private readonly limits: ServerLimits = DEFAULT_LIMITS,
   ) {
-    this.server = net.createServer((socket) => this.accept(socket));
+    // Paused at accept: the connection moves the socket to reads into its own buffers first.
+    this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.accept(socket));
     this.server.maxConnections = limits.maxConnections;
     this.refusals = new BurstLog((count, windowMs) =>
       log.warn({ count, windowMs, limit: limits.maxConnections }, 'refused more NBD connections at the limit'),
