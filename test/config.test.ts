@@ -51,3 +51,23 @@ t.test('an unknown key or a bad value names the key and the value', async (t) =>
   t.ok(e instanceof ConfigError);
   t.match((e as Error).message, /source\.codec/);
 });
+
+t.test('stall timeouts and control socket limits: defaults, values, bad values', async (t) => {
+  const c = loadConfig(undefined);
+  t.equal(c.dest.wire_stall_timeout_ms, 20_000);
+  t.equal(c.dest.nbd_stall_timeout_ms, 30_000);
+  t.equal(c.dest.control_max_connections, 32);
+  t.equal(c.dest.control_idle_timeout_ms, 300_000);
+  t.equal(c.source.control_max_connections, 32);
+  t.equal(c.source.control_idle_timeout_ms, 300_000);
+  const d = loadConfig(
+    file(
+      t,
+      '[dest]\nwire_stall_timeout_ms = 500\nnbd_stall_timeout_ms = 700\ncontrol_max_connections = 2\ncontrol_idle_timeout_ms = 1000\n',
+    ),
+  );
+  t.same([d.dest.wire_stall_timeout_ms, d.dest.nbd_stall_timeout_ms, d.dest.control_max_connections], [500, 700, 2]);
+  t.equal(d.dest.control_idle_timeout_ms, 1000);
+  t.throws(() => loadConfig(file(t, '[dest]\nwire_stall_timeout_ms = 0\n')), /dest\.wire_stall_timeout_ms/);
+  t.throws(() => loadConfig(file(t, '[source]\ncontrol_max_connections = 0\n')), /source\.control_max_connections/);
+});

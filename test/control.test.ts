@@ -181,7 +181,10 @@ t.test('server: every command reaches the control and answers with the status', 
   t.equal(fs.statSync(socketPath).mode & 0o777, 0o600, 'socket is owner-only');
 
   const status = await sendControl(socketPath, { cmd: 'status' }, 2000);
-  t.same(status, { ok: true, status: initialStatus({ blocksTotal: 10 }) });
+  t.same(status, {
+    ok: true,
+    status: { ...initialStatus({ blocksTotal: 10 }), diagnostics: status.ok ? status.status.diagnostics : undefined },
+  });
   t.match(await sendControl(socketPath, { cmd: 'pause' }, 2000), { ok: true, status: { state: 'paused' } });
   t.match(await sendControl(socketPath, { cmd: 'resume' }, 2000), { ok: true, status: { state: 'migrating' } });
   t.match(await sendControl(socketPath, { cmd: 'rate', bytesPerSecond: 12345 }, 2000), {
@@ -344,4 +347,22 @@ t.test('server: a staging directory left by a start killed while listening is re
     [path.basename(live)],
     'and this start left none of its own',
   );
+});
+
+t.test('server: the configured connection cap and idle timeout', async (t) => {
+  const socketPath = tempSocket(t);
+  const server = new ControlServer(new SimulatedMigration({ blocksTotal: 10 }), log, undefined, {
+    maxConnections: 1,
+    idleTimeoutMs: 200,
+  });
+  await server.listen(socketPath);
+  t.teardown(() => server.close());
+  const idle = net.connect(socketPath);
+  await new Promise((resolve) => idle.once('connect', resolve));
+  const idleClosed = new Promise((resolve) => idle.once('close', resolve));
+  // The one connection allowed is taken: another is closed at once, unanswered.
+  await t.rejects(sendControl(socketPath, { cmd: 'status' }, 10_000), 'a second connection is refused');
+  await idleClosed;
+  t.pass('the idle connection was closed by the server');
+  t.match(await sendControl(socketPath, { cmd: 'status' }, 10_000), { ok: true }, 'and its place is free again');
 });

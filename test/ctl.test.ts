@@ -106,7 +106,19 @@ t.test('ferry ctl status, --json', async (t) => {
   t.match(human.stdout, /256 \/ 1024 blocks of 64\.0 KiB \(25\.0%\)/);
   const json = await ferry(['ctl', '--control', socketPath, 'status', '--json']);
   t.equal(json.code, 0, json.stderr);
-  t.same(JSON.parse(json.stdout), sim.status());
+  const { diagnostics, ...status } = JSON.parse(json.stdout) as {
+    diagnostics: { activeResources: Record<string, number> };
+  };
+  t.same(status, sim.status());
+  const kinds = Object.keys(diagnostics.activeResources);
+  t.ok(
+    kinds.some((k) => k.startsWith('Pipe')),
+    `what the daemon holds open, by kind, its control socket among them: ${kinds.join(', ')}`,
+  );
+  t.ok(
+    Object.values(diagnostics.activeResources).every((n) => Number.isInteger(n) && n > 0),
+    'each a count',
+  );
   const viaEnv = await ferry(['ctl', 'status', '--json'], { FERRY_CONTROL: socketPath });
   t.equal(viaEnv.code, 0, 'FERRY_CONTROL names the socket');
 });

@@ -65,6 +65,7 @@ async function openUpstream(t: Test, s: Source, session?: string): Promise<WireU
       connectTimeoutMs: 5000,
       minBackoffMs: 20,
       maxBackoffMs: 200,
+      stallTimeoutMs: 20_000,
       maxAttempts: 4,
       session,
     },

@@ -60,6 +60,7 @@ async function setUp(t: Test, image: Buffer): Promise<WireUpstream> {
       connectTimeoutMs: 5000,
       minBackoffMs: 10,
       maxBackoffMs: 100,
+      stallTimeoutMs: 20_000,
       maxAttempts: 3,
     },
     log,

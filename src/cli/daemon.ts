@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import type { Logger } from 'pino';
 import { loadDaemonConfig } from '../config/load';
 import type { DaemonConfig } from '../config/daemon-schema';
-import { ControlServer } from '../control/control-server';
+import { ControlServer, controlLimits } from '../control/control-server';
 import { parseDaemonRequestLine, type DaemonRequest } from '../control/daemon-protocol';
 import { startMetricsServer, type MetricsServer } from '../control/metrics';
 import { Daemon } from '../daemon/daemon';
@@ -46,7 +46,12 @@ async function runDaemon(config: DaemonConfig, log: Logger, reread: (() => Daemo
   const pool = Daemon.createPool(config);
   const daemon = new Daemon(config, pool, log, reread);
   const nbd = new NbdServer(daemon.exports, log, nbdLimits(config));
-  const control = new ControlServer<DaemonRequest>((request) => daemon.handle(request), log, parseDaemonRequestLine);
+  const control = new ControlServer<DaemonRequest>(
+    (request) => daemon.handle(request),
+    log,
+    parseDaemonRequestLine,
+    controlLimits(d),
+  );
   let metrics: MetricsServer | null = null;
   try {
     await daemon.start();

@@ -10,7 +10,7 @@ import { NbdServer, StaticExportTable } from '../nbd/server';
 import { Migration } from '../migrate/migration';
 import { NbdUpstream } from '../upstream/nbd-upstream';
 import type { Upstream } from '../upstream/upstream';
-import { ControlServer } from '../control/control-server';
+import { ControlServer, controlLimits } from '../control/control-server';
 import { startMetricsServer } from '../control/metrics';
 import { listenAddress, listenError, nbdLimits, parseHostPort, runUntilSignal } from './process';
 import { destControlPath, destStatePath, ensureStateDir, isBlockDevicePath } from './state-dir';
@@ -142,7 +142,7 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
     log,
     nbdLimits(config),
   );
-  const control = controlPath ? new ControlServer(migration, log) : null;
+  const control = controlPath ? new ControlServer(migration, log, undefined, controlLimits(d)) : null;
   let address: string;
   let metrics: Awaited<ReturnType<typeof startMetricsServer>> | null = null;
   try {
@@ -233,6 +233,7 @@ async function openUpstream(
         connectTimeoutMs: 10_000,
         minBackoffMs: config.dest.reconnect_min_ms,
         maxBackoffMs: config.dest.reconnect_max_ms,
+        stallTimeoutMs: config.dest.wire_stall_timeout_ms,
         maxAttempts: w.max_attempts,
         session,
       },
@@ -243,6 +244,7 @@ async function openUpstream(
     return NbdUpstream.open(url, log.child({ upstream: 'nbd' }), {
       minBackoffMs: config.dest.reconnect_min_ms,
       maxBackoffMs: config.dest.reconnect_max_ms,
+      stallTimeoutMs: config.dest.nbd_stall_timeout_ms,
       connectTimeoutMs: 10_000,
       dirtyBitmap: config.dest.dirty_bitmap,
     });

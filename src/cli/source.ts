@@ -7,7 +7,7 @@ import { loadConfig } from '../config/load';
 import { createLogger } from '../log';
 import { FileDevice } from '../store/file-device';
 import { TrackingDevice } from '../store/tracking-device';
-import { ControlServer, type ControlDispatch } from '../control/control-server';
+import { ControlServer, controlLimits, type ControlDispatch } from '../control/control-server';
 import { cutoverRecordPath } from '../wire/cutover-record';
 import { SourceSessions } from '../wire/source-sessions';
 import { lockImage } from '../store/image-lock';
@@ -132,7 +132,7 @@ export function registerSource(program: Command): void {
         );
         nbdAddress = await nbd.listen(parseHostPort(s.nbd_listen));
       }
-      const control = s.control ? new ControlServer(sourceDispatch(sessions), log) : null;
+      const control = s.control ? new ControlServer(sourceDispatch(sessions), log, undefined, controlLimits(s)) : null;
       await control?.listen(s.control!, s.control_group);
       log.info(
         {

@@ -7,7 +7,16 @@
  */
 import { z } from 'zod';
 import { batchBlocksLimit, MAX_BATCH_BYTES } from '../util/limits';
-import { blockSize, CopySection, hostPort, LogSection, metricsAddress, NbdSection, WireSection } from './schema';
+import {
+  blockSize,
+  controlLimits,
+  CopySection,
+  hostPort,
+  LogSection,
+  metricsAddress,
+  NbdSection,
+  WireSection,
+} from './schema';
 
 const positiveInt = z.number().int().positive();
 const byteRate = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
@@ -87,6 +96,9 @@ export const DaemonSection = z
     persist_interval_ms: positiveInt.min(50).default(1000),
     reconnect_min_ms: positiveInt.default(100),
     reconnect_max_ms: positiveInt.default(5000),
+    wire_stall_timeout_ms: positiveInt.max(3_600_000).default(20_000),
+    nbd_stall_timeout_ms: positiveInt.max(3_600_000).default(30_000),
+    ...controlLimits,
     /** Mode of the images and block maps the daemon creates. */
     file_mode: z
       .string()

@@ -69,6 +69,14 @@ export const metricsAddress = z
   .transform((v) => (/^\d+$/.test(v) ? `127.0.0.1:${v}` : v))
   .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535');
 
+/** The control socket serves operators and scrapers, not crowds. */
+export const controlLimits = {
+  /** Control connections at once; more are closed as they arrive. */
+  control_max_connections: positiveInt.max(4096).default(32),
+  /** A control connection that sends nothing for this long is closed, so forgotten clients do not pile up. */
+  control_idle_timeout_ms: positiveInt.max(86_400_000).default(300_000),
+};
+
 export const DestSection = z
   .object({
     /** Where missing blocks come from: ferry://HOST:PORT/EXPORT, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH. */
@@ -111,6 +119,11 @@ export const DestSection = z
     /** Reconnect backoff: first delay, doubling up to the maximum. */
     reconnect_min_ms: positiveInt.default(100),
     reconnect_max_ms: positiveInt.default(5000),
+    /** A ferry source that sends no frame for this long while requests wait is dropped and reconnected. */
+    wire_stall_timeout_ms: positiveInt.max(3_600_000).default(20_000),
+    /** The same for a plain NBD source (no byte for this long while requests wait). */
+    nbd_stall_timeout_ms: positiveInt.max(3_600_000).default(30_000),
+    ...controlLimits,
     /** Plain NBD source only: the QEMU dirty bitmap (qemu:dirty-bitmap:NAME) that records the source's writes. */
     dirty_bitmap: z.string().min(1).max(1023).optional(),
     /**
@@ -176,6 +189,7 @@ export const SourceSection = z
     control: z.string().min(1).optional(),
     /** Group (name or id) that may use the control socket too (mode 0660); default: owner only (0600). */
     control_group: z.string().min(1).max(255).optional(),
+    ...controlLimits,
     /** A destination must finish TLS and say HELLO within this time, or it is disconnected. */
     handshake_timeout_ms: positiveInt.max(600_000).default(10_000),
     /** Wire connections at once (each destination opens 1 + wire.background_streams); more are refused. */

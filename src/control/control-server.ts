@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { MigrationControl } from '../migrate/status';
 import { LineSplitter } from './line-splitter';
 import { groupId } from './group';
+import { processDiagnostics } from './diagnostics';
 import {
   MAX_LINE_BYTES,
   formatResponseLine,
@@ -18,10 +19,22 @@ import {
   type ParsedRequest,
 } from './protocol';
 
-/** Operators and scrapers, not crowds: beyond this many connections new ones are refused. */
-const MAX_CONNECTIONS = 32;
-/** A connection that sends nothing for this long is closed, so forgotten clients do not pile up. */
-const IDLE_TIMEOUT_MS = 5 * 60 * 1000;
+export interface ControlLimits {
+  /** Operators and scrapers, not crowds: beyond this many connections new ones are refused. */
+  maxConnections: number;
+  /** A connection that sends nothing for this long is closed, so forgotten clients do not pile up. */
+  idleTimeoutMs: number;
+}
+
+export const DEFAULT_CONTROL_LIMITS: ControlLimits = { maxConnections: 32, idleTimeoutMs: 5 * 60 * 1000 };
+
+/** The control keys of a config section ([dest], [source], [daemon]) as limits. */
+export function controlLimits(section: {
+  control_max_connections: number;
+  control_idle_timeout_ms: number;
+}): ControlLimits {
+  return { maxConnections: section.control_max_connections, idleTimeoutMs: section.control_idle_timeout_ms };
+}
 
 /** Runs one request and returns the daemon's status after it; throws to refuse. */
 export type ControlDispatch<R = ControlRequest> = (request: R) => Promise<object>;
@@ -40,6 +53,7 @@ export class ControlServer<R extends { cmd: string } = ControlRequest> {
     control: MigrationControl | ControlDispatch<R>,
     private readonly log: Logger,
     private readonly parse: RequestParser<R> = parseRequestLine as unknown as RequestParser<R>,
+    private readonly limits: ControlLimits = DEFAULT_CONTROL_LIMITS,
   ) {
     this.dispatch =
       typeof control === 'function' ? control : (migrationDispatch(control) as unknown as ControlDispatch<R>);
@@ -54,7 +68,7 @@ export class ControlServer<R extends { cmd: string } = ControlRequest> {
     const gid = group === undefined ? null : groupId(group);
     await removeStaleSocket(socketPath);
     const server = net.createServer((socket) => this.accept(socket));
-    server.maxConnections = MAX_CONNECTIONS;
+    server.maxConnections = this.limits.maxConnections;
     // The socket can pause, detach and redirect the migration: only its owner (and the group
     // named) may use it. It is made in a private (0700) directory, given its group and mode
     // there, and only then renamed into place, so it never exists at its path with a wider
@@ -104,8 +118,10 @@ export class ControlServer<R extends { cmd: string } = ControlRequest> {
   async handle(request: R): Promise<ControlResponse> {
     const quiet = request.cmd === 'status' || request.cmd === 'list';
     try {
-      const status = await this.dispatch(request);
+      let status = await this.dispatch(request);
       if (!quiet) this.log.info({ request: loggable(request) }, 'control command done');
+      // What the process holds open, beside the status: how a leak of timers or sockets is seen.
+      if (request.cmd === 'status') status = { ...status, diagnostics: processDiagnostics() };
       return { ok: true, status } as ControlResponse;
     } catch (err) {
       const error = err instanceof Error ? err.message : String(err);
@@ -120,7 +136,7 @@ export class ControlServer<R extends { cmd: string } = ControlRequest> {
     const splitter = new LineSplitter(MAX_LINE_BYTES);
     socket.on('close', () => this.connections.delete(socket));
     socket.on('error', (err) => this.log.debug({ err }, 'control connection error'));
-    socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy());
+    socket.setTimeout(this.limits.idleTimeoutMs, () => socket.destroy());
     socket.on('data', (chunk: Buffer) => {
       // One chunk's requests at a time, answered in order; reading waits meanwhile.
       socket.pause();

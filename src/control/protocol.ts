@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import type { MigrationStatus } from '../migrate/status';
 import type { SourceStatus } from '../wire/source-sessions';
+import type { Diagnostics } from './diagnostics';
 
 /** A request or response line longer than this is refused (it is far beyond any real one). */
 export const MAX_LINE_BYTES = 64 * 1024;
@@ -32,7 +33,9 @@ export const CONTROL_COMMANDS = Object.keys(requestSchemas) as ControlCommand[];
 export type ControlRequest = { [K in ControlCommand]: z.infer<(typeof requestSchemas)[K]> }[ControlCommand];
 
 /** A ferry dest answers with its migration's status, a ferry source with its sessions'. */
-export type ControlResponse = { ok: true; status: MigrationStatus | SourceStatus } | { ok: false; error: string };
+/** A status answer also carries what the process holds open (diagnostics), to see leaks by. */
+export type ControlResponse =
+  { ok: true; status: (MigrationStatus | SourceStatus) & { diagnostics?: Diagnostics } } | { ok: false; error: string };
 
 export type ParsedRequest<R = ControlRequest> = { ok: true; request: R } | { ok: false; error: string };
 

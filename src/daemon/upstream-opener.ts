@@ -62,6 +62,7 @@ export class UpstreamOpener {
           connectTimeoutMs: 10_000,
           minBackoffMs: d.reconnect_min_ms,
           maxBackoffMs: d.reconnect_max_ms,
+          stallTimeoutMs: d.wire_stall_timeout_ms,
           maxAttempts: this.config.wire.max_attempts,
           session: disk.session,
         },
@@ -72,6 +73,7 @@ export class UpstreamOpener {
       return NbdUpstream.open(url, log.child({ upstream: 'nbd' }), {
         minBackoffMs: d.reconnect_min_ms,
         maxBackoffMs: d.reconnect_max_ms,
+        stallTimeoutMs: d.nbd_stall_timeout_ms,
         connectTimeoutMs: 10_000,
         dirtyBitmap: disk.dirtyBitmap,
       });

@@ -46,6 +46,8 @@ export interface NbdClientOptions {
   /** Meta contexts to ask for with structured replies (default: base:allocation). */
   metaContexts?: string[];
   connectTimeoutMs?: number;
+  /** How long requests may wait with no byte from the server before the connection is dropped (default 30 s). */
+  stallTimeoutMs?: number;
   /** Gives up the connection attempt when it fires. */
   signal?: AbortSignal;
 }
@@ -68,11 +70,12 @@ export class NbdClient extends EventEmitter {
   private optionWaiter: ((m: ServerMessage) => void) | null = null;
   private lastData = Date.now();
   private readonly watchdog: NodeJS.Timeout;
-  /** How long requests may wait with no byte from the server before the connection is dropped. */
-  static stallTimeoutMs = 30_000;
   private handshaking = true;
 
-  private constructor(private readonly socket: net.Socket) {
+  private constructor(
+    private readonly socket: net.Socket,
+    stallTimeoutMs: number,
+  ) {
     super();
     this.decoder = new ClientDecoder((cookie) => this.requests.readLength(cookie));
     socket.setNoDelay(true);
@@ -83,14 +86,15 @@ export class NbdClient extends EventEmitter {
       this.drain();
     });
     // A path that dies without a reset leaves requests waiting forever: give up on a silent server.
-    this.watchdog = setInterval(() => {
-      if (this.requests.size > 0 && Date.now() - this.lastData > NbdClient.stallTimeoutMs) {
-        this.closeError = new Error(
-          `NBD server sent nothing for ${NbdClient.stallTimeoutMs} ms with requests outstanding`,
-        );
-        socket.destroy();
-      }
-    }, 1000);
+    this.watchdog = setInterval(
+      () => {
+        if (this.requests.size > 0 && Date.now() - this.lastData > stallTimeoutMs) {
+          this.closeError = new Error(`NBD server sent nothing for ${stallTimeoutMs} ms with requests outstanding`);
+          socket.destroy();
+        }
+      },
+      Math.min(1000, stallTimeoutMs),
+    );
     this.watchdog.unref();
     socket.on('error', (err) => {
       this.closeError = new Error(`NBD connection failed: ${err.message}`);
@@ -103,7 +107,7 @@ export class NbdClient extends EventEmitter {
     const aborted = (): Error => new Error('NBD connection attempt abandoned');
     if (signal?.aborted) throw aborted();
     const socket = await openSocket(address, options.connectTimeoutMs ?? 10_000);
-    const client = new NbdClient(socket);
+    const client = new NbdClient(socket, options.stallTimeoutMs ?? 30_000);
     const timeoutMs = options.connectTimeoutMs ?? 10_000;
     let timer: NodeJS.Timeout | undefined;
     let onAbort: (() => void) | undefined;

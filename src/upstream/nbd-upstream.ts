@@ -30,6 +30,8 @@ export interface NbdUpstreamOptions {
   minBackoffMs: number;
   maxBackoffMs: number;
   connectTimeoutMs: number;
+  /** A connection whose server sends nothing for this long while requests wait is dropped (and replaced). */
+  stallTimeoutMs: number;
   /**
    * A QEMU dirty bitmap the server exports (meta context qemu:dirty-bitmap:NAME)
    * that records every write to the source since before the first block was
@@ -42,6 +44,7 @@ export const DEFAULT_NBD_UPSTREAM_OPTIONS: NbdUpstreamOptions = {
   minBackoffMs: 100,
   maxBackoffMs: 5000,
   connectTimeoutMs: 10_000,
+  stallTimeoutMs: 30_000,
 };
 
 /** Longest block-status request: the length field is 32 bits; 1 GiB keeps any minimum block size's alignment. */
@@ -244,6 +247,7 @@ export class NbdUpstream extends EventEmitter implements Upstream {
       structured,
       metaContexts: this.bitmapContext ? [BASE_ALLOCATION, this.bitmapContext] : [BASE_ALLOCATION],
       connectTimeoutMs: this.options.connectTimeoutMs,
+      stallTimeoutMs: this.options.stallTimeoutMs,
       signal: this.stop.signal,
     };
   }

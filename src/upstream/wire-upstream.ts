@@ -1,6 +1,7 @@
 /**
  * A ferry source as the upstream of a migrating destination: its streams
- * (one urgent, several background), replaced with backoff when they drop,
+ * (one urgent, several background), replaced with backoff when they drop
+ * (each slot's delays start over only after a stream that carried data),
  * and the fetches that run on them. A fetch is cut into FETCH requests
  * (wire-fetch-plan), every batch is decoded and verified on the worker pool
  * (wire-batch-decoder); a block that fails its checksum is fetched again
@@ -23,7 +24,7 @@ import type {
   ZeroRangeAnswer,
 } from './upstream';
 import type { WireAuth } from '../wire/auth';
-import { Gate, retry } from '../util/backoff';
+import { Backoff, Gate, pause, retry } from '../util/backoff';
 import { WireRefusedError, WireStream } from '../wire/wire-stream';
 import { RefuseCode, Role, Tracking, WelcomeFlag, WIRE_VERSION, WireEncoding } from '../wire/protocol';
 import { parseFerryUrl, type FerryTarget } from './ferry-url';
@@ -44,6 +45,8 @@ export interface WireUpstreamOptions {
   connectTimeoutMs: number;
   minBackoffMs: number;
   maxBackoffMs: number;
+  /** A stream whose source sends no frame for this long while requests wait is dropped (and replaced). */
+  stallTimeoutMs: number;
   /** Attempts per block before a fetch gives up (corrupt data every time). */
   maxAttempts: number;
   /**
@@ -69,6 +72,8 @@ export class WireUpstream extends EventEmitter implements Upstream {
   private backgroundGate = new Gate();
   readonly session: string;
   private reconnecting = new Set<number>();
+  /** Each slot's reconnect delays (index -1: the urgent stream), kept across its streams. */
+  private readonly backoffs = new Map<number, Backoff>();
   private fatal: Error | null = null;
   private trackingMode: WriteTracking = 'none';
   /** The source answers HASH_QUERY (WELCOME said so). */
@@ -235,7 +240,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
       const old = this.slot(index);
       this.setSlot(index, null);
       old?.destroy();
-      void this.reopen(index);
+      void this.reopen(index, true);
     }
     if (wasConnected) this.emit('disconnected');
     try {
@@ -346,17 +351,36 @@ export class WireUpstream extends EventEmitter implements Upstream {
         'source stream lost; reconnecting',
       );
       if (wasConnected) this.emit('disconnected');
-      void this.reopen(index);
+      void this.reopen(index, stream.framesAfterWelcome > 0);
     });
     this.setSlot(index, stream);
     if (index < 0) this.reports.onUrgentStream(stream);
   }
 
-  private async reopen(index: number): Promise<void> {
+  /**
+   * Replaces the stream of slot `index`. After a stream that carried data the
+   * delays start over (a flaky link costs one quick reconnect per drop, not a
+   * growing wait); after one that carried nothing (a source that accepts and
+   * drops, a handshake cut short) they keep growing, so such a source is not
+   * hammered.
+   */
+  private async reopen(index: number, carriedData: boolean): Promise<void> {
     if (this.reconnecting.has(index)) return;
     this.reconnecting.add(index);
     const name = index < 0 ? 'urgent' : `background ${index}`;
+    let backoff = this.backoffs.get(index);
+    if (!backoff) {
+      backoff = new Backoff({ minMs: this.options.minBackoffMs, maxMs: this.options.maxBackoffMs });
+      this.backoffs.set(index, backoff);
+    }
     try {
+      if (carriedData) backoff.reset();
+      else {
+        const delayMs = backoff.next();
+        this.emit('reconnect-delay', delayMs);
+        this.log.debug({ stream: name, delayMs }, 'the lost stream carried no data; waiting before reconnecting');
+        if (!(await pause(delayMs, this.abort.signal))) return;
+      }
       const open = async (): Promise<WireStream> => {
         const stream = await this.openStream(index < 0 ? Role.Urgent : Role.Background);
         if (index < 0) this.takeWelcome(stream);
@@ -365,10 +389,12 @@ export class WireUpstream extends EventEmitter implements Upstream {
       const s = await retry(open, {
         minMs: this.options.minBackoffMs,
         maxMs: this.options.maxBackoffMs,
+        backoff,
         signal: this.abort.signal,
         retryable: (e) => !isFatal(e),
         onRetry: (e, _n, delayMs) => {
           this.emit('connect-failed', e);
+          this.emit('reconnect-delay', delayMs);
           this.log.warn({ stream: name, err: (e as Error).message, retryMs: delayMs }, 'source unreachable');
         },
       });
@@ -431,7 +457,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
       this.target.port,
       this.hello(role),
       this.options.connectTimeoutMs,
-      undefined,
+      this.options.stallTimeoutMs,
       (stream) => this.reports.watch(stream),
     );
   }

@@ -50,6 +50,8 @@ export async function pause(ms: number, signal?: AbortSignal): Promise<boolean> 
 
 export interface RetryOptions extends BackoffOptions {
   signal?: AbortSignal;
+  /** Delays to continue from (a connection's, kept across its reconnects); default: a new one from minMs. */
+  backoff?: Backoff;
   /** Whether an error is worth another attempt (default: every error). */
   retryable?: (err: unknown) => boolean;
   /** Called before each wait, e.g. to log. */
@@ -62,7 +64,7 @@ export interface RetryOptions extends BackoffOptions {
  * aborts (the owner closed).
  */
 export async function retry<T>(attempt: (n: number) => Promise<T>, options: RetryOptions): Promise<T> {
-  const backoff = new Backoff(options);
+  const backoff = options.backoff ?? new Backoff(options);
   for (let n = 0; ; n++) {
     try {
       return await attempt(n);

@@ -58,7 +58,11 @@ export class SourceConnection implements SessionLink, FetchLink {
     this.maxInFlight = options.maxFetchesInFlight ?? 16;
     this.maxFetchBytes = options.maxFetchBytes ?? 16 << 20;
     this.decoder.setLimits(PRE_HELLO_MAX_META, 0);
-    socket.on('error', (err) => log.debug({ err: err.message }, 'wire socket error'));
+    socket.on('error', (err) => {
+      log.debug({ err: err.message }, 'wire socket error');
+      // A TLS record that fails its check errors without closing the socket: nothing more can be read.
+      socket.destroy();
+    });
     socket.write(encodePreamble());
     if (roleProblem) {
       this.refuse(RefuseCode.BadRequest, roleProblem);

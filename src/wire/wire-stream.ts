@@ -84,6 +84,8 @@ export class WireStream extends EventEmitter {
   private closed = false;
   private closeError: Error = new Error('connection to the source closed');
   bytesReceived = 0;
+  /** Frames after WELCOME: the stream carried answers (or reports), not just a handshake. */
+  framesAfterWelcome = 0;
   private lastFrameAt = Date.now();
   private readonly watchdog: NodeJS.Timeout;
   /** The CUTOVER set being received (its frames until Final). */
@@ -110,7 +112,12 @@ export class WireStream extends EventEmitter {
       this.decoder.push(chunk);
       this.drain();
     });
-    socket.on('error', (err) => (this.closeError = new Error(`connection to the source failed: ${err.message}`)));
+    socket.on('error', (err) => {
+      this.closeError = new Error(`connection to the source failed: ${err.message}`);
+      // A TLS record that fails its check after the handshake errors without closing the socket:
+      // nothing more can be read from it, so close it now rather than at the stall timeout.
+      socket.destroy();
+    });
     socket.on('close', () => this.onClose());
   }
 
@@ -273,6 +280,7 @@ export class WireStream extends EventEmitter {
       }
       const { frame } = event;
       this.lastFrameAt = Date.now();
+      if (this.welcome) this.framesAfterWelcome++;
       const wireBytes = FRAME_HEADER_SIZE + frame.meta.length + frame.payload.length;
       switch (frame.type) {
         case MessageType.Welcome: {

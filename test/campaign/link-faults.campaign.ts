@@ -65,13 +65,16 @@ async function postCopy(rig: MigrationRig): Promise<void> {
   );
 }
 
-/** Whether a read error is the one a VM must never see while the source is merely away. */
-async function checkedRead(rig: MigrationRig, client: NbdClient, block: number, what: string): Promise<void> {
+/** Whether a read error is the one a VM must never see while the source is merely away; resolves the read's wait in ms. */
+async function checkedRead(rig: MigrationRig, client: NbdClient, block: number, what: string): Promise<number> {
+  const asked = performance.now();
   const got = await client.read(block * BS, BS); // rejects (EIO) on failure: the scenario fails
+  const waitedMs = performance.now() - asked;
   if (rig.model.check(block, got)) {
     rig.losses++;
     t.fail(`${what}: block ${block} holds what it may not`);
   }
+  return waitedMs;
 }
 
 function row(rig: MigrationRig, scenario: string, faults: string, checks: string, started: number): void {
@@ -212,6 +215,7 @@ for (const auth of ['insecure', 'tls'] as const) {
       random,
     );
     let caught = '';
+    let slowestReadMs = 0;
     await guarded(rig, async () => {
       await rig.startSource();
       await rig.startDest();
@@ -221,7 +225,13 @@ for (const auth of ['insecure', 'tls'] as const) {
       const flipUntil = Date.now() + TLS_FLIP_WINDOW_MS;
       for (let i = 0; i < 8 || (auth === 'tls' && Date.now() < flipUntil); i++) {
         await rig.model.writeBatch(client, 8);
-        await checkedRead(rig, client, Math.floor(random() * rig.model.blocks), 'a read through flipped bits');
+        const waitedMs = await checkedRead(
+          rig,
+          client,
+          Math.floor(random() * rig.model.blocks),
+          'a read through flipped bits',
+        );
+        slowestReadMs = Math.max(slowestReadMs, waitedMs);
       }
       // Under TLS every flip costs a connection and its handshake, and the copy crawls: the
       // flips last a window, then the link is clean so the migration can finish.
@@ -241,7 +251,8 @@ for (const auth of ['insecure', 'tls'] as const) {
         `1% bit flips (${auth === 'tls' ? 'TLS' : '--insecure'})`,
         `${proxy?.flips ?? 0} bits flipped in ${proxy?.connections ?? 0} connections` +
           (auth === 'tls' ? ` (flips for the first ${TLS_FLIP_WINDOW_MS / 1000} s)` : ''),
-        `caught: ${auth === 'tls' ? 'by TLS (connection dropped, reconnected)' : caught}; final image exact`,
+        `caught: ${auth === 'tls' ? 'by TLS (connection dropped, reconnected)' : caught}; ` +
+          `slowest VM read ${(slowestReadMs / 1000).toFixed(1)} s; final image exact`,
         started,
       ),
     );

@@ -2,8 +2,9 @@
  * Load on one migrating `ferry dest`: 64 NBD clients at once reading,
  * writing, flushing and trimming against a model while the copy runs; then
  * 1,000 connections opened and dropped (mid-handshake, idle, with a request
- * outstanding, by FIN or RST), after which its descriptors and memory must
- * be back where they were; then clients that send 32 MiB READs and never
+ * outstanding, by FIN or RST), after which its descriptors, memory, timers
+ * and sockets (`ferry ctl status --json`, diagnostics) must be back where
+ * they were; then clients that send 32 MiB READs and never
  * read the replies, each of which must hold a bounded amount, given back
  * when it goes. Finally the export must equal the model.
  */
@@ -18,6 +19,7 @@ import { residentBytes, startFerryServe } from '../helpers/ferry-serve';
 import { connectSocket, handshake, readExactly, readSimpleReply, requestHeader } from '../helpers/raw-nbd-client';
 import { tempDir, writePatternFile } from '../helpers/temp-dir';
 import { until } from '../helpers/until';
+import { sendControl } from '../../src/control/control-client';
 
 endCleanly(t);
 
@@ -25,6 +27,24 @@ const MiB = 1 << 20;
 const CLIENTS = 64;
 const PAGE = 4096;
 const CMD = { read: 0, write: 1, flush: 3, trim: 4 };
+
+/** File-system requests come and go with the copy: every other kind of handle must come back to its count. */
+const TRANSIENT = /^FSReq/;
+
+/** The destination's open handles and timers by kind, as `ferry ctl status --json` reports them. */
+async function activeResources(control: string): Promise<Record<string, number>> {
+  const r = await sendControl(control, { cmd: 'status' }, 10_000);
+  if (!r.ok) throw new Error(`status: ${r.error}`);
+  if (!r.status.diagnostics) throw new Error('status without diagnostics');
+  return r.status.diagnostics.activeResources;
+}
+
+/** The kinds above their baseline (the highest count seen before), as "Timeout 12 > 9". */
+function aboveBaseline(now: Record<string, number>, baseline: Record<string, number>): string[] {
+  return Object.entries(now)
+    .filter(([kind, n]) => !TRANSIENT.test(kind) && n > (baseline[kind] ?? 0))
+    .map(([kind, n]) => `${kind} ${n} > ${baseline[kind] ?? 0}`);
+}
 
 function openFds(pid: number): number {
   return fs.readdirSync(`/proc/${pid}/fd`).length;
@@ -44,10 +64,11 @@ t.test('64 clients, 1,000 dropped connections and unread replies on a migrating 
   const content = writePatternFile(sourceImage, SIZE, campaign().seed + 2);
   const source = await startFerryServe(t, ['--image', sourceImage, '--read-only']);
   const config = path.join(dir, 'ferry.toml');
+  const control = path.join(dir, 'dest.ctl');
   fs.writeFileSync(config, '[copy]\nrate_limit = 4194304\n');
   const dest = await startFerry(t, [
     ...['dest', '--cutover-at-start', '--source', source.uri(), '--image', path.join(dir, 'dest.img')],
-    ...['--listen', '127.0.0.1:0', '--config', config],
+    ...['--listen', '127.0.0.1:0', '--config', config, '--control', control],
   ]);
   const pid = dest.child.pid!;
   const port = servingPort(dest);
@@ -119,6 +140,10 @@ t.test('64 clients, 1,000 dropped connections and unread replies on a migrating 
   // 2. Connections opened and dropped; descriptors and memory must come back.
   const fdsBefore = openFds(pid);
   const rssBefore = residentBytes(pid);
+  const handlesBefore: Record<string, number> = {};
+  for (let i = 0; i < 3; i++)
+    for (const [kind, n] of Object.entries(await activeResources(control)))
+      handlesBefore[kind] = Math.max(handlesBefore[kind] ?? 0, n);
   let dropped = 0;
   await Promise.all(
     Array.from({ length: 50 }, async () => {
@@ -143,6 +168,17 @@ t.test('64 clients, 1,000 dropped connections and unread replies on a migrating 
     `the destination's descriptors are back to ${fdsBefore}`,
     20_000,
   ).catch((e: Error) => t.fail(e.message));
+  let handlesAbove: string[] = [];
+  await until(
+    async () => (handlesAbove = aboveBaseline(await activeResources(control), handlesBefore)).length === 0,
+    "the destination's timers and sockets are back to their counts",
+    20_000,
+  ).catch(() => undefined);
+  t.same(
+    handlesAbove,
+    [],
+    `timers and sockets back to ${JSON.stringify(handlesBefore)} after ${drops} dropped connections`,
+  );
   const rssAfterDrops = residentBytes(pid);
   t.ok(fdsAfter <= fdsBefore, `descriptors ${fdsBefore} before, ${fdsAfter} after ${drops} dropped connections`);
   t.ok(
@@ -188,7 +224,7 @@ t.test('64 clients, 1,000 dropped connections and unread replies on a migrating 
   reportRow({
     scenario: 'load dest',
     faults: `${CLIENTS} clients at once (${(ops.read + ops.write + ops.flush + ops.trim).toLocaleString('en')} requests), ${drops} connections dropped, 4 clients never reading 32 MiB READs`,
-    checks: `${ops.read} reads vs the model, ${SIZE / PAGE} pages at the end; fds ${fdsBefore} → ${fdsAfter}, RSS ${(rssBefore / MiB).toFixed(0)} → ${(rssAfterDrops / MiB).toFixed(0)} MiB; unread client ${perClient.toFixed(0)} MiB each, RSS ${(rssAfterGreedy / MiB).toFixed(0)} MiB after they left`,
+    checks: `${ops.read} reads vs the model, ${SIZE / PAGE} pages at the end; fds ${fdsBefore} → ${fdsAfter}, timers ${handlesBefore.Timeout ?? 0} → ${handlesAbove.length ? handlesAbove.join(', ') : 'back'}, RSS ${(rssBefore / MiB).toFixed(0)} → ${(rssAfterDrops / MiB).toFixed(0)} MiB; unread client ${perClient.toFixed(0)} MiB each, RSS ${(rssAfterGreedy / MiB).toFixed(0)} MiB after they left`,
     losses: losses + ops.wrong.length,
     crashes: survived && code === 0 ? 0 : 1,
     hangs: 0,

@@ -14,10 +14,12 @@ import { tempDir } from '../helpers/temp-dir';
 import { BlockModel, sourceImage, type Mismatch } from './block-model';
 import { PeakRss, within } from './peak-rss';
 
-// The VM's side waits as long as the destination may take to answer a read of a
-// missing block (its fetch_timeout_ms, 60 s by default), as QEMU does: the
-// client's own 30 s silence limit would give up before the destination has.
-NbdClient.stallTimeoutMs = 90_000;
+/**
+ * The VM's side waits as long as the destination may take to answer a read of a
+ * missing block (its fetch_timeout_ms, 60 s by default), as QEMU does: the
+ * client's own 30 s silence limit would give up before the destination has.
+ */
+const VM_STALL_TIMEOUT_MS = 90_000;
 
 export type Transport = 'nbd' | 'ferry';
 
@@ -124,7 +126,13 @@ export class MigrationRig {
   /** A VM connection to the destination. */
   async connect(): Promise<NbdClient> {
     const client = await within(
-      NbdClient.connect({ host: '127.0.0.1', port: servingPort(this.destDaemon) }, { exportName: 'dest.img' }),
+      NbdClient.connect(
+        { host: '127.0.0.1', port: servingPort(this.destDaemon) },
+        {
+          exportName: 'dest.img',
+          stallTimeoutMs: VM_STALL_TIMEOUT_MS,
+        },
+      ),
       30_000,
       'connecting to the destination',
     );
