@@ -4,7 +4,8 @@
 // goodput against the link, Jain's fairness index between the equal-weight
 // migrations, the daemon's on-demand p50 per migration while all copy, its RSS,
 // and its CPU per migrated GiB against one `ferry dest` migrating one disk over
-// the same link.
+// the same link. It also samples the emulated link's queue every 10 ms while all copy:
+// the time a byte entering the link then waits before it is on the wire.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -78,6 +79,9 @@ interface LinkResult {
   goodputOverLink: number;
   jainWhileAllCopy: number;
   onDemandP50Ms: number[];
+  /** Median and 90th percentile of the link's queueing delay (source → destination) while all copy. */
+  linkQueueP50Ms: number;
+  linkQueueP90Ms: number;
   rttMs: number;
   daemonRssPeakMiB: number;
   daemonCpuSecondsPerGiB: number;
@@ -152,6 +156,12 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     }
     await client.close();
   });
+  // Bytes accepted by the link and not delivered: those on the wire's propagation delay plus the queue.
+  const bytesPerMs = link.bits / 8 / 1000;
+  const queueMs: number[] = [];
+  const queueSampler = setInterval(() => {
+    queueMs.push(Math.max(0, wan.stats().queuedFromTarget / bytesPerMs - link.latencyMs));
+  }, 10);
   let rssPeak = 0;
   let firstDone: number[] | null = null;
   let p50: number[] = [];
@@ -164,11 +174,16 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
       // Throughput of each while all copied: bytes held when the first finished.
       firstDone = reports.map((r) => r.total.bytesHeld);
       p50 = reports.map((r) => r.disks[0].status?.onDemandLatencyMs.p50 ?? 0);
+      clearInterval(queueSampler);
     }
     if (reports.every((r) => r.state === 'complete')) break;
     await sleep(250);
   }
   const seconds = (Date.now() - t0) / 1000;
+  clearInterval(queueSampler);
+  queueMs.sort((a, b) => a - b);
+  const queueAt = (p: number): number =>
+    queueMs.length ? Math.round(queueMs[Math.min(queueMs.length - 1, Math.floor(p * queueMs.length))] * 10) / 10 : 0;
   reading = false;
   await Promise.all(readers);
   const daemonCpu = cpuSeconds(daemon.child.pid!) - cpu0;
@@ -208,6 +223,8 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     goodputOverLink: Math.round((goodputMbit / (link.bits / 1e6)) * 1000) / 1000,
     jainWhileAllCopy: Math.round(jain(firstDone!) * 1000) / 1000,
     onDemandP50Ms: p50,
+    linkQueueP50Ms: queueAt(0.5),
+    linkQueueP90Ms: queueAt(0.9),
     rttMs: 2 * link.latencyMs,
     daemonRssPeakMiB: Math.round(rssPeak),
     daemonCpuSecondsPerGiB: Math.round((daemonCpu / gib) * 100) / 100,

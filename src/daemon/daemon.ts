@@ -31,6 +31,8 @@ import {
   type MigrationRecord,
 } from './migration-spec';
 import { RegistryFile, type RegistryBody } from './registry-file';
+import { SourceWindows } from './source-windows';
+import type { HostWindowMember } from '../migrate/host-window';
 import { UpstreamOpener } from './upstream-opener';
 
 /** How often the budget, unfinished cutovers and failed opens are looked at again. */
@@ -52,6 +54,8 @@ interface DiskRun {
   exportName: string;
   statePath: string;
   migration: Migration | null;
+  /** Its background copy's place in the window shared with the other disks of its source's host. */
+  window: HostWindowMember | null;
   /** What the budget last told this disk, so that only changes reach it (and its log). */
   applied: { paused: boolean; rate: number | null | undefined };
 }
@@ -79,6 +83,8 @@ export class Daemon {
   private retired: string[] = [];
   private ended: RegistryBody['ended'] = [];
   private readonly opener: UpstreamOpener;
+  /** Background windows shared by the disks of each source host. */
+  private readonly windows: SourceWindows;
   private tick: NodeJS.Timeout | null = null;
   private closing = false;
 
@@ -91,6 +97,10 @@ export class Daemon {
   ) {
     this.registryFile = new RegistryFile(config.daemon.state_dir);
     this.opener = new UpstreamOpener(config, pool, log);
+    this.windows = new SourceWindows({
+      batchBytes: config.copy.batch_blocks * config.daemon.block_size,
+      windowBytes: config.copy.window_bytes,
+    });
   }
 
   static createPool(config: DaemonConfig): CodecPool {
@@ -389,6 +399,8 @@ export class Daemon {
     const name = run.record.spec.name;
     for (const d of run.disks) this.exports.remove(d.exportName);
     for (const d of run.disks) {
+      d.window?.leave();
+      d.window = null;
       if (d.migration) {
         await d.migration.abort();
         d.migration = null;
@@ -430,6 +442,7 @@ export class Daemon {
         exportName: diskExportName(name, spec),
         statePath: diskStatePath(this.config.daemon.state_dir, name, spec.name),
         migration: null,
+        window: null,
         applied: { paused: false, rate: undefined },
       })),
       error: null,
@@ -478,6 +491,8 @@ export class Daemon {
       const results = await Promise.allSettled(
         run.disks.map(async (disk) => {
           const log = run.log.child({ disk: disk.spec.name });
+          disk.window?.leave();
+          disk.window = this.windows.join(disk.spec.source, diskWeight(run));
           disk.migration = await Migration.open(
             {
               imagePath: disk.spec.image,
@@ -494,6 +509,7 @@ export class Daemon {
                 windowBytes: this.config.copy.window_bytes,
                 storeErrorBackoffMs: this.config.copy.store_error_backoff_ms,
                 queueBatches: this.config.copy.queue_batches,
+                hostWindow: disk.window,
               },
               openUpstream: (url, blockSize, session) =>
                 this.opener.open({ url, blockSize, session, dirtyBitmap: disk.spec.dirty_bitmap }, log),
@@ -509,6 +525,8 @@ export class Daemon {
         for (const disk of run.disks) {
           const m = disk.migration;
           disk.migration = null;
+          disk.window?.leave();
+          disk.window = null;
           await (creating ? m?.discard() : m?.close())?.catch(() => undefined);
         }
         const reason = (results[failed] as PromiseRejectedResult).reason as Error;
@@ -540,6 +558,8 @@ export class Daemon {
       run.disks.map(async (d) => {
         const m = d.migration;
         d.migration = null;
+        d.window?.leave();
+        d.window = null;
         this.exports.remove(d.exportName);
         await m?.close().catch((e: Error) => run.log.error({ disk: d.spec.name, err: e.message }, 'close failed'));
       }),
@@ -584,6 +604,7 @@ export class Daemon {
       const share = shares.get(run.record.spec.name)!;
       run.share = share;
       for (const d of run.disks) {
+        if (d.window && d.window.weight !== diskWeight(run)) d.window.setWeight(diskWeight(run));
         const m = d.migration;
         if (!m || m.phase === 'complete') continue;
         const copying = share.disks.has(d.spec.name);
@@ -625,4 +646,9 @@ export class Daemon {
     };
     this.registryFile.save(body);
   }
+}
+
+/** A disk's weight in its source host's window: its migration's weight, split between its disks. */
+function diskWeight(run: Run): number {
+  return run.record.spec.weight / run.disks.length;
 }

@@ -14,6 +14,7 @@ import { WindowEstimator } from './window-estimator';
 import { WireRatio, type LinkCounters } from './wire-ratio';
 import { Pacer } from './pacer';
 import { Backoff } from '../util/backoff';
+import type { HostWindowMember } from './host-window';
 
 export interface BackgroundCopyOptions {
   /** Blocks per fetch request. */
@@ -27,6 +28,12 @@ export interface BackgroundCopyOptions {
    * more fills the link sooner; each queues on-demand fetches behind one more batch.
    */
   queueBatches?: number;
+  /**
+   * This copy's place in a window shared with other copies over the same
+   * bottleneck (`ferry daemon`); without one, the copy's own window alone
+   * bounds it.
+   */
+  hostWindow?: HostWindowMember;
 }
 
 export class BackgroundCopy {
@@ -69,6 +76,13 @@ export class BackgroundCopy {
     });
     // Before cutover the source's writes make copied blocks missing again: there is work again.
     device.on('missing', () => this.wake());
+    const host = options.hostWindow;
+    if (host) {
+      host.onWake(() => this.wake());
+      // Every urgent fetch of this disk makes the shared window yield while it is outstanding.
+      device.on('urgent-start', () => host.urgentStarted());
+      device.on('urgent-end', () => host.urgentEnded());
+    }
   }
 
   get isPaused(): boolean {
@@ -115,6 +129,7 @@ export class BackgroundCopy {
 
   pause(): void {
     this.paused = true;
+    this.options.hostWindow?.idle();
   }
 
   resume(): void {
@@ -138,6 +153,7 @@ export class BackgroundCopy {
     this.stopped = true;
     this.wake();
     await this.loop;
+    this.options.hostWindow?.leave();
   }
 
   /** Waits for the runs in flight to finish (land or fail). */
@@ -166,7 +182,11 @@ export class BackgroundCopy {
     const batchBytes = this.options.batchBlocks * bs;
     while (!this.stopped) {
       if (this.device.map.allHeld) {
-        if (this.device.phase === 'post-copy') return;
+        this.options.hostWindow?.idle();
+        if (this.device.phase === 'post-copy') {
+          this.options.hostWindow?.leave();
+          return;
+        }
         await this.sleep(null); // warm: wait for a source write to make a block missing again
         continue;
       }
@@ -174,12 +194,18 @@ export class BackgroundCopy {
         await this.sleep(this.paused ? null : 1000); // a completion wakes it
         continue;
       }
+      if (this.options.hostWindow && !this.options.hostWindow.mayCopy()) {
+        await this.sleep(1000); // the shared window wakes it when room appears
+        continue;
+      }
       const blockedFor = this.blockedUntil - Date.now();
       if (blockedFor > 0) {
         await this.sleep(blockedFor);
         continue;
       }
-      const paced = this.pacer.delay();
+      // A shared window paces the copies by their completions: each copy's own pacer would hold
+      // it to the rate its share let it reach, and the shared window could never find more.
+      const paced = this.options.hostWindow ? 0 : this.pacer.delay();
       if (paced >= 1) {
         await this.sleep(paced);
         continue;
@@ -206,9 +232,19 @@ export class BackgroundCopy {
       const sentAt = performance.now();
       const wireInFlightAtSend = this.wireBytesInFlight;
       const base = this.window.baseLatencyMs ?? 0;
-      this.pacer.sent(this.ratio.wireBytes(bytes), this.window.rate, base);
+      const wire = this.ratio.wireBytes(bytes);
+      const host = this.options.hostWindow;
+      const hostInFlightAtSend = host?.sent(wire) ?? 0;
+      this.pacer.sent(wire, this.window.rate, base);
+      // The shared window counts the run until its bytes arrive: it bounds what is on the link.
+      let onLink = host !== undefined;
+      const arrived = (): void => {
+        if (!onLink) return;
+        onLink = false;
+        host!.delivered(wire, hostInFlightAtSend, performance.now() - sentAt);
+      };
       const fetch = this.device
-        .fetchBackgroundRun(run)
+        .fetchBackgroundRun(run, arrived)
         .then(
           () => {
             this.failures.reset();
@@ -219,6 +255,8 @@ export class BackgroundCopy {
             this.pacer.observe(this.window.rate, this.window.baseLatencyMs ?? 0);
           },
           (e: Error) => {
+            if (onLink) host!.failed(wire);
+            onLink = false;
             // Wait on a real timer before the next run, so a source that fails at once cannot spin the loop.
             this.blockedUntil = Math.max(this.blockedUntil, Date.now() + this.failures.next());
             this.log.debug({ err: e.message }, 'background fetch failed; will retry');

@@ -415,9 +415,12 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     return run;
   }
 
-  /** Fetches a run claimed with claimBackgroundRun and lands what is still wanted. */
-  fetchBackgroundRun(run: Transit[]): Promise<void> {
-    return this.fetchRun(run, 'background');
+  /**
+   * Fetches a run claimed with claimBackgroundRun and lands what is still wanted.
+   * `arrived` is told when the source's bytes are here, before they land (the link is done with them).
+   */
+  fetchBackgroundRun(run: Transit[], arrived?: () => void): Promise<void> {
+    return this.fetchRun(run, 'background', arrived);
   }
 
   /** Starts noting source writes for a zero-range query about to be sent. */
@@ -543,7 +546,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         // Whole blocks, as every upstream fetch is (the ferry wire sends and verifies blocks).
         const from = Math.floor(offset / this.bs) * this.bs;
         const to = Math.min(Math.ceil((offset + into.length) / this.bs) * this.bs, this.size);
-        const data = await withTimeout(upstream.fetch(from, to - from, 'urgent'), left);
+        const data = await withTimeout(this.urgentCounted('urgent', upstream.fetch(from, to - from, 'urgent')), left);
         if (data === null) continue;
         if (data.length !== to - from) throw new Error(`source returned ${data.length} bytes for ${to - from}`);
         data.copy(into, 0, offset - from, offset - from + into.length);
@@ -558,6 +561,21 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         // Back off on a real timer, so a source that fails at once cannot spin the event loop.
         await pause(backoff.next());
       }
+    }
+  }
+
+  /**
+   * Tells listeners while an urgent fetch is outstanding ('urgent-start', then
+   * 'urgent-end' when its reply or error came): a background window shared with
+   * other disks yields meanwhile.
+   */
+  private async urgentCounted<T>(priority: FetchPriority, fetch: Promise<T>): Promise<T> {
+    if (priority !== 'urgent') return fetch;
+    this.emit('urgent-start');
+    try {
+      return await fetch;
+    } finally {
+      this.emit('urgent-end');
     }
   }
 
@@ -703,15 +721,16 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     for (const t of claims) this.states.claimApplied(t);
   }
 
-  private async fetchRun(run: Transit[], priority: FetchPriority): Promise<void> {
+  private async fetchRun(run: Transit[], priority: FetchPriority, arrived?: () => void): Promise<void> {
     const first = run[0].block;
     const offset = first * this.bs;
     const length = Math.min(run.length * this.bs, this.size - offset);
     let data: Buffer;
     try {
       if (!this.upstream) throw new Error('no source is attached');
-      data = await this.upstream.fetch(offset, length, priority);
+      data = await this.urgentCounted(priority, this.upstream.fetch(offset, length, priority));
       if (data.length !== length) throw new Error(`source returned ${data.length} bytes for ${length}`);
+      arrived?.();
     } catch (e) {
       this.counters.fetchErrors++;
       this.log.debug({ err: (e as Error).message, first, count: run.length, priority }, 'fetch failed');

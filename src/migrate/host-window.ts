@@ -1,0 +1,338 @@
+/**
+ * One background window for every copy that crosses the same bottleneck.
+ * Each copy's own WindowEstimator keeps about its own bandwidth-delay
+ * product plus a batch in flight; N copies sharing one link would keep N of
+ * those, and everything above the link's one product waits in its queue,
+ * where an on-demand fetch then waits too. The host window bounds the sum of
+ * background wire bytes on the link (sent, data not arrived yet) across its
+ * members by one estimate of the shared path: the aggregate delivery rate
+ * (every member's arrivals over the last second) times the smallest latency
+ * seen, plus one run (a full run spends its own length on the wire, which
+ * the smallest latency, often a short run's, leaves out) and a small
+ * headroom (a tenth of the product), with BBR's gain cycle (2 in start-up,
+ * then 1.25 / 0.75 / 1) so it finds a faster path. It is learned from the
+ * aggregate rate, so members whose paths turn out to be independent raise it.
+ *
+ * The window is shared by weight among the members that want to copy: a
+ * member below its share may send while the host is under the window; a
+ * member above it may send only when no member below its share is waiting,
+ * so unused share is not wasted; room is offered first to the member that
+ * sent least recently. While any member has an urgent (on-demand) fetch
+ * outstanding the window yields: the gain and the headroom are dropped (the
+ * product times `urgentGain`, plus one run), so fresh background runs stop
+ * joining the queue the urgent reply crosses.
+ *
+ * Pure state (the clock is injected, nothing here sets a timer); members are
+ * woken through their onWake callback when room appears.
+ */
+import { Pacer } from './pacer';
+
+export interface HostWindowOptions {
+  /** Wire bytes the window starts at (before any sample). */
+  initialBytes: number;
+  /** The window never drops below this (one member may always have this much in flight). */
+  floorBytes: number;
+  /** The window never grows above this. */
+  ceilingBytes: number;
+  /** Headroom above the aggregate product, as a fraction of it (at least floorBytes; default 0.1). */
+  headroomFraction?: number;
+  /** Multiplies the product while an urgent fetch is outstanding (the headroom is dropped then). */
+  urgentGain?: number;
+  now?: () => number;
+}
+
+export class HostWindow {
+  private readonly members = new Set<HostWindowMember>();
+  private readonly pacer: Pacer;
+  private readonly latencies: Array<[number, number]> = []; // [time, ms]
+  private readonly deliveries: Array<[number, number]> = []; // [time, wire bytes]
+  private readonly rates: Array<[number, number]> = []; // [time, bytes/ms]
+  private bestRate = 0;
+  private probeUntil = 0;
+  private nextProbe: number;
+  private readonly now: () => number;
+  private readonly headroomFraction: number;
+  private readonly urgentGain: number;
+  private total = 0;
+  private urgent = 0;
+
+  constructor(private readonly options: HostWindowOptions) {
+    this.now = options.now ?? (() => performance.now());
+    this.headroomFraction = options.headroomFraction ?? 0.1;
+    this.urgentGain = options.urgentGain ?? 1;
+    this.pacer = new Pacer(this.now);
+    this.nextProbe = this.now() + FIRST_PROBE_MS; // early: the start-up ramp overshoots
+  }
+
+  /** A member with `weight` (> 0); see HostWindowMember.onWake. */
+  join(weight: number): HostWindowMember {
+    const m = new HostWindowMember(this, weight);
+    this.members.add(m);
+    return m;
+  }
+
+  /** Wire bytes in flight across every member. */
+  get bytesInFlight(): number {
+    return this.total;
+  }
+
+  /** Urgent fetches outstanding across every member. */
+  get urgentInFlight(): number {
+    return this.urgent;
+  }
+
+  /** The aggregate delivery rate, bytes per ms (0 before the first sample). */
+  get rate(): number {
+    return this.bestRate;
+  }
+
+  /** The smallest recent latency of a background run, ms (null before the first). */
+  get baseLatencyMs(): number | null {
+    let min: number | null = null;
+    for (const [, l] of this.latencies) min = min === null ? l : Math.min(min, l);
+    return min;
+  }
+
+  /** The bound on the sum of background wire bytes in flight now. */
+  get bytes(): number {
+    const base = this.baseLatencyMs;
+    const { floorBytes, ceilingBytes, initialBytes } = this.options;
+    if (base === null || this.bestRate <= 0) return initialBytes;
+    // Now and then the window drops to its floor for two round trips, so a standing queue
+    // drains and the base latency is measured again (a queue hides it).
+    const t = this.now();
+    if (t >= this.nextProbe) {
+      this.probeUntil = t + Math.max(2 * base, 50);
+      this.nextProbe = t + PROBE_EVERY_MS;
+    }
+    if (t < this.probeUntil) return floorBytes;
+    const product = this.bestRate * base;
+    // One run on top: the smallest latency is a short run's, and a full run also spends its own
+    // length on the wire before it is all here, so a product without it cannot keep one more run going.
+    let run = 0;
+    for (const m of this.members) if (m.counts) run = Math.max(run, m.runBytes);
+    if (this.urgent > 0) return clamp(product * Math.min(1, this.urgentGain) + run, floorBytes, ceilingBytes);
+    const gain = this.pacer.gain(base);
+    const headroom = Math.max(floorBytes, this.headroomFraction * product);
+    return clamp(product * gain + run + headroom, floorBytes, ceilingBytes);
+  }
+
+  /** The member's share of the window now: by weight among the members that want to copy. */
+  shareOf(member: HostWindowMember): number {
+    let weights = member.counts ? 0 : member.weight; // one asking counts as wanting
+    for (const m of this.members) if (m.counts) weights += m.weight;
+    return (this.bytes * member.weight) / weights;
+  }
+
+  /** @internal */
+  mayCopy(member: HostWindowMember): boolean {
+    member.wanting = true;
+    const window = this.bytes;
+    // A run goes while the sum is under the window (so the window can grow past a run boundary:
+    // the sum exceeds it by less than one run); one run may always be in flight.
+    const allowed =
+      this.total === 0 ||
+      (this.total < window && (member.inFlight < this.shareOf(member) || !this.someoneRefusedUnderShare(member)));
+    member.refused = !allowed;
+    return allowed;
+  }
+
+  private someoneRefusedUnderShare(asking: HostWindowMember): boolean {
+    for (const m of this.members) if (m !== asking && m.refused && m.inFlight < this.shareOf(m)) return true;
+    return false;
+  }
+
+  /** @internal */
+  added(member: HostWindowMember, bytes: number): void {
+    this.total += bytes;
+    // The one that sent goes last in line: room that appears is offered first to those that waited longest.
+    this.members.delete(member);
+    this.members.add(member);
+  }
+
+  /** @internal */
+  removed(bytes: number): void {
+    this.total = Math.max(0, this.total - bytes);
+    this.wakeRefused();
+  }
+
+  /** @internal: a background run of `bytes` sent with `hostInFlight` in flight came back after `latencyMs`. */
+  sample(hostInFlight: number, latencyMs: number, bytes: number): void {
+    if (!(latencyMs > 0)) return;
+    const t = this.now();
+    keepRecent(this.latencies, t, LATENCY_FILTER_MS).push([t, latencyMs]);
+    const base = this.baseLatencyMs!;
+    // The delivery rate is the bytes delivered over the last span, a span long next to the stall
+    // of a busy process (it hands over many deliveries at once: over one round trip that would
+    // read as a faster link, and the window would queue the difference). The span's first
+    // delivery marks its start: its bytes arrived before it, so they are left out. Before the
+    // span is half a round trip long, the bytes in flight over the latency they saw stand in.
+    keepRecent(this.deliveries, t, Math.max(base, RATE_SPAN_MS)).push([t, bytes]);
+    const span = t - this.deliveries[0][0];
+    let rate = hostInFlight / latencyMs;
+    if (span >= base / 2) {
+      let delivered = 0;
+      for (let i = 1; i < this.deliveries.length; i++) delivered += this.deliveries[i][1];
+      rate = delivered / span;
+    }
+    keepRecent(this.rates, t, RATE_FILTER_MS).push([t, rate]);
+    let best = 0;
+    for (const [, r] of this.rates) best = Math.max(best, r);
+    this.bestRate = best;
+    this.pacer.observe(best, base);
+  }
+
+  /** @internal */
+  urgentChanged(delta: number): void {
+    this.urgent = Math.max(0, this.urgent + delta);
+    if (this.urgent === 0) this.wakeRefused();
+  }
+
+  /** @internal */
+  left(member: HostWindowMember): void {
+    this.members.delete(member);
+    this.wakeRefused();
+  }
+
+  /** @internal */
+  wakeRefused(): void {
+    for (const m of [...this.members]) if (m.refused) m.wake();
+  }
+}
+
+/** One copy's place in a HostWindow. */
+export class HostWindowMember {
+  /** Wire bytes this member has in flight. */
+  inFlight = 0;
+  /** It asked since it last went idle (counts for the share split). */
+  wanting = false;
+  /** It was refused room and waits for a wake. */
+  refused = false;
+  /** Wire bytes of the largest run it sent lately. */
+  runBytes = 0;
+  private gone = false;
+  private urgent = 0;
+  private wakeUp: () => void = () => undefined;
+
+  constructor(
+    private readonly host: HostWindow,
+    private weightNow: number,
+  ) {
+    if (!(weightNow > 0)) throw new Error(`host window: weight must be > 0 (got ${weightNow})`);
+  }
+
+  /** What to call when room may have appeared after a refusal (the copy looks again). */
+  onWake(wake: () => void): void {
+    this.wakeUp = wake;
+  }
+
+  /** @internal */
+  wake(): void {
+    this.wakeUp(); // still counted as refused until it asks again: others above their share keep off its room
+  }
+
+  get weight(): number {
+    return this.weightNow;
+  }
+
+  /** Counted in the share split: wants to copy, or still has runs in flight. */
+  get counts(): boolean {
+    return !this.gone && (this.wanting || this.inFlight > 0);
+  }
+
+  /** Whether a background run may be sent now (records the ask: a refused member is woken later). */
+  mayCopy(): boolean {
+    if (this.gone) return true;
+    return this.host.mayCopy(this);
+  }
+
+  /** The member's share of the host window now. */
+  get share(): number {
+    return this.host.shareOf(this);
+  }
+
+  /** A background run of `wireBytes` was sent; returns the host's wire bytes in flight with it. */
+  sent(wireBytes: number): number {
+    if (this.gone) return wireBytes;
+    this.runBytes = wireBytes;
+    this.inFlight += wireBytes;
+    this.refused = false;
+    this.host.added(this, wireBytes);
+    return this.host.bytesInFlight;
+  }
+
+  /** The data of a run sent with `sent(wireBytes)` arrived `latencyMs` after it was sent. */
+  delivered(wireBytes: number, hostInFlightAtSend: number, latencyMs: number): void {
+    if (this.gone) return;
+    this.host.sample(hostInFlightAtSend, latencyMs, wireBytes);
+    this.done(wireBytes);
+  }
+
+  /** A run sent with `sent(wireBytes)` failed: its bytes leave the window without a sample. */
+  failed(wireBytes: number): void {
+    if (!this.gone) this.done(wireBytes);
+  }
+
+  /** It stopped wanting to copy (paused, all held): its weight goes to the others. */
+  idle(): void {
+    if (this.gone || !this.wanting) return;
+    this.wanting = false;
+    this.refused = false;
+    this.host.wakeRefused();
+  }
+
+  setWeight(weight: number): void {
+    if (!(weight > 0)) throw new Error(`host window: weight must be > 0 (got ${weight})`);
+    this.weightNow = weight;
+    this.host.wakeRefused();
+  }
+
+  urgentStarted(): void {
+    if (this.gone) return;
+    this.urgent++;
+    this.host.urgentChanged(1);
+  }
+
+  urgentEnded(): void {
+    if (this.gone || this.urgent === 0) return;
+    this.urgent--;
+    this.host.urgentChanged(-1);
+  }
+
+  /** Leaves the window: its bytes in flight and its urgent fetches stop counting, its share goes to the others. */
+  leave(): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.host.removed(this.inFlight);
+    this.host.urgentChanged(-this.urgent);
+    this.inFlight = 0;
+    this.urgent = 0;
+    this.wanting = false;
+    this.refused = false;
+    this.host.left(this);
+  }
+
+  private done(wireBytes: number): void {
+    const bytes = Math.min(wireBytes, this.inFlight);
+    this.inFlight -= bytes;
+    this.host.removed(bytes);
+  }
+}
+
+/** The base latency is the smallest of this long. */
+const LATENCY_FILTER_MS = 10_000;
+/** The rate is the largest of this long (a link that got slower is believed after it). */
+const RATE_FILTER_MS = 2_500;
+/** Deliveries are counted over this long at least (or one round trip if longer). */
+const RATE_SPAN_MS = 1_000;
+const FIRST_PROBE_MS = 1_000;
+const PROBE_EVERY_MS = 8_000;
+
+function keepRecent(list: Array<[number, number]>, now: number, ms: number): Array<[number, number]> {
+  while (list.length && list[0][0] < now - ms) list.shift();
+  return list;
+}
+
+function clamp(x: number, lo: number, hi: number): number {
+  return Math.round(Math.max(lo, Math.min(hi, x)));
+}

@@ -1,0 +1,260 @@
+import t from 'tap';
+import { HostWindow, type HostWindowMember } from '../src/migrate/host-window';
+import { SourceWindows, sourceHost } from '../src/daemon/source-windows';
+
+const KiB = 1024;
+
+/**
+ * Copies sharing one bottleneck of `rate` bytes/ms and round trip `rtt`, on a
+ * fake clock: a request reaches the source after rtt/2, its reply waits for
+ * the link (one FIFO queue), occupies it for bytes/rate, and arrives rtt/2
+ * later. Each member sends `batch`-byte runs whenever its window says so.
+ */
+class SharedLink {
+  clock = { t: 0 };
+  private wireFreeAt = 0;
+  private events: Array<{ at: number; run: () => void }> = [];
+  readonly host: HostWindow;
+  readonly members: Array<{ m: HostWindowMember; delivered: number; copying: boolean }> = [];
+  maxOver = 0;
+  queueDelays: number[] = [];
+  deliveredTotal = 0;
+
+  constructor(
+    readonly rate: number,
+    readonly rtt: number,
+    readonly batch: number,
+  ) {
+    this.host = new HostWindow({
+      initialBytes: 2 * batch,
+      floorBytes: Math.min(64 * KiB, batch),
+      ceilingBytes: 64 << 20,
+      now: () => this.clock.t,
+    });
+  }
+
+  add(weight: number): number {
+    const m = this.host.join(weight);
+    const i = this.members.length;
+    this.members.push({ m, delivered: 0, copying: true });
+    m.onWake(() => this.at(this.clock.t, () => this.fill(i)));
+    this.at(this.clock.t, () => this.fill(i));
+    return i;
+  }
+
+  at(time: number, run: () => void): void {
+    this.events.push({ at: time, run });
+    this.events.sort((a, b) => a.at - b.at);
+  }
+
+  fill(i: number): void {
+    const me = this.members[i];
+    while (me.copying && me.m.mayCopy()) {
+      const window = this.host.bytes;
+      const before = this.host.bytesInFlight;
+      const inFlight = me.m.sent(this.batch);
+      // Runs go while the host is under its window: at most one run above it.
+      this.maxOver = Math.max(this.maxOver, before === 0 ? 0 : inFlight - window);
+      const sentAt = this.clock.t;
+      const start = Math.max(sentAt + this.rtt / 2, this.wireFreeAt);
+      this.queueDelays.push(start - (sentAt + this.rtt / 2));
+      this.wireFreeAt = start + this.batch / this.rate;
+      const arrives = this.wireFreeAt + this.rtt / 2;
+      this.at(arrives, () => {
+        me.delivered += this.batch;
+        this.deliveredTotal += this.batch;
+        me.m.delivered(this.batch, inFlight, this.clock.t - sentAt);
+        this.fill(i);
+      });
+    }
+  }
+
+  runUntil(time: number): void {
+    while (this.events.length && this.events[0].at <= time) {
+      const e = this.events.shift()!;
+      this.clock.t = Math.max(this.clock.t, e.at);
+      e.run();
+    }
+    this.clock.t = time;
+  }
+}
+
+t.test('eight copies on one link keep about one bandwidth-delay product in flight, not eight', async (t) => {
+  const rate = 12_500; // bytes per ms: 100 Mbit/s
+  const rtt = 50;
+  const batch = 64 * KiB;
+  const link = new SharedLink(rate, rtt, batch);
+  for (let i = 0; i < 8; i++) link.add(1);
+  link.runUntil(5_000);
+  const settledFrom = link.queueDelays.length;
+  const deliveredBefore = link.deliveredTotal;
+  link.runUntil(25_000);
+  const delays = link.queueDelays.slice(settledFrom).sort((a, b) => a - b);
+  const p50 = delays[Math.floor(delays.length / 2)];
+  const utilisation = (link.deliveredTotal - deliveredBefore) / (rate * 20_000);
+  t.ok(link.maxOver <= batch, `the sum in flight never exceeds the window by a run or more (${link.maxOver})`);
+  // Eight windows of their own would queue seven products (350 ms) here.
+  t.ok(p50 <= 0.3 * rtt, `the median queue at the bottleneck stays short: ${p50.toFixed(1)} ms ≤ 0.3 RTT`);
+  t.ok(utilisation >= 0.9, `and the link stays busy: ${utilisation.toFixed(3)} of its rate`);
+  const bdp = rate * rtt;
+  t.ok(
+    link.host.bytes <= 2 * bdp,
+    `the window is about one product of the aggregate rate: ${link.host.bytes} ≤ 2 × ${bdp}`,
+  );
+});
+
+t.test('the window is shared by weight between copies that all want to copy', async (t) => {
+  const link = new SharedLink(12_500, 50, 32 * KiB);
+  const heavy = link.add(3);
+  const light = link.add(1);
+  link.runUntil(3_000);
+  const h0 = link.members[heavy].delivered;
+  const l0 = link.members[light].delivered;
+  link.runUntil(23_000);
+  const ratio = (link.members[heavy].delivered - h0) / (link.members[light].delivered - l0);
+  t.ok(ratio > 2.4 && ratio < 3.6, `weight 3 against weight 1 copies about 3 times as much: ${ratio.toFixed(2)}`);
+});
+
+t.test('a copy that finishes returns its share to the others', async (t) => {
+  const link = new SharedLink(12_500, 50, 32 * KiB);
+  const a = link.add(1);
+  const b = link.add(1);
+  link.runUntil(5_000);
+  const shareWithTwo = link.members[a].m.share / link.host.bytes;
+  const a0 = link.members[a].delivered;
+  link.runUntil(10_000);
+  const aloneBefore = link.members[a].delivered - a0;
+  link.members[b].copying = false;
+  link.members[b].m.leave();
+  t.equal(link.members[b].m.inFlight, 0, 'its bytes in flight leave the sum with it');
+  link.runUntil(11_000);
+  t.equal(shareWithTwo, 0.5, 'two equal copies: half the window each');
+  t.equal(link.members[a].m.share, link.host.bytes, 'the one left gets the whole window');
+  const a1 = link.members[a].delivered;
+  link.runUntil(16_000);
+  const after = link.members[a].delivered - a1;
+  t.ok(after > 1.6 * aloneBefore, `and copies about twice as fast: ${after} against ${aloneBefore} bytes in 5 s`);
+});
+
+/** A window with a measured path: rate 10 000 bytes/ms, base latency 50 ms (product 500 000). */
+function measured(clock: { t: number }): HostWindow {
+  const host = new HostWindow({
+    initialBytes: 128 * KiB,
+    floorBytes: 64 * KiB,
+    ceilingBytes: 64 << 20,
+    now: () => clock.t,
+  });
+  const m = host.join(1);
+  // Samples of a path carrying 10 000 bytes/ms at 50 ms, until start-up is over.
+  for (let i = 0; i < 40; i++) {
+    const sentAt = m.sent(500_000);
+    clock.t += 50;
+    m.delivered(500_000, sentAt, 50);
+  }
+  m.leave();
+  void host.bytes; // the first latency probe starts
+  clock.t += 150; // and is over
+  return host;
+}
+
+// Headroom: the larger of a tenth of the product and the floor (65 536).
+const DRAIN = 375_000 + 65_536;
+const CRUISE = 500_000 + 65_536;
+const PROBE = 625_000 + 65_536;
+
+t.test('the window is the aggregate product plus a small headroom', async (t) => {
+  const clock = { t: 0 };
+  const host = measured(clock);
+  t.equal(host.rate, 10_000);
+  // Across the pacing cycle the gain is 0.75, 1 or 1.25: the window is product × gain + headroom.
+  const seen = new Set<number>();
+  for (let i = 0; i < 8; i++) {
+    seen.add(host.bytes);
+    clock.t += 50;
+  }
+  t.same(
+    [...seen].sort((a, b) => a - b),
+    [DRAIN, CRUISE, PROBE],
+    'drain, cruise and probe rounds',
+  );
+});
+
+t.test('while any copy has an urgent fetch outstanding, the window drops to the product and one run', async (t) => {
+  const clock = { t: 0 };
+  const host = measured(clock);
+  const a = host.join(1);
+  const b = host.join(1);
+  let woken = 0;
+  b.onWake(() => woken++);
+  for (let i = 0; i < 52; i++) a.sent(10_000); // runs of 10 000: the window carries one on top
+  for (let i = 0; i < 8 && host.bytes !== CRUISE + 10_000; i++) clock.t += 50; // a cruise round (gain 1)
+  t.equal(host.bytes, CRUISE + 10_000);
+  a.urgentStarted();
+  t.equal(host.bytes, 510_000, 'no headroom while the urgent fetch is out');
+  t.notOk(b.mayCopy(), 'a fresh background run waits: the host is above the yielded window');
+  t.equal(woken, 0);
+  a.urgentEnded();
+  t.equal(woken, 1, 'the waiting copy is woken when the urgent fetch is answered');
+  t.ok(b.mayCopy(), 'and may send again');
+  t.equal(host.urgentInFlight, 0);
+  a.urgentStarted();
+  a.leave();
+  t.equal(host.urgentInFlight, 0, 'a copy that leaves takes its urgent fetches along');
+  t.equal(host.bytesInFlight, 0, 'and its bytes in flight');
+});
+
+t.test('a paused copy counts no more in the split; one run may always go on an empty window', async (t) => {
+  const clock = { t: 0 };
+  const host = new HostWindow({
+    initialBytes: 400_000,
+    floorBytes: 64 * KiB,
+    ceilingBytes: 64 << 20,
+    now: () => clock.t,
+  });
+  const a = host.join(1);
+  const b = host.join(3);
+  t.ok(a.mayCopy() && b.mayCopy());
+  t.equal(Math.round(a.share), 100_000, 'weights 1 and 3 split the window 1:3');
+  t.equal(Math.round(b.share), 300_000);
+  b.idle();
+  t.equal(Math.round(a.share), 400_000, 'an idle copy leaves the whole window to the others');
+  b.setWeight(1);
+  t.ok(b.mayCopy());
+  t.equal(Math.round(a.share), 200_000, 'a new weight changes the split');
+  a.sent(1_000_000);
+  t.notOk(b.mayCopy(), 'above the window nobody else sends');
+  a.failed(1_000_000);
+  t.equal(host.bytesInFlight, 0, 'a failed run leaves the window');
+  t.ok(b.mayCopy(), 'and on an empty window a run always may go');
+  t.throws(() => host.join(0), /weight must be > 0/);
+});
+
+t.test('a copy above its share waits while one below its share is refused', async (t) => {
+  const clock = { t: 0 };
+  const host = new HostWindow({
+    initialBytes: 400_000,
+    floorBytes: 64 * KiB,
+    ceilingBytes: 64 << 20,
+    now: () => clock.t,
+  });
+  const a = host.join(1);
+  const b = host.join(1);
+  t.ok(a.mayCopy());
+  a.sent(390_000);
+  b.sent(20_000);
+  t.notOk(b.mayCopy(), 'the host is full: b (below its share) is refused');
+  a.failed(100_000); // room again (no sample: the window stays 400 000)
+  t.notOk(a.mayCopy(), 'a, above its share, leaves the room to b');
+  t.ok(b.mayCopy(), 'b takes it');
+});
+
+t.test('disks share a window per source host', async (t) => {
+  const w = new SourceWindows({ batchBytes: 256 * KiB, windowBytes: 16 << 20 });
+  w.join('nbd://10.0.0.1:10809/a', 1);
+  w.join('ferry://10.0.0.1:7000/b', 1);
+  w.join('nbd://10.0.0.2:10809/c', 1);
+  t.equal(w.windowFor('nbd://10.0.0.1:1/x'), w.windowFor('ferry://10.0.0.1:7000/b'), 'one host, one window');
+  t.not(w.windowFor('nbd://10.0.0.1:1/x'), w.windowFor('nbd://10.0.0.2:10809/c'), 'another host, another');
+  t.equal(sourceHost('nbd+unix:///disk?socket=/run/x.sock'), 'local');
+  t.equal(sourceHost('ferry://Src.Example:7000/d'), 'src.example');
+});
