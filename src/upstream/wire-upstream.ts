@@ -209,6 +209,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
   }
 
   async reconnect(url?: string): Promise<void> {
+    if (this.closing) throw new Error('upstream closed');
     const target = url ? parseFerryUrl(url) : this.target;
     // Try the new address first: a wrong one is refused here, and the working streams stay up.
     // As a background stream: it must not take the session's reports from the urgent one.
@@ -225,6 +226,8 @@ export class WireUpstream extends EventEmitter implements Upstream {
         `${url ?? this.url} serves another image (identity ${probe.welcome!.identity}, expected ${this.identity})`,
       );
     }
+    // Closed (the migration completed) while or before probing: new gates would never open, and the caller would wait for ever.
+    if (this.closing) throw new Error('upstream closed');
     this.target = target;
     if (url) this.url = url;
     if (this.fatal) {
