@@ -117,7 +117,7 @@ for (const mode of modes) {
     const dest = await within(
       startFerry(t, [
         ...['dest', '--cutover-at-start', '--source', `ferry://127.0.0.1:${port}/disk.img`, '--image', destImage],
-        ...['--listen', '127.0.0.1:0', '--control', ctl, '--rate', c.full ? '2M' : '256K', '--config', config],
+        ...['--listen', '127.0.0.1:0', '--control', ctl, '--rate', c.full ? '64K' : '256K', '--config', config],
         ...['--log-level', 'info', ...authFlags],
       ]),
       90_000,
@@ -206,11 +206,22 @@ for (const mode of modes) {
       source.setFaults([]);
       if (faults.some((f) => f === 'welcome-identity' || f === 'welcome-size')) {
         // A stream welcomed with another image stops the upstream for good: the operator's reconnect resumes it.
-        const r = await within(sendControl(ctl, { cmd: 'reconnect' }, 60_000), 60_000, 'ferry ctl reconnect');
-        if (r.ok) reconnects++;
-        else t.fail(`reconnect to the honest source refused: ${JSON.stringify(r)}`);
+        try {
+          const r = await within(sendControl(ctl, { cmd: 'reconnect' }, 60_000), 60_000, 'ferry ctl reconnect');
+          if (r.ok) reconnects++;
+          else t.fail(`reconnect to the honest source refused: ${JSON.stringify(r)}`);
+        } catch (e) {
+          hangs++;
+          t.fail(`after burst ${i} (${faults.join(', ')}): ${(e as Error).message}`);
+          break;
+        }
       }
       await pause(HONEST_MS);
+    }
+    if (hangs) {
+      const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-wire-fuzz-dest-log-')), 'dest.log');
+      fs.writeFileSync(log, dest.stderr());
+      t.comment(`the destination's log: ${log}`);
     }
     const hostile = source.counts.hostile - hostileBefore;
     const cpuPerConnectionMs = exitedOnItsOwn ? NaN : ((cpuSeconds(pid) - cpuBefore) * 1000) / hostile;
@@ -236,7 +247,7 @@ for (const mode of modes) {
     losses += bad.length;
     for (const m of bad.slice(0, 8))
       t.comment(`final block ${m.block}: ${describe(m.block, final.subarray(m.block * BS, (m.block + 1) * BS))}`);
-    if (losses || hangs) {
+    if (losses) {
       const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-wire-fuzz-dest-log-')), 'dest.log');
       fs.writeFileSync(log, dest.stderr());
       t.comment(`the destination's log: ${log}`);
