@@ -88,6 +88,7 @@ export class HostileWireSource {
   /** Another image, served after a WELCOME that names it. */
   private readonly other: Buffer;
   private bombs: { lz4: Buffer; deflate: Buffer } | null = null;
+  private oversized: Buffer | null = null;
 
   constructor(
     private readonly image: Buffer,
@@ -176,6 +177,12 @@ export class HostileWireSource {
       this.bombs = { lz4: Buffer.from(lz4Compress(huge)), deflate: zlib.deflateRawSync(huge, { level: 9 }) };
     }
     return this.bombs[kind];
+  }
+
+  /** A payload of the largest size the framing allows (its bytes do not matter: no entry covers them). */
+  oversizedPayload(): Buffer {
+    this.oversized ??= Buffer.alloc(MAX_PAYLOAD);
+    return this.oversized;
   }
 
   /** Random bytes. */
@@ -485,9 +492,9 @@ class Connection {
         // The largest payload the framing allows, for a FETCH of a few blocks.
         const b = batches[0];
         const meta = encodeBatchHead(b.meta, b.final, 0).subarray(16);
-        const body = Buffer.alloc(MAX_PAYLOAD);
-        Buffer.concat(b.payloads).copy(body);
-        this.send(this.rawBatch(Buffer.from(meta), b.final, body));
+        // One buffer for every such frame, written after the header: this process's own copying must not slow the probes.
+        this.send(encodeFrameHead(MessageType.Batch, b.final ? 1 : 0, Buffer.from(meta), MAX_PAYLOAD));
+        this.send(this.source.oversizedPayload());
         return;
       }
       case 'unasked-replies': {
