@@ -2,6 +2,7 @@ import crypto from 'node:crypto';
 import t from 'tap';
 import { encodePreamble, FrameDecoder, WireEvent } from '../src/wire/frame-codec';
 import {
+  maxBatchPayload,
   decodeBatchMeta,
   decodeFetch,
   decodeFetchError,
@@ -32,7 +33,7 @@ import {
   encodeDirty,
   encodeDirtyAck,
 } from '../src/wire/messages';
-import { MAX_DIRTY_RANGES, MessageType, WireEncoding } from '../src/wire/protocol';
+import { MAX_DIRTY_RANGES, MAX_META, MAX_PAYLOAD, MessageType, WireEncoding } from '../src/wire/protocol';
 
 const hello = {
   version: 2,
@@ -307,4 +308,21 @@ t.test('a large final set is split into CUTOVER frames, only the last flagged fi
   const joined = events.flatMap((f) => (decodeCutover(f.meta) as { ranges: typeof ranges }).ranges);
   t.same(joined, ranges);
   t.same(encodeCutoverFrames(6, []).length, 1, 'an empty set is one final frame');
+});
+
+t.test('a destination bounds BATCH payloads by what its HELLO allows, not the protocol maximum', async (t) => {
+  t.equal(maxBatchPayload(4096, 64), 256 << 10);
+  t.equal(maxBatchPayload(1 << 20, 1024), MAX_PAYLOAD, 'never above the protocol maximum');
+  const batch = (payloadLength: number): Buffer =>
+    encodeBatchHead({ requestId: 1, offset: 0, count: 0, lastLength: 0, entries: [] }, true, payloadLength);
+  const decoder = new FrameDecoder();
+  decoder.setLimits(MAX_META, maxBatchPayload(4096, 64));
+  decoder.push(encodePreamble());
+  decoder.next();
+  decoder.push(Buffer.concat([batch(256 << 10), Buffer.alloc(256 << 10)]));
+  t.equal(decoder.next()?.kind, 'frame', 'a batch of 64 raw blocks of 4 KiB is read');
+  decoder.push(batch(MAX_PAYLOAD)); // the header alone: its 64 MiB are never waited for
+  const e = decoder.next();
+  t.equal(e?.kind, 'corrupt', 'a 64 MiB payload is corrupt at once');
+  t.match(e?.kind === 'corrupt' ? e.reason : '', /payload 67108864 of at most 262144/);
 });

@@ -33,6 +33,7 @@ import { fetchFlags, fetchPieces } from './wire-fetch-plan';
 import { WireBatchDecoder, type FetchOutput } from './wire-batch-decoder';
 import { ReferenceResolver } from './wire-references';
 import { WireReports } from './wire-reports';
+import { welcomeProblem } from './wire-welcome';
 
 export { parseFerryUrl, type FerryTarget } from './ferry-url';
 export type { WireStats } from './wire-stats';
@@ -79,6 +80,8 @@ export class WireUpstream extends EventEmitter implements Upstream {
   /** The source answers HASH_QUERY (WELCOME said so). */
   private hashes = false;
   private epoch = '';
+  /** The first stream's WELCOME was taken: size and identity are the image's. */
+  private welcomed = false;
   private readonly reports: WireReports;
   private readonly references: ReferenceResolver;
   private readonly decoder: WireBatchDecoder;
@@ -211,6 +214,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
   }
 
   async reconnect(url?: string): Promise<void> {
+    if (this.closing) throw new Error('upstream closed');
     const target = url ? parseFerryUrl(url) : this.target;
     // Try the new address first: a wrong one is refused here, and the working streams stay up.
     // As a background stream: it must not take the session's reports from the urgent one.
@@ -227,6 +231,8 @@ export class WireUpstream extends EventEmitter implements Upstream {
         `${url ?? this.url} serves another image (identity ${probe.welcome!.identity}, expected ${this.identity})`,
       );
     }
+    // Closed (the migration completed) while or before probing: new gates would never open, and the caller would wait for ever.
+    if (this.closing) throw new Error('upstream closed');
     this.target = target;
     if (url) this.url = url;
     if (this.fatal) {
@@ -450,8 +456,9 @@ export class WireUpstream extends EventEmitter implements Upstream {
     };
   }
 
-  private openStream(role: Role): Promise<WireStream> {
-    return WireStream.open(
+  /** A stream whose WELCOME fits: the first one says which image this upstream copies, later ones must serve it. */
+  private async openStream(role: Role): Promise<WireStream> {
+    const stream = await WireStream.open(
       this.auth,
       this.target.host,
       this.target.port,
@@ -460,6 +467,24 @@ export class WireUpstream extends EventEmitter implements Upstream {
       this.options.stallTimeoutMs,
       (stream) => this.reports.watch(stream),
     );
+    const problem = welcomeProblem(
+      stream.welcome!,
+      this.welcomed ? { identity: this.identity, size: this.size } : null,
+    );
+    if (problem) {
+      stream.destroy();
+      throw problem.otherImage ? new SourceImageChangedError(problem.reason) : new Error(problem.reason);
+    }
+    this.welcomed = true;
+    return stream;
+  }
+}
+
+/** A stream's WELCOME named another image than the one being copied. */
+export class SourceImageChangedError extends Error {
+  constructor(reason: string) {
+    super(reason);
+    this.name = 'SourceImageChangedError';
   }
 }
 
@@ -472,5 +497,9 @@ export class TrackingLostError extends Error {
 
 /** Errors reconnecting cannot cure: the source serves another image, or no longer tracks its writes. */
 function isFatal(e: unknown): boolean {
-  return (e instanceof WireRefusedError && e.code === RefuseCode.IdentityMismatch) || e instanceof TrackingLostError;
+  return (
+    (e instanceof WireRefusedError && e.code === RefuseCode.IdentityMismatch) ||
+    e instanceof TrackingLostError ||
+    e instanceof SourceImageChangedError
+  );
 }

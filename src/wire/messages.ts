@@ -8,6 +8,7 @@ import {
   ENTRY_SIZE,
   MAX_DIRTY_RANGES,
   MAX_HASH_BLOCKS,
+  MAX_PAYLOAD,
   MAX_STRING,
   MAX_ZERO_RANGES,
   MessageType,
@@ -363,6 +364,16 @@ export function decodeFetchError(meta: Buffer): FetchError | string {
   const r = new Reader(meta);
   const m = { requestId: r.u32(), code: r.u16(), reason: r.str() };
   return r.ok && r.atEnd ? m : 'malformed FETCH_ERROR';
+}
+
+/**
+ * The largest BATCH payload a source may send a destination that said
+ * `blockSize` and `maxBatchBlocks` in HELLO: no block is sent larger than
+ * its bytes (a block compression does not shrink goes raw), and no batch
+ * holds more blocks than asked for.
+ */
+export function maxBatchPayload(blockSize: number, maxBatchBlocks: number): number {
+  return Math.min(blockSize * maxBatchBlocks, MAX_PAYLOAD);
 }
 
 /** Sum of the payload lengths of a batch's entries. */

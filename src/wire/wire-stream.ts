@@ -29,10 +29,11 @@ import {
   encodeHello,
   encodeZeroQuery,
   Hello,
+  maxBatchPayload,
   Welcome,
   ZeroRanges,
 } from './messages';
-import { FRAME_HEADER_SIZE, FrameFlag, MessageType, WIRE_VERSION } from './protocol';
+import { FRAME_HEADER_SIZE, FrameFlag, MAX_META, MessageType, WIRE_VERSION } from './protocol';
 
 /** A whole final write set: every CUTOVER frame of one seq, joined. */
 export interface CutoverSet {
@@ -143,6 +144,8 @@ export class WireStream extends EventEmitter {
       }, timeoutMs);
       stream.once('welcome', () => {
         clearTimeout(timer);
+        // Before the next frame is read: a BATCH larger than any this HELLO allows is corrupt, not buffered.
+        stream.decoder.setLimits(MAX_META, maxBatchPayload(hello.blockSize, hello.maxBatchBlocks));
         resolve();
       });
       stream.once('closed', (err: Error) => {
