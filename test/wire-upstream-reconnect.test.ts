@@ -54,6 +54,7 @@ t.test('reconnect after close rejects, even after a fatal refusal', async (t) =>
       connectTimeoutMs: 5000,
       minBackoffMs: 10,
       maxBackoffMs: 50,
+      stallTimeoutMs: 3_600_000,
       maxAttempts: 3,
     },
     log,

@@ -31,7 +31,7 @@ import { PeakRss, within } from './peak-rss';
 
 endCleanly(t);
 // A read of a missing block waits while the source is hostile (up to the destination's fetch_timeout_ms).
-NbdClient.stallTimeoutMs = 90_000;
+const VM_STALL_TIMEOUT_MS = 90_000;
 
 const c = campaign();
 const MiB = 1 << 20;
@@ -134,7 +134,7 @@ for (const mode of modes) {
     const connect = async (): Promise<NbdClient> => {
       const client = await NbdClient.connect(
         { host: '127.0.0.1', port: servingPort(dest) },
-        { exportName: 'dest.img' },
+        { exportName: 'dest.img', stallTimeoutMs: VM_STALL_TIMEOUT_MS },
       );
       client.on('error', () => undefined);
       t.teardown(() => client.destroy());
