@@ -16,6 +16,9 @@ import { PriorityTaskQueue } from './priority-queue';
 import { executeTask, taskBytes } from './task-runner';
 import type { CodecSelection, WorkerTask } from './tasks';
 
+/** Young generation of each worker's heap (V8's default grows to 3 × 16 MiB). */
+const WORKER_YOUNG_GENERATION_MB = 2;
+
 export interface CodecPoolOptions {
   /** Worker threads (default: available cores, at most 2... see docs). */
   workers?: number;
@@ -145,6 +148,10 @@ export class CodecPool {
       // histograms are not used.
       atomics: 'disabled',
       recordTiming: false,
+      // A worker's heap holds a task's small column arrays and little else; left
+      // to grow, V8's young generation takes up to 48 MiB per worker, and the
+      // zlib objects of a deflate batch keep it busy (docs/benchmarks.md, "Memory").
+      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
     });
   }
 
