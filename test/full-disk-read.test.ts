@@ -68,6 +68,7 @@ t.test('a read of a missing block on a full disk is answered from the fetched by
   const into = Buffer.alloc(3 * BS - 100);
   await device.read(2 * BS + 100, into); // blocks 2, 3, 4: all missing, none can land
   t.ok(into.equals(source.subarray(2 * BS + 100, 5 * BS)), 'the read returns the source bytes');
+  t.equal(upstream.recycled, 0, 'fetched bytes the image refused are not handed back for reuse');
   t.notOk(map.isHeld(2) || map.isHeld(3) || map.isHeld(4), 'the blocks stay missing');
 
   const err = await device.write(8 * BS, Buffer.alloc(BS, 1), false).catch((e: BlockDeviceError) => e);
@@ -79,4 +80,5 @@ t.test('a read of a missing block on a full disk is answered from the fetched by
   await device.read(3 * BS, again);
   t.ok(again.equals(source.subarray(3 * BS, 4 * BS)), 'with room again the block is read');
   t.ok(map.isHeld(3), 'and now held');
+  t.ok(upstream.recycled > 0, 'fetched bytes that landed are handed back for reuse');
 });

@@ -13,14 +13,15 @@ export const createDeflateCodec: CodecFactory = ({ level = DEFAULT_DEFLATE_LEVEL
     name: 'deflate',
     encoding: BlockEncoding.Deflate,
     compressBlock(block) {
-      const out = deflateRawSync(block, { level });
+      // One output chunk of the block's size: Node's default of 16 KiB is garbage four times as large.
+      const out = deflateRawSync(block, { level, chunkSize: Math.max(64, block.length) });
       return out.length < block.length ? out : null;
     },
     decompressBlock(payload, out) {
       let result: Buffer;
       try {
-        // maxOutputLength bounds a hostile stream (zip bomb) to the block size.
-        result = inflateRawSync(payload, { maxOutputLength: out.length });
+        // maxOutputLength bounds a hostile stream (zip bomb) to the block size; the output is one chunk of it.
+        result = inflateRawSync(payload, { maxOutputLength: out.length, chunkSize: Math.max(64, out.length) });
       } catch (err) {
         throw new Error(`deflate: malformed block: ${(err as Error).message}`, { cause: err });
       }

@@ -726,9 +726,10 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     const offset = first * this.bs;
     const length = Math.min(run.length * this.bs, this.size - offset);
     let data: Buffer;
+    const upstream = this.upstream;
     try {
-      if (!this.upstream) throw new Error('no source is attached');
-      data = await this.urgentCounted(priority, this.upstream.fetch(offset, length, priority));
+      if (!upstream) throw new Error('no source is attached');
+      data = await this.urgentCounted(priority, upstream.fetch(offset, length, priority));
       if (data.length !== length) throw new Error(`source returned ${data.length} bytes for ${length}`);
       arrived?.();
     } catch (e) {
@@ -739,11 +740,16 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     }
     this.counters.bytesFetched += length;
     if (priority === 'background') this.backgroundRate.add(length);
-    await this.land(run, data);
+    // A block the image refused is served from these bytes: then they are not the upstream's again.
+    if (await this.land(run, data)) upstream.recycle?.(data);
   }
 
-  /** Writes fetched blocks that are still wanted, in as few writes as possible. */
-  private async land(run: Transit[], data: Buffer): Promise<void> {
+  /**
+   * Writes fetched blocks that are still wanted, in as few writes as possible.
+   * Returns false when blocks the image refused keep views of `data`.
+   */
+  private async land(run: Transit[], data: Buffer): Promise<boolean> {
+    let free = true;
     const first = run[0].block;
     const landing: Transit[] = [];
     for (const t of run) {
@@ -762,11 +768,13 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
           const at = (t.block - first) * this.bs;
           this.states.landingFailed(t, err, data.subarray(at, Math.min(at + this.bs, data.length)));
         }
+        free = false;
         this.emit('store-error', err);
         continue;
       }
       for (const t of group) this.states.landed(t);
     }
+    return free;
   }
 }
 

@@ -97,8 +97,14 @@ export class ClientDecoder {
   private readonly queue = new ByteQueue();
   private phase: Phase = 'greeting';
 
-  /** readLength(cookie) gives the data length a successful simple reply carries (0 if none). */
-  constructor(private readonly readLength: (cookie: bigint) => number) {}
+  /**
+   * readLength(cookie) gives the data length a successful simple reply carries (0 if none);
+   * takeBuffer(length) the buffer reply data and chunk payloads are read into.
+   */
+  constructor(
+    private readonly readLength: (cookie: bigint) => number,
+    private readonly takeBuffer: (length: number) => Buffer = (length) => Buffer.allocUnsafe(length),
+  ) {}
 
   push(chunk: Buffer): void {
     this.queue.push(chunk);
@@ -182,7 +188,7 @@ export class ClientDecoder {
       this.queue.skip(SIMPLE_REPLY_HEADER_SIZE);
       let data: Buffer | null = null;
       if (dataLength > 0) {
-        data = Buffer.allocUnsafe(dataLength);
+        data = this.takeBuffer(dataLength);
         this.queue.copyInto(data, 0, dataLength);
       }
       return { kind: 'simpleReply', cookie, error, data };
@@ -194,7 +200,7 @@ export class ClientDecoder {
       if (length > (1 << 26) + 64) return this.fail(`structured reply chunk of ${length} bytes is too long`);
       if (this.queue.length < STRUCTURED_REPLY_HEADER_SIZE + length) return null;
       this.queue.skip(STRUCTURED_REPLY_HEADER_SIZE);
-      const payload = Buffer.allocUnsafe(length);
+      const payload = this.takeBuffer(length);
       this.queue.copyInto(payload, 0, length);
       return {
         kind: 'chunk',

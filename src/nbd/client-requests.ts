@@ -46,8 +46,15 @@ export class ClientRequests {
   private readonly pending = new Map<bigint, Pending>();
   private nextCookie = 1n;
 
-  /** `onIdle` runs each time the last request in flight completes. */
-  constructor(private readonly onIdle: () => void) {}
+  /**
+   * `onIdle` runs each time the last request in flight completes; a READ's
+   * data goes into a buffer from `takeBuffer` (zero-filled here, as holes and
+   * gaps must read as zeros).
+   */
+  constructor(
+    private readonly onIdle: () => void,
+    private readonly takeBuffer: (length: number) => Buffer = (length) => Buffer.allocUnsafe(length),
+  ) {}
 
   get size(): number {
     return this.pending.size;
@@ -100,10 +107,10 @@ export class ClientRequests {
         payload.length >= OFFSET_BYTES ? payload.readUInt32BE(0) * 0x100000000 + payload.readUInt32BE(4) : -1;
       if (offset < p.offset || offset + payload.length - OFFSET_BYTES > p.offset + p.length)
         return 'data chunk outside the request';
-      p.data ??= Buffer.alloc(p.length);
+      p.data ??= this.takeBuffer(p.length).fill(0);
       payload.copy(p.data, offset - p.offset, OFFSET_BYTES);
     } else if (type === ReplyType.OffsetHole) {
-      p.data ??= Buffer.alloc(p.length); // zero-filled already
+      p.data ??= this.takeBuffer(p.length).fill(0);
     } else if (type === ReplyType.BlockStatus) {
       p.extents ??= [];
       if (payload.length >= CONTEXT_ID_BYTES && payload.readUInt32BE(0) === p.contextId)

@@ -24,6 +24,7 @@ import {
   type OptionReplyData,
 } from './client-handshake';
 import { ClientRequests, type ReplyValue } from './client-requests';
+import { largeBuffers } from './buffer-pool';
 import {
   BASE_ALLOCATION,
   ClientFlag,
@@ -64,7 +65,11 @@ export class NbdClient extends EventEmitter {
   /** Meta contexts the server agreed to, by name; an id may be 0. */
   readonly metaContexts = new Map<string, number>();
   private readonly decoder: ClientDecoder;
-  private readonly requests = new ClientRequests(() => this.emit('idle'));
+  /** READ data comes in buffers of the process's pool: an owner done with one may give it back there. */
+  private readonly requests = new ClientRequests(
+    () => this.emit('idle'),
+    (length) => largeBuffers.take(length),
+  );
   private closed = false;
   private closeError: Error = new Error('NBD connection closed');
   private optionWaiter: ((m: ServerMessage) => void) | null = null;
@@ -77,7 +82,10 @@ export class NbdClient extends EventEmitter {
     stallTimeoutMs: number,
   ) {
     super();
-    this.decoder = new ClientDecoder((cookie) => this.requests.readLength(cookie));
+    this.decoder = new ClientDecoder(
+      (cookie) => this.requests.readLength(cookie),
+      (length) => largeBuffers.take(length),
+    );
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 10_000);
     socket.on('data', (chunk: Buffer) => {
@@ -337,6 +345,7 @@ export class NbdClient extends EventEmitter {
       if (m.kind === 'simpleReply') this.requests.onSimple(m.cookie, m.error, m.data);
       else if (m.kind === 'chunk') {
         const error = this.requests.onChunk(m.cookie, m.flags, m.type, m.payload);
+        largeBuffers.give(m.payload); // copied out: a chunk's payload is never kept
         if (error) {
           this.closeError = new Error(`NBD protocol error from server: ${error}`);
           this.socket.destroy();

@@ -15,6 +15,10 @@ import { PoolClosedError, QueueFullError, WorkerCrashError } from './errors';
 import { PriorityTaskQueue } from './priority-queue';
 import { executeTask, taskBytes } from './task-runner';
 import type { CodecSelection, WorkerTask } from './tasks';
+import { reapplyYoungGenerationLimit } from '../util/young-generation';
+
+/** Young generation of each worker's heap (V8's default grows to 3 × 16 MiB). */
+const WORKER_YOUNG_GENERATION_MB = 2;
 
 export interface CodecPoolOptions {
   /** Worker threads (default: available cores, at most 2... see docs). */
@@ -145,7 +149,14 @@ export class CodecPool {
       // histograms are not used.
       atomics: 'disabled',
       recordTiming: false,
+      // A worker's heap holds a task's small column arrays and little else; left
+      // to grow, V8's young generation takes up to 48 MiB per worker, and the
+      // zlib objects of a deflate batch keep it busy (docs/benchmarks.md, "Memory").
+      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
     });
+    // A starting worker resets the process's V8 flags, the main thread's young generation limit among them.
+    for (const worker of this.piscina.threads) worker.once('online', reapplyYoungGenerationLimit);
+    this.piscina.on('workerCreate', reapplyYoungGenerationLimit); // a replacement, online by now
   }
 
   /** True when a background task would be refused now (backpressure). */

@@ -10,6 +10,7 @@ import { EventEmitter } from 'node:events';
 import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { NbdClient, NbdError, type NbdClientOptions } from '../nbd/client';
+import { largeBuffers } from '../nbd/buffer-pool';
 import { BASE_ALLOCATION, NbdErrno } from '../nbd/protocol';
 import { parseNbdUrl, NbdTarget } from '../nbd/url';
 import { ExtentFlags, type Extent } from '../store/block-device';
@@ -174,12 +175,20 @@ export class NbdUpstream extends EventEmitter implements Upstream {
     if (length <= max) data = await client.read(offset, length);
     else {
       data = Buffer.allocUnsafe(length);
-      for (let at = 0; at < length; at += max)
-        (await client.read(offset + at, Math.min(max, length - at))).copy(data, at);
+      for (let at = 0; at < length; at += max) {
+        const part = await client.read(offset + at, Math.min(max, length - at));
+        part.copy(data, at);
+        largeBuffers.give(part);
+      }
     }
     this.bytesFetched += data.length;
     this.replies += Math.ceil(length / max);
     return data;
+  }
+
+  /** READ replies are buffers of the process's pool (src/nbd/buffer-pool.ts). */
+  recycle(data: Buffer): void {
+    largeBuffers.give(data);
   }
 
   /** From base:allocation on the urgent connection (NBD_STATE_ZERO extents); null if the server has none. */

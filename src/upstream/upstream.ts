@@ -94,6 +94,12 @@ export interface Upstream extends EventEmitter {
    * rejects when the connection drops under the request (the caller retries).
    */
   fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer>;
+  /**
+   * Takes back a buffer fetch() resolved, once nothing reads it any more (its
+   * blocks are in the image), for a later fetch to reuse: a new one per fetch
+   * is garbage the collector lets pile up to tens of MiB.
+   */
+  recycle?(data: Buffer): void;
   /** Drops the connection and connects again, optionally to a new URL of the same image. */
   reconnect(url?: string): Promise<void>;
   close(): Promise<void>;

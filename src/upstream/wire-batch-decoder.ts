@@ -41,6 +41,8 @@ export class WireBatchDecoder {
     private readonly blockSize: number,
     private readonly stats: WireStats,
     private readonly references: ReferenceResolver,
+    /** Takes back the buffer a batch was decoded in, once its blocks are placed. */
+    private readonly done: (buffer: ArrayBuffer) => void = () => undefined,
   ) {}
 
   /** Decodes and verifies one batch into `output`; returns the absolute blocks that failed. */
@@ -81,6 +83,8 @@ export class WireBatchDecoder {
       placeBlock(output, (first + i) * bs, blocks.subarray(i * bs, (i + 1) * bs));
     }
     const resolved = await this.references.resolve(references, meta, blocks, decoded.status, output, urgent);
+    // Every block was copied out: the buffer (back from the worker, or never sent) is free again.
+    if (decoded.blocks.buffer instanceof ArrayBuffer) this.done(decoded.blocks.buffer);
     for (const [i, ok] of resolved) {
       if (ok) this.stats.referencesUsed++;
       else {

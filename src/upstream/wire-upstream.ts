@@ -34,6 +34,8 @@ import { WireBatchDecoder, type FetchOutput } from './wire-batch-decoder';
 import { ReferenceResolver } from './wire-references';
 import { WireReports } from './wire-reports';
 import { welcomeProblem } from './wire-welcome';
+import { BatchBuffers } from '../wire/batch-buffers';
+import { LargeBufferPool } from '../nbd/buffer-pool';
 
 export { parseFerryUrl, type FerryTarget } from './ferry-url';
 export type { WireStats } from './wire-stats';
@@ -85,6 +87,12 @@ export class WireUpstream extends EventEmitter implements Upstream {
   private readonly reports: WireReports;
   private readonly references: ReferenceResolver;
   private readonly decoder: WireBatchDecoder;
+  /** Buffers BATCH payloads arrive in and are decoded in, reused once their blocks are placed. */
+  private readonly batchBuffers = new BatchBuffers(KEPT_BATCH_BUFFERS);
+  /** Bytes of the largest batch decoded: the size of every batch buffer. */
+  private readonly batchCapacity: number;
+  /** fetch() results, back from recycle(). */
+  private readonly outputs = new LargeBufferPool(4096, KEPT_OUTPUT_BYTES);
 
   private constructor(
     private url: string,
@@ -99,7 +107,10 @@ export class WireUpstream extends EventEmitter implements Upstream {
     this.session = options.session ?? crypto.randomUUID();
     this.reports = new WireReports(this, options.blockSize, this.stats, () => this.urgent, log);
     this.references = new ReferenceResolver(pool, options.blockSize, () => this.size);
-    this.decoder = new WireBatchDecoder(pool, options.blockSize, this.stats, this.references);
+    this.batchCapacity = options.maxBatchBlocks * options.blockSize;
+    this.decoder = new WireBatchDecoder(pool, options.blockSize, this.stats, this.references, (buffer) => {
+      if (buffer.byteLength === this.batchCapacity) this.batchBuffers.give(buffer);
+    });
   }
 
   static async open(
@@ -169,7 +180,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
 
   async fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer> {
     const bs = this.options.blockSize;
-    const out = Buffer.allocUnsafe(length);
+    const out = this.outputs.take(length);
     const firstBlock = offset / bs;
     const count = Math.ceil(length / bs);
     let todo: number[] = [...Array(count).keys()]; // block indexes relative to firstBlock still wanted
@@ -188,6 +199,10 @@ export class WireUpstream extends EventEmitter implements Upstream {
       todo = failed;
     }
     return out;
+  }
+
+  recycle(data: Buffer): void {
+    this.outputs.give(data);
   }
 
   /** On a background stream: the source reads the blocks to hash them, which an on-demand fetch must not wait for. */
@@ -465,7 +480,10 @@ export class WireUpstream extends EventEmitter implements Upstream {
       this.hello(role),
       this.options.connectTimeoutMs,
       this.options.stallTimeoutMs,
-      (stream) => this.reports.watch(stream),
+      (stream) => {
+        stream.receiveBatchesInto(this.batchBuffers, this.batchCapacity);
+        this.reports.watch(stream);
+      },
     );
     const problem = welcomeProblem(
       stream.welcome!,
@@ -487,6 +505,11 @@ export class SourceImageChangedError extends Error {
     this.name = 'SourceImageChangedError';
   }
 }
+
+/** Free batch buffers kept (at 64 blocks of 4 KiB, 4 MiB): a link's worth of batches in flight. */
+const KEPT_BATCH_BUFFERS = 16;
+/** Bytes of free fetch results kept. */
+const KEPT_OUTPUT_BYTES = 4 << 20;
 
 export class TrackingLostError extends Error {
   constructor() {

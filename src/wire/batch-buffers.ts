@@ -1,7 +1,9 @@
 /**
- * Batch-sized buffers the source reads into, reused once the socket has
- * written what they carried: no zero-filled allocation, page faults and
- * garbage per batch. Bounded: beyond `keep` buffers of a size, returned ones
+ * Batch-sized buffers, reused: the source reads blocks into them and takes
+ * them back once the socket has written what they carried; the destination
+ * receives BATCH payloads into them, decodes each batch in place and takes
+ * them back once its blocks are placed. No zero-filled allocation, page
+ * faults and garbage per batch. Bounded: beyond `keep` buffers of a size, returned ones
  * are left to the collector.
  */
 export class BatchBuffers {

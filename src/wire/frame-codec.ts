@@ -11,7 +11,7 @@ export interface Frame {
   type: number;
   flags: number;
   meta: Buffer;
-  /** The payload in a buffer of its own (transferable to a worker). */
+  /** The payload at the start of a buffer of its own (transferable to a worker; it may be longer). */
   payload: Buffer;
 }
 
@@ -51,6 +51,12 @@ export class FrameDecoder {
   private failed = false;
   private maxMeta = MAX_META;
   private maxPayload = MAX_PAYLOAD;
+  private payloadBuffer: (type: number, length: number) => ArrayBuffer = (_type, length) => new ArrayBuffer(length);
+
+  /** Where payloads are received: a buffer of at least `length` bytes of its own, not shared with anything else. */
+  receivePayloadsInto(take: (type: number, length: number) => ArrayBuffer): void {
+    this.payloadBuffer = take;
+  }
 
   /** Lowers the bounds on frames to come (an unauthenticated peer gets small ones); no arguments restore the protocol's. */
   setLimits(maxMeta = MAX_META, maxPayload = MAX_PAYLOAD): void {
@@ -94,7 +100,7 @@ export class FrameDecoder {
     if (frameCrc(headCopy, meta) !== crc) return this.fail(`frame header CRC mismatch (type ${type})`);
     if (this.queue.length < FRAME_HEADER_SIZE + metaLength + payloadLength) return null;
     this.queue.skip(FRAME_HEADER_SIZE + metaLength);
-    const payload = Buffer.from(new ArrayBuffer(payloadLength));
+    const payload = Buffer.from(this.payloadBuffer(type, payloadLength), 0, payloadLength);
     this.queue.copyInto(payload, 0, payloadLength);
     return { kind: 'frame', frame: { type, flags, meta, payload } };
   }

@@ -34,6 +34,7 @@ import {
   ZeroRanges,
 } from './messages';
 import { FRAME_HEADER_SIZE, FrameFlag, MAX_META, MessageType, WIRE_VERSION } from './protocol';
+import type { BatchBuffers } from './batch-buffers';
 
 /** A whole final write set: every CUTOVER frame of one seq, joined. */
 export interface CutoverSet {
@@ -160,6 +161,17 @@ export class WireStream extends EventEmitter {
       });
     });
     return stream;
+  }
+
+  /**
+   * BATCH payloads arrive in `buffers`' buffers of `capacity` bytes (room to
+   * decode the largest batch in place); the decoder gives them back. Set
+   * before any BATCH can arrive (in open()'s setup).
+   */
+  receiveBatchesInto(buffers: BatchBuffers, capacity: number): void {
+    this.decoder.receivePayloadsInto((type, length) =>
+      type === MessageType.Batch && length > 0 && length <= capacity ? buffers.take(capacity) : new ArrayBuffer(length),
+    );
   }
 
   get isClosed(): boolean {

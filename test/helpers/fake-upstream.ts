@@ -53,6 +53,15 @@ export class FakeUpstream extends EventEmitter implements Upstream {
     }
   }
 
+  /** Buffers handed back by recycle(). */
+  recycled = 0;
+
+  /** Scribbles over the buffer, as its reuse by a later fetch would: a device that still served from it would serve garbage. */
+  recycle(data: Buffer): void {
+    this.recycled++;
+    data.fill(0xee);
+  }
+
   /** Fetches waiting for the source to come back (setConnected(true)). */
   get fetchesWaitingForSource(): number {
     return this.waiters.length;
