@@ -99,7 +99,7 @@ async function setup(t: Test, failFirstEncode = false) {
     chooser: new CodecChooser('lz4', ['lz4'], 1),
     hasher: new BatchCodec({ codec: 'none' }),
     buffers: new BatchBuffers(),
-    counters,
+    counters: [counters],
     log: pino({ level: 'silent' }),
   };
   return { services, seen, counters };

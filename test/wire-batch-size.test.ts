@@ -7,11 +7,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { CodecPool } from '../src/pool';
-import { FileDevice } from '../src/store/file-device';
 import { CodecChooser } from '../src/wire/codec-chooser';
 import { Role, WIRE_VERSION, WireEncoding } from '../src/wire/protocol';
 import { WireSourceServer } from '../src/wire/source-server';
-import { SourceSessions } from '../src/wire/source-sessions';
+import { SingleSourceExport } from '../src/wire/source-exports';
+import { SourceImage } from '../src/wire/source-image';
 import { type BatchFrame, WireStream } from '../src/wire/wire-stream';
 import { tempDir } from './helpers/temp-dir';
 
@@ -19,23 +19,19 @@ async function batchCounts(t: Test, blockSize: number, maxBatchBlocks: number, l
   const dir = tempDir(t, 'ferry-batch-');
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, Buffer.alloc(length, 7));
-  const device = FileDevice.open(image, { readOnly: true });
   const pool = new CodecPool({ workers: 1, codec: 'none' });
   const auth = { kind: 'insecure' } as const;
   const log = pino({ level: 'silent' });
-  const sessions = new SourceSessions({
-    imageSize: length,
-    image,
-    identity: 'test',
-    device: null,
-    recordPath: null,
+  const source = SourceImage.open({
+    name: 'disk.img',
+    image: image,
+    writes: 'read-only',
+    stateDir: dir,
+    maxSessions: 64,
     log,
   });
   const server = new WireSourceServer({
-    device,
-    sessions,
-    exportName: 'disk.img',
-    identity: 'test',
+    exports: new SingleSourceExport(source),
     auth,
     pool,
     chooser: new CodecChooser('none', ['none'], 1),
@@ -43,9 +39,8 @@ async function batchCounts(t: Test, blockSize: number, maxBatchBlocks: number, l
   });
   t.teardown(async () => {
     await server.close();
-    sessions.close();
     await pool.close();
-    await device.close();
+    await source.close();
   });
   const address = await server.listen('127.0.0.1', 0);
   const port = Number(address.slice(address.lastIndexOf(':') + 1));

@@ -11,11 +11,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { CodecPool } from '../src/pool';
-import { FileDevice } from '../src/store/file-device';
 import { CodecChooser } from '../src/wire/codec-chooser';
 import { FetchFlag } from '../src/wire/protocol';
 import { WireSourceServer } from '../src/wire/source-server';
-import { SourceSessions } from '../src/wire/source-sessions';
+import { SingleSourceExport } from '../src/wire/source-exports';
+import { SourceImage } from '../src/wire/source-image';
 import { WireUpstream, fetchFlags } from '../src/upstream/wire-upstream';
 import { tempDir } from './helpers/temp-dir';
 
@@ -25,23 +25,19 @@ async function setUp(t: Test, image: Buffer): Promise<WireUpstream> {
   const dir = tempDir(t, 'ferry-urgent-ref-');
   const file = path.join(dir, 'disk.img');
   fs.writeFileSync(file, image);
-  const device = FileDevice.open(file, { readOnly: true });
   const pool = new CodecPool({ workers: 1, codec: 'none' });
   const auth = { kind: 'insecure' } as const;
   const log = pino({ level: 'silent' });
-  const sessions = new SourceSessions({
-    imageSize: image.length,
+  const source = SourceImage.open({
+    name: 'disk.img',
     image: file,
-    identity: 'test',
-    device: null,
-    recordPath: null,
+    writes: 'read-only',
+    stateDir: dir,
+    maxSessions: 64,
     log,
   });
   const server = new WireSourceServer({
-    device,
-    sessions,
-    exportName: 'disk.img',
-    identity: 'test',
+    exports: new SingleSourceExport(source),
     auth,
     pool,
     chooser: new CodecChooser('none', ['none'], 1),
@@ -68,9 +64,8 @@ async function setUp(t: Test, image: Buffer): Promise<WireUpstream> {
   t.teardown(async () => {
     await upstream.close();
     await server.close();
-    sessions.close();
     await pool.close();
-    await device.close();
+    await source.close();
   });
   return upstream;
 }

@@ -5,22 +5,20 @@ import type { Command } from 'commander';
 import { asUsage, UsageError } from './usage-error';
 import { loadConfig } from '../config/load';
 import { createLogger } from '../log';
-import { FileDevice } from '../store/file-device';
-import { TrackingDevice } from '../store/tracking-device';
 import { ControlServer, controlLimits, type ControlDispatch } from '../control/control-server';
-import { cutoverRecordPath } from '../wire/cutover-record';
-import { SourceSessions } from '../wire/source-sessions';
-import { lockImage } from '../store/image-lock';
 import { warnIfNoFileOps } from '../store/fileops';
 import { NbdServer, StaticExportTable } from '../nbd/server';
 import { CodecPool } from '../pool';
-import { authWarnings, loadAuth } from '../wire/auth';
+import { authWarnings } from '../wire/auth';
+import { sourceWireAuth } from '../config/wire-auth';
 import { CodecChooser } from '../wire/codec-chooser';
-import { imageIdentity } from '../wire/image-identity';
 import { WireSourceServer } from '../wire/source-server';
+import { SingleSourceExport } from '../wire/source-exports';
+import { SourceImage } from '../wire/source-image';
+import type { SourceSessions } from '../wire/source-sessions';
 import { nbdLimits, parseHostPort, runUntilSignal } from './process';
 import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
-import { defaultStateDir, ensureStateDir, imageKey } from './state-dir';
+import { defaultStateDir, ensureStateDir } from './state-dir';
 
 interface SourceFlags extends AuthCliFlags {
   image?: string;
@@ -71,48 +69,29 @@ export function registerSource(program: Command): void {
       });
       const s = config.source;
       if (!s.image) throw new UsageError('source: --image (or source.image in the config) is required');
-      const auth = asUsage(() =>
-        loadAuth(
-          {
-            pskFile: s.psk_file,
-            cert: s.cert,
-            key: s.key,
-            ca: s.ca,
-            insecure: s.insecure,
-            allowOpenPsk: s.allow_open_psk,
-          },
-          'source',
-        ),
-      );
+      const auth = asUsage(() => sourceWireAuth(s));
       const log = createLogger(config.log);
       warnIfNoFileOps(log);
       for (const warning of authWarnings(auth)) log.warn(warning);
       // The VM may still run here (pre-copy), so the image stays writable when served over NBD, and
       // every write through it is tracked; without NBD nothing here can see the writers: read-only, no tracking.
-      const unlock = lockImage(s.image, s.nbd_listen ? 'exclusive' : 'shared');
-      const device = FileDevice.open(s.image, { readOnly: !s.nbd_listen });
-      const tracked = s.nbd_listen ? new TrackingDevice(device, log.child({ component: 'fence' })) : null;
       const stateDir = ensureStateDir(s.state_dir ?? defaultStateDir());
-      const identity = imageIdentity(s.image, stateDir, imageKey(s.image));
-      const sessions = new SourceSessions({
-        imageSize: device.size,
-        image: path.resolve(s.image),
-        identity,
-        device: tracked,
-        recordPath: cutoverRecordPath(stateDir, s.image),
-        log: log.child({ component: 'tracking' }),
+      const name = s.export ?? path.basename(s.image);
+      const image = SourceImage.open({
+        name,
+        image: s.image,
+        writes: s.nbd_listen ? 'tracked' : 'read-only',
+        stateDir,
         // Every session has a connection when it is made, so live ones never exceed the connection cap.
         maxSessions: s.max_connections,
+        log,
       });
+      const { device, sessions, identity } = image;
       const workers = s.workers || Math.max(1, os.availableParallelism());
       const pool = new CodecPool({ workers, codec: s.codec === 'auto' ? 'lz4' : s.codec, level: s.deflate_level });
       const chooser = new CodecChooser(s.codec, ['none', 'lz4', 'deflate'], workers);
-      const name = s.export ?? path.basename(s.image);
       const wire = new WireSourceServer({
-        device,
-        sessions,
-        exportName: name,
-        identity,
+        exports: new SingleSourceExport(image),
         auth,
         pool,
         chooser,
@@ -126,7 +105,7 @@ export function registerSource(program: Command): void {
       let nbdAddress: string | undefined;
       if (s.nbd_listen) {
         nbd = new NbdServer(
-          new StaticExportTable([{ name, description: '', device: tracked! }]),
+          new StaticExportTable([{ name, description: '', device: image.vmDevice! }]),
           log,
           nbdLimits(config),
         );
@@ -153,12 +132,9 @@ export function registerSource(program: Command): void {
       await runUntilSignal(log, async () => {
         await control?.close();
         await nbd?.close();
-        sessions.close();
         await wire.close();
         await pool.close();
-        if (!device.readOnly) await device.flush();
-        await device.close();
-        unlock();
+        await image.close();
       });
     });
 }

@@ -16,18 +16,9 @@ export function defaultStateDir(): string {
   return path.join(base, 'ferry');
 }
 
-/**
- * A file name that stands for an image path, one to one: /dev/vg0/web1 →
- * "dev+vg0+web1". The path is made absolute but symlinks are kept, since
- * /dev/disk/by-id names outlive /dev/sdX ones.
- */
-export function imageKey(imagePath: string): string {
-  return path
-    .resolve(imagePath)
-    .slice(1)
-    .replace(/[%+]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
-    .replaceAll('/', '+');
-}
+import { imageKey } from '../wire/image-identity';
+
+export { imageKey };
 
 /** Creates the state directory (mode 0700: it names the images ferry handles) if needed. */
 export function ensureStateDir(dir: string): string {

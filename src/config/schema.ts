@@ -151,10 +151,10 @@ export const CopySection = z
   })
   .strict();
 
-const codecName = z.enum(['auto', 'none', 'lz4', 'lz4-wasm', 'deflate']);
+export const codecName = z.enum(['auto', 'none', 'lz4', 'lz4-wasm', 'deflate']);
 
 /** Authentication of the ferry wire; exactly one of psk_file, cert+key+ca, insecure. */
-const wireAuth = {
+export const wireAuth = {
   /** Pre-shared key file (64 hex digits; `ferry keygen --psk FILE`). */
   psk_file: z.string().min(1).optional(),
   /** PEM certificate, key and CA for mutual TLS. */

@@ -41,6 +41,19 @@ export function imageIdentity(imagePath: string, stateDir: string, key: string):
   return identity;
 }
 
+/**
+ * A file name that stands for an image path, one to one: /dev/vg0/web1 →
+ * "dev+vg0+web1". The path is made absolute but symlinks are kept, since
+ * /dev/disk/by-id names outlive /dev/sdX ones.
+ */
+export function imageKey(imagePath: string): string {
+  return path
+    .resolve(imagePath)
+    .slice(1)
+    .replace(/[%+]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
+    .replaceAll('/', '+');
+}
+
 function mint(): string {
   return `ferry-image:${crypto.randomUUID()}`;
 }

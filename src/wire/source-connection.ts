@@ -1,9 +1,9 @@
 /**
- * One destination's connection to `ferry source`: reads its frames, checks
- * its HELLO, hands FETCHes to source-fetch.ts and ZERO_QUERYs to
+ * One destination's connection to a ferry-wire source: reads its frames,
+ * finds the image its HELLO names and checks the HELLO against it, hands FETCHes to source-fetch.ts and ZERO_QUERYs to
  * source-zero-query.ts (at most maxFetchesInFlight at once, then it stops
  * reading), and passes DIRTY acknowledgements and CUTOVER requests to
- * SourceSessions.
+ * that image's SourceSessions.
  */
 import type net from 'node:net';
 import type { Logger } from 'pino';
@@ -27,6 +27,7 @@ import { serveFetch, type FetchLink } from './source-fetch';
 import { helloRefusal } from './source-hello';
 import type { SourceCounters, SourceServerOptions } from './source-server';
 import type { SessionLink, SourceSession } from './source-sessions';
+import type { SourceImage } from './source-image';
 import { answerHashQuery } from './source-hash-query';
 import { answerZeroQuery } from './source-zero-query';
 
@@ -39,6 +40,8 @@ const POST_HELLO_MAX_META = 4 * 1024;
 export class SourceConnection implements SessionLink, FetchLink {
   private readonly decoder = new FrameDecoder();
   private hello: Hello | null = null;
+  /** The image the HELLO named; set with the session. */
+  private image: SourceImage | null = null;
   private session: SourceSession | null = null;
   private inFlight = 0;
   dead = false;
@@ -78,7 +81,10 @@ export class SourceConnection implements SessionLink, FetchLink {
 
   closed(): void {
     this.dead = true;
-    if (this.session) this.options.sessions.disconnected(this.session, this);
+    if (this.session) {
+      this.image!.sessions.disconnected(this.session, this);
+      this.image!.wireConnections--;
+    }
   }
 
   sendFrames(frames: Buffer[]): void {
@@ -113,7 +119,7 @@ export class SourceConnection implements SessionLink, FetchLink {
       if (frame.type === MessageType.DirtyAck) {
         const ack = decodeDirtyAck(frame.meta);
         if (typeof ack === 'string') return this.refuse(RefuseCode.BadRequest, ack);
-        this.options.sessions.ack(this.session!, ack.seq);
+        this.image!.sessions.ack(this.session!, ack.seq);
         continue;
       }
       if (frame.type === MessageType.CutoverRequest) {
@@ -121,7 +127,7 @@ export class SourceConnection implements SessionLink, FetchLink {
         if (typeof request === 'string') return this.refuse(RefuseCode.BadRequest, request);
         if (!this.session!.tracker) return this.refuse(RefuseCode.BadRequest, 'this source does not track writes');
         this.log.info('destination asked for cutover');
-        this.options.sessions.requestCutover(this.session!, this).catch((e: Error) => {
+        this.image!.sessions.requestCutover(this.session!, this).catch((e: Error) => {
           // The image stays fenced; the destination asks again on a new connection.
           this.log.error({ err: e.message }, 'cutover failed');
           this.refuse(RefuseCode.ShuttingDown, `cutover failed at the source: ${e.message}`);
@@ -131,13 +137,13 @@ export class SourceConnection implements SessionLink, FetchLink {
       if (frame.type === MessageType.ZeroQuery) {
         const query = decodeZeroQuery(frame.meta);
         if (typeof query === 'string') return this.refuse(RefuseCode.BadRequest, query);
-        this.answer(query.requestId, answerZeroQuery(this.options.device, query));
+        this.answer(query.requestId, answerZeroQuery(this.image!.device, query));
         continue;
       }
       if (frame.type === MessageType.HashQuery) {
         const query = decodeHashQuery(frame.meta);
         if (typeof query === 'string') return this.refuse(RefuseCode.BadRequest, query);
-        this.answer(query.requestId, answerHashQuery(this.options.device, this.hello.blockSize, query));
+        this.answer(query.requestId, answerHashQuery(this.image!.device, this.hello.blockSize, query));
         continue;
       }
       if (frame.type !== MessageType.Fetch)
@@ -145,14 +151,14 @@ export class SourceConnection implements SessionLink, FetchLink {
       const fetch = decodeFetch(frame.meta);
       if (typeof fetch === 'string') return this.refuse(RefuseCode.BadRequest, fetch);
       this.inFlight++;
-      const { device, pool, chooser } = this.options;
+      const { pool, chooser } = this.options;
       const services = {
-        device,
+        device: this.image!.device,
         pool,
         chooser,
         hasher: this.hasher,
         buffers: this.buffers,
-        counters: this.counters,
+        counters: [this.counters, this.image!.counters],
         log: this.log,
       };
       serveFetch(fetch, this.hello, this.session!.dedupe, this, services, this.maxFetchBytes)
@@ -176,10 +182,16 @@ export class SourceConnection implements SessionLink, FetchLink {
   private onHello(meta: Buffer): void {
     const hello = decodeHello(meta);
     if (typeof hello === 'string') return this.refuse(RefuseCode.BadRequest, hello);
-    const { device, exportName, identity } = this.options;
-    const refusal = helloRefusal(hello, exportName, identity);
+    const image = this.options.exports.find(hello.exportName);
+    if (typeof image === 'string') {
+      // A destination of another wire version hears that first: the export name may not mean the same to it.
+      const code = hello.version === WIRE_VERSION ? RefuseCode.UnknownExport : RefuseCode.Version;
+      const reason = hello.version === WIRE_VERSION ? image : `wire version ${hello.version} is not supported`;
+      return this.refuse(code, reason);
+    }
+    const { device, identity, sessions } = image;
+    const refusal = helloRefusal(hello, image.name, identity);
     if (refusal) return this.refuse(refusal.code, refusal.reason);
-    const sessions = this.options.sessions;
     let session: SourceSession | string;
     try {
       session = sessions.open(hello);
@@ -189,7 +201,9 @@ export class SourceConnection implements SessionLink, FetchLink {
     if (typeof session === 'string') return this.refuse(RefuseCode.BadRequest, session);
     this.hello = hello;
     sessions.connected(session);
+    this.image = image;
     this.session = session;
+    image.wireConnections++;
     // A destination sends small requests and never a payload: nothing bigger is buffered for it.
     this.decoder.setLimits(POST_HELLO_MAX_META, 0);
     this.onAuthenticated();
@@ -209,6 +223,7 @@ export class SourceConnection implements SessionLink, FetchLink {
     if (hello.role === Role.Urgent) sessions.attachUrgent(session, this);
     this.log.info(
       {
+        export: image.name,
         role: hello.role === Role.Urgent ? 'urgent' : 'background',
         blockSize: hello.blockSize,
         session: hello.session,

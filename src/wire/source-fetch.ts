@@ -32,8 +32,16 @@ export interface FetchServices {
   /** Hashes batches on this thread, before they go to the pool. */
   hasher: BatchCodec;
   buffers: BatchBuffers;
-  counters: { batches: number; bytesRead: number; bytesSent: number; references: number };
+  /** Every tally a fetch counts in: the server's totals and its export's. */
+  counters: FetchCounters[];
   log: Logger;
+}
+
+export interface FetchCounters {
+  batches: number;
+  bytesRead: number;
+  bytesSent: number;
+  references: number;
 }
 
 /** The reason a FETCH cannot be served as asked, or null. */
@@ -90,7 +98,7 @@ export async function serveFetch(
       ]);
       return;
     }
-    counters.bytesRead += bytes;
+    for (const c of counters) c.bytesRead += bytes;
     const learned: Array<[bigint, number]> = [];
     const repeats = references
       ? findRepeats(buffer, bs, firstBlock + done, dedupe, services.hasher, learned)
@@ -115,7 +123,7 @@ export async function serveFetch(
       for (const [i, { block, checksum }] of repeats) {
         entries[i] = { encoding: WireEncoding.Reference, length: 0, checksum, reference: block };
       }
-      counters.references += repeats.size;
+      for (const c of counters) c.references += repeats.size;
     }
     const payload = Buffer.from(encoded.payload.buffer, encoded.payload.byteOffset, encoded.payload.byteLength);
     const final = done + count >= blocks;
@@ -126,8 +134,10 @@ export async function serveFetch(
     );
     const carrier = encoded.payload.buffer as ArrayBuffer;
     link.send([head, payload], () => services.buffers.give(carrier));
-    counters.batches++;
-    counters.bytesSent += head.length + payload.length;
+    for (const c of counters) {
+      c.batches++;
+      c.bytesSent += head.length + payload.length;
+    }
   }
 }
 

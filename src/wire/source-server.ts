@@ -1,29 +1,26 @@
 /**
- * `ferry source`'s listening side of the wire: accepts and authenticates
- * connections, holds the connection limit and the handshake deadline, and
- * keeps the counters. Each accepted socket is a SourceConnection
- * (source-connection.ts); write tracking is kept by SourceSessions.
+ * The listening side of a ferry-wire source (`ferry source`, and `ferry
+ * daemon`'s source listener): accepts and authenticates connections, holds
+ * the connection limit and the handshake deadline, and keeps the totals.
+ * Each accepted socket is a SourceConnection (source-connection.ts), which
+ * finds the image its HELLO names in the export table; each image keeps its
+ * own sessions, write tracking and figures (source-image.ts).
  */
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import { BatchCodec } from '../codec/batch-codec';
 import type { CodecPool } from '../pool';
-import type { BlockDevice } from '../store/block-device';
 import { createWireServer, destinationProblem, WireAuth } from './auth';
 import type { CodecChooser } from './codec-chooser';
 import { BatchBuffers } from './batch-buffers';
 import { LinkMeter } from './link-meter';
 import { BurstLog } from '../util/burst-log';
 import { SourceConnection } from './source-connection';
-import type { SourceSessions } from './source-sessions';
+import type { SourceExportTable } from './source-exports';
 
 export interface SourceServerOptions {
-  /** The image as read for destinations. */
-  device: BlockDevice;
-  /** Sessions and their write tracking. */
-  sessions: SourceSessions;
-  exportName: string;
-  identity: string;
+  /** The images served, by the export name a HELLO gives. */
+  exports: SourceExportTable;
   auth: WireAuth;
   pool: CodecPool;
   chooser: CodecChooser;
@@ -36,6 +33,8 @@ export interface SourceServerOptions {
   handshakeTimeoutMs?: number;
   /** Connections at once, authenticated or not; more are refused at accept. */
   maxConnections?: number;
+  /** The config key of that cap, named when a connection is refused at it. */
+  maxConnectionsKey?: string;
 }
 
 export interface SourceCounters {
@@ -98,7 +97,7 @@ export class WireSourceServer {
       this.limitRefusals.note(() =>
         options.log.warn(
           { peer: peer && `${peer.remoteAddress}:${peer.remotePort}`, limit: this.server.maxConnections },
-          'refused a connection: at the connection limit (source.max_connections)',
+          `refused a connection: at the connection limit (${options.maxConnectionsKey ?? 'source.max_connections'})`,
         ),
       );
     });
