@@ -15,7 +15,8 @@ import { CodecPool } from '../src/pool';
 import { FileDevice } from '../src/store/file-device';
 import { CodecChooser } from '../src/wire/codec-chooser';
 import { WireSourceServer } from '../src/wire/source-server';
-import { SourceSessions } from '../src/wire/source-sessions';
+import { SingleSourceExport } from '../src/wire/source-exports';
+import { SourceImage } from '../src/wire/source-image';
 import type { WireAuth } from '../src/wire/auth';
 import { WireUpstream, type WireUpstreamOptions } from '../src/upstream/wire-upstream';
 import { NbdServer, StaticExportTable } from '../src/nbd/server';
@@ -35,24 +36,21 @@ async function setUp(
   options: Partial<WireUpstreamOptions> = {},
 ): Promise<{ upstream: WireUpstream; proxy: FaultProxy; image: Buffer }> {
   const image = crypto.randomBytes(IMAGE_BLOCKS * BS);
-  const file = path.join(tempDir(t, 'ferry-link-recovery-'), 'disk.img');
+  const dir = tempDir(t, 'ferry-link-recovery-');
+  const file = path.join(dir, 'disk.img');
   fs.writeFileSync(file, image);
-  const device = FileDevice.open(file, { readOnly: true });
   const pool = new CodecPool({ workers: 1, codec: 'none' });
   const log = pino({ level: 'silent' });
-  const sessions = new SourceSessions({
-    imageSize: image.length,
+  const source = SourceImage.open({
+    name: 'disk.img',
     image: file,
-    identity: 'test',
-    device: null,
-    recordPath: null,
+    writes: 'read-only',
+    stateDir: dir,
+    maxSessions: 64,
     log,
   });
   const server = new WireSourceServer({
-    device,
-    sessions,
-    exportName: 'disk.img',
-    identity: 'test',
+    exports: new SingleSourceExport(source),
     auth,
     pool,
     chooser: new CodecChooser('none', ['none'], 1),
@@ -88,9 +86,8 @@ async function setUp(
     await upstream.close();
     await proxy.close();
     await server.close();
-    sessions.close();
     await pool.close();
-    await device.close();
+    await source.close();
   });
   return { upstream, proxy, image };
 }

@@ -12,6 +12,7 @@ import { FileDevice } from '../src/store/file-device';
 import { CodecChooser } from '../src/wire/codec-chooser';
 import { WireSourceServer } from '../src/wire/source-server';
 import { SourceSessions } from '../src/wire/source-sessions';
+import type { SourceImage } from '../src/wire/source-image';
 import { WireUpstream } from '../src/upstream/wire-upstream';
 import { tempDir } from './helpers/temp-dir';
 import { until } from './helpers/until';
@@ -28,10 +29,20 @@ t.test('reconnect after close rejects, even after a fatal refusal', async (t) =>
   const pool = new CodecPool({ workers: 1, codec: 'none' });
   const serve = (identity: string, sessions: SourceSessions): WireSourceServer =>
     new WireSourceServer({
-      device,
-      sessions,
-      exportName: 'disk.img',
-      identity,
+      // One image whose identity the test changes: only what a connection reads of a SourceImage.
+      exports: {
+        find: (name) =>
+          name === '' || name === 'disk.img'
+            ? ({
+                name: 'disk.img',
+                device,
+                identity,
+                sessions,
+                counters: { batches: 0, bytesRead: 0, bytesSent: 0, references: 0 },
+                wireConnections: 0,
+              } as unknown as SourceImage)
+            : `unknown export "${name}"`,
+      },
       auth,
       pool,
       chooser: new CodecChooser('none', ['none'], 1),
@@ -56,6 +67,7 @@ t.test('reconnect after close rejects, even after a fatal refusal', async (t) =>
       maxBackoffMs: 50,
       stallTimeoutMs: 3_600_000,
       maxAttempts: 3,
+      stallTimeoutMs: 20_000,
     },
     log,
   );

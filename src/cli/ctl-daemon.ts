@@ -1,7 +1,8 @@
 /**
  * `ferry ctl` verbs for `ferry daemon`: each names the migration it acts on
  * (create, start, list, status NAME, pause NAME, resume NAME, rate NAME RATE,
- * cutover NAME, abort NAME, forget NAME). With --json the daemon's answer is
+ * cutover NAME, abort NAME, forget NAME), and the images it sources
+ * (sources, source-unfence NAME). With --json the daemon's answer is
  * printed as it came; exit 1 when the daemon refused or cannot be reached.
  */
 import { InvalidArgumentError, type Command } from 'commander';
@@ -191,7 +192,7 @@ export function registerDaemonVerbs(ctl: Command): void {
 
   ctl
     .command('list')
-    .description('ferry daemon: every migration with its state, progress and ETA')
+    .description('ferry daemon: every migration with its state, progress and ETA, and every source export')
     .option('--json', 'print the answer as JSON')
     .action(async (opts: DaemonAnswerOptions, cmd: Command) => {
       const answer = await daemonRequest(cmd, { cmd: 'list' });
@@ -206,9 +207,79 @@ export function registerDaemonVerbs(ctl: Command): void {
         etaSeconds: number | null;
       }>;
       if (rows.length === 0) process.stdout.write('no migrations\n');
+      const sources = answer.sources as {
+        exports: Array<{
+          export: string;
+          writes: string;
+          destinationsConnected: number;
+          bytesSent: number;
+          fenced: boolean;
+        }>;
+      };
+      for (const e of sources.exports)
+        process.stdout.write(
+          `source ${e.export}\t${e.writes}${e.fenced ? ' (fenced)' : ''}\t${e.destinationsConnected} destination(s)\t${formatBytes(e.bytesSent)} sent\n`,
+        );
       for (const r of rows)
         process.stdout.write(
           `${r.name}\t${r.state}\t${r.disks} disk(s)\t${r.percent}%\t${formatRate(r.backgroundBytesPerSecond)}\tETA ${formatDuration(r.etaSeconds)}\n`,
         );
     });
+
+  ctl
+    .command('sources')
+    .description('ferry daemon: the images it sources: each export with its sessions, bytes sent and destinations')
+    .option('--json', 'print the answer as JSON')
+    .action(async (opts: DaemonAnswerOptions, cmd: Command) => {
+      const answer = await daemonRequest(cmd, { cmd: 'sources' });
+      if (!answer) return;
+      if (opts.json) return printAnswer(answer, opts);
+      process.stdout.write(formatSources(answer as unknown as SourcesText));
+    });
+
+  ctl
+    .command('source-unfence')
+    .description(
+      'ferry daemon: give a source export back to its VM after an abandoned cutover (refused once a destination took over)',
+    )
+    .argument('<name>', 'source export name')
+    .option('--json', 'print the answer as JSON')
+    .action(async (name: string, opts: DaemonAnswerOptions, cmd: Command) => {
+      const answer = await daemonRequest(cmd, { cmd: 'source-unfence', name });
+      if (answer) printAnswer(answer, opts, `${name}: unfenced; its VM writes again and the cutover is void`);
+    });
+}
+
+interface SourcesText {
+  listen: string | null;
+  exports: Array<{
+    export: string;
+    image: string;
+    writes: string;
+    fenced: boolean;
+    wireConnections: number;
+    destinationsConnected: number;
+    bytesSent: number;
+    sessions: Array<{ id: string; connections: number; pendingBlocks: number; cutover: { acked: boolean } | null }>;
+  }>;
+  failed: Array<{ export: string; reason: string }>;
+  removalRefused: Array<{ export: string; reason: string }>;
+}
+
+function formatSources(r: SourcesText): string {
+  const lines = [r.listen ? `source listener ${r.listen}` : 'no source listener (source.listen is not set)'];
+  for (const e of r.exports) {
+    lines.push(
+      `${e.export}\t${e.image}\t${e.writes}${e.fenced ? ' (fenced)' : ''}\t${e.destinationsConnected} destination(s) connected\t` +
+        `${formatBytes(e.bytesSent)} sent`,
+    );
+    for (const s of e.sessions)
+      lines.push(
+        `  session ${s.id}: ${s.connections} connection(s), ${s.pendingBlocks} block(s) to report` +
+          (s.cutover ? `, cut over${s.cutover.acked ? ' (acknowledged)' : ''}` : ''),
+      );
+  }
+  for (const f of r.failed) lines.push(`${f.export}: not served: ${f.reason}`);
+  for (const f of r.removalRefused) lines.push(`${f.export}: still served: ${f.reason}`);
+  return lines.join('\n') + '\n';
 }

@@ -44,8 +44,11 @@ async function runDaemon(config: DaemonConfig, log: Logger, reread: (() => Daemo
   const d = config.daemon;
   warnIfNoFileOps(log);
   const pool = Daemon.createPool(config);
-  const daemon = new Daemon(config, pool, log, reread);
+  // The NBD server serves the daemon's exports, and the daemon asks it who uses one: made in that order.
+  const nbdClients = { of: (_name: string): number => 0 };
+  const daemon = new Daemon(config, pool, log, reread, (name) => nbdClients.of(name));
   const nbd = new NbdServer(daemon.exports, log, nbdLimits(config));
+  nbdClients.of = (name) => nbd.clientsOf(name);
   const control = new ControlServer<DaemonRequest>(
     (request) => daemon.handle(request),
     log,
@@ -59,22 +62,32 @@ async function runDaemon(config: DaemonConfig, log: Logger, reread: (() => Daemo
     const address = await nbd.listen(listenAddress(d)).catch((e: NodeJS.ErrnoException) => {
       throw listenError('NBD server', nbdAt, e);
     });
+    const sourceAt = config.source.listen;
+    const source = sourceAt
+      ? await daemon.sources.listen(...hostAndPort(sourceAt)).catch((e: NodeJS.ErrnoException) => {
+          throw listenError('source listener', sourceAt, e);
+        })
+      : undefined;
     fs.mkdirSync(path.dirname(d.control), { recursive: true, mode: 0o755 });
     await control.listen(d.control).catch((e: NodeJS.ErrnoException) => {
       throw listenError('control socket', d.control, e);
     });
     if (d.metrics) {
       const at = d.metrics;
-      metrics = await startMetricsServer(new DaemonMetrics(() => daemon.reports()), parseHostPort(at), log).catch(
-        (e: NodeJS.ErrnoException) => {
-          throw listenError('metrics', at, e);
-        },
+      const figures = new DaemonMetrics(
+        () => daemon.reports(),
+        () => daemon.sources.report(),
       );
+      metrics = await startMetricsServer(figures, parseHostPort(at), log).catch((e: NodeJS.ErrnoException) => {
+        throw listenError('metrics', at, e);
+      });
     }
     // The readiness line: everything listens and every migration in the registry is resumed or failing visibly.
     log.info(
       {
         address,
+        source,
+        sourceExports: daemon.sources.report().exports.length,
         control: d.control,
         metrics: metrics?.address,
         stateDir: d.state_dir,
@@ -103,6 +116,11 @@ async function runDaemon(config: DaemonConfig, log: Logger, reread: (() => Daemo
     await pool.close();
   };
   await runUntilSignal(log, shutdown);
+}
+
+function hostAndPort(value: string): [string, number] {
+  const { host, port } = parseHostPort(value);
+  return [host, port];
 }
 
 /**

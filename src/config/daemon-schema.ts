@@ -1,10 +1,14 @@
 /**
  * ferryd.toml: the keys of `ferry daemon`, one process per host that is the
- * destination of many migrations. [nbd], [copy], [wire] and [log] mean what
- * they mean for `ferry dest`; [daemon] holds the host's listeners, its shared
- * budget and the defaults of every disk; each [[migration]] declares one VM
- * (created, and started if asked, when the daemon starts or reloads).
+ * destination of many migrations and the source of others. [nbd], [copy],
+ * [wire] and [log] mean what they mean for `ferry dest`; [daemon] holds the
+ * host's listeners, its shared budget and the defaults of every disk; each
+ * [[migration]] declares one VM (created, and started if asked, when the
+ * daemon starts or reloads). [source] is the ferry-wire listener for the
+ * images this host sources, with the keys `ferry source` takes, and each
+ * [[source.export]] one image served under a name.
  */
+import path from 'node:path';
 import { z } from 'zod';
 import { batchBlocksLimit, MAX_BATCH_BYTES } from '../util/limits';
 import {
@@ -15,6 +19,7 @@ import {
   LogSection,
   metricsAddress,
   NbdSection,
+  SourceSection,
   WireSection,
 } from './schema';
 
@@ -44,6 +49,56 @@ export const DiskSpec = z
   })
   .strict();
 export type DiskSpec = z.infer<typeof DiskSpec>;
+
+/** The NBD export name a disk is served under: its own, or MIGRATION/DISK. */
+export function diskExportName(migration: string, disk: DiskSpec): string {
+  return disk.export ?? `${migration}/${disk.name}`;
+}
+
+/** Source export names go into HELLO, NBD negotiation, metric labels and log lines. */
+export const EXPORT_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/;
+
+export const SourceExportSpec = z
+  .object({
+    /** The name destinations give (ferry://HOST:PORT/NAME), and the source VM's NBD export name when tracked. */
+    name: z
+      .string()
+      .regex(
+        EXPORT_NAME_PATTERN,
+        'must be 1-128 letters, digits, ".", "_", ":", "/" or "-", starting with a letter or digit',
+      ),
+    /** Raw image (file or block device) served to destinations. */
+    image: z.string().min(1).max(4096),
+    /**
+     * "read-only": nothing on this host writes the image (a stopped VM, a snapshot); locked shared.
+     * "tracked": the source VM runs here and writes through the daemon's NBD listener under this
+     * name; every write is reported to the destinations and fenced at cutover; locked exclusively.
+     */
+    writes: z.enum(['read-only', 'tracked']).default('read-only'),
+  })
+  .strict();
+export type SourceExportSpec = z.infer<typeof SourceExportSpec>;
+
+export const DaemonSourceSection = SourceSection.pick({
+  codec: true,
+  deflate_level: true,
+  handshake_timeout_ms: true,
+  max_connections: true,
+  psk_file: true,
+  cert: true,
+  key: true,
+  ca: true,
+  insecure: true,
+  allow_open_psk: true,
+})
+  .extend({
+    /** ferry-wire listen address for the source exports; no listener without it. */
+    listen: hostPort.optional(),
+    /** Where each exported image's identity and cutover record live; default daemon.state_dir + "/source". */
+    state_dir: z.string().min(1).optional(),
+    export: z.array(SourceExportSpec).max(4096).default([]),
+  })
+  .strict();
 
 export const MigrationSpec = z
   .object({
@@ -115,10 +170,19 @@ export const DaemonConfigSchema = z
     copy: CopySection.default(CopySection.parse({})),
     wire: WireSection.default(WireSection.parse({})),
     log: LogSection.default(LogSection.parse({})),
+    source: DaemonSourceSection.default(DaemonSourceSection.parse({})),
     migration: z.array(MigrationSpec).default([]),
   })
   .strict()
   .superRefine((config, ctx) => {
+    for (const issue of sourceExportProblems(config.source.export, config.migration))
+      ctx.addIssue({ code: 'custom', path: ['source', 'export', ...issue.path], message: issue.message });
+    if (config.source.export.length > 0 && !config.source.listen)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['source', 'listen'],
+        message: 'is needed to serve the source exports (HOST:PORT)',
+      });
     const names = new Set<string>();
     config.migration.forEach((m, i) => {
       if (names.has(m.name))
@@ -137,3 +201,33 @@ export const DaemonConfigSchema = z
   });
 
 export type DaemonConfig = z.infer<typeof DaemonConfigSchema>;
+
+/**
+ * What is wrong with a set of source exports beside the migrations: a name
+ * or an image twice, an export name a migration's disk is served under, or
+ * an image that is a migration's destination too (one image, one owner: it
+ * would be written by the copy and served as a source at once).
+ */
+export function sourceExportProblems(
+  exports: SourceExportSpec[],
+  migrations: MigrationSpec[],
+): Array<{ path: Array<string | number>; message: string }> {
+  const problems: Array<{ path: Array<string | number>; message: string }> = [];
+  const names = new Map<string, string>();
+  const images = new Map<string, string>();
+  for (const m of migrations)
+    for (const d of m.disk) {
+      names.set(diskExportName(m.name, d), `the NBD export of migration ${m.name} disk ${d.name}`);
+      images.set(path.resolve(d.image), `the image of migration ${m.name} disk ${d.name}`);
+    }
+  exports.forEach((e, i) => {
+    const owner = names.get(e.name);
+    if (owner) problems.push({ path: [i, 'name'], message: `"${e.name}" is ${owner} already` });
+    names.set(e.name, `source export ${i}'s name`);
+    const image = path.resolve(e.image);
+    const holder = images.get(image);
+    if (holder) problems.push({ path: [i, 'image'], message: `${e.image} is ${holder} already` });
+    images.set(image, `source export ${e.name}'s image`);
+  });
+  return problems;
+}

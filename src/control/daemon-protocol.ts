@@ -22,8 +22,12 @@ const daemonSchemas = {
   cutover: z.object({ cmd: z.literal('cutover'), name }).strict(),
   abort: z.object({ cmd: z.literal('abort'), name }).strict(),
   forget: z.object({ cmd: z.literal('forget'), name }).strict(),
-  // Re-reads the config file's rates, limits and declared migrations (as SIGHUP does).
+  // Re-reads the config file's rates, limits, declared migrations and source exports (as SIGHUP does).
   reload: z.object({ cmd: z.literal('reload') }).strict(),
+  // The images this daemon sources: each export's sessions and figures.
+  sources: z.object({ cmd: z.literal('sources') }).strict(),
+  // Gives a source export's VM its disk back after an abandoned cutover (refused once a destination took over).
+  'source-unfence': z.object({ cmd: z.literal('source-unfence'), name: z.string().min(1).max(128) }).strict(),
 } as const;
 
 export type DaemonCommand = keyof typeof daemonSchemas;

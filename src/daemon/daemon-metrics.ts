@@ -1,12 +1,79 @@
 /**
  * Prometheus metrics of `ferry daemon`: every disk's figures (the names a
- * ferry dest exports) labelled by migration and disk, and each migration's
- * state and budget. Read from the daemon's reports once per scrape.
+ * ferry dest exports) labelled by migration and disk, each migration's
+ * state and budget, and every source export's figures labelled by export.
+ * Read from the daemon's reports once per scrape.
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { STATUS_METRICS, type MetricsSource } from '../control/metrics';
 import type { MigrationStatus } from '../migrate/status';
 import type { MigrationReport } from './migration-status';
+import type { SourcesReport } from './daemon-sources';
+import type { SourceImageStatus } from '../wire/source-image';
+
+/** Per source export, labelled by export. */
+const SOURCE_METRICS: Array<{
+  name: string;
+  help: string;
+  kind: 'gauge' | 'counter';
+  value: (s: SourceImageStatus) => number;
+}> = [
+  {
+    name: 'ferry_source_bytes_sent_total',
+    help: 'Wire bytes sent to destinations',
+    kind: 'counter',
+    value: (s) => s.bytesSent,
+  },
+  {
+    name: 'ferry_source_bytes_read_total',
+    help: 'Image bytes read for destinations',
+    kind: 'counter',
+    value: (s) => s.bytesRead,
+  },
+  { name: 'ferry_source_batches_total', help: 'Batches sent', kind: 'counter', value: (s) => s.batches },
+  {
+    name: 'ferry_source_references_total',
+    help: 'Blocks sent as references to blocks sent before',
+    kind: 'counter',
+    value: (s) => s.references,
+  },
+  {
+    name: 'ferry_source_wire_connections',
+    help: 'Destination connections open',
+    kind: 'gauge',
+    value: (s) => s.wireConnections,
+  },
+  {
+    name: 'ferry_source_destinations_connected',
+    help: 'Destination sessions with a connection open',
+    kind: 'gauge',
+    value: (s) => s.destinationsConnected,
+  },
+  {
+    name: 'ferry_source_sessions',
+    help: 'Destination sessions kept (connected or not)',
+    kind: 'gauge',
+    value: (s) => s.sessions.length,
+  },
+  {
+    name: 'ferry_source_fenced',
+    help: '1 when the export takes no more writes from its VM (cut over)',
+    kind: 'gauge',
+    value: (s) => (s.fenced ? 1 : 0),
+  },
+  {
+    name: 'ferry_source_refused_writes_total',
+    help: 'VM writes refused because the export was fenced',
+    kind: 'counter',
+    value: (s) => s.refusedWrites,
+  },
+  {
+    name: 'ferry_source_pending_dirty_blocks',
+    help: 'Blocks written by the VM not yet reported, over every session',
+    kind: 'gauge',
+    value: (s) => s.sessions.reduce((n, x) => n + x.pendingBlocks, 0),
+  },
+];
 
 const VIEWS: MigrationReport['state'][] = [
   'creating',
@@ -27,8 +94,19 @@ export class DaemonMetrics implements MetricsSource {
   private readonly state: Gauge;
   private readonly allocated: Gauge;
   private readonly queued: Gauge;
+  private readonly perExport: Array<{ metric: Gauge | Counter; value: (s: SourceImageStatus) => number }>;
+  private readonly sourceAuthFailures: Counter;
 
-  constructor(private readonly reports: () => MigrationReport[]) {
+  constructor(
+    private readonly reports: () => MigrationReport[],
+    private readonly sources: () => SourcesReport = () => ({
+      listen: null,
+      totals: null,
+      exports: [],
+      failed: [],
+      removalRefused: [],
+    }),
+  ) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
     const labelNames = ['migration', 'disk'];
@@ -63,6 +141,18 @@ export class DaemonMetrics implements MetricsSource {
       labelNames: ['migration'],
       registers,
     });
+    this.perExport = SOURCE_METRICS.map(({ name, help, kind, value }) => ({
+      metric:
+        kind === 'gauge'
+          ? new Gauge({ name, help, labelNames: ['export'], registers })
+          : new Counter({ name, help, labelNames: ['export'], registers }),
+      value,
+    }));
+    this.sourceAuthFailures = new Counter({
+      name: 'ferry_source_auth_failures_total',
+      help: 'Connections to the source listener refused at authentication',
+      registers,
+    });
   }
 
   get contentType(): string {
@@ -91,6 +181,15 @@ export class DaemonMetrics implements MetricsSource {
         this.latency.set({ ...labels, quantile: '0.99' }, s.onDemandLatencyMs.p99);
       }
     }
+    const sources = this.sources();
+    for (const { metric } of this.perExport) metric.reset();
+    this.sourceAuthFailures.reset();
+    for (const e of sources.exports)
+      for (const { metric, value } of this.perExport) {
+        if (metric instanceof Counter) metric.inc({ export: e.export }, value(e));
+        else metric.set({ export: e.export }, value(e));
+      }
+    if (sources.totals) this.sourceAuthFailures.inc(sources.totals.authFailures);
     return this.registry.metrics();
   }
 }

@@ -12,6 +12,7 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import type { DaemonConfig } from '../config/daemon-schema';
 import { MigrationSpec } from '../config/daemon-schema';
@@ -34,6 +35,7 @@ import { RegistryFile, type RegistryBody } from './registry-file';
 import { SourceWindows } from './source-windows';
 import type { HostWindowMember } from '../migrate/host-window';
 import { UpstreamOpener } from './upstream-opener';
+import { DaemonSources } from './daemon-sources';
 
 /** How often the budget, unfinished cutovers and failed opens are looked at again. */
 const TICK_MS = 1000;
@@ -87,13 +89,19 @@ export class Daemon {
   private readonly windows: SourceWindows;
   private tick: NodeJS.Timeout | null = null;
   private closing = false;
+  /** The images this host sources, on the same pool and NBD listener. */
+  readonly sources: DaemonSources;
 
-  /** reread: loads the config file again (SIGHUP, `reload`); a config without a file cannot be reloaded. */
+  /**
+   * reread: loads the config file again (SIGHUP, `reload`); a config without a file cannot be reloaded.
+   * nbdClients: the NBD clients using an export now (a source export in use is not removed).
+   */
   constructor(
     private config: DaemonConfig,
     readonly pool: CodecPool,
     private readonly log: Logger,
     private readonly reread: (() => DaemonConfig) | null = null,
+    nbdClients: (exportName: string) => number = () => 0,
   ) {
     this.registryFile = new RegistryFile(config.daemon.state_dir);
     this.opener = new UpstreamOpener(config, pool, log);
@@ -101,10 +109,22 @@ export class Daemon {
       batchBytes: config.copy.batch_blocks * config.daemon.block_size,
       windowBytes: config.copy.window_bytes,
     });
+    this.sources = new DaemonSources(config, {
+      pool,
+      nbdExports: this.exports,
+      nbdClients,
+      destinationClaim: (image, exportName) => this.destinationClaim(image, exportName),
+      log,
+    });
   }
 
+  /** One pool for both roles: decoding what the daemon fetches and encoding what it sources. */
   static createPool(config: DaemonConfig): CodecPool {
-    return new CodecPool({ workers: config.wire.workers || Math.max(1, os.availableParallelism()), codec: 'lz4' });
+    return new CodecPool({
+      workers: config.wire.workers || Math.max(1, os.availableParallelism()),
+      codec: 'lz4',
+      level: config.source.deflate_level,
+    });
   }
 
   /** Loads the registry and resumes every migration in it, then creates the declared ones it lacks. */
@@ -116,6 +136,8 @@ export class Daemon {
     for (const record of body.migrations) this.runs.set(record.spec.name, this.newRun(record));
     this.log.info({ migrations: body.migrations.length, generation: body.generation }, 'registry loaded');
     await Promise.all([...this.runs.values()].map((run) => this.resume(run)));
+    // After the registry (its migrations own their images) and before declared migrations are created.
+    await this.sources.apply(this.config.source.export);
     await this.createDeclared();
     this.tick = setInterval(() => this.onTick(), TICK_MS);
     this.tick.unref();
@@ -133,6 +155,7 @@ export class Daemon {
         await this.closeDisks(run);
       }),
     );
+    await this.sources.close();
   }
 
   get migrationCount(): number {
@@ -147,6 +170,13 @@ export class Daemon {
       case 'reload':
         await this.reloadFile();
         return this.list();
+      case 'sources':
+        return this.sources.report();
+      case 'source-unfence': {
+        const image = this.sourceExport(request.name);
+        image.sessions.unfence();
+        return image.status();
+      }
       case 'create':
         return this.create(request.spec, 'control');
       case 'status':
@@ -183,11 +213,15 @@ export class Daemon {
     const changedListeners = (['listen', 'socket', 'control', 'metrics', 'state_dir'] as const).filter(
       (k) => config.daemon[k] !== this.config.daemon[k],
     );
-    if (changedListeners.length)
-      this.log.warn({ keys: changedListeners.map((k) => `daemon.${k}`) }, 'these keys take effect at the next start');
+    const sourceKeys = (Object.keys(config.source) as Array<keyof DaemonConfig['source']>).filter(
+      (k) => k !== 'export' && JSON.stringify(config.source[k]) !== JSON.stringify(this.config.source[k]),
+    );
+    const later = [...changedListeners.map((k) => `daemon.${k}`), ...sourceKeys.map((k) => `source.${k}`)];
+    if (later.length) this.log.warn({ keys: later }, 'these keys take effect at the next start');
     this.config = {
       ...config,
       daemon: { ...config.daemon, ...Object.fromEntries(changedListeners.map((k) => [k, this.config.daemon[k]])) },
+      source: { ...this.config.source, export: config.source.export },
     };
     for (const spec of config.migration) {
       const run = this.runs.get(spec.name);
@@ -196,6 +230,7 @@ export class Daemon {
       run.record.spec.weight = spec.weight;
     }
     this.save();
+    await this.sources.apply(config.source.export);
     await this.createDeclared();
     this.applyBudget();
     this.log.info(
@@ -205,7 +240,22 @@ export class Daemon {
   }
 
   private list(): object {
+    const sources = this.sources.report();
     return {
+      sources: {
+        listen: sources.listen,
+        exports: sources.exports.map((e) => ({
+          export: e.export,
+          image: e.image,
+          writes: e.writes,
+          fenced: e.fenced,
+          destinationsConnected: e.destinationsConnected,
+          sessions: e.sessions.length,
+          bytesSent: e.bytesSent,
+        })),
+        failed: sources.failed,
+        removalRefused: sources.removalRefused,
+      },
       maxRate: this.config.daemon.max_rate || null,
       maxConcurrentCopies: this.config.daemon.max_concurrent_copies || null,
       migrations: [...this.runs.values()].map((run) => {
@@ -295,14 +345,40 @@ export class Daemon {
       record.stage = 'created';
       this.save();
       run.log.info({ disks: spec.disk.map((d) => d.name) }, 'migration created');
-      if (spec.start) await this.effect(run, 'start');
+      // Through the verb, so that the stage says started and the budget lets it copy.
+      if (spec.start) await this.applyVerb(run, 'start');
       if (spec.cutover === 'at-start') await this.applyVerb(run, 'cutover');
       return this.report(run);
     });
   }
 
-  /** Two migrations may not share an image or an export name. */
+  private sourceExport(name: string) {
+    try {
+      return this.sources.find(name);
+    } catch (e) {
+      throw new DaemonRefusal((e as Error).message);
+    }
+  }
+
+  /** Why a source export may not have this image or name: a migration's disk has it. */
+  private destinationClaim(image: string, exportName: string): string | null {
+    const resolved = path.resolve(image);
+    for (const run of this.runs.values())
+      for (const d of run.record.spec.disk) {
+        const owner = `migration ${run.record.spec.name} disk ${d.name}`;
+        if (path.resolve(d.image) === resolved) return `image ${image} is the destination image of ${owner}`;
+        if (diskExportName(run.record.spec.name, d) === exportName)
+          return `export ${exportName} is the NBD export of ${owner}`;
+      }
+    return null;
+  }
+
+  /** Two migrations may not share an image or an export name, nor take a source export's. */
   private refuseConflicts(spec: MigrationSpec): void {
+    for (const mine of spec.disk) {
+      const claimed = this.sources.claim(mine.image, diskExportName(spec.name, mine));
+      if (claimed) throw new DaemonRefusal(`create: ${claimed}`);
+    }
     for (const other of this.runs.values())
       for (const d of other.record.spec.disk)
         for (const mine of spec.disk) {

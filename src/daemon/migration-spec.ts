@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import { z } from 'zod';
-import { MigrationSpec, type DiskSpec } from '../config/daemon-schema';
+import { MigrationSpec } from '../config/daemon-schema';
 import { STAGES } from './lifecycle';
 
 export const MigrationRecord = z
@@ -32,9 +32,7 @@ export function diskStatePath(stateDir: string, migration: string, disk: string)
   return path.join(migrationStateDir(stateDir, migration), `${disk}.ferry-state`);
 }
 
-export function diskExportName(migration: string, disk: DiskSpec): string {
-  return disk.export ?? `${migration}/${disk.name}`;
-}
+export { diskExportName } from '../config/daemon-schema';
 
 /**
  * Two specs are the same migration when their disks and cutover mode are:

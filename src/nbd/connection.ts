@@ -56,6 +56,11 @@ export class NbdConnection {
   };
   private readonly socket: Socket;
 
+  /** The export this client uses, once in transmission. */
+  get exportName(): string | null {
+    return this.session?.export.name ?? null;
+  }
+
   /** `accepted` comes paused (pauseOnConnect); the connection reads it from here on. */
   constructor(
     accepted: Socket,

@@ -71,6 +71,13 @@ export class NbdServer {
     return this.connections.size;
   }
 
+  /** Clients in transmission on the export `name`. */
+  clientsOf(name: string): number {
+    let n = 0;
+    for (const c of this.connections) if (c.exportName === name) n++;
+    return n;
+  }
+
   listen(address: ListenAddress): Promise<string> {
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);

@@ -23,14 +23,20 @@ export interface Ferryd {
   stateDir: string;
 }
 
-/** Writes ferryd.toml: the [daemon] keys given (state and control in `dir`), plus any TOML appended. */
-export function ferrydConfig(dir: string, daemon: Record<string, string | number> = {}, more = ''): Ferryd {
+/** Writes ferryd.toml: the [daemon] and [wire] keys given (state and control in `dir`), plus any TOML appended. */
+export function ferrydConfig(
+  dir: string,
+  daemon: Record<string, string | number> = {},
+  more = '',
+  wire: Record<string, string | boolean> = { insecure: true },
+): Ferryd {
   const control = path.join(dir, 'ferryd.sock');
   const stateDir = path.join(dir, 'state');
   const keys = { state_dir: stateDir, control, listen: '127.0.0.1:0', persist_interval_ms: 200, ...daemon };
   const lines = Object.entries(keys).map(([k, v]) => `${k} = ${JSON.stringify(v)}`);
   const config = path.join(dir, 'ferryd.toml');
-  fs.writeFileSync(config, `[daemon]\n${lines.join('\n')}\n\n[wire]\ninsecure = true\nworkers = 1\n\n${more}`);
+  const wireLines = Object.entries({ ...wire, workers: 1 }).map(([k, v]) => `${k} = ${JSON.stringify(v)}`);
+  fs.writeFileSync(config, `[daemon]\n${lines.join('\n')}\n\n[wire]\n${wireLines.join('\n')}\n\n${more}`);
   return { dir, config, control, stateDir };
 }
 
