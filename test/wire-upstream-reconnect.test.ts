@@ -67,7 +67,6 @@ t.test('reconnect after close rejects, even after a fatal refusal', async (t) =>
       maxBackoffMs: 50,
       stallTimeoutMs: 3_600_000,
       maxAttempts: 3,
-      stallTimeoutMs: 20_000,
     },
     log,
   );
