@@ -28,6 +28,9 @@ export function connectSocket(host: string, port: number): Promise<net.Socket> {
 
 /** Reads exactly n bytes (or rejects when the socket ends first). */
 export function readExactly(socket: net.Socket, n: number, timeoutMs = 10_000): Promise<Buffer> {
+  // Nothing to wait for (a zero-length READ's reply has no data): waiting for a 'data' event would
+  // hang until the timeout whenever no other reply follows.
+  if (n === 0) return Promise.resolve(Buffer.alloc(0));
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
     let have = 0;
