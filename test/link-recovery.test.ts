@@ -11,17 +11,13 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { CodecPool } from '../src/pool';
 import { FileDevice } from '../src/store/file-device';
-import { CodecChooser } from '../src/wire/codec-chooser';
-import { WireSourceServer } from '../src/wire/source-server';
-import { SingleSourceExport } from '../src/wire/source-exports';
-import { SourceImage } from '../src/wire/source-image';
 import type { WireAuth } from '../src/wire/auth';
 import { WireUpstream, type WireUpstreamOptions } from '../src/upstream/wire-upstream';
 import { NbdServer, StaticExportTable } from '../src/nbd/server';
 import { NbdClient } from '../src/nbd/client';
 import { FaultProxy } from './helpers/fault-proxy';
+import { startWireSource } from './helpers/wire-source';
 import { tempDir } from './helpers/temp-dir';
 
 const BS = 4096;
@@ -39,31 +35,12 @@ async function setUp(
   const dir = tempDir(t, 'ferry-link-recovery-');
   const file = path.join(dir, 'disk.img');
   fs.writeFileSync(file, image);
-  const pool = new CodecPool({ workers: 1, codec: 'none' });
-  const log = pino({ level: 'silent' });
-  const source = SourceImage.open({
-    name: 'disk.img',
-    image: file,
-    writes: 'read-only',
-    stateDir: dir,
-    maxSessions: 64,
-    log,
-  });
-  const server = new WireSourceServer({
-    exports: new SingleSourceExport(source),
-    auth,
-    pool,
-    chooser: new CodecChooser('none', ['none'], 1),
-    log,
-  });
-  const address = await server.listen('127.0.0.1', 0);
+  const source = await startWireSource(file, dir, auth);
+  const { pool, log } = source;
   const seed = 7;
   let state = seed;
   const random = (): number => (state = (state * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
-  const proxy = new FaultProxy(
-    { host: '127.0.0.1', port: Number(address.slice(address.lastIndexOf(':') + 1)) },
-    random,
-  );
+  const proxy = new FaultProxy({ host: '127.0.0.1', port: source.port }, random);
   const port = await proxy.start();
   const upstream = await WireUpstream.open(
     `ferry://127.0.0.1:${port}/disk.img`,
@@ -85,8 +62,6 @@ async function setUp(
   t.teardown(async () => {
     await upstream.close();
     await proxy.close();
-    await server.close();
-    await pool.close();
     await source.close();
   });
   return { upstream, proxy, image };

@@ -5,45 +5,19 @@
 import t, { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import pino from 'pino';
-import { CodecPool } from '../src/pool';
-import { CodecChooser } from '../src/wire/codec-chooser';
 import { Role, WIRE_VERSION, WireEncoding } from '../src/wire/protocol';
-import { WireSourceServer } from '../src/wire/source-server';
-import { SingleSourceExport } from '../src/wire/source-exports';
-import { SourceImage } from '../src/wire/source-image';
 import { type BatchFrame, WireStream } from '../src/wire/wire-stream';
 import { tempDir } from './helpers/temp-dir';
+import { startWireSource } from './helpers/wire-source';
 
 async function batchCounts(t: Test, blockSize: number, maxBatchBlocks: number, length: number): Promise<number[]> {
   const dir = tempDir(t, 'ferry-batch-');
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, Buffer.alloc(length, 7));
-  const pool = new CodecPool({ workers: 1, codec: 'none' });
   const auth = { kind: 'insecure' } as const;
-  const log = pino({ level: 'silent' });
-  const source = SourceImage.open({
-    name: 'disk.img',
-    image: image,
-    writes: 'read-only',
-    stateDir: dir,
-    maxSessions: 64,
-    log,
-  });
-  const server = new WireSourceServer({
-    exports: new SingleSourceExport(source),
-    auth,
-    pool,
-    chooser: new CodecChooser('none', ['none'], 1),
-    log,
-  });
-  t.teardown(async () => {
-    await server.close();
-    await pool.close();
-    await source.close();
-  });
-  const address = await server.listen('127.0.0.1', 0);
-  const port = Number(address.slice(address.lastIndexOf(':') + 1));
+  const source = await startWireSource(image, dir, auth);
+  t.teardown(() => source.close());
+  const port = source.port;
   const stream = await WireStream.open(
     auth,
     '127.0.0.1',

@@ -9,15 +9,10 @@ import t, { Test } from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import pino from 'pino';
-import { CodecPool } from '../src/pool';
-import { CodecChooser } from '../src/wire/codec-chooser';
 import { FetchFlag } from '../src/wire/protocol';
-import { WireSourceServer } from '../src/wire/source-server';
-import { SingleSourceExport } from '../src/wire/source-exports';
-import { SourceImage } from '../src/wire/source-image';
 import { WireUpstream, fetchFlags } from '../src/upstream/wire-upstream';
 import { tempDir } from './helpers/temp-dir';
+import { startWireSource } from './helpers/wire-source';
 
 const BS = 4096;
 
@@ -25,26 +20,9 @@ async function setUp(t: Test, image: Buffer): Promise<WireUpstream> {
   const dir = tempDir(t, 'ferry-urgent-ref-');
   const file = path.join(dir, 'disk.img');
   fs.writeFileSync(file, image);
-  const pool = new CodecPool({ workers: 1, codec: 'none' });
   const auth = { kind: 'insecure' } as const;
-  const log = pino({ level: 'silent' });
-  const source = SourceImage.open({
-    name: 'disk.img',
-    image: file,
-    writes: 'read-only',
-    stateDir: dir,
-    maxSessions: 64,
-    log,
-  });
-  const server = new WireSourceServer({
-    exports: new SingleSourceExport(source),
-    auth,
-    pool,
-    chooser: new CodecChooser('none', ['none'], 1),
-    log,
-  });
-  const address = await server.listen('127.0.0.1', 0);
-  const port = Number(address.slice(address.lastIndexOf(':') + 1));
+  const source = await startWireSource(file, dir, auth);
+  const { pool, log, port } = source;
   const upstream = await WireUpstream.open(
     `ferry://127.0.0.1:${port}/disk.img`,
     auth,
@@ -63,8 +41,6 @@ async function setUp(t: Test, image: Buffer): Promise<WireUpstream> {
   );
   t.teardown(async () => {
     await upstream.close();
-    await server.close();
-    await pool.close();
     await source.close();
   });
   return upstream;

@@ -1,0 +1,57 @@
+/**
+ * A ferry source in the test process: one image file served over loopback by
+ * the product's WireSourceServer with the `none` codec, for tests that drive
+ * a destination's side of the wire against it.
+ */
+import pino, { type Logger } from 'pino';
+import { CodecPool } from '../../src/pool';
+import type { WireAuth } from '../../src/wire/auth';
+import { CodecChooser } from '../../src/wire/codec-chooser';
+import { SingleSourceExport } from '../../src/wire/source-exports';
+import { SourceImage } from '../../src/wire/source-image';
+import { WireSourceServer } from '../../src/wire/source-server';
+
+export interface InProcessSource {
+  port: number;
+  /** The pool the source encodes on; a destination in the same test may share it. */
+  pool: CodecPool;
+  log: Logger;
+  /** Stops the server, the pool and the image (after whatever uses the pool has closed). */
+  close(): Promise<void>;
+}
+
+/** Serves `file` as export `disk.img`, its identity kept in `stateDir`. */
+export async function startWireSource(
+  file: string,
+  stateDir: string,
+  auth: WireAuth = { kind: 'insecure' },
+): Promise<InProcessSource> {
+  const pool = new CodecPool({ workers: 1, codec: 'none' });
+  const log = pino({ level: 'silent' });
+  const source = SourceImage.open({
+    name: 'disk.img',
+    image: file,
+    writes: 'read-only',
+    stateDir,
+    maxSessions: 64,
+    log,
+  });
+  const server = new WireSourceServer({
+    exports: new SingleSourceExport(source),
+    auth,
+    pool,
+    chooser: new CodecChooser('none', ['none'], 1),
+    log,
+  });
+  const address = await server.listen('127.0.0.1', 0);
+  return {
+    port: Number(address.slice(address.lastIndexOf(':') + 1)),
+    pool,
+    log,
+    close: async () => {
+      await server.close();
+      await pool.close();
+      await source.close();
+    },
+  };
+}
