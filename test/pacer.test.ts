@@ -40,3 +40,27 @@ t.test('sends are spaced by their bytes over rate times gain', async (t) => {
   p.sent(1000, 10, 50);
   t.equal(p.delay(), 50, 'idle time is not saved up as a burst');
 });
+
+t.test("start-up ends when a round's runs all come back late: a queue is forming at the bottleneck", async (t) => {
+  const clock = { t: 0 };
+  const p = new Pacer(() => clock.t);
+  const round = 50;
+  let rate = 100;
+  const roundOf = (latencies: number[]): void => {
+    rate *= 2; // the rate still grows: only the latency can end start-up here
+    for (const l of latencies) {
+      clock.t += round / latencies.length;
+      p.observe(rate, round, l);
+    }
+  };
+  roundOf([round + 20, round + 20]);
+  t.notOk(p.filled, 'late runs in the first round trips are the first runs queueing behind each other');
+  roundOf([round + 20, round + 20]);
+  roundOf([round + 30, round + 1]);
+  t.notOk(p.filled, 'one run on time in the round: the late ones were noise');
+  roundOf([round + 3, round + 3]);
+  t.notOk(p.filled, 'a few milliseconds above the round trip is noise');
+  roundOf([round + 14, round + 13]);
+  t.ok(p.filled, 'a round all a quarter of a round late ends start-up while the rate still grows');
+  t.equal(p.gain(round), 0.75, 'and the cycle starts by draining');
+});

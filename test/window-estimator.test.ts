@@ -1,5 +1,6 @@
 import t from 'tap';
 import { WindowEstimator } from '../src/migrate/window-estimator';
+import { Pacer } from '../src/migrate/pacer';
 
 /** A bottleneck of `rate` bytes/ms and base RTT: latency grows with the queue above one BDP. */
 function simulate(est: WindowEstimator, clock: { t: number }, rounds: number, rate: number, rtt: number): number[] {
@@ -57,37 +58,44 @@ t.test('never above the ceiling, never below the floor', async (t) => {
 /**
  * An event-driven pipeline: a batch sent at t reaches the bottleneck after
  * half the base RTT, is serialised at `rate` behind whatever is queued, and
- * completes half an RTT after it leaves. The copy sends while it has less
- * than the window in flight, as BackgroundCopy does.
+ * completes half an RTT after it leaves. The copy sends while the next batch
+ * fits under the window, as BackgroundCopy does; each completion reports the
+ * bytes delivered while it was in flight.
  */
 function pipeline(est: WindowEstimator, clock: { t: number }, ms: number, rate: number, rtt: number, batch: number) {
   let linkFreeAt = 0;
   let inFlight = 0;
   let delivered = 0;
-  const pending: Array<{ done: number; sentAt: number; inFlightAtSend: number }> = [];
+  const pending: Array<{ done: number; sentAt: number; deliveredAtSend: number }> = [];
   let maxQueueMs = 0;
   const queueMs: number[] = [];
+  const pacer = new Pacer(() => clock.t);
   while (clock.t < ms) {
-    while (inFlight < est.bytes) {
+    // In the pacer's probing rounds the window opens by the same gain, as BackgroundCopy.hasRoom does.
+    const base = est.baseLatencyMs ?? 0;
+    const extra = Math.max(0, (pacer.gain(base) - 1) * est.rate * base);
+    while (inFlight === 0 || inFlight + batch <= est.bytes + extra) {
       inFlight += batch;
       const arrive = clock.t + rtt / 2;
       const start = Math.max(arrive, linkFreeAt);
       queueMs.push(start - arrive);
       maxQueueMs = Math.max(maxQueueMs, start - arrive);
       linkFreeAt = start + batch / rate;
-      pending.push({ done: linkFreeAt + rtt / 2, sentAt: clock.t, inFlightAtSend: inFlight });
+      pending.push({ done: linkFreeAt + rtt / 2, sentAt: clock.t, deliveredAtSend: delivered });
     }
     pending.sort((a, b) => a.done - b.done);
     const next = pending.shift()!;
     clock.t = next.done;
     inFlight -= batch;
     delivered += batch;
-    est.sample(next.inFlightAtSend, clock.t - next.sentAt, batch);
+    est.sample(delivered - next.deliveredAtSend, clock.t - next.sentAt);
+    pacer.observe(est.rate, est.baseLatencyMs ?? 0, clock.t - next.sentAt);
   }
   const settled = queueMs.slice(Math.floor(queueMs.length / 2));
   return {
     rate: delivered / ms,
     meanQueueMs: settled.reduce((a, b) => a + b, 0) / settled.length,
+    medianQueueMs: [...settled].sort((a, b) => a - b)[Math.floor(settled.length / 2)],
     maxQueueMs,
   };
 }
@@ -113,3 +121,16 @@ t.test('with no headroom the queue stays near empty (the latency-first setting)'
   t.ok(r.meanQueueMs <= batch / rate, `mean queue ${r.meanQueueMs.toFixed(1)} ms ≤ one batch`);
   t.ok(r.rate >= 0.5 * rate, `still moves data: ${Math.round(r.rate)} bytes/ms`);
 });
+
+t.test(
+  'runs of a few milliseconds of the link and one run of headroom: a full link, a median queue under one run',
+  async (t) => {
+    const clock = { t: 0 };
+    const rate = 12_500; // 100 Mbit/s
+    const run = 5 * rate; // 5 ms of the link, as BackgroundCopy sizes runs
+    const est = new WindowEstimator(2 * run, 64 << 20, run, run, () => clock.t);
+    const r = pipeline(est, clock, 30_000, rate, 50, run);
+    t.ok(r.rate >= 0.9 * rate, `delivers ${Math.round(r.rate)} of ${rate} bytes/ms`);
+    t.ok(r.medianQueueMs <= run / rate, `median queue ${r.medianQueueMs.toFixed(1)} ms ≤ one run (5 ms)`);
+  },
+);

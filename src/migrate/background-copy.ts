@@ -1,11 +1,14 @@
 /**
  * Streams every block the destination does not hold yet, in runs, keeping
- * about one bandwidth-delay product in flight: enough to fill the link, and
+ * about one bandwidth-delay product on the link: enough to fill it, and
  * little enough that an on-demand fetch does not wait behind a deep queue of
  * background bytes at the bottleneck (see WindowEstimator). The window counts
- * wire bytes (WireRatio predicts a run's), and sends are spaced at the
- * measured delivery rate (Pacer); image bytes in flight are bounded too,
- * since each costs a buffer at the destination until it lands.
+ * wire bytes (WireRatio predicts a run's) from a run's send until its bytes
+ * arrive, and sends are spaced at the measured delivery rate (Pacer); image
+ * bytes in flight are bounded too, since each costs a buffer at the
+ * destination until it lands. Runs are short on a slow link (a few
+ * milliseconds of it each): the queue a window leaves is counted in runs,
+ * and an urgent reply waits behind at most what is queued.
  */
 import type { Logger } from 'pino';
 import type { MigratingDevice } from './migrating-device';
@@ -24,8 +27,8 @@ export interface BackgroundCopyOptions {
   /** Pause after the local image refused a write (full disk). */
   storeErrorBackoffMs: number;
   /**
-   * Batches kept in flight above the measured bandwidth-delay product (default 1):
-   * more fills the link sooner; each queues on-demand fetches behind one more batch.
+   * Runs kept in flight above the measured bandwidth-delay product (default 1): more fills the
+   * link sooner; each queues on-demand fetches behind one more run.
    */
   queueBatches?: number;
   /**
@@ -38,8 +41,10 @@ export interface BackgroundCopyOptions {
 
 export class BackgroundCopy {
   private cursor = 0;
-  /** Image bytes of the runs in flight. */
+  /** Image bytes of the runs in flight (sent, not landed yet). */
   private inFlightBytes = 0;
+  /** Predicted wire bytes of the runs on the link (sent, bytes not arrived yet): what the window bounds. */
+  private onLinkBytes = 0;
   private paused = false;
   private stopped = false;
   private blockedUntil = 0;
@@ -69,7 +74,7 @@ export class BackgroundCopy {
       Math.min(2 * batchBytes, options.windowBytes),
       options.windowBytes,
       Math.min(MIN_WINDOW, batchBytes),
-      this.headroom(),
+      (options.queueBatches ?? 1) * batchBytes, // no rate yet: runs are full batches
     );
     device.on('store-error', () => {
       this.blockedUntil = Date.now() + options.storeErrorBackoffMs;
@@ -79,9 +84,6 @@ export class BackgroundCopy {
     const host = options.hostWindow;
     if (host) {
       host.onWake(() => this.wake());
-      // Every urgent fetch of this disk makes the shared window yield while it is outstanding.
-      device.on('urgent-start', () => host.urgentStarted());
-      device.on('urgent-end', () => host.urgentEnded());
     }
   }
 
@@ -98,9 +100,9 @@ export class BackgroundCopy {
     return this.inFlightBytes;
   }
 
-  /** Predicted wire bytes in flight (what the window bounds). */
+  /** Predicted wire bytes on the link (what the window bounds). */
   get wireBytesInFlight(): number {
-    return this.ratio.wireBytes(this.inFlightBytes);
+    return this.onLinkBytes;
   }
 
   /** The current in-flight target in wire bytes. */
@@ -108,19 +110,45 @@ export class BackgroundCopy {
     return this.window.bytes;
   }
 
-  /** Whether there is room for another run: wire bytes under the window, image bytes under the ceiling. */
+  /**
+   * Whether there is room for the next run: its wire bytes fit under the window on top of what is
+   * on the link (one run may always go; a shared window decides for itself), and its image bytes
+   * under their ceiling.
+   */
   hasRoom(): boolean {
-    if (this.inFlightBytes >= this.options.windowBytes) return false;
+    const nextImage = this.runBlocks() * this.device.map.blockSize;
+    if (this.inFlightBytes > 0 && this.inFlightBytes + nextImage > this.options.windowBytes) return false;
+    // A shared window bounds the wire bytes of every copy on the link, this one's included: a
+    // window of its own, learned from its share of the rate, would only hold it below its share.
+    if (this.onLinkBytes === 0 || this.options.hostWindow) return true;
     const base = this.window.baseLatencyMs ?? 0;
     // In the pacer's probing round the window opens by the same gain, or the probe could not find more rate.
     const extra = (this.pacer.gain(base) - 1) * this.window.rate * base;
-    return this.wireBytesInFlight < this.window.bytes + Math.max(0, extra);
+    return this.onLinkBytes + this.ratio.wireBytes(nextImage) <= this.window.bytes + Math.max(0, extra);
   }
 
-  /** Headroom above the bandwidth-delay product: queueBatches batches at their predicted wire size. */
+  /**
+   * Blocks in the next run: about RUN_LINK_MS of the link at its measured rate (in wire bytes, so
+   * runs that compress well hold more blocks), at most batchBlocks, at least MIN_RUN_BLOCKS.
+   */
+  runBlocks(): number {
+    const max = this.options.batchBlocks;
+    // A shared window's rate is the link's; this copy's own is its share of it.
+    const rate = this.options.hostWindow?.linkRate || this.window.rate;
+    if (rate <= 0) return max;
+    const imageBytes = (rate * RUN_LINK_MS) / this.ratio.ratio;
+    const blocks = Math.floor(imageBytes / this.device.map.blockSize);
+    return Math.max(Math.min(MIN_RUN_BLOCKS, max), Math.min(max, blocks));
+  }
+
+  /**
+   * Headroom above the bandwidth-delay product (whose latency holds one run's own time on the
+   * wire): queueBatches runs, in wire bytes. A run goes only if it fits, so about half a run
+   * less than this waits in the bottleneck's queue on average.
+   */
   private headroom(): number {
-    const batchBytes = this.options.batchBlocks * this.device.map.blockSize;
-    return Math.round((this.options.queueBatches ?? 1) * this.ratio.wireBytes(batchBytes));
+    const run = this.ratio.wireBytes(this.runBlocks() * this.device.map.blockSize);
+    return Math.round((this.options.queueBatches ?? 1) * run);
   }
 
   start(): void {
@@ -179,7 +207,6 @@ export class BackgroundCopy {
 
   private async run(): Promise<void> {
     const bs = this.device.map.blockSize;
-    const batchBytes = this.options.batchBlocks * bs;
     while (!this.stopped) {
       if (this.device.map.allHeld) {
         this.options.hostWindow?.idle();
@@ -194,7 +221,8 @@ export class BackgroundCopy {
         await this.sleep(this.paused ? null : 1000); // a completion wakes it
         continue;
       }
-      if (this.options.hostWindow && !this.options.hostWindow.mayCopy()) {
+      const nextWire = this.ratio.wireBytes(this.runBlocks() * bs);
+      if (this.options.hostWindow && !this.options.hostWindow.mayCopy(nextWire)) {
         await this.sleep(1000); // the shared window wakes it when room appears
         continue;
       }
@@ -210,15 +238,16 @@ export class BackgroundCopy {
         await this.sleep(paced);
         continue;
       }
-      const wait = this.bucket.take(batchBytes);
+      const runBlocks = this.runBlocks();
+      const wait = this.bucket.take(runBlocks * bs);
       if (wait > 0) {
         await this.sleep(wait);
         continue;
       }
-      let run = this.device.claimBackgroundRun(this.cursor, this.options.batchBlocks, this.limit);
+      let run = this.device.claimBackgroundRun(this.cursor, runBlocks, this.limit);
       if (!run && this.cursor > 0) {
         this.cursor = 0; // wrap: blocks that went missing again after a failed fetch lie behind
-        run = this.device.claimBackgroundRun(0, this.options.batchBlocks, this.limit);
+        run = this.device.claimBackgroundRun(0, runBlocks, this.limit);
       }
       if (!run) {
         // Everything missing below the limit is in flight already (on demand or here), or the
@@ -230,33 +259,46 @@ export class BackgroundCopy {
       const bytes = run.length * bs;
       this.inFlightBytes += bytes;
       const sentAt = performance.now();
-      const wireInFlightAtSend = this.wireBytesInFlight;
       const base = this.window.baseLatencyMs ?? 0;
       const wire = this.ratio.wireBytes(bytes);
+      this.onLinkBytes += wire;
+      const receivedAtSend = this.link()?.bytesOnWire ?? null;
       const host = this.options.hostWindow;
       const hostInFlightAtSend = host?.sent(wire) ?? 0;
       this.pacer.sent(wire, this.window.rate, base);
-      // The shared window counts the run until its bytes arrive: it bounds what is on the link.
-      let onLink = host !== undefined;
+      // Both windows count the run until its bytes arrive: they bound what is on the link, and
+      // the time it took is the path's (landing it in the image is the destination's own work).
+      let onLink = true;
+      const offLink = (): void => {
+        onLink = false;
+        this.onLinkBytes -= wire;
+      };
       const arrived = (): void => {
         if (!onLink) return;
-        onLink = false;
-        host!.delivered(wire, hostInFlightAtSend, performance.now() - sentAt);
+        offLink();
+        const latency = performance.now() - sentAt;
+        const counters = this.link();
+        if (counters) this.ratio.observe(counters);
+        this.window.setHeadroom(this.headroom());
+        // What arrived while this run was on its way; its own predicted bytes if the counters
+        // cannot tell (none, or a new upstream's that started over).
+        const received = counters && receivedAtSend !== null ? counters.bytesOnWire - receivedAtSend : -1;
+        this.window.sample(received >= 0 ? received : wire, latency);
+        this.pacer.observe(this.window.rate, this.window.baseLatencyMs ?? 0, latency);
+        host?.delivered(wire, hostInFlightAtSend, latency);
       };
       const fetch = this.device
         .fetchBackgroundRun(run, arrived)
         .then(
           () => {
             this.failures.reset();
-            const counters = this.link();
-            if (counters) this.ratio.observe(counters);
-            this.window.setHeadroom(this.headroom());
-            this.window.sample(wireInFlightAtSend, performance.now() - sentAt, this.ratio.wireBytes(bytes));
-            this.pacer.observe(this.window.rate, this.window.baseLatencyMs ?? 0);
+            arrived(); // a device that does not report arrivals: the run is off the link by now
           },
           (e: Error) => {
-            if (onLink) host!.failed(wire);
-            onLink = false;
+            if (onLink) {
+              offLink();
+              host?.failed(wire);
+            }
             // Wait on a real timer before the next run, so a source that fails at once cannot spin the loop.
             this.blockedUntil = Math.max(this.blockedUntil, Date.now() + this.failures.next());
             this.log.debug({ err: e.message }, 'background fetch failed; will retry');
@@ -276,3 +318,7 @@ export class BackgroundCopy {
 const FAILED_FETCH_BACKOFF = { minMs: 40, maxMs: 1000 };
 /** The window's floor in wire bytes (a latency probe drops to it; one run is always allowed in flight). */
 const MIN_WINDOW = 64 * 1024;
+/** A run holds about this long of the link at its measured rate. */
+const RUN_LINK_MS = 5;
+/** Runs hold at least this many blocks (a request per few blocks would cost more than it saves). */
+const MIN_RUN_BLOCKS = 8;

@@ -7,20 +7,24 @@
  * background wire bytes on the link (sent, data not arrived yet) across its
  * members by one estimate of the shared path: the aggregate delivery rate
  * (every member's arrivals over the last second) times the smallest latency
- * seen, plus one run (a full run spends its own length on the wire, which
- * the smallest latency, often a short run's, leaves out) and a small
- * headroom (a tenth of the product), with BBR's gain cycle (2 in start-up,
- * then 1.25 / 0.75 / 1) so it finds a faster path. It is learned from the
- * aggregate rate, so members whose paths turn out to be independent raise it.
+ * of a run (which holds the path's round trip and the run's own time on the
+ * wire, so the product keeps one run being serialised), plus a small
+ * headroom (a twentieth of the product), with BBR's gain cycle (2 in
+ * start-up, then 1.25 / 0.75 / 1) so it finds a faster path. It is learned
+ * from the aggregate rate, so members whose paths turn out to be independent
+ * raise it. A run
+ * goes while the sum plus half of it is under the window, so the queue it
+ * leaves is about the headroom.
  *
  * The window is shared by weight among the members that want to copy: a
  * member below its share may send while the host is under the window; a
  * member above it may send only when no member below its share is waiting,
  * so unused share is not wasted; room is offered first to the member that
- * sent least recently. While any member has an urgent (on-demand) fetch
- * outstanding the window yields: the gain and the headroom are dropped (the
- * product times `urgentGain`, plus one run), so fresh background runs stop
- * joining the queue the urgent reply crosses.
+ * sent least recently. Urgent (on-demand) fetches need nothing of the
+ * window but the short queue it keeps: the bottleneck is first in, first
+ * out, and runs asked for after an urgent fetch reach the source after it
+ * (which serves it first), so holding them back would not bring its reply
+ * sooner; what it waits behind is what was queued when it left.
  *
  * Pure state (the clock is injected, nothing here sets a timer); members are
  * woken through their onWake callback when room appears.
@@ -34,10 +38,8 @@ export interface HostWindowOptions {
   floorBytes: number;
   /** The window never grows above this. */
   ceilingBytes: number;
-  /** Headroom above the aggregate product, as a fraction of it (at least floorBytes; default 0.1). */
+  /** Headroom above the aggregate product, as a fraction of it (at least floorBytes; default 0.05). */
   headroomFraction?: number;
-  /** Multiplies the product while an urgent fetch is outstanding (the headroom is dropped then). */
-  urgentGain?: number;
   now?: () => number;
 }
 
@@ -52,14 +54,11 @@ export class HostWindow {
   private nextProbe: number;
   private readonly now: () => number;
   private readonly headroomFraction: number;
-  private readonly urgentGain: number;
   private total = 0;
-  private urgent = 0;
 
   constructor(private readonly options: HostWindowOptions) {
     this.now = options.now ?? (() => performance.now());
-    this.headroomFraction = options.headroomFraction ?? 0.1;
-    this.urgentGain = options.urgentGain ?? 1;
+    this.headroomFraction = options.headroomFraction ?? 0.05;
     this.pacer = new Pacer(this.now);
     this.nextProbe = this.now() + FIRST_PROBE_MS; // early: the start-up ramp overshoots
   }
@@ -76,11 +75,6 @@ export class HostWindow {
     return this.total;
   }
 
-  /** Urgent fetches outstanding across every member. */
-  get urgentInFlight(): number {
-    return this.urgent;
-  }
-
   /** The aggregate delivery rate, bytes per ms (0 before the first sample). */
   get rate(): number {
     return this.bestRate;
@@ -88,9 +82,7 @@ export class HostWindow {
 
   /** The smallest recent latency of a background run, ms (null before the first). */
   get baseLatencyMs(): number | null {
-    let min: number | null = null;
-    for (const [, l] of this.latencies) min = min === null ? l : Math.min(min, l);
-    return min;
+    return minOf(this.latencies);
   }
 
   /** The bound on the sum of background wire bytes in flight now. */
@@ -107,14 +99,9 @@ export class HostWindow {
     }
     if (t < this.probeUntil) return floorBytes;
     const product = this.bestRate * base;
-    // One run on top: the smallest latency is a short run's, and a full run also spends its own
-    // length on the wire before it is all here, so a product without it cannot keep one more run going.
-    let run = 0;
-    for (const m of this.members) if (m.counts) run = Math.max(run, m.runBytes);
-    if (this.urgent > 0) return clamp(product * Math.min(1, this.urgentGain) + run, floorBytes, ceilingBytes);
     const gain = this.pacer.gain(base);
     const headroom = Math.max(floorBytes, this.headroomFraction * product);
-    return clamp(product * gain + run + headroom, floorBytes, ceilingBytes);
+    return clamp(product * gain + headroom, floorBytes, ceilingBytes);
   }
 
   /** The member's share of the window now: by weight among the members that want to copy. */
@@ -125,14 +112,15 @@ export class HostWindow {
   }
 
   /** @internal */
-  mayCopy(member: HostWindowMember): boolean {
+  mayCopy(member: HostWindowMember, nextBytes: number): boolean {
     member.wanting = true;
     const window = this.bytes;
-    // A run goes while the sum is under the window (so the window can grow past a run boundary:
-    // the sum exceeds it by less than one run); one run may always be in flight.
+    // A run goes if half of it fits under the window: the sum stays within half a run of it, and
+    // the window can grow (it holds the rate it measures); one run may always be in flight.
     const allowed =
       this.total === 0 ||
-      (this.total < window && (member.inFlight < this.shareOf(member) || !this.someoneRefusedUnderShare(member)));
+      (this.total + nextBytes / 2 < window &&
+        (member.inFlight < this.shareOf(member) || !this.someoneRefusedUnderShare(member)));
     member.refused = !allowed;
     return allowed;
   }
@@ -179,13 +167,9 @@ export class HostWindow {
     let best = 0;
     for (const [, r] of this.rates) best = Math.max(best, r);
     this.bestRate = best;
+    // No latency signal here: members' runs queue behind each other's by design, and the rate is
+    // measured over a long span that a short probe round hardly moves, so an early end would stick.
     this.pacer.observe(best, base);
-  }
-
-  /** @internal */
-  urgentChanged(delta: number): void {
-    this.urgent = Math.max(0, this.urgent + delta);
-    if (this.urgent === 0) this.wakeRefused();
   }
 
   /** @internal */
@@ -208,10 +192,7 @@ export class HostWindowMember {
   wanting = false;
   /** It was refused room and waits for a wake. */
   refused = false;
-  /** Wire bytes of the largest run it sent lately. */
-  runBytes = 0;
   private gone = false;
-  private urgent = 0;
   private wakeUp: () => void = () => undefined;
 
   constructor(
@@ -240,10 +221,15 @@ export class HostWindowMember {
     return !this.gone && (this.wanting || this.inFlight > 0);
   }
 
-  /** Whether a background run may be sent now (records the ask: a refused member is woken later). */
-  mayCopy(): boolean {
+  /** Whether a background run of `nextBytes` wire bytes may be sent now (records the ask: a refused member is woken later). */
+  mayCopy(nextBytes = 0): boolean {
     if (this.gone) return true;
-    return this.host.mayCopy(this);
+    return this.host.mayCopy(this, nextBytes);
+  }
+
+  /** The shared path's delivery rate, bytes per ms (0 before the first sample). */
+  get linkRate(): number {
+    return this.host.rate;
   }
 
   /** The member's share of the host window now. */
@@ -254,7 +240,6 @@ export class HostWindowMember {
   /** A background run of `wireBytes` was sent; returns the host's wire bytes in flight with it. */
   sent(wireBytes: number): number {
     if (this.gone) return wireBytes;
-    this.runBytes = wireBytes;
     this.inFlight += wireBytes;
     this.refused = false;
     this.host.added(this, wireBytes);
@@ -287,26 +272,12 @@ export class HostWindowMember {
     this.host.wakeRefused();
   }
 
-  urgentStarted(): void {
-    if (this.gone) return;
-    this.urgent++;
-    this.host.urgentChanged(1);
-  }
-
-  urgentEnded(): void {
-    if (this.gone || this.urgent === 0) return;
-    this.urgent--;
-    this.host.urgentChanged(-1);
-  }
-
-  /** Leaves the window: its bytes in flight and its urgent fetches stop counting, its share goes to the others. */
+  /** Leaves the window: its bytes in flight stop counting, its share goes to the others. */
   leave(): void {
     if (this.gone) return;
     this.gone = true;
     this.host.removed(this.inFlight);
-    this.host.urgentChanged(-this.urgent);
     this.inFlight = 0;
-    this.urgent = 0;
     this.wanting = false;
     this.refused = false;
     this.host.left(this);
@@ -327,6 +298,12 @@ const RATE_FILTER_MS = 2_500;
 const RATE_SPAN_MS = 1_000;
 const FIRST_PROBE_MS = 1_000;
 const PROBE_EVERY_MS = 8_000;
+
+function minOf(list: Array<[number, number]>): number | null {
+  let min: number | null = null;
+  for (const [, v] of list) min = min === null ? v : Math.min(min, v);
+  return min;
+}
 
 function keepRecent(list: Array<[number, number]>, now: number, ms: number): Array<[number, number]> {
   while (list.length && list[0][0] < now - ms) list.shift();

@@ -546,7 +546,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         // Whole blocks, as every upstream fetch is (the ferry wire sends and verifies blocks).
         const from = Math.floor(offset / this.bs) * this.bs;
         const to = Math.min(Math.ceil((offset + into.length) / this.bs) * this.bs, this.size);
-        const data = await withTimeout(this.urgentCounted('urgent', upstream.fetch(from, to - from, 'urgent')), left);
+        const data = await withTimeout(upstream.fetch(from, to - from, 'urgent'), left);
         if (data === null) continue;
         if (data.length !== to - from) throw new Error(`source returned ${data.length} bytes for ${to - from}`);
         data.copy(into, 0, offset - from, offset - from + into.length);
@@ -561,21 +561,6 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         // Back off on a real timer, so a source that fails at once cannot spin the event loop.
         await pause(backoff.next());
       }
-    }
-  }
-
-  /**
-   * Tells listeners while an urgent fetch is outstanding ('urgent-start', then
-   * 'urgent-end' when its reply or error came): a background window shared with
-   * other disks yields meanwhile.
-   */
-  private async urgentCounted<T>(priority: FetchPriority, fetch: Promise<T>): Promise<T> {
-    if (priority !== 'urgent') return fetch;
-    this.emit('urgent-start');
-    try {
-      return await fetch;
-    } finally {
-      this.emit('urgent-end');
     }
   }
 
@@ -729,7 +714,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     const upstream = this.upstream;
     try {
       if (!upstream) throw new Error('no source is attached');
-      data = await this.urgentCounted(priority, upstream.fetch(offset, length, priority));
+      data = await upstream.fetch(offset, length, priority);
       if (data.length !== length) throw new Error(`source returned ${data.length} bytes for ${length}`);
       arrived?.();
     } catch (e) {

@@ -5,12 +5,18 @@
  * it; sends spread at the delivery rate arrive as the bottleneck drains them.
  * Until the rate stops growing (three rounds without +25%) the gain is 2, so
  * the rate found doubles each round (the copy opens its window by the same
- * gain). Then the gain cycles per round trip, starting with a drain of what
+ * gain). Start-up also ends as soon as a round's runs all show a queue forming
+ * (a quarter of a round, at least QUEUE_SIGNAL_MS, above the smallest): the
+ * link is full, and doubling once more would overflow a shallow router
+ * buffer, whose drops cost the stream a retransmission timeout that every
+ * on-demand fetch behind it waits out. Then the gain cycles per round trip, starting with a drain of what
  * start-up queued: one round at 0.75, six at 1, one at 1.25 (finds a link
  * that got faster), and so on.
  */
 export const PACING_GAINS = [1.25, 0.75, 1, 1, 1, 1, 1, 1];
 export const STARTUP_GAIN = 2;
+/** The least latency above the round trip that ends start-up (less is scheduling noise). */
+export const QUEUE_SIGNAL_MS = 4;
 
 export class Pacer {
   private nextAt = 0;
@@ -19,6 +25,8 @@ export class Pacer {
   private roundStart: number;
   private cycleStart = 0;
   private full = false;
+  private firstObserved: number | null = null;
+  private roundMinLatency = Infinity;
 
   constructor(private readonly now: () => number = () => performance.now()) {
     this.roundStart = now();
@@ -36,12 +44,28 @@ export class Pacer {
     return PACING_GAINS[phase];
   }
 
-  /** Feeds the delivery-rate estimate; once per round it decides whether start-up is over. */
-  observe(rate: number, roundMs: number): void {
+  /**
+   * Feeds the delivery-rate estimate (and the latency of the run it came from); once per round it
+   * decides whether start-up is over.
+   */
+  observe(rate: number, roundMs: number, latencyMs?: number): void {
     if (this.full || rate <= 0) return;
     const t = this.now();
+    this.firstObserved ??= t;
+    if (latencyMs !== undefined) this.roundMinLatency = Math.min(this.roundMinLatency, latencyMs);
     if (t - this.roundStart < roundMs) return;
     this.roundStart = t;
+    // Every run of the round late (its smallest latency): a standing queue, not one slow run. The
+    // first runs go out together before any rate is known and queue behind each other: not a signal.
+    const late = roundMs + Math.max(QUEUE_SIGNAL_MS, roundMs / 4);
+    const queued = Number.isFinite(this.roundMinLatency) && this.roundMinLatency > late;
+    const settled = t - this.firstObserved >= 2 * roundMs;
+    this.roundMinLatency = Infinity;
+    if (queued && settled) {
+      this.full = true;
+      this.cycleStart = t - Math.max(roundMs, 1); // drain what start-up queued first
+      return;
+    }
     if (rate >= 1.25 * this.fullRate) {
       this.fullRate = rate;
       this.flatRounds = 0;

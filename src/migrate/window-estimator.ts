@@ -1,22 +1,21 @@
 /**
- * In-flight target from delivery samples, as BBR estimates a path: each
- * completed batch gives the latency it saw and a delivery rate: the larger
- * of its bytes in flight over its latency and the bytes completed over the
- * last base latency (the second sees the bottleneck's rate as soon as a burst
- * keeps it busy, where the first needs a deep queue to). The largest recent
- * rate times the smallest recent latency is the bandwidth-delay product; the
- * window is that plus a headroom (a batch by default), and the copy may send
- * while it has less than the window in flight, so the window can grow. A
- * window above the product only builds a queue, and a standing queue hides
- * the true latency, so every few seconds the window drops to its floor for a
- * moment (a latency probe) to let the queue drain and measure the path again.
- * The copy feeds it wire bytes (what crosses the bottleneck), not image bytes:
- * a run sent as references or zero blocks costs almost nothing on the link.
+ * In-flight target from delivery samples, as BBR estimates a path: each run
+ * that arrives gives the latency it saw and a delivery rate, the bytes that
+ * arrived from the source while it was on its way over that latency (counted
+ * where they arrive, so the rate cannot exceed the link's whatever was
+ * predicted or queued). The largest recent rate times the smallest recent
+ * latency is the bandwidth-delay product (the latency holds a run's own time
+ * on the wire, so the product keeps one run being serialised); the window is
+ * that plus a headroom. A window above the product only builds a queue, and
+ * a standing queue hides the true latency, so every few seconds the window
+ * drops to its floor for a moment (a latency probe) to let the queue drain
+ * and measure the path again. The copy feeds it wire bytes (what crosses the
+ * bottleneck), not image bytes: a run sent as references or zero blocks
+ * costs almost nothing on the link.
  */
 export class WindowEstimator {
   private readonly rates: Array<[number, number]> = []; // [time, bytes/ms]
   private readonly latencies: Array<[number, number]> = []; // [time, ms]
-  private readonly completions: Array<[number, number]> = []; // [time, bytes]
   private probeUntil = 0;
   private nextProbe: number;
   private estimate: number;
@@ -64,21 +63,13 @@ export class WindowEstimator {
     if (base !== null) this.update(base);
   }
 
-  /** A batch of `bytes` completed `latencyMs` after it was sent with `inFlightBytes` in flight (itself included). */
-  sample(inFlightBytes: number, latencyMs: number, bytes = 0): void {
+  /** A run arrived `latencyMs` after it was sent; `deliveredBytes` arrived from the source meanwhile (its own included). */
+  sample(deliveredBytes: number, latencyMs: number): void {
     if (latencyMs <= 0) return;
     const t = this.now();
     keepRecent(this.latencies, t, this.filterMs).push([t, latencyMs]);
     const base = this.minLatency() ?? latencyMs;
-    let rate = inFlightBytes / latencyMs;
-    if (bytes > 0) {
-      keepRecent(this.completions, t, base).push([t, bytes]);
-      let completed = 0;
-      for (const [, b] of this.completions) completed += b;
-      // Only once the span holds more than this batch: one completion alone says nothing of the rate.
-      if (this.completions.length > 1 && t - this.completions[0][0] > 0) rate = Math.max(rate, completed / base);
-    }
-    keepRecent(this.rates, t, this.filterMs / 4).push([t, rate]);
+    keepRecent(this.rates, t, this.filterMs / 4).push([t, deliveredBytes / latencyMs]);
     let best = 0;
     for (const [, r] of this.rates) best = Math.max(best, r);
     this.bestRate = best;

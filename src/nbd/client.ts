@@ -110,6 +110,11 @@ export class NbdClient extends EventEmitter {
     socket.on('close', () => this.onClose());
   }
 
+  /** Bytes read from the server so far, framing included (what crossed the link). */
+  get bytesReceived(): number {
+    return this.socket.bytesRead;
+  }
+
   static async connect(address: ListenAddress, options: NbdClientOptions = {}): Promise<NbdClient> {
     const { signal } = options;
     const aborted = (): Error => new Error('NBD connection attempt abandoned');

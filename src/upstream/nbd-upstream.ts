@@ -86,7 +86,8 @@ export class NbdUpstream extends EventEmitter implements Upstream {
       : `bitmap#${crypto.createHash('sha256').update(name).digest('hex').slice(0, 32)}`;
   }
   private bytesFetched = 0;
-  private replies = 0;
+  /** Bytes read by connections that are gone (so the count on the wire only grows). */
+  private bytesReceivedBefore = 0;
   private urgent: NbdClient | null = null;
   private background: NbdClient | null = null;
   private target: NbdTarget;
@@ -154,7 +155,6 @@ export class NbdUpstream extends EventEmitter implements Upstream {
         if (client.isClosed && !this.stop.signal.aborted) continue; // the link dropped: ask again once reconnected
         throw e;
       }
-      this.replies++;
       const covered = walkExtents(extents, at, asked, (offset, length, flags) => {
         if (flags & DIRTY_FLAG) appendRange(ranges, offset, length);
       });
@@ -182,7 +182,6 @@ export class NbdUpstream extends EventEmitter implements Upstream {
       }
     }
     this.bytesFetched += data.length;
-    this.replies += Math.ceil(length / max);
     return data;
   }
 
@@ -197,7 +196,6 @@ export class NbdUpstream extends EventEmitter implements Upstream {
     if (client.metaContextId(BASE_ALLOCATION) === undefined) return null;
     const asked = Math.min(length, MAX_STATUS_SPAN);
     const extents = await client.blockStatus(offset, asked, BASE_ALLOCATION);
-    this.replies++;
     const ranges: ZeroRangeAnswer['ranges'] = [];
     const covered = walkExtents(extents, offset, asked, (at, len, flags) => {
       if (flags & ExtentFlags.Zero) appendRange(ranges, at, len);
@@ -207,10 +205,12 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   }
 
   linkStats(): LinkStats {
-    // Plain NBD: the bytes as they are, plus a 16-byte reply header each.
+    // What the sockets read: a server that sends holes as hole chunks moves fewer bytes than it describes.
+    let received = this.bytesReceivedBefore;
+    for (const c of [this.urgent, this.background]) received += c?.bytesReceived ?? 0;
     return {
       ...emptyLinkStats(),
-      bytesOnWire: this.bytesFetched + 16 * this.replies,
+      bytesOnWire: received,
       bytesBeforeEncoding: this.bytesFetched,
     };
   }
@@ -236,6 +236,7 @@ export class NbdUpstream extends EventEmitter implements Upstream {
     this.stop.abort();
     this.up.close(new Error('upstream closed'));
     const clients = [this.urgent, this.background];
+    this.retire(clients);
     this.urgent = this.background = null;
     await Promise.all(clients.map((c) => c?.close().catch(() => c.destroy())));
     await this.connecting;
@@ -330,9 +331,14 @@ export class NbdUpstream extends EventEmitter implements Upstream {
 
   private dropClients(): void {
     const clients = [this.urgent, this.background];
+    this.retire(clients);
     this.urgent = this.background = null;
     this.up.shut();
     for (const c of clients) c?.destroy();
+  }
+
+  private retire(clients: Array<NbdClient | null>): void {
+    for (const c of clients) this.bytesReceivedBefore += c?.bytesReceived ?? 0;
   }
 
   /** Connects again, with backoff, until connected or closed; one loop at a time. */
