@@ -94,7 +94,7 @@ t.test('eight copies on one link keep about one bandwidth-delay product in fligh
   const utilisation = (link.deliveredTotal - deliveredBefore) / (rate * 20_000);
   t.ok(link.maxOver <= batch / 2, `the sum in flight never exceeds the window by half a run or more (${link.maxOver})`);
   // Eight windows of their own would queue seven products (350 ms) here.
-  t.ok(p50 <= 0.1 * rtt, `the median queue at the bottleneck stays short: ${p50.toFixed(1)} ms ≤ 0.1 RTT`);
+  t.ok(p50 <= 0.15 * rtt, `the median queue at the bottleneck stays short: ${p50.toFixed(1)} ms ≤ 0.15 RTT`);
   t.ok(utilisation >= 0.9, `and the link stays busy: ${utilisation.toFixed(3)} of its rate`);
   const bdp = rate * rtt;
   t.ok(

@@ -9,7 +9,7 @@
  * (every member's arrivals over the last second) times the smallest latency
  * of a run (which holds the path's round trip and the run's own time on the
  * wire, so the product keeps one run being serialised), plus a small
- * headroom (a twentieth of the product), with BBR's gain cycle (2 in
+ * headroom (a tenth of the product), with BBR's gain cycle (2 in
  * start-up, then 1.25 / 0.75 / 1) so it finds a faster path. It is learned
  * from the aggregate rate, so members whose paths turn out to be independent
  * raise it. A run
@@ -38,7 +38,7 @@ export interface HostWindowOptions {
   floorBytes: number;
   /** The window never grows above this. */
   ceilingBytes: number;
-  /** Headroom above the aggregate product, as a fraction of it (at least floorBytes; default 0.05). */
+  /** Headroom above the aggregate product, as a fraction of it (at least floorBytes; default 0.1). */
   headroomFraction?: number;
   now?: () => number;
 }
@@ -58,7 +58,7 @@ export class HostWindow {
 
   constructor(private readonly options: HostWindowOptions) {
     this.now = options.now ?? (() => performance.now());
-    this.headroomFraction = options.headroomFraction ?? 0.05;
+    this.headroomFraction = options.headroomFraction ?? 0.1;
     this.pacer = new Pacer(this.now);
     this.nextProbe = this.now() + FIRST_PROBE_MS; // early: the start-up ramp overshoots
   }
