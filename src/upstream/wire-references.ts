@@ -1,9 +1,9 @@
 /**
  * Resolves a batch's references: to a block earlier in the batch, or to the
  * destination's own copy, read in runs. A block whose landed checksum is on
- * record and equals the reference's, and that nothing changed before the
- * read was done, is taken as read; the rest are hashed in one pool task (the
- * VM may have overwritten them since). A reference is honoured only when the
+ * record and equals the reference's is read straight into the fetch's output
+ * and taken as read if nothing changed it before the read was done; the rest
+ * are hashed in one pool task (the VM may have overwritten them since). A reference is honoured only when the
  * content it names checks out; else its block is fetched again as bytes.
  */
 import type { CodecPool } from '../pool';
@@ -61,36 +61,60 @@ export class ReferenceResolver {
     }
     if (wanted.length === 0) return results;
     const local = this.local!;
-    // Watched before the read starts: a change to the block issued from here on shows in unchanged().
+    const out = output.out;
+    // Watched before the reads start: a change to a block issued from here on shows in unchanged().
     const watched = wanted.map(({ target, checksum }) => local.landed?.watch(target, checksum) ?? -1);
-    const copy = new ArrayBuffer(wanted.length * bs);
-    const bytes = Buffer.from(copy);
+    // Whole blocks on record are read straight into the fetch's output; the rest into a scratch buffer to hash.
+    const at = (k: number): number => (first + wanted[k].i) * bs - output.outOffset;
+    const direct: number[] = [];
+    const scratch: number[] = [];
+    wanted.forEach(({ target }, k) => {
+      const whole = (target + 1) * bs <= size && at(k) + bs <= out.length;
+      (watched[k] >= 0 && whole ? direct : scratch).push(k);
+    });
+    const copy = new ArrayBuffer(scratch.length * bs);
     const reads: Array<Promise<void>> = [];
     // Consecutive references often point to consecutive blocks (a file copied earlier): one read per run.
-    for (let k = 0; k < wanted.length;) {
+    for (let j = 0; j < direct.length;) {
       let n = 1;
-      while (k + n < wanted.length && wanted[k + n].target === wanted[k].target + n) n++;
-      const offset = wanted[k].target * bs;
-      reads.push(local.read(offset, Buffer.from(copy, k * bs, Math.min(n * bs, size - offset))));
-      k += n;
+      const k = direct[j];
+      while (j + n < direct.length && direct[j + n] === k + n && wanted[k + n].target === wanted[k].target + n) n++;
+      reads.push(local.read(wanted[k].target * bs, out.subarray(at(k), at(k) + n * bs)));
+      j += n;
+    }
+    for (let j = 0; j < scratch.length;) {
+      let n = 1;
+      const target = wanted[scratch[j]].target;
+      while (j + n < scratch.length && wanted[scratch[j + n]].target === target + n) n++;
+      const offset = target * bs;
+      reads.push(local.read(offset, Buffer.from(copy, j * bs, Math.min(n * bs, size - offset))));
+      j += n;
     }
     await Promise.all(reads);
-    const toHash: number[] = [];
-    wanted.forEach(({ i, target, checksum }, k) => {
-      if (watched[k] >= 0 && local.landed!.unchanged(target, watched[k])) {
-        placeBlock(output, (first + i) * bs, bytes.subarray(k * bs, (k + 1) * bs), checksum);
+    const toHash = [...scratch];
+    const recheck: number[] = [];
+    for (const k of direct) {
+      const { i, target, checksum } = wanted[k];
+      if (local.landed!.unchanged(target, watched[k])) {
+        output.checksums[at(k) / bs] = checksum;
         results.push([i, true]);
         this.checks.fromRecord++;
-      } else toHash.push(k);
-    });
-    if (toHash.length === 0) return results;
-    this.checks.hashed += toHash.length;
-    let hashInput = copy;
-    if (toHash.length < wanted.length) {
-      hashInput = new ArrayBuffer(toHash.length * bs);
-      const into = Buffer.from(hashInput);
-      toHash.forEach((k, j) => bytes.copy(into, j * bs, k * bs, (k + 1) * bs));
+      } else recheck.push(k);
     }
+    if (toHash.length + recheck.length === 0) return results;
+    let hashInput = copy;
+    if (recheck.length) {
+      // Changed while read: the bytes leave the output (only verified blocks stay placed) and are hashed.
+      hashInput = new ArrayBuffer((scratch.length + recheck.length) * bs);
+      const into = Buffer.from(hashInput);
+      Buffer.from(copy).copy(into);
+      recheck.forEach((k, j) => {
+        out.copy(into, (scratch.length + j) * bs, at(k), at(k) + bs);
+        out.fill(0, at(k), at(k) + bs);
+        toHash.push(k);
+      });
+    }
+    this.checks.hashed += toHash.length;
     const hashed = await whenQueued(this.pool, () => this.pool.hash(hashInput, bs, { urgent }), urgent);
     const hashedBytes = Buffer.from(hashed.blocks);
     toHash.forEach((k, j) => {
