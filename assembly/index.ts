@@ -115,6 +115,9 @@ export function decodeBatch(
 ): u32 {
   let cursor: u64 = 0;
   let failed: u32 = 0;
+  // Every zero block of the batch has the same checksum: hashed once, on the first one.
+  let zeroHash: u64 = 0;
+  let haveZeroHash = false;
   for (let i: u32 = 0; i < count; i++) {
     const meta = metaPtr + <usize>i * META_SIZE;
     const out = outPtr + <usize>i * blockSize;
@@ -127,7 +130,17 @@ export function decodeBatch(
       status = ST_MALFORMED;
     } else if (enc == ENC_ZERO) {
       if (len != 0) status = ST_MALFORMED;
-      else memory.fill(out, 0, blockSize);
+      else {
+        memory.fill(out, 0, blockSize);
+        if (!haveZeroHash) {
+          zeroHash = xxh64(out, blockSize, 0);
+          haveZeroHash = true;
+        }
+        if (zeroHash != load<u64>(meta)) status = ST_CHECKSUM;
+        if (status == ST_CHECKSUM) failed++;
+        store<u8>(meta, status, MetaRecord.Status);
+        continue;
+      }
     } else if (enc == ENC_RAW) {
       if (len != <u64>blockSize) status = ST_MALFORMED;
       else memory.copy(out, at, blockSize);

@@ -1,4 +1,4 @@
-// npm run bench:codecs [-- --quick] [--json FILE] [--workers N] [--only lz4,stages]
+// npm run bench:codecs [-- --quick] [--json FILE] [--workers N] [--only lz4,stages,decode,references]
 // Measures the data plane: kernels against their references, every codec on
 // every corpus, pool scaling, and the link-rate trade-off table.
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -15,9 +15,24 @@ import { Kernels } from '../src/kernels/kernel-loader';
 import { type Corpus, buildCorpora } from './codecs-corpora';
 import { measureLz4Matrix } from './codecs-lz4';
 import { measureStages } from './codecs-stages';
+import { measureDecodePath, type DecodeRow } from './codecs-decode';
+import { measureReferences, type ReferenceRow } from './codecs-references';
 import { lineChartSvg } from './codecs-svg';
 
 const args = process.argv.slice(2);
+if (args.includes('--help')) {
+  process.stdout.write(
+    [
+      'usage: node build/bench/codecs.js [--quick] [--json FILE] [--workers N] [--only SECTIONS]',
+      '  --quick            4 MiB corpora and shorter rounds',
+      '  --json FILE        also write the figures as JSON',
+      '  --workers N        pool scaling up to N workers (default: cores, at most 2)',
+      '  --only SECTIONS    comma-separated: lz4, stages, decode, references (default: everything)',
+      '',
+    ].join('\n'),
+  );
+  process.exit(0);
+}
 const QUICK = args.includes('--quick');
 const jsonAt = args.indexOf('--json');
 const JSON_FILE = jsonAt >= 0 ? args[jsonAt + 1] : undefined;
@@ -312,14 +327,80 @@ async function main(): Promise<void> {
     );
   }
 
+  const decodeRows: DecodeRow[] = [];
+  if (runs('decode')) {
+    log('decode path against the LZ4 kernel...');
+    for (const corpus of corpora.filter((c) => ['text', 'binary', 'elf', 'ext4'].includes(c.name)))
+      decodeRows.push(
+        measureDecodePath(corpus, {
+          blockSize: BS,
+          batchBlocks: BATCH_BLOCKS,
+          rounds: ROUNDS,
+          minMs: QUICK ? 40 : 100,
+        }),
+      );
+    out.push('## LZ4 decode path against the kernel alone (one thread, batches of 64 × 4 KiB)', '');
+    out.push(
+      'MB of decoded data per CPU-second, alternating rounds. **kernel**: `lz4Decompress` once per block on payloads already in linear memory; **+ xxh64**: and the checksum of every decoded block; **batch path**: `BatchCodec.decode` as a worker runs it (entries laid out, payload copied in, blocks copied out, every checksum verified).',
+      '',
+    );
+    out.push(
+      table(
+        ['corpus', 'ratio', 'kernel', 'kernel + xxh64', 'batch path', 'batch / kernel'],
+        decodeRows.map((r) => [
+          r.corpus,
+          r.ratio.toFixed(2),
+          mbs(r.kernelMBs * MB),
+          mbs(r.kernelHashMBs * MB),
+          mbs(r.batchMBs * MB),
+          (r.batchMBs / r.kernelMBs).toFixed(2),
+        ]),
+      ),
+      '',
+    );
+  }
+  let referenceRows: ReferenceRow[] = [];
+  if (runs('references')) {
+    log('references to held blocks...');
+    referenceRows = await measureReferences(stageCorpus, {
+      blockSize: BS,
+      batchBlocks: BATCH_BLOCKS,
+      rounds: ROUNDS,
+      minMs: QUICK ? 40 : 100,
+    });
+    out.push(`## Resolving 64 references to held blocks (${stageCorpus.name}, one pool worker)`, '');
+    out.push('Per batch of 64 references to consecutive blocks in the page cache; best of alternating rounds.', '');
+    out.push(
+      table(
+        ['path', 'CPU µs per batch', 'wall µs per batch', 'MB per CPU-s'],
+        referenceRows.map((r) => [
+          r.path,
+          r.usPerBatchCpu.toFixed(0),
+          r.usPerBatchWall.toFixed(0),
+          mbs(r.MBsPerCpuSecond * MB),
+        ]),
+      ),
+      '',
+    );
+  }
+
   if (ONLY) {
-    // Only the sections asked for (lz4, stages): the rest takes most of the run.
+    // Only the sections asked for: the rest takes most of the run.
     process.stdout.write(out.join('\n'));
     if (JSON_FILE) {
       writeFileSync(
         JSON_FILE,
         JSON.stringify(
-          { quick: QUICK, loadavgAtStart, loadavgAtEnd: loadavg(), cpu, lz4: lz4Rows, stages: stageRows },
+          {
+            quick: QUICK,
+            loadavgAtStart,
+            loadavgAtEnd: loadavg(),
+            cpu,
+            lz4: lz4Rows,
+            stages: stageRows,
+            decode: decodeRows,
+            references: referenceRows,
+          },
           null,
           2,
         ),

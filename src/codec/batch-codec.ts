@@ -162,7 +162,15 @@ export class BatchCodec {
     mem.set(payload, payloadPtr);
     // The kernel decodes LZ4 itself unless the chosen codec is another LZ4 decoder.
     const kernelLz4 = this.codec.encoding !== BlockEncoding.Lz4 || this.codec.kernelMode !== undefined;
-    k.raw.decodeBatch(payloadPtr, payload.length, metaPtr, count, blockSize, outPtr, kernelLz4 ? 1 : 0);
+    const kernelFailed = k.raw.decodeBatch(
+      payloadPtr,
+      payload.length,
+      metaPtr,
+      count,
+      blockSize,
+      outPtr,
+      kernelLz4 ? 1 : 0,
+    );
     let foreign = false;
     let cursor = 0;
     for (let i = 0; i < count; i++) {
@@ -187,7 +195,8 @@ export class BatchCodec {
         }
       }
     }
-    const failed = foreign ? k.raw.verifyBatch(metaPtr, count, blockSize, outPtr) : this.countFailed(metaPtr, count);
+    // The kernel's count is final unless JS decoded blocks after it.
+    const failed = foreign ? k.raw.verifyBatch(metaPtr, count, blockSize, outPtr) : kernelFailed;
     const status = new Uint8Array(count);
     for (let i = 0; i < count; i++) {
       status[i] = mem[metaPtr + i * META_SIZE + MetaRecord.Status];
@@ -212,13 +221,6 @@ export class BatchCodec {
     const zero = new Uint8Array(count);
     for (let i = 0; i < count; i++) zero[i] = cols.encodings[i] === BlockEncoding.Zero ? 1 : 0;
     return { checksums: cols.checksums, zero };
-  }
-
-  private countFailed(metaPtr: number, count: number): number {
-    let failed = 0;
-    for (let i = 0; i < count; i++)
-      if (this.kernels.memory[metaPtr + i * META_SIZE + MetaRecord.Status] !== KernelStatus.Ok) failed++;
-    return failed;
   }
 
   private readMeta(metaPtr: number, cols: BatchColumns): void {

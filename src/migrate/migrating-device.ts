@@ -30,6 +30,7 @@ import { LatencyWindow, RateMeter } from './latency-window';
 import { blockRuns } from '../util/block-runs';
 import { BlockStates, type Transit } from './block-states';
 import { Backoff, pause } from '../util/backoff';
+import type { LandedChecksums } from '../store/landed-checksums';
 
 /** The device's phase; 'cutover' is the moment between, while the final write set is applied. */
 export type DevicePhase = 'warming' | 'cutover' | 'post-copy';
@@ -37,6 +38,8 @@ export type DevicePhase = 'warming' | 'cutover' | 'post-copy';
 export interface MigratingDeviceOptions {
   /** How long a VM request waits for a missing block (source down) or for the cutover before EIO. */
   fetchTimeoutMs: number;
+  /** Where fetched blocks' checksums are recorded as they land; `local` must be the ChecksumGuardDevice keeping it. */
+  landed?: LandedChecksums;
 }
 
 export interface CopyCounters {
@@ -726,14 +729,14 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     this.counters.bytesFetched += length;
     if (priority === 'background') this.backgroundRate.add(length);
     // A block the image refused is served from these bytes: then they are not the upstream's again.
-    if (await this.land(run, data)) upstream.recycle?.(data);
+    if (await this.land(run, data, upstream.checksumsOf?.(data))) upstream.recycle?.(data);
   }
 
   /**
    * Writes fetched blocks that are still wanted, in as few writes as possible.
    * Returns false when blocks the image refused keep views of `data`.
    */
-  private async land(run: Transit[], data: Buffer): Promise<boolean> {
+  private async land(run: Transit[], data: Buffer, checksums?: BigUint64Array): Promise<boolean> {
     let free = true;
     const first = run[0].block;
     const landing: Transit[] = [];
@@ -744,8 +747,10 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     for (const group of transitRuns(landing)) {
       const start = (group[0].block - first) * this.bs;
       const bytes = data.subarray(start, Math.min(start + group.length * this.bs, data.length));
+      const landing = checksums && this.options.landed?.landing(group[0].block, group.length);
       try {
         await this.store(group[0].block * this.bs, bytes);
+        landing?.landed(checksums!, group[0].block - first);
       } catch (e) {
         const err = e instanceof BlockDeviceError ? e : new BlockDeviceError('EIO', (e as Error).message);
         this.log.error({ err: err.message, block: group[0].block, count: group.length }, 'cannot store fetched blocks');

@@ -9,6 +9,8 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { BlockMap } from '../store/block-map';
 import { FileDevice } from '../store/file-device';
+import { ChecksumGuardDevice } from '../store/checksum-guard-device';
+import { LandedChecksums } from '../store/landed-checksums';
 import { lockImage, lockImages, type ReleaseLock } from '../store/image-lock';
 import { BackgroundCopy, BackgroundCopyOptions } from './background-copy';
 import { MigratingDevice } from './migrating-device';
@@ -313,8 +315,11 @@ export class Migration extends EventEmitter implements MigrationControl {
     options: MigrationOptions,
     log: Logger,
   ) {
-    upstream?.attachLocal?.({ isHeld: (b) => map.isHeld(b), read: (offset, into) => local.read(offset, into) });
-    return new MigratingDevice(local, map, upstream, { fetchTimeoutMs: options.fetchTimeoutMs }, log);
+    // Every change to the image goes through the guard, which drops the landed checksums it touches.
+    const landed = new LandedChecksums(map.blockCount);
+    const image = new ChecksumGuardDevice(local, landed, map.blockSize);
+    upstream?.attachLocal?.({ isHeld: (b) => map.isHeld(b), read: (offset, into) => local.read(offset, into), landed });
+    return new MigratingDevice(image, map, upstream, { fetchTimeoutMs: options.fetchTimeoutMs, landed }, log);
   }
 
   /**

@@ -4,6 +4,7 @@
  * only ever sees this interface.
  */
 import type { EventEmitter } from 'node:events';
+import type { LandedChecksums } from '../store/landed-checksums';
 
 export type FetchPriority = 'urgent' | 'background';
 
@@ -41,6 +42,8 @@ export interface LocalBlocks {
   isHeld(block: number): boolean;
   /** Reads the destination's own copy (no fetching). */
   read(offset: number, into: Buffer): Promise<void>;
+  /** The checksums blocks landed with, dropped by every change to the image; absent: every reference is hashed. */
+  landed?: LandedChecksums;
 }
 
 /** Where the source reads as zeros, within [offset, offset+covered) of what was asked. */
@@ -121,6 +124,11 @@ export interface Upstream extends EventEmitter {
   blockHashesProblem?(): string | null;
   /** Gives the upstream read access to blocks the destination holds. */
   attachLocal?(local: LocalBlocks): void;
+  /**
+   * The xxh64 each block of a fetch() result was verified against (0n:
+   * unknown), until the result is recycled; absent where the source sends none.
+   */
+  checksumsOf?(data: Buffer): BigUint64Array | undefined;
   /** How this source reports its writes before cutover (fixed for the upstream's life). */
   readonly tracking: WriteTracking;
   /**

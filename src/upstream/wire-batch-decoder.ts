@@ -15,12 +15,15 @@ import type { ReferenceResolver } from './wire-references';
 export interface FetchOutput {
   out: Buffer;
   outOffset: number;
+  /** The checksum each placed block was verified against, by block from outOffset (0n: not placed). */
+  checksums: BigUint64Array;
 }
 
-/** Copies a block's bytes into the fetch's output, trimmed at its end. */
-export function placeBlock(output: FetchOutput, blockOffset: number, bytes: Buffer): void {
+/** Copies a block's verified bytes into the fetch's output, trimmed at its end, and notes their checksum. */
+export function placeBlock(output: FetchOutput, blockOffset: number, bytes: Buffer, checksum: bigint): void {
   const at = blockOffset - output.outOffset;
   bytes.copy(output.out, at, 0, Math.min(bytes.length, output.out.length - at));
+  output.checksums[at / bytes.length] = checksum;
 }
 
 /** Runs a pool task, waiting for the pool's signal while its queue is full. */
@@ -80,7 +83,7 @@ export class WireBatchDecoder {
         failed.push(first + i);
         continue;
       }
-      placeBlock(output, (first + i) * bs, blocks.subarray(i * bs, (i + 1) * bs));
+      placeBlock(output, (first + i) * bs, blocks.subarray(i * bs, (i + 1) * bs), e.checksum);
     }
     const resolved = await this.references.resolve(references, meta, blocks, decoded.status, output, urgent);
     // Every block was copied out: the buffer (back from the worker, or never sent) is free again.

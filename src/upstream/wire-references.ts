@@ -1,7 +1,9 @@
 /**
  * Resolves a batch's references: to a block earlier in the batch, or to the
- * destination's own copy, read in runs and hashed in one pool task (the VM
- * may have overwritten it since). A reference is honoured only when the
+ * destination's own copy, read in runs. A block whose landed checksum is on
+ * record and equals the reference's is read straight into the fetch's output
+ * and taken as read if nothing changed it before the read was done; the rest
+ * are hashed in one pool task (the VM may have overwritten them since). A reference is honoured only when the
  * content it names checks out; else its block is fetched again as bytes.
  */
 import type { CodecPool } from '../pool';
@@ -10,8 +12,17 @@ import { WireEncoding } from '../wire/protocol';
 import type { LocalBlocks } from './upstream';
 import { placeBlock, whenQueued, type FetchOutput } from './wire-batch-decoder';
 
+/** How references to the destination's own blocks were checked. */
+export interface ReferenceChecks {
+  /** Taken on the landed-checksum record, without hashing. */
+  fromRecord: number;
+  /** Read back and hashed. */
+  hashed: number;
+}
+
 export class ReferenceResolver {
   private local: LocalBlocks | null = null;
+  readonly checks: ReferenceChecks = { fromRecord: 0, hashed: 0 };
 
   constructor(
     private readonly pool: CodecPool,
@@ -37,34 +48,79 @@ export class ReferenceResolver {
     const size = this.imageSize();
     const first = meta.offset / bs;
     const results: Array<[number, boolean]> = [];
-    const local: Array<{ i: number; target: number }> = [];
+    const wanted: Array<{ i: number; target: number; checksum: bigint }> = [];
     for (const i of references) {
       const { reference: target, checksum } = meta.entries[i];
       const inBatch = target - first;
       if (inBatch >= 0 && inBatch < meta.count && meta.entries[inBatch].encoding !== WireEncoding.Reference) {
         const ok = status[inBatch] === 0 && meta.entries[inBatch].checksum === checksum;
-        if (ok) placeBlock(output, (first + i) * bs, blocks.subarray(inBatch * bs, (inBatch + 1) * bs));
+        if (ok) placeBlock(output, (first + i) * bs, blocks.subarray(inBatch * bs, (inBatch + 1) * bs), checksum);
         results.push([i, ok]);
-      } else if (this.local && target * bs < size && this.local.isHeld(target)) local.push({ i, target });
+      } else if (this.local && target * bs < size && this.local.isHeld(target)) wanted.push({ i, target, checksum });
       else results.push([i, false]);
     }
-    if (local.length === 0) return results;
-    const copy = new ArrayBuffer(local.length * bs);
+    if (wanted.length === 0) return results;
+    const local = this.local!;
+    const out = output.out;
+    // Watched before the reads start: a change to a block issued from here on shows in unchanged().
+    const watched = wanted.map(({ target, checksum }) => local.landed?.watch(target, checksum) ?? -1);
+    // Whole blocks on record are read straight into the fetch's output; the rest into a scratch buffer to hash.
+    const at = (k: number): number => (first + wanted[k].i) * bs - output.outOffset;
+    const direct: number[] = [];
+    const scratch: number[] = [];
+    wanted.forEach(({ target }, k) => {
+      const whole = (target + 1) * bs <= size && at(k) + bs <= out.length;
+      (watched[k] >= 0 && whole ? direct : scratch).push(k);
+    });
+    const copy = new ArrayBuffer(scratch.length * bs);
     const reads: Array<Promise<void>> = [];
     // Consecutive references often point to consecutive blocks (a file copied earlier): one read per run.
-    for (let k = 0; k < local.length;) {
+    for (let j = 0; j < direct.length;) {
       let n = 1;
-      while (k + n < local.length && local[k + n].target === local[k].target + n) n++;
-      const offset = local[k].target * bs;
-      reads.push(this.local!.read(offset, Buffer.from(copy, k * bs, Math.min(n * bs, size - offset))));
-      k += n;
+      const k = direct[j];
+      while (j + n < direct.length && direct[j + n] === k + n && wanted[k + n].target === wanted[k].target + n) n++;
+      reads.push(local.read(wanted[k].target * bs, out.subarray(at(k), at(k) + n * bs)));
+      j += n;
+    }
+    for (let j = 0; j < scratch.length;) {
+      let n = 1;
+      const target = wanted[scratch[j]].target;
+      while (j + n < scratch.length && wanted[scratch[j + n]].target === target + n) n++;
+      const offset = target * bs;
+      reads.push(local.read(offset, Buffer.from(copy, j * bs, Math.min(n * bs, size - offset))));
+      j += n;
     }
     await Promise.all(reads);
-    const hashed = await whenQueued(this.pool, () => this.pool.hash(copy, bs, { urgent }), urgent);
-    const bytes = Buffer.from(hashed.blocks);
-    local.forEach(({ i }, k) => {
-      const ok = hashed.checksums[k] === meta.entries[i].checksum;
-      if (ok) placeBlock(output, (first + i) * bs, bytes.subarray(k * bs, (k + 1) * bs));
+    const toHash = [...scratch];
+    const recheck: number[] = [];
+    for (const k of direct) {
+      const { i, target, checksum } = wanted[k];
+      if (local.landed!.unchanged(target, watched[k])) {
+        output.checksums[at(k) / bs] = checksum;
+        results.push([i, true]);
+        this.checks.fromRecord++;
+      } else recheck.push(k);
+    }
+    if (toHash.length + recheck.length === 0) return results;
+    let hashInput = copy;
+    if (recheck.length) {
+      // Changed while read: the bytes leave the output (only verified blocks stay placed) and are hashed.
+      hashInput = new ArrayBuffer((scratch.length + recheck.length) * bs);
+      const into = Buffer.from(hashInput);
+      Buffer.from(copy).copy(into);
+      recheck.forEach((k, j) => {
+        out.copy(into, (scratch.length + j) * bs, at(k), at(k) + bs);
+        out.fill(0, at(k), at(k) + bs);
+        toHash.push(k);
+      });
+    }
+    this.checks.hashed += toHash.length;
+    const hashed = await whenQueued(this.pool, () => this.pool.hash(hashInput, bs, { urgent }), urgent);
+    const hashedBytes = Buffer.from(hashed.blocks);
+    toHash.forEach((k, j) => {
+      const { i, checksum } = wanted[k];
+      const ok = hashed.checksums[j] === checksum;
+      if (ok) placeBlock(output, (first + i) * bs, hashedBytes.subarray(j * bs, (j + 1) * bs), checksum);
       results.push([i, ok]);
     });
     return results;

@@ -31,7 +31,7 @@ import { parseFerryUrl, type FerryTarget } from './ferry-url';
 import { emptyWireStats, wireLinkStats, type WireStats } from './wire-stats';
 import { fetchFlags, fetchPieces } from './wire-fetch-plan';
 import { WireBatchDecoder, type FetchOutput } from './wire-batch-decoder';
-import { ReferenceResolver } from './wire-references';
+import { ReferenceResolver, type ReferenceChecks } from './wire-references';
 import { WireReports } from './wire-reports';
 import { welcomeProblem } from './wire-welcome';
 import { BatchBuffers } from '../wire/batch-buffers';
@@ -91,6 +91,8 @@ export class WireUpstream extends EventEmitter implements Upstream {
   private readonly batchBuffers = new BatchBuffers(KEPT_BATCH_BUFFERS);
   /** Bytes of the largest batch decoded: the size of every batch buffer. */
   private readonly batchCapacity: number;
+  /** The checksums the blocks of each fetch() result were verified against, until it is recycled. */
+  private readonly verified = new WeakMap<Buffer, BigUint64Array>();
   /** fetch() results, back from recycle(). */
   private readonly outputs = new LargeBufferPool(4096, KEPT_OUTPUT_BYTES);
 
@@ -174,6 +176,11 @@ export class WireUpstream extends EventEmitter implements Upstream {
     this.references.attachLocal(local);
   }
 
+  /** How references to the destination's own blocks were checked: on the landed-checksum record, or hashed. */
+  get referenceChecks(): ReferenceChecks {
+    return this.references.checks;
+  }
+
   linkStats(): LinkStats {
     return wireLinkStats(this.stats);
   }
@@ -184,7 +191,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
     const firstBlock = offset / bs;
     const count = Math.ceil(length / bs);
     let todo: number[] = [...Array(count).keys()]; // block indexes relative to firstBlock still wanted
-    const output: FetchOutput = { out, outOffset: offset };
+    const output: FetchOutput = { out, outOffset: offset, checksums: new BigUint64Array(count) };
     for (let attempt = 0; todo.length; attempt++) {
       if (attempt >= this.options.maxAttempts) {
         throw new Error(
@@ -198,10 +205,16 @@ export class WireUpstream extends EventEmitter implements Upstream {
       }
       todo = failed;
     }
+    this.verified.set(out, output.checksums);
     return out;
   }
 
+  checksumsOf(data: Buffer): BigUint64Array | undefined {
+    return this.verified.get(data);
+  }
+
   recycle(data: Buffer): void {
+    this.verified.delete(data);
     this.outputs.give(data);
   }
 
