@@ -272,6 +272,18 @@ t.test('an urgent task after the workers stopped runs at once on the calling thr
   await Promise.all([pool.close(), strict.close()]);
 });
 
+t.test('warm() starts the workers before the first task; unused, they stop', async (t) => {
+  const pool = new CodecPool({ workers: 2, codec: 'lz4', idleWorkerMs: 20 });
+  pool.warm();
+  t.equal(pool.runningWorkers, 2);
+  await until(() => pool.runningWorkers === 0, 'the unused workers have stopped');
+  pool.warm();
+  t.equal((await pool.encode(batch(8), BS)).entries.length, 8, 'warmed again, they take the task');
+  await pool.close();
+  pool.warm();
+  t.equal(pool.runningWorkers, 0, 'a closed pool starts nothing');
+});
+
 t.test('close waits for workers still stopping', async (t) => {
   const pool = new CodecPool({ workers: 1, codec: 'lz4', idleWorkerMs: 0 });
   await pool.encode(batch(8), BS);

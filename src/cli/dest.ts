@@ -225,6 +225,7 @@ async function openUpstream(
       import('../upstream/wire-upstream'),
     ]);
     const pool = new CodecPool({ workers: w.workers || Math.max(1, os.availableParallelism()), codec: 'lz4' });
+    pool.warm(); // batches come as soon as the streams are open
     pools.push(pool);
     return WireUpstream.open(
       url,

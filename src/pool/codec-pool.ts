@@ -199,6 +199,22 @@ export class CodecPool {
     return piscina;
   }
 
+  /**
+   * Starts the workers now, for a caller that will need them soon (their start
+   * then overlaps its own); they stop again after idleWorkerMs without a task.
+   */
+  warm(): void {
+    if (this.piscina || this.closing) return;
+    this.piscina = this.startWorkers();
+    if (this.inFlight === 0) this.armIdleTimer();
+  }
+
+  private armIdleTimer(): void {
+    clearTimeout(this.idleTimer);
+    if (Number.isFinite(this.idleWorkerMs) && !this.closing)
+      this.idleTimer = setTimeout(() => this.stopIdleWorkers(), this.idleWorkerMs).unref();
+  }
+
   /** No task came for idleWorkerMs: the workers go until the next one. */
   private stopIdleWorkers(): void {
     const piscina = this.piscina;
@@ -375,9 +391,7 @@ export class CodecPool {
       }
       throw e;
     } finally {
-      if (--this.inFlight === 0 && Number.isFinite(this.idleWorkerMs) && !this.closing) {
-        this.idleTimer = setTimeout(() => this.stopIdleWorkers(), this.idleWorkerMs).unref();
-      }
+      if (--this.inFlight === 0) this.armIdleTimer();
     }
   }
 }
