@@ -1,7 +1,7 @@
 /**
  * Preloaded into ferry's daemons (`NODE_OPTIONS="--require build/bench/memory-probe.js"`,
  * with FERRY_MEMORY_PROBE_DIR set) to see where their memory goes: every
- * 100 ms one JSON line of /proc/self/status (VmRSS, RssAnon, RssFile, VmHWM),
+ * 100 ms one JSON line of /proc/self/status (VmRSS, RssAnon, RssFile, VmHWM, Threads),
  * process.memoryUsage() and V8's heap spaces, in MiB, to
  * DIR/ROLE-PID.jsonl; at exit a last line with the sample of the highest RSS.
  * Other processes (the bench itself, fio, ferry ctl) write nothing.
@@ -29,6 +29,8 @@ if (isMainThread && dir && role) {
       anon: mib(kib('RssAnon') * 1024),
       file: mib(kib('RssFile') * 1024),
       hwm: mib(kib('VmHWM') * 1024),
+      // Threads of the process: each codec pool worker adds its own thread and V8's few.
+      threads: kib('Threads'),
       heapTotal: mib(m.heapTotal),
       heapUsed: mib(m.heapUsed),
       external: mib(m.external),

@@ -232,7 +232,69 @@ t.test('close finishes queued work by default, cancels it on request, then refus
   t.ok((await firstDone)[0].status === 'fulfilled', 'the running task finished');
 });
 
+t.test('the workers start with the first task, stop when idle, and come back for the next', async (t) => {
+  const pool = new CodecPool({ workers: 2, codec: 'lz4', idleWorkerMs: 20 });
+  t.equal(pool.runningWorkers, 0, 'no worker before the first task');
+  const input = batch(64);
+  const copy = new Uint8Array(input).slice();
+  const enc = pool.encode(input, BS);
+  t.equal(pool.runningWorkers, 2, 'a background task starts them');
+  t.equal(pool.queued.background, 0, 'and goes to one at once, not to the queue');
+  const dec = await pool.decode(await enc);
+  t.same(new Uint8Array(dec.blocks.buffer, dec.blocks.byteOffset, 64 * BS), copy, 'round trip');
+  await until(() => pool.runningWorkers === 0, 'the idle workers have stopped');
+  const again = await Promise.all([0, 1, 2, 3].map((i) => pool.encode(batch(64, i), BS)));
+  t.ok(
+    again.every((r) => r.entries.length === 64),
+    'workers came back for the next tasks',
+  );
+  await pool.close();
+  t.equal(pool.runningWorkers, 0);
+});
+
+t.test('an urgent task after the workers stopped runs at once on the calling thread', async (t) => {
+  const pool = new CodecPool({ workers: 1, codec: 'lz4', idleWorkerMs: 20 });
+  const input = batch(64);
+  const copy = new Uint8Array(input).slice();
+  const encoded = await pool.encode(input, BS);
+  await until(() => pool.runningWorkers === 0, 'the idle worker has stopped');
+  t.ok(64 * BS > pool.inlineUrgentBytes, 'larger than what always runs inline');
+  const started = pool.decode(encoded, { urgent: true });
+  t.equal(pool.runningWorkers, 0, 'no worker started for it');
+  const dec = await started;
+  t.same(dec.failed, [], 'decoded and verified');
+  t.same(new Uint8Array(dec.blocks.buffer, dec.blocks.byteOffset, 64 * BS), copy, 'round trip');
+  // Without inline tasks, an urgent task starts the workers and completes.
+  const strict = new CodecPool({ workers: 1, codec: 'lz4', inlineUrgentBytes: 0 });
+  const urgent = strict.encode(batch(4), BS, { urgent: true });
+  t.equal(strict.runningWorkers, 1, 'the worker starts for it');
+  t.equal((await urgent).entries.length, 4);
+  await Promise.all([pool.close(), strict.close()]);
+});
+
+t.test('warm() starts the workers before the first task; unused, they stop', async (t) => {
+  const pool = new CodecPool({ workers: 2, codec: 'lz4', idleWorkerMs: 20 });
+  pool.warm();
+  t.equal(pool.runningWorkers, 2);
+  await until(() => pool.runningWorkers === 0, 'the unused workers have stopped');
+  pool.warm();
+  t.equal((await pool.encode(batch(8), BS)).entries.length, 8, 'warmed again, they take the task');
+  await pool.close();
+  pool.warm();
+  t.equal(pool.runningWorkers, 0, 'a closed pool starts nothing');
+});
+
+t.test('close waits for workers still stopping', async (t) => {
+  const pool = new CodecPool({ workers: 1, codec: 'lz4', idleWorkerMs: 0 });
+  await pool.encode(batch(8), BS);
+  await until(() => pool.runningWorkers === 0, 'the idle worker is stopping');
+  await pool.close();
+  await t.rejects(pool.encode(batch(1), BS), PoolClosedError);
+});
+
 t.test('options are validated', async (t) => {
+  t.throws(() => new CodecPool({ idleWorkerMs: -1 }), /idleWorkerMs must be a number >= 0 or Infinity \(got -1\)/);
+  t.throws(() => new CodecPool({ idleWorkerMs: NaN }), /idleWorkerMs must be/);
   t.throws(() => new CodecPool({ codec: 'zstd' }), /unknown codec "zstd"/);
   t.throws(() => new CodecPool({ workers: 0 }), /workers must be an integer >= 1 \(got 0\)/);
   t.throws(() => new CodecPool({ pipelineDepth: 0 }), /pipelineDepth must be an integer >= 1/);

@@ -16,11 +16,10 @@ import { listenAddress, listenError, nbdLimits, parseHostPort, runUntilSignal } 
 import { destControlPath, destStatePath, ensureStateDir, isBlockDevicePath } from './state-dir';
 import { parseByteRate } from '../control/byte-rate';
 import os from 'node:os';
-import { CodecPool } from '../pool';
+import type { CodecPool } from '../pool';
 import { warnIfNoFileOps } from '../store/fileops';
 import { authWarnings } from '../wire/auth';
 import { destWireAuth } from '../config/wire-auth';
-import { WireUpstream } from '../upstream/wire-upstream';
 import { addAuthOptions, AuthCliFlags, authOverrides } from './auth-flags';
 
 interface DestFlags extends AuthCliFlags {
@@ -220,7 +219,13 @@ async function openUpstream(
     const w = config.wire;
     const auth = asUsage(() => destWireAuth(w));
     for (const warning of authWarnings(auth)) log.warn(warning);
+    // Loaded here: a destination of a plain NBD source needs neither (2 MiB of heap).
+    const [{ CodecPool }, { WireUpstream }] = await Promise.all([
+      import('../pool'),
+      import('../upstream/wire-upstream'),
+    ]);
     const pool = new CodecPool({ workers: w.workers || Math.max(1, os.availableParallelism()), codec: 'lz4' });
+    pool.warm(); // batches come as soon as the streams are open
     pools.push(pool);
     return WireUpstream.open(
       url,

@@ -89,6 +89,8 @@ export function registerSource(program: Command): void {
       const { device, sessions, identity } = image;
       const workers = s.workers || Math.max(1, os.availableParallelism());
       const pool = new CodecPool({ workers, codec: s.codec === 'auto' ? 'lz4' : s.codec, level: s.deflate_level });
+      // Started now, their boot is not the first batch's wait; they stop after idling until a fetch needs them.
+      pool.warm();
       const chooser = new CodecChooser(s.codec, ['none', 'lz4', 'deflate'], workers);
       const wire = new WireSourceServer({
         exports: new SingleSourceExport(image),

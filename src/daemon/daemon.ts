@@ -120,11 +120,14 @@ export class Daemon {
 
   /** One pool for both roles: decoding what the daemon fetches and encoding what it sources. */
   static createPool(config: DaemonConfig): CodecPool {
-    return new CodecPool({
+    const pool = new CodecPool({
       workers: config.wire.workers || Math.max(1, os.availableParallelism()),
       codec: 'lz4',
       level: config.source.deflate_level,
     });
+    // Started now for the migrations the daemon resumes; they stop after idling until a batch needs them.
+    pool.warm();
+    return pool;
   }
 
   /** Loads the registry and resumes every migration in it, then creates the declared ones it lacks. */

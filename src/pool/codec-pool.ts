@@ -21,8 +21,15 @@ import { reapplyYoungGenerationLimit } from '../util/young-generation';
 const WORKER_YOUNG_GENERATION_MB = 2;
 
 export interface CodecPoolOptions {
-  /** Worker threads (default: available cores, at most 2... see docs). */
+  /** Worker threads (default: available cores). */
   workers?: number;
+  /**
+   * The workers start with the first task that needs one and stop once no
+   * task has come for this long (default 30 s; Infinity: never): a pool
+   * nobody uses costs no threads, and a migration's workers leave once its
+   * copy is done (each is 8–10 MiB of resident memory).
+   */
+  idleWorkerMs?: number;
   /** Background batches that may wait for a worker (default 4 per worker). */
   maxQueued?: number;
   /** Urgent tasks that may wait (default: maxQueued); urgent never waits behind background. */
@@ -47,7 +54,8 @@ export interface CodecPoolOptions {
    * Urgent tasks of at most this many bytes run on the calling thread at once
    * (default 64 KiB; 0 = never): a single block a VM waits for costs
    * microseconds to code, far less than waiting for a worker busy with a
-   * background batch.
+   * background batch. While the workers are stopped, every urgent task runs
+   * there rather than wait for them to start (unless this is 0).
    */
   inlineUrgentBytes?: number;
   /**
@@ -84,6 +92,7 @@ export interface HashResult {
 
 export class CodecPool {
   readonly workers: number;
+  readonly idleWorkerMs: number;
   readonly maxQueued: number;
   readonly maxUrgentQueued: number;
   readonly codec: string;
@@ -93,12 +102,24 @@ export class CodecPool {
   private readonly urgentWaiters: Array<() => void> = [];
   readonly inlineUrgentBytes: number;
   private readonly selection: CodecSelection;
-  private readonly queue = new PriorityTaskQueue();
-  private readonly piscina: Piscina;
+  /** Tasks waiting for a worker; a new one each time the workers start, so stopping ones take nothing from it. */
+  private queue = this.newQueue();
+  private readonly workerModule: string;
+  /** The running workers; null while stopped. */
+  private piscina: Piscina | null = null;
+  /** Tasks handed to the workers and not settled. */
+  private inFlight = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+  /** Workers being stopped after idling: close() waits for them. */
+  private readonly stopping = new Set<Promise<void>>();
   private closing: Promise<void> | undefined;
 
   constructor(options: CodecPoolOptions = {}) {
     this.workers = options.workers ?? Math.max(1, availableParallelism());
+    this.idleWorkerMs = options.idleWorkerMs ?? 30_000;
+    if (!(this.idleWorkerMs >= 0)) {
+      throw new RangeError(`CodecPool: idleWorkerMs must be a number >= 0 or Infinity (got ${this.idleWorkerMs})`);
+    }
     this.maxQueued = options.maxQueued ?? 4 * this.workers;
     this.maxUrgentQueued = options.maxUrgentQueued ?? this.maxQueued;
     this.codec = options.codec ?? 'lz4';
@@ -125,16 +146,34 @@ export class CodecPool {
       acceleration: options.acceleration,
       kernelPath: options.kernelPath,
     };
-    this.queue.onShift = () => {
-      if (this.urgentWaiters.length && this.queue.urgentSize < this.maxUrgentQueued)
+    this.workerModule = options.workerModule ?? join(__dirname, 'worker.js');
+  }
+
+  /** Worker threads running now: 0 while stopped, else `workers`. */
+  get runningWorkers(): number {
+    return this.piscina?.threads.length ?? 0;
+  }
+
+  private newQueue(): PriorityTaskQueue {
+    const queue = new PriorityTaskQueue();
+    queue.onShift = () => {
+      if (this.urgentWaiters.length && queue.urgentSize < this.maxUrgentQueued)
         for (const wake of this.urgentWaiters.splice(0)) wake();
       if (this.isFull || this.roomWaiters.length === 0) return;
       // Every waiter retries; those that find the queue full again wait again.
       const waiters = this.roomWaiters.splice(0);
       for (const wake of waiters) wake();
     };
-    this.piscina = new Piscina({
-      filename: options.workerModule ?? join(__dirname, 'worker.js'),
+    return queue;
+  }
+
+  private startWorkers(): Piscina {
+    // The stopped workers' queue is empty: they stopped with no task in flight.
+    this.queue = this.newQueue();
+    const piscina = new Piscina({
+      filename: this.workerModule,
+      // All at once, marked ready from the start: tasks go to them as they boot, and never wait
+      // in the queue (counted against its bound) for a worker to start.
       minThreads: this.workers,
       maxThreads: this.workers,
       idleTimeout: Infinity,
@@ -155,8 +194,34 @@ export class CodecPool {
       resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
     });
     // A starting worker resets the process's V8 flags, the main thread's young generation limit among them.
-    for (const worker of this.piscina.threads) worker.once('online', reapplyYoungGenerationLimit);
-    this.piscina.on('workerCreate', reapplyYoungGenerationLimit); // a replacement, online by now
+    for (const worker of piscina.threads) worker.once('online', reapplyYoungGenerationLimit);
+    piscina.on('workerCreate', reapplyYoungGenerationLimit); // a replacement, online by now
+    return piscina;
+  }
+
+  /**
+   * Starts the workers now, for a caller that will need them soon (their start
+   * then overlaps its own); they stop again after idleWorkerMs without a task.
+   */
+  warm(): void {
+    if (this.piscina || this.closing) return;
+    this.piscina = this.startWorkers();
+    if (this.inFlight === 0) this.armIdleTimer();
+  }
+
+  private armIdleTimer(): void {
+    clearTimeout(this.idleTimer);
+    if (Number.isFinite(this.idleWorkerMs) && !this.closing)
+      this.idleTimer = setTimeout(() => this.stopIdleWorkers(), this.idleWorkerMs).unref();
+  }
+
+  /** No task came for idleWorkerMs: the workers go until the next one. */
+  private stopIdleWorkers(): void {
+    const piscina = this.piscina;
+    if (!piscina || this.inFlight > 0 || this.closing) return;
+    this.piscina = null;
+    const stopped = piscina.close().finally(() => this.stopping.delete(stopped));
+    this.stopping.add(stopped);
   }
 
   /** True when a background task would be refused now (backpressure). */
@@ -277,7 +342,11 @@ export class CodecPool {
    * ones finish. New tasks are refused from the moment close() is called.
    */
   close(options: { cancelQueued?: boolean } = {}): Promise<void> {
-    this.closing ??= this.piscina.close({ force: options.cancelQueued === true });
+    clearTimeout(this.idleTimer);
+    this.closing ??= Promise.all([
+      this.piscina?.close({ force: options.cancelQueued === true }),
+      ...this.stopping,
+    ]).then(() => undefined);
     // Waiters retry and are refused now, instead of waiting for room that never comes.
     for (const wake of this.roomWaiters.splice(0)) wake();
     for (const wake of this.urgentWaiters.splice(0)) wake();
@@ -292,15 +361,21 @@ export class CodecPool {
   ): Promise<unknown> {
     if (this.closing) throw new PoolClosedError(`CodecPool: pool is closed, refusing ${what}`);
     const urgent = options.urgent === true;
-    if (urgent && taskBytes(task) <= this.inlineUrgentBytes) return executeTask(task).value;
+    if (urgent && this.inlineUrgentBytes > 0) {
+      // Starting the workers takes longer than coding a batch here.
+      if (taskBytes(task) <= this.inlineUrgentBytes || !this.piscina) return executeTask(task).value;
+    }
     if (urgent ? this.queue.urgentSize >= this.maxUrgentQueued : this.isFull) {
       throw new QueueFullError(
         `CodecPool: ${urgent ? 'urgent' : 'background'} queue is full (${urgent ? this.maxUrgentQueued : this.maxQueued} waiting), refusing ${what}`,
       );
     }
     const queued = Object.assign(task, { [Piscina.queueOptionsSymbol]: { urgent } });
+    const piscina = (this.piscina ??= this.startWorkers());
+    this.inFlight++;
+    clearTimeout(this.idleTimer);
     try {
-      return await this.piscina.run(queued, { transferList });
+      return await piscina.run(queued, { transferList });
     } catch (err) {
       const e = err as Error;
       if (/^worker exited with code/.test(e.message)) {
@@ -315,6 +390,8 @@ export class CodecPool {
         throw new PoolClosedError(`CodecPool: pool closed before ${what} ran`, { cause: e });
       }
       throw e;
+    } finally {
+      if (--this.inFlight === 0) this.armIdleTimer();
     }
   }
 }
