@@ -119,7 +119,7 @@ t.test('listener keys on reload: applied for new connections, open ones go on', 
   t.equal(up.size, DISK_BYTES, 'the new key and address serve the export');
   await up.close();
 
-  t.test('an address that cannot be bound leaves the listener where it was (SIGHUP)', async (t) => {
+  await t.test('an address that cannot be bound leaves the listener where it was (SIGHUP)', async (t) => {
     const squatter = net.createServer();
     await new Promise<void>((resolve) => squatter.listen(0, '127.0.0.1', resolve));
     t.teardown(() => new Promise<void>((resolve) => squatter.close(() => resolve())));
