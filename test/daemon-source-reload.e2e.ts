@@ -87,10 +87,10 @@ t.test('listener keys on reload: applied for new connections, open ones go on', 
 
   const pool = new CodecPool({ workers: 1 });
   t.teardown(() => pool.close());
-  const open = (port: number, file: string) =>
+  const open = (port: number, key: Buffer) =>
     WireUpstream.open(
       `ferry://127.0.0.1:${port}/img`,
-      { kind: 'psk', key: readPsk(file).key, source: file, openFile: false },
+      { kind: 'psk', key, source: 'test', openFile: false },
       pool,
       {
         blockSize: BS,
@@ -114,10 +114,23 @@ t.test('listener keys on reload: applied for new connections, open ones go on', 
       s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
     });
   t.equal(await refusedAt(port1), 'ECONNREFUSED', 'the old address takes no new connection');
-  await t.rejects(open(port2, key1), /the source refused the pre-shared key/, 'the old key is refused');
-  const up = await open(port2, key2);
+  await t.rejects(open(port2, readPsk(key1).key), /the source refused the pre-shared key/, 'the old key is refused');
+  const up = await open(port2, readPsk(key2).key);
   t.equal(up.size, DISK_BYTES, 'the new key and address serve the export');
   await up.close();
+
+  await t.test('a key file rewritten in place is taken by a reload', async (t) => {
+    const before = readPsk(key2).key;
+    const rotated = path.join(dir, 'rotated.psk');
+    t.equal((await run(process.execPath, [FERRY, 'keygen', '--psk', rotated])).code, 0);
+    fs.renameSync(rotated, key2);
+    const reload = (await ctl(d, { cmd: 'reload' })).reload as ReloadAnswer;
+    t.ok(reload.applied.includes('source.psk_file'), 'the rewritten key is applied');
+    await t.rejects(open(port2, before), /the source refused the pre-shared key/, 'the old bytes are refused');
+    const rotatedUp = await open(port2, readPsk(key2).key);
+    t.equal(rotatedUp.size, DISK_BYTES, 'the new bytes are accepted');
+    await rotatedUp.close();
+  });
 
   await t.test('an address that cannot be bound leaves the listener where it was (SIGHUP)', async (t) => {
     const squatter = net.createServer();
@@ -140,7 +153,7 @@ t.test('listener keys on reload: applied for new connections, open ones go on', 
       new RegExp(`cannot listen on 127\\.0\\.0\\.1:${taken}: .*EADDRINUSE.*stays at 127\\.0\\.0\\.1:${port2}`),
     );
     t.equal(((await ctl(d, { cmd: 'sources' })) as unknown as SourcesReport).listen, `127.0.0.1:${port2}`);
-    const again = await open(port2, key2);
+    const again = await open(port2, readPsk(key2).key);
     t.equal(again.size, DISK_BYTES, 'the listener still serves at its address');
     await again.close();
   });

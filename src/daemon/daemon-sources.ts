@@ -297,13 +297,35 @@ export class DaemonSources {
     return result;
   }
 
+  /**
+   * The credential keys whose files were rewritten in place (a key rotated
+   * under the same path): the config does not change, the listener must.
+   */
+  private rewrittenCredentials(
+    next: SourceSettings,
+    changed: Array<keyof SourceSettings>,
+  ): Array<keyof SourceSettings> {
+    if (!this.address || !next.listen || changed.some((k) => (AUTH_KEYS as readonly string[]).includes(k))) return [];
+    let now: WireAuth;
+    try {
+      now = sourceWireAuth(next);
+    } catch {
+      return next.psk_file ? ['psk_file'] : next.cert ? ['cert', 'key', 'ca'] : []; // unreadable now: reported as not applied
+    }
+    return sameCredentials(now, this.server!.credentials)
+      ? []
+      : now.kind === 'psk'
+        ? ['psk_file']
+        : ['cert', 'key', 'ca'];
+  }
+
   private async applyListener(
     next: SourceSettings,
     changed: Array<keyof SourceSettings>,
     take: (keys: Array<keyof SourceSettings>) => void,
     refuse: (keys: Array<keyof SourceSettings>, reason: string) => void,
   ): Promise<void> {
-    let keys = changed;
+    let keys = [...changed, ...this.rewrittenCredentials(next, changed)];
     if (keys.length === 0) return;
     if (!next.listen) {
       // No listener wanted: new connections are refused; those open go on until they end.
@@ -495,4 +517,10 @@ export class DaemonSources {
     this.options.log.info({ export: name, why }, 'source export removed');
     await image.close().catch((e: Error) => this.options.log.error({ export: name, err: e.message }, 'close'));
   }
+}
+
+function sameCredentials(a: WireAuth, b: WireAuth): boolean {
+  if (a.kind === 'psk' && b.kind === 'psk') return a.key.equals(b.key);
+  if (a.kind === 'cert' && b.kind === 'cert') return a.cert.equals(b.cert) && a.key.equals(b.key) && a.ca.equals(b.ca);
+  return a.kind === b.kind;
 }

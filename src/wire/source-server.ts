@@ -105,6 +105,11 @@ export class WireSourceServer {
     this.meter.start();
   }
 
+  /** How new connections are authenticated. */
+  get credentials(): WireAuth {
+    return this.auth;
+  }
+
   /** Connections open now, on the listener and on any it replaced. */
   get connections(): number {
     return this.sockets.size;
