@@ -62,7 +62,7 @@ t.test('a source-initiated cutover of a tracked export', async (t) => {
   const text = await ferryCtl(d.control, 'source-cutover', 'vm');
   t.match(
     text.stdout,
-    /^vm: fenced; its VM's writes are refused from now on\n  session \S+: final write set of \d+ range/,
+    /^vm: fenced; its VM's writes are refused from now on\n {2}session \S+: final write set of \d+ range/,
   );
 
   const refused = await vm.write(0, Buffer.alloc(BS, 1)).then(

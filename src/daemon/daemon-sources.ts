@@ -9,7 +9,10 @@
  * An export still in use — a destination connected over the wire, or a VM
  * over NBD — is not removed: the removal is refused with the reason, the
  * export goes on being served, and the next reload tries again. An export
- * whose image cannot be opened is reported and tried again at each reload.
+ * whose image cannot be opened is reported and tried again by itself, with
+ * backoff; a HELLO for it hears why it is not open. The listener's keys are
+ * applied on reload where a running daemon can (a new address, new
+ * credentials: for new connections), and the others are named with why.
  */
 import fs from 'node:fs';
 import path from 'node:path';
