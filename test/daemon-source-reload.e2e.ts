@@ -44,12 +44,12 @@ t.test('listener keys on reload: applied for new connections, open ones go on', 
   const daemon = await startFerryd(t, d);
   t.equal(daemon.serving.source, `127.0.0.1:${port1}`);
 
-  // A destination copying slowly over the first address and key.
+  // A destination copying slowly (128 s for the image) over the first address and key.
   const destImage = path.join(dir, 'dest.img');
   const destControl = path.join(dir, 'dest.sock');
   await startFerry(t, [
     ...['dest', '--source', `ferry://127.0.0.1:${port1}/img`, '--image', destImage, '--listen', '127.0.0.1:0'],
-    ...['--control', destControl, '--psk-file', key1, '--rate', '256k', '--cutover-at-start'],
+    ...['--control', destControl, '--psk-file', key1, '--rate', '32k', '--cutover-at-start'],
   ]);
   await until(async () => (await ctlStatus(destControl)).blocksHeld > 0, 'the destination copies', 60_000, 100);
 
@@ -61,9 +61,10 @@ t.test('listener keys on reload: applied for new connections, open ones go on', 
       .replace(
         section(port1, key1),
         section(port2, key2, 'handshake_timeout_ms = 5000\nmax_connections = 32\ncodec = "lz4"\ndeflate_level = 3\n'),
-      ),
+      ) + '\n[nbd]\nmax_connections = 10\n',
   );
   const answered = await ferryCtl(d.control, 'reload', '--json');
+  t.not((await ctlStatus(destControl)).phase, 'complete', 'the destination was still copying at the reload');
   t.equal(answered.code, 0, answered.stderr);
   const answer = JSON.parse(answered.stdout) as { reload: ReloadAnswer; sources: SourcesReport };
   t.same(
@@ -73,13 +74,14 @@ t.test('listener keys on reload: applied for new connections, open ones go on', 
   );
   t.same(
     answer.reload.notApplied.map((n) => n.key),
-    ['source.deflate_level'],
-    'and the one it cannot is named',
+    ['nbd.max_connections', 'source.deflate_level'],
+    'and those it cannot are named',
   );
-  t.match(answer.reload.notApplied[0].reason, /codec pool.*restart the daemon/);
+  t.match(answer.reload.notApplied[0].reason, /NBD listener's limits.*restart the daemon/);
+  t.match(answer.reload.notApplied[1].reason, /codec pool.*restart the daemon/);
   t.equal(answer.sources.listen, `127.0.0.1:${port2}`, 'the listener is at its new address');
   const logged = await daemon.waitForLog('config key not applied');
-  t.equal(logged.key, 'source.deflate_level');
+  t.equal(logged.key, 'nbd.max_connections', 'each is logged');
 
   const text = await ferryCtl(d.control, 'reload');
   t.equal(text.code, 0, text.stderr);

@@ -95,7 +95,8 @@ t.test('an export not open is retried by itself, and shows why meanwhile', async
     fs.writeFileSync(late + '.tmp', content);
     fs.renameSync(late + '.tmp', late);
     await until(async () => (await sources()).exports.some((e) => e.export === 'late'), 'late is open', 30_000, 50);
-    t.equal(daemon.logCount('source export open after retrying'), 1);
+    const opened = await daemon.waitForLog('source export open after retrying');
+    t.equal(opened.export, 'late', 'its opening is logged');
     t.match(await metrics(), /ferry_source_export_open\{export="late"\} 1/);
     const image = path.join(dir, 'copy-of-late.img');
     const control = path.join(dir, 'dest.sock');
