@@ -385,10 +385,11 @@ export class DaemonSources {
           'source listener replaced: new connections arrive on it; those open stay until they end',
         );
       } catch (e) {
-        refuse(
-          rebindKeys,
-          `cannot listen on ${next.listen}: ${(e as Error).message}; the listener stays at ${was} as it was`,
-        );
+        const left = this.server.isListening
+          ? `the listener stays at ${was} as it was`
+          : 'no listener now (the next reload tries again)';
+        if (!this.server.isListening) this.address = null;
+        refuse(rebindKeys, `cannot listen on ${next.listen}: ${(e as Error).message}; ${left}`);
       }
     }
     const adjustKeys = keys.filter((k) => k === 'max_connections' || k === 'codec');

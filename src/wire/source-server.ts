@@ -105,6 +105,11 @@ export class WireSourceServer {
     this.meter.start();
   }
 
+  /** Whether new connections are accepted now. */
+  get isListening(): boolean {
+    return this.listener !== null;
+  }
+
   /** How new connections are authenticated. */
   get credentials(): WireAuth {
     return this.auth;
@@ -186,7 +191,13 @@ export class WireSourceServer {
     } catch (e) {
       this.handshakeTimeoutMs = previous.handshakeTimeoutMs;
       this.maxConnections = previous.maxConnections;
-      if (same) await listenOn(old, this.bound.host, this.bound.port);
+      if (same)
+        await listenOn(old, this.bound.host, this.bound.port).catch((again: Error) => {
+          // Nothing listens now: say so rather than claim the old address.
+          this.listener = null;
+          this.bound = null;
+          throw new Error(`${(e as Error).message}; and the old address could not be taken back: ${again.message}`);
+        });
       throw e;
     }
     if (!same) old.close();
