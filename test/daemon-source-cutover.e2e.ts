@@ -40,7 +40,7 @@ t.test('a source-initiated cutover of a tracked export', async (t) => {
   const destControl = path.join(dir, 'dest.sock');
   await startFerry(t, [
     ...['dest', '--source', `ferry://${String(daemon.serving.source)}/vm`, '--image', destImage],
-    ...['--listen', '127.0.0.1:0', '--control', destControl, '--insecure', '--rate', '256k'],
+    ...['--listen', '127.0.0.1:0', '--control', destControl, '--insecure', '--rate', '32k'],
   ]);
   await until(async () => (await ctlStatus(destControl)).blocksHeld > 0, 'the destination copies', 60_000, 100);
   for (const block of [0, 9, 700, 1023]) {
