@@ -146,7 +146,7 @@ t.test('listener keys on reload: applied for new connections, open ones go on', 
     const lines = daemon
       .stderr()
       .split('\n')
-      .filter((l) => l.includes('"config key not applied"'))
+      .filter((l) => l.includes('"config key not applied"') && l.endsWith('}'))
       .map((l) => JSON.parse(l) as { key: string; reason: string });
     const listen = lines.find((l) => l.key === 'source.listen');
     t.ok(listen, 'the listen key is logged as not applied');
