@@ -2,7 +2,7 @@
  * `ferry ctl` verbs for `ferry daemon`: each names the migration it acts on
  * (create, start, list, status NAME, pause NAME, resume NAME, rate NAME RATE,
  * cutover NAME, abort NAME, forget NAME), and the images it sources
- * (sources, source-unfence NAME). With --json the daemon's answer is
+ * (sources, source-cutover NAME, source-unfence NAME). With --json the daemon's answer is
  * printed as it came; exit 1 when the daemon refused or cannot be reached.
  */
 import { InvalidArgumentError, type Command } from 'commander';
@@ -35,7 +35,7 @@ export async function daemonRequest(cmd: Command, request: DaemonRequest): Promi
   let response: DaemonResponse;
   try {
     // A create or cutover waits for sources and fences: give it more than a status does.
-    const slow = ['create', 'cutover', 'abort', 'forget'].includes(request.cmd);
+    const slow = ['create', 'cutover', 'abort', 'forget', 'source-cutover'].includes(request.cmd);
     response = await sendControl(
       control,
       request,
@@ -183,11 +183,19 @@ export function registerDaemonVerbs(ctl: Command): void {
 
   ctl
     .command('reload')
-    .description('ferry daemon: read the config file again (as SIGHUP does): rates, limits, declared migrations')
+    .description(
+      'ferry daemon: read the config file again (as SIGHUP does): rates, limits, declared migrations, source exports and listener; names each key not applied',
+    )
     .option('--json', 'print the answer as JSON')
     .action(async (opts: DaemonAnswerOptions, cmd: Command) => {
       const answer = await daemonRequest(cmd, { cmd: 'reload' });
-      if (answer) printAnswer(answer, opts, 'config reloaded');
+      if (!answer) return;
+      if (opts.json) return printAnswer(answer, opts);
+      const reload = answer.reload as { applied: string[]; notApplied: Array<{ key: string; reason: string }> };
+      const lines = ['config reloaded'];
+      if (reload.applied.length) lines.push(`applied: ${reload.applied.join(', ')}`);
+      for (const n of reload.notApplied) lines.push(`not applied: ${n.key}: ${n.reason}`);
+      process.stdout.write(lines.join('\n') + '\n');
     });
 
   ctl
@@ -238,6 +246,27 @@ export function registerDaemonVerbs(ctl: Command): void {
     });
 
   ctl
+    .command('source-cutover')
+    .description(
+      'ferry daemon: fence a tracked source export (its VM writes no more) and hand its final write set to every destination',
+    )
+    .argument('<name>', 'source export name')
+    .option('--json', 'print the answer as JSON')
+    .action(async (name: string, opts: DaemonAnswerOptions, cmd: Command) => {
+      const answer = await daemonRequest(cmd, { cmd: 'source-cutover', name });
+      if (!answer) return;
+      if (opts.json) return printAnswer(answer, opts);
+      const sessions = answer.sessions as Array<{ id: string; cutover: { ranges: number; acked: boolean } | null }>;
+      const lines = [`${name}: fenced; its VM's writes are refused from now on`];
+      for (const s of sessions)
+        lines.push(
+          `  session ${s.id}: final write set of ${s.cutover?.ranges ?? 0} range(s)` +
+            (s.cutover?.acked ? ', acknowledged' : ', sent when the destination is connected'),
+        );
+      process.stdout.write(lines.join('\n') + '\n');
+    });
+
+  ctl
     .command('source-unfence')
     .description(
       'ferry daemon: give a source export back to its VM after an abandoned cutover (refused once a destination took over)',
@@ -262,7 +291,7 @@ interface SourcesText {
     bytesSent: number;
     sessions: Array<{ id: string; connections: number; pendingBlocks: number; cutover: { acked: boolean } | null }>;
   }>;
-  failed: Array<{ export: string; reason: string }>;
+  failed: Array<{ export: string; image: string; reason: string; attempts: number; nextAttemptAt: string }>;
   removalRefused: Array<{ export: string; reason: string }>;
 }
 
@@ -279,7 +308,10 @@ function formatSources(r: SourcesText): string {
           (s.cutover ? `, cut over${s.cutover.acked ? ' (acknowledged)' : ''}` : ''),
       );
   }
-  for (const f of r.failed) lines.push(`${f.export}: not served: ${f.reason}`);
+  for (const f of r.failed)
+    lines.push(
+      `${f.export}\t${f.image}\tnot open (retrying): ${f.reason}; ${f.attempts} attempt(s), next at ${f.nextAttemptAt}`,
+    );
   for (const f of r.removalRefused) lines.push(`${f.export}: still served: ${f.reason}`);
   return lines.join('\n') + '\n';
 }

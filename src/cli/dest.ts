@@ -1,4 +1,5 @@
 /** `ferry dest`: the live-migration destination. */
+import { refuseIfHeld } from '../store/image-lock';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { asUsage, UsageError } from './usage-error';
@@ -111,6 +112,8 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
     throw new UsageError(
       `dest: --seed (dest.seed) needs a ferry source, which sends the block hashes that vouch for the seed's blocks; ${d.source} is plain NBD`,
     );
+  // Another process's image is refused naming it and its holder (before "exists but has no state" would).
+  refuseIfHeld(d.image);
   const pools: CodecPool[] = [];
   const migration = await Migration.open(
     {

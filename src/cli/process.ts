@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import type { ListenAddress, ServerLimits } from '../nbd/server';
 import type { FerryConfig } from '../config/schema';
+import { parseHostPort } from '../config/schema';
 
 /** The NBD server's per-connection limits from the `[nbd]` section. */
 export function nbdLimits(config: Pick<FerryConfig, 'nbd'>): ServerLimits {
@@ -17,12 +18,7 @@ export function nbdLimits(config: Pick<FerryConfig, 'nbd'>): ServerLimits {
   };
 }
 
-export function parseHostPort(value: string): { host: string; port: number } {
-  const at = value.lastIndexOf(':');
-  let host = value.slice(0, at);
-  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-  return { host, port: Number(value.slice(at + 1)) };
-}
+export { parseHostPort };
 
 export function listenAddress(section: { listen: string; socket?: string }): ListenAddress {
   return section.socket ? { socketPath: section.socket } : parseHostPort(section.listen);

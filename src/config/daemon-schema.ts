@@ -96,6 +96,9 @@ export const DaemonSourceSection = SourceSection.pick({
     listen: hostPort.optional(),
     /** Where each exported image's identity and cutover record live; default daemon.state_dir + "/source". */
     state_dir: z.string().min(1).optional(),
+    /** An export whose image cannot be opened is tried again after this long, doubling up to open_retry_max_ms. */
+    open_retry_min_ms: z.number().int().min(10).max(3_600_000).default(1000),
+    open_retry_max_ms: z.number().int().min(10).max(3_600_000).default(60_000),
     export: z.array(SourceExportSpec).max(4096).default([]),
   })
   .strict();
@@ -177,6 +180,12 @@ export const DaemonConfigSchema = z
   .superRefine((config, ctx) => {
     for (const issue of sourceExportProblems(config.source.export, config.migration))
       ctx.addIssue({ code: 'custom', path: ['source', 'export', ...issue.path], message: issue.message });
+    if (config.source.open_retry_max_ms < config.source.open_retry_min_ms)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['source', 'open_retry_max_ms'],
+        message: `must be at least open_retry_min_ms (${config.source.open_retry_min_ms})`,
+      });
     if (config.source.export.length > 0 && !config.source.listen)
       ctx.addIssue({
         code: 'custom',

@@ -11,6 +11,14 @@ export const hostPort = z
   .regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'must be HOST:PORT')
   .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535');
 
+/** A checked HOST:PORT (an IPv6 host in brackets) as host and port. */
+export function parseHostPort(value: string): { host: string; port: number } {
+  const at = value.lastIndexOf(':');
+  let host = value.slice(0, at);
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  return { host, port: Number(value.slice(at + 1)) };
+}
+
 const positiveInt = z.number().int().positive();
 
 export const LogLevel = z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);

@@ -28,6 +28,8 @@ const daemonSchemas = {
   sources: z.object({ cmd: z.literal('sources') }).strict(),
   // Gives a source export's VM its disk back after an abandoned cutover (refused once a destination took over).
   'source-unfence': z.object({ cmd: z.literal('source-unfence'), name: z.string().min(1).max(128) }).strict(),
+  // Fences a tracked source export and hands its final write set to every destination (a source-initiated cutover).
+  'source-cutover': z.object({ cmd: z.literal('source-cutover'), name: z.string().min(1).max(128) }).strict(),
 } as const;
 
 export type DaemonCommand = keyof typeof daemonSchemas;

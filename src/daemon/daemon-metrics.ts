@@ -96,6 +96,8 @@ export class DaemonMetrics implements MetricsSource {
   private readonly queued: Gauge;
   private readonly perExport: Array<{ metric: Gauge | Counter; value: (s: SourceImageStatus) => number }>;
   private readonly sourceAuthFailures: Counter;
+  private readonly exportOpen: Gauge;
+  private readonly exportOpenFailures: Gauge;
 
   constructor(
     private readonly reports: () => MigrationReport[],
@@ -148,6 +150,18 @@ export class DaemonMetrics implements MetricsSource {
           : new Counter({ name, help, labelNames: ['export'], registers }),
       value,
     }));
+    this.exportOpen = new Gauge({
+      name: 'ferry_source_export_open',
+      help: '1 when a declared source export is open and served, 0 while its image cannot be opened (retried)',
+      labelNames: ['export'],
+      registers,
+    });
+    this.exportOpenFailures = new Gauge({
+      name: 'ferry_source_export_open_failures',
+      help: 'Failed attempts in a row to open a declared source export (0 once it is open)',
+      labelNames: ['export'],
+      registers,
+    });
     this.sourceAuthFailures = new Counter({
       name: 'ferry_source_auth_failures_total',
       help: 'Connections to the source listener refused at authentication',
@@ -184,6 +198,16 @@ export class DaemonMetrics implements MetricsSource {
     const sources = this.sources();
     for (const { metric } of this.perExport) metric.reset();
     this.sourceAuthFailures.reset();
+    this.exportOpen.reset();
+    this.exportOpenFailures.reset();
+    for (const e of sources.exports) {
+      this.exportOpen.set({ export: e.export }, 1);
+      this.exportOpenFailures.set({ export: e.export }, 0);
+    }
+    for (const f of sources.failed) {
+      this.exportOpen.set({ export: f.export }, 0);
+      this.exportOpenFailures.set({ export: f.export }, f.attempts);
+    }
     for (const e of sources.exports)
       for (const { metric, value } of this.perExport) {
         if (metric instanceof Counter) metric.inc({ export: e.export }, value(e));

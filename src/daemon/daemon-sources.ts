@@ -9,20 +9,27 @@
  * An export still in use — a destination connected over the wire, or a VM
  * over NBD — is not removed: the removal is refused with the reason, the
  * export goes on being served, and the next reload tries again. An export
- * whose image cannot be opened is reported and tried again at each reload.
+ * whose image cannot be opened is reported and tried again by itself, with
+ * backoff; a HELLO for it hears why it is not open. The listener's keys are
+ * applied on reload where a running daemon can (a new address, new
+ * credentials: for new connections), and the others are named with why.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { DaemonConfig, SourceExportSpec } from '../config/daemon-schema';
+import { parseHostPort } from '../config/schema';
 import { sourceWireAuth } from '../config/wire-auth';
 import type { ExportRegistry } from '../nbd/export-registry';
 import type { CodecPool } from '../pool';
-import { authWarnings } from '../wire/auth';
+import { Backoff } from '../util/backoff';
+import { authWarnings, type WireAuth } from '../wire/auth';
 import { CodecChooser } from '../wire/codec-chooser';
 import { NamedSourceExports } from '../wire/source-exports';
 import { SourceImage, type SourceImageStatus } from '../wire/source-image';
-import { WireSourceServer, type SourceCounters } from '../wire/source-server';
+import { WireSourceServer, type ListenerChange, type SourceCounters } from '../wire/source-server';
+
+type SourceSettings = DaemonConfig['source'];
 
 export interface DaemonSourcesOptions {
   pool: CodecPool;
@@ -41,51 +48,109 @@ export interface SourceProblem {
   reason: string;
 }
 
+/** A declared export whose image is not open: the last reason, and when it is tried again. */
+export interface ExportNotOpen extends SourceProblem {
+  writes: SourceExportSpec['writes'];
+  state: 'retrying';
+  /** Failed attempts in a row. */
+  attempts: number;
+  /** When the first of them failed. */
+  since: string;
+  nextAttemptAt: string;
+}
+
+export interface ServedExport extends SourceImageStatus {
+  state: 'open';
+}
+
 export interface SourcesReport {
   listen: string | null;
   totals: SourceCounters | null;
-  exports: SourceImageStatus[];
-  /** Declared exports that are not served, and why. */
-  failed: SourceProblem[];
+  exports: ServedExport[];
+  /** Declared exports that are not served, why, and when they are tried again. */
+  failed: ExportNotOpen[];
   /** Exports no longer declared that are still served because they are in use. */
   removalRefused: SourceProblem[];
 }
 
+/** A config key a reload could not apply to the running daemon, and why. */
+export interface KeyNotApplied {
+  key: string;
+  reason: string;
+}
+
+export interface SettingsApplied {
+  applied: string[];
+  notApplied: KeyNotApplied[];
+}
+
+interface Waiting {
+  spec: SourceExportSpec;
+  reason: string;
+  attempts: number;
+  since: string;
+  nextAttemptAt: number;
+  backoff: Backoff;
+  timer: NodeJS.Timeout | null;
+}
+
+/** The [source] keys that choose how destinations authenticate: a change needs a new listening socket. */
+const AUTH_KEYS = ['psk_file', 'cert', 'key', 'ca', 'insecure', 'allow_open_psk'] as const;
+
+/** [source] keys a running daemon cannot take, and why. */
+const RESTART_ONLY: Partial<Record<keyof SourceSettings, string>> = {
+  deflate_level:
+    "the codec pool's workers take their deflate level when the daemon starts (the pool is shared with every migration): restart the daemon to change it",
+  state_dir:
+    'the exports served keep their identity and cutover record where they were opened, and a new directory would give them new identities: restart the daemon to change it',
+};
+
 export class DaemonSources {
   private readonly table = new NamedSourceExports();
   private readonly specs = new Map<string, SourceExportSpec>();
-  private failed: SourceProblem[] = [];
+  /** Declared exports whose image could not be opened, tried again with backoff. */
+  private readonly waiting = new Map<string, Waiting>();
   private removalRefused: SourceProblem[] = [];
-  private readonly server: WireSourceServer | null = null;
+  private server: WireSourceServer | null = null;
   private address: string | null = null;
-  /** Reloads one at a time: each sees the exports the previous one left. */
+  /** Reloads and retries one at a time: each sees the exports the previous one left. */
   private applying: Promise<void> = Promise.resolve();
+  /** The [source] keys in effect (a key a reload could not apply keeps its old value here). */
+  private settings: SourceSettings;
   private readonly stateDir: string;
-  private readonly maxSessions: number;
+  private closed = false;
 
   /** Builds the listener when source.listen is set (its credentials are read now: a bad one stops the start). */
   constructor(
     config: DaemonConfig,
     private readonly options: DaemonSourcesOptions,
   ) {
-    const s = config.source;
-    this.stateDir = s.state_dir ?? path.join(config.daemon.state_dir, 'source');
-    // As `ferry source`: every session has a connection when it is made, so live ones never exceed the cap.
-    this.maxSessions = s.max_connections;
-    if (!s.listen) return;
-    const auth = sourceWireAuth(s);
-    const log = options.log.child({ component: 'source' });
+    this.settings = config.source;
+    this.stateDir = config.source.state_dir ?? path.join(config.daemon.state_dir, 'source');
+    if (config.source.listen) this.server = this.makeServer(this.settings, sourceWireAuth(this.settings));
+  }
+
+  private get log(): Logger {
+    return this.options.log;
+  }
+
+  private makeServer(s: SourceSettings, auth: WireAuth): WireSourceServer {
+    const log = this.log.child({ component: 'source' });
     for (const warning of authWarnings(auth)) log.warn(warning);
-    this.server = new WireSourceServer({
+    return new WireSourceServer({
       exports: this.table,
       auth,
-      pool: options.pool,
-      chooser: new CodecChooser(s.codec, ['none', 'lz4', 'deflate'], options.pool.workers),
+      pool: this.options.pool,
+      chooser: this.chooser(s),
       log: log.child({ component: 'wire' }),
       handshakeTimeoutMs: s.handshake_timeout_ms,
       maxConnections: s.max_connections,
       maxConnectionsKey: 'source.max_connections',
     });
+  }
+
+  private chooser(s: SourceSettings): CodecChooser {
+    return new CodecChooser(s.codec, ['none', 'lz4', 'deflate'], this.options.pool.workers);
   }
 
   get listening(): boolean {
@@ -99,8 +164,27 @@ export class DaemonSources {
 
   /** Serves exactly `declared`, as far as exports in use allow; says what it could not do. */
   apply(declared: SourceExportSpec[]): Promise<void> {
-    this.applying = this.applying.catch(() => undefined).then(() => this.applyNow(declared));
-    return this.applying;
+    return this.serialized(() => this.applyNow(declared));
+  }
+
+  /**
+   * Takes the [source] keys of a reloaded config that a running daemon can
+   * take — a new listen address (bound before the old one is let go), new
+   * credentials and handshake timeout (for new connections: those open stay
+   * as they are until they end), the connection cap, the codec choice and
+   * the retry delays — and names each key it could not apply, with why.
+   */
+  reconfigure(next: SourceSettings): Promise<SettingsApplied> {
+    return this.serialized(() => this.reconfigureNow(next));
+  }
+
+  private serialized<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.applying.catch(() => undefined).then(work);
+    this.applying = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
   }
 
   private async applyNow(declared: SourceExportSpec[]): Promise<void> {
@@ -116,19 +200,203 @@ export class DaemonSources {
       }
       await this.remove(name, next ? 'its image or writes changed' : 'no longer declared');
     }
-    const failed: SourceProblem[] = [];
-    for (const spec of declared) {
-      if (this.specs.has(spec.name)) continue;
-      const problem = this.add(spec);
-      if (problem) failed.push({ export: spec.name, image: spec.image, reason: problem });
+    for (const [name, w] of this.waiting) {
+      const next = wanted.get(name);
+      if (!next || next.image !== w.spec.image || next.writes !== w.spec.writes) this.stopWaiting(name);
     }
-    this.failed = failed;
+    // A reload is an explicit ask: every export not open is tried now, its delays start over.
+    for (const w of this.waiting.values()) w.backoff = this.backoff();
+    for (const spec of declared) if (!this.specs.has(spec.name)) this.tryOpen(spec);
     this.removalRefused = refused;
     for (const r of refused)
-      this.options.log.warn(
+      this.log.warn(
         { export: r.export, reason: r.reason },
         'source export not removed: it is in use (the next reload tries again)',
       );
+  }
+
+  private backoff(): Backoff {
+    return new Backoff({ minMs: this.settings.open_retry_min_ms, maxMs: this.settings.open_retry_max_ms });
+  }
+
+  /** Opens a declared export, or keeps it waiting: logged when its reason changes, not at every attempt. */
+  private tryOpen(spec: SourceExportSpec): void {
+    const problem = this.add(spec);
+    const w = this.waiting.get(spec.name);
+    if (problem === null) {
+      if (w) {
+        this.log.info({ export: spec.name, attempts: w.attempts, since: w.since }, 'source export open after retrying');
+        this.stopWaiting(spec.name);
+      }
+      return;
+    }
+    const entry: Waiting = w ?? {
+      spec,
+      reason: '',
+      attempts: 0,
+      since: new Date().toISOString(),
+      nextAttemptAt: 0,
+      backoff: this.backoff(),
+      timer: null,
+    };
+    this.waiting.set(spec.name, entry);
+    entry.attempts++;
+    const delay = entry.backoff.next();
+    entry.nextAttemptAt = Date.now() + delay;
+    const fields = { export: spec.name, image: spec.image, err: problem, attempts: entry.attempts, retryInMs: delay };
+    if (problem !== entry.reason) this.log.error(fields, 'cannot source: the export is not open; trying again');
+    else this.log.debug(fields, 'cannot source yet');
+    entry.reason = problem;
+    this.table.setNotOpen(spec.name, problem);
+    if (entry.timer) clearTimeout(entry.timer);
+    entry.timer = setTimeout(() => {
+      entry.timer = null;
+      void this.serialized(async () => {
+        if (this.closed || this.waiting.get(spec.name) !== entry) return;
+        this.tryOpen(entry.spec);
+      });
+    }, delay);
+    entry.timer.unref();
+  }
+
+  private stopWaiting(name: string): void {
+    const w = this.waiting.get(name);
+    if (w?.timer) clearTimeout(w.timer);
+    this.waiting.delete(name);
+    this.table.setNotOpen(name, null);
+  }
+
+  private async reconfigureNow(next: SourceSettings): Promise<SettingsApplied> {
+    const old = this.settings;
+    const changed = (Object.keys(next) as Array<keyof SourceSettings>).filter(
+      (k) => k !== 'export' && JSON.stringify(next[k]) !== JSON.stringify(old[k]),
+    );
+    const result: SettingsApplied = { applied: [], notApplied: [] };
+    const settings: Record<string, unknown> = { ...old };
+    const take = (keys: Array<keyof SourceSettings>): void => {
+      for (const k of keys) {
+        settings[k] = next[k];
+        result.applied.push(`source.${k}`);
+      }
+    };
+    const refuse = (keys: Array<keyof SourceSettings>, reason: string): void => {
+      for (const k of keys) result.notApplied.push({ key: `source.${k}`, reason });
+    };
+    for (const k of changed) {
+      const why = RESTART_ONLY[k];
+      if (why) refuse([k], why);
+    }
+    take(changed.filter((k) => k === 'open_retry_min_ms' || k === 'open_retry_max_ms'));
+    const listenerKeys = changed.filter(
+      (k) => !RESTART_ONLY[k] && k !== 'open_retry_min_ms' && k !== 'open_retry_max_ms',
+    );
+    try {
+      await this.applyListener(next, listenerKeys, take, refuse);
+    } finally {
+      this.settings = settings as SourceSettings;
+    }
+    if (result.applied.length) this.log.info({ keys: result.applied }, 'source settings applied');
+    for (const n of result.notApplied) this.log.warn({ key: n.key, reason: n.reason }, 'config key not applied');
+    return result;
+  }
+
+  /**
+   * The credential keys whose files were rewritten in place (a key rotated
+   * under the same path): the config does not change, the listener must.
+   */
+  private rewrittenCredentials(
+    next: SourceSettings,
+    changed: Array<keyof SourceSettings>,
+  ): Array<keyof SourceSettings> {
+    if (!this.address || !next.listen || changed.some((k) => (AUTH_KEYS as readonly string[]).includes(k))) return [];
+    let now: WireAuth;
+    try {
+      now = sourceWireAuth(next);
+    } catch {
+      return next.psk_file ? ['psk_file'] : next.cert ? ['cert', 'key', 'ca'] : []; // unreadable now: reported as not applied
+    }
+    return sameCredentials(now, this.server!.credentials)
+      ? []
+      : now.kind === 'psk'
+        ? ['psk_file']
+        : ['cert', 'key', 'ca'];
+  }
+
+  private async applyListener(
+    next: SourceSettings,
+    changed: Array<keyof SourceSettings>,
+    take: (keys: Array<keyof SourceSettings>) => void,
+    refuse: (keys: Array<keyof SourceSettings>, reason: string) => void,
+  ): Promise<void> {
+    let keys = [...changed, ...this.rewrittenCredentials(next, changed)];
+    if (keys.length === 0) return;
+    if (!next.listen) {
+      // No listener wanted: new connections are refused; those open go on until they end.
+      if (this.address) {
+        this.server!.stopListening();
+        this.log.warn({ was: this.address }, 'source listener closed: source.listen is no longer set');
+        this.address = null;
+      }
+      take(keys);
+      return;
+    }
+    const authKeys = keys.filter((k) => (AUTH_KEYS as readonly string[]).includes(k));
+    let auth: WireAuth | undefined;
+    if (authKeys.length > 0 || !this.server)
+      try {
+        auth = sourceWireAuth(next);
+      } catch (e) {
+        const why = (e as Error).message;
+        if (!this.server) return refuse(keys, `${why}: the source listener is not started`);
+        refuse(authKeys, `${why}; new connections are still authenticated with the old settings`);
+        keys = keys.filter((k) => !authKeys.includes(k));
+        auth = undefined;
+      }
+    const change: ListenerChange = {
+      auth,
+      handshakeTimeoutMs: next.handshake_timeout_ms,
+      maxConnections: next.max_connections,
+      chooser: keys.includes('codec') ? this.chooser(next) : undefined,
+    };
+    const at = parseHostPort(next.listen);
+    if (!this.server) this.server = this.makeServer(next, auth!);
+    else if (auth) for (const warning of authWarnings(auth)) this.log.warn({ component: 'source' }, warning);
+    if (!this.address) {
+      // A listener that was not running: source.listen set by this reload (or set again).
+      try {
+        this.address = await this.server.listen(at.host, at.port, change);
+      } catch (e) {
+        return refuse(keys, `cannot listen on ${next.listen}: ${(e as Error).message}`);
+      }
+      take(keys);
+      this.log.info({ address: this.address }, 'source listener started');
+      return;
+    }
+    const rebindKeys = keys.filter(
+      (k) => k === 'listen' || k === 'handshake_timeout_ms' || (AUTH_KEYS as readonly string[]).includes(k),
+    );
+    if (rebindKeys.length > 0) {
+      const was = this.address;
+      try {
+        this.address = await this.server.rebind(keys.includes('listen') ? at : null, change);
+        take(rebindKeys);
+        this.log.info(
+          { address: this.address, was, keys: rebindKeys.map((k) => `source.${k}`) },
+          'source listener replaced: new connections arrive on it; those open stay until they end',
+        );
+      } catch (e) {
+        const left = this.server.isListening
+          ? `the listener stays at ${was} as it was`
+          : 'no listener now (the next reload tries again)';
+        if (!this.server.isListening) this.address = null;
+        refuse(rebindKeys, `cannot listen on ${next.listen}: ${(e as Error).message}; ${left}`);
+      }
+    }
+    const adjustKeys = keys.filter((k) => k === 'max_connections' || k === 'codec');
+    if (adjustKeys.length > 0) {
+      this.server.adjust(change);
+      take(adjustKeys);
+    }
   }
 
   /** Why a migration may not take this image or export name, or null. */
@@ -143,21 +411,51 @@ export class DaemonSources {
 
   find(name: string): SourceImage {
     const image = this.table.get(name);
-    if (!image) throw new Error(`no source export named "${name}"`);
-    return image;
+    if (image) return image;
+    const w = this.waiting.get(name);
+    if (w)
+      throw new Error(`source export "${name}" is not open: ${w.reason} (tried ${w.attempts} time(s); trying again)`);
+    throw new Error(`no source export named "${name}"`);
+  }
+
+  /**
+   * A source-initiated cutover of a tracked export: fences its VM's writes,
+   * records and sends every destination session its final write set (now, or
+   * at its next connection). Asking again gives the same sets.
+   */
+  async cutover(name: string): Promise<SourceImageStatus> {
+    const image = this.find(name);
+    if (image.writes !== 'tracked' && !image.sessions.tracking)
+      throw new Error(
+        `source export "${name}" is read-only: nothing here writes its image, so there is nothing to fence and no write set; ` +
+          'its destinations cut over by themselves (cutover NAME there, or cutover = "at-start")',
+      );
+    await image.sessions.cutover();
+    return image.status();
   }
 
   report(): SourcesReport {
     return {
       listen: this.address,
       totals: this.server ? { ...this.server.counters } : null,
-      exports: this.table.list().map((i) => i.status()),
-      failed: this.failed,
+      exports: this.table.list().map((i) => ({ ...i.status(), state: 'open' as const })),
+      failed: [...this.waiting.values()].map((w) => ({
+        export: w.spec.name,
+        image: w.spec.image,
+        writes: w.spec.writes,
+        state: 'retrying' as const,
+        reason: w.reason,
+        attempts: w.attempts,
+        since: w.since,
+        nextAttemptAt: new Date(w.nextAttemptAt).toISOString(),
+      })),
       removalRefused: this.removalRefused,
     };
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    for (const name of [...this.waiting.keys()]) this.stopWaiting(name);
     await this.server?.close();
     for (const image of this.table.list()) {
       this.options.nbdExports.remove(image.name);
@@ -176,7 +474,7 @@ export class DaemonSources {
   }
 
   private add(spec: SourceExportSpec): string | null {
-    if (!this.server) return 'the source listener is not running (source.listen was not set when the daemon started)';
+    if (!this.server) return 'the source listener is not running (source.listen is not set)';
     const claimed = this.options.destinationClaim(spec.image, spec.name);
     if (claimed) return claimed;
     if (spec.writes === 'tracked' && this.options.nbdExports.has(spec.name))
@@ -189,11 +487,11 @@ export class DaemonSources {
         image: spec.image,
         writes: spec.writes,
         stateDir: this.stateDir,
-        maxSessions: this.maxSessions,
+        // As `ferry source`: every session has a connection when it is made, so live ones never exceed the cap.
+        maxSessions: this.settings.max_connections,
         log: this.options.log.child({ export: spec.name }),
       });
     } catch (e) {
-      this.options.log.error({ export: spec.name, image: spec.image, err: (e as Error).message }, 'cannot source');
       return (e as Error).message;
     }
     this.table.add(image);
@@ -223,4 +521,10 @@ export class DaemonSources {
     this.options.log.info({ export: name, why }, 'source export removed');
     await image.close().catch((e: Error) => this.options.log.error({ export: name, err: e.message }, 'close'));
   }
+}
+
+function sameCredentials(a: WireAuth, b: WireAuth): boolean {
+  if (a.kind === 'psk' && b.kind === 'psk') return a.key.equals(b.key);
+  if (a.kind === 'cert' && b.kind === 'cert') return a.cert.equals(b.cert) && a.key.equals(b.key) && a.ca.equals(b.ca);
+  return a.kind === b.kind;
 }

@@ -20,6 +20,7 @@ import type { DaemonRequest } from '../control/daemon-protocol';
 import { Migration } from '../migrate/migration';
 import { removeDiskFilesIfOurs } from './disk-files';
 import { ExportRegistry } from '../nbd/export-registry';
+import { refuseIfHeld } from '../store/image-lock';
 import { CodecPool } from '../pool';
 import { shareBudget, type BudgetShare } from './budget';
 import { decide, type Effect, type Verb } from './lifecycle';
@@ -35,7 +36,7 @@ import { RegistryFile, type RegistryBody } from './registry-file';
 import { SourceWindows } from './source-windows';
 import type { HostWindowMember } from '../migrate/host-window';
 import { UpstreamOpener } from './upstream-opener';
-import { DaemonSources } from './daemon-sources';
+import { DaemonSources, type KeyNotApplied, type SettingsApplied } from './daemon-sources';
 
 /** How often the budget, unfinished cutovers and failed opens are looked at again. */
 const TICK_MS = 1000;
@@ -43,6 +44,27 @@ const TICK_MS = 1000;
 const ENDED_KEPT = 1000;
 /** A disk that cannot be opened (its source is down) is tried again after this long. */
 const REOPEN_MS = 5000;
+
+/** [daemon] keys bound when the daemon starts: a reload names them, and why, rather than take them. */
+const DAEMON_RESTART_ONLY = {
+  listen: 'the NBD listener serves the VMs of every migration and tracked source export; restart the daemon to move it',
+  socket: 'the NBD listener serves the VMs of every migration and tracked source export; restart the daemon to move it',
+  control: 'the control socket is bound at start (this answer comes over it); restart the daemon to move it',
+  metrics: 'the metrics listener is bound at start; restart the daemon to move it',
+  state_dir:
+    "the registry and every migration's block map are open in the running state directory; restart the daemon to move it",
+} as const;
+
+/** Sections read once at start (the NBD server's limits, the upstream credentials, the logger). */
+const SECTION_RESTART_ONLY = {
+  nbd: "the NBD listener's limits are set when it starts; restart the daemon to change them",
+  wire: 'the ferry-wire credentials and codec workers of the migrations are read once; restart the daemon to change them',
+  log: 'the log is opened at start; restart the daemon to change it',
+} as const;
+
+function sectionValue(config: DaemonConfig, section: 'nbd' | 'wire' | 'log', key: string): unknown {
+  return (config[section] as Record<string, unknown>)[key];
+}
 
 export class DaemonRefusal extends Error {
   constructor(message: string) {
@@ -170,9 +192,10 @@ export class Daemon {
     switch (request.cmd) {
       case 'list':
         return this.list();
-      case 'reload':
-        await this.reloadFile();
-        return this.list();
+      case 'reload': {
+        const reload = await this.reloadFile();
+        return { ...this.list(), reload };
+      }
       case 'sources':
         return this.sources.report();
       case 'source-unfence': {
@@ -180,6 +203,10 @@ export class Daemon {
         image.sessions.unfence();
         return image.status();
       }
+      case 'source-cutover':
+        return this.sources.cutover(request.name).catch((e: Error) => {
+          throw new DaemonRefusal(`source-cutover ${request.name}: ${e.message}`);
+        });
       case 'create':
         return this.create(request.spec, 'control');
       case 'status':
@@ -199,7 +226,7 @@ export class Daemon {
   }
 
   /** Reads the config file again and applies it; a file with errors changes nothing and says why. */
-  async reloadFile(): Promise<void> {
+  async reloadFile(): Promise<SettingsApplied> {
     if (!this.reread) throw new DaemonRefusal('the daemon was started without --config: there is nothing to reload');
     let next: DaemonConfig;
     try {
@@ -208,23 +235,39 @@ export class Daemon {
       this.log.error({ err: (e as Error).message }, 'config not reloaded: it has errors; the running settings stay');
       throw new DaemonRefusal(`config not reloaded: ${(e as Error).message}`);
     }
-    await this.reload(next);
+    return this.reload(next);
   }
 
-  /** Applies new rates, limits and declared migrations (SIGHUP). Listeners and paths need a restart. */
-  async reload(config: DaemonConfig): Promise<void> {
-    const changedListeners = (['listen', 'socket', 'control', 'metrics', 'state_dir'] as const).filter(
+  /**
+   * Applies new rates, limits, declared migrations, source exports and the
+   * [source] listener keys a running daemon can take (SIGHUP); answers which
+   * keys it applied and, for each it could not, why.
+   */
+  async reload(config: DaemonConfig): Promise<SettingsApplied> {
+    const restartOnly = (Object.keys(DAEMON_RESTART_ONLY) as Array<keyof typeof DAEMON_RESTART_ONLY>).filter(
       (k) => config.daemon[k] !== this.config.daemon[k],
     );
-    const sourceKeys = (Object.keys(config.source) as Array<keyof DaemonConfig['source']>).filter(
-      (k) => k !== 'export' && JSON.stringify(config.source[k]) !== JSON.stringify(this.config.source[k]),
-    );
-    const later = [...changedListeners.map((k) => `daemon.${k}`), ...sourceKeys.map((k) => `source.${k}`)];
-    if (later.length) this.log.warn({ keys: later }, 'these keys take effect at the next start');
+    const notApplied: KeyNotApplied[] = restartOnly.map((k) => ({
+      key: `daemon.${k}`,
+      reason: DAEMON_RESTART_ONLY[k],
+    }));
+    for (const section of ['nbd', 'wire', 'log'] as const)
+      for (const k of Object.keys({ ...config[section], ...this.config[section] }))
+        if (JSON.stringify(sectionValue(config, section, k)) !== JSON.stringify(sectionValue(this.config, section, k)))
+          notApplied.push({ key: `${section}.${k}`, reason: SECTION_RESTART_ONLY[section] });
+    for (const n of notApplied) this.log.warn({ key: n.key, reason: n.reason }, 'config key not applied');
+    const source = await this.sources.reconfigure(config.source);
+    const sourceKept = new Set(source.notApplied.map((n) => n.key.slice('source.'.length)));
     this.config = {
       ...config,
-      daemon: { ...config.daemon, ...Object.fromEntries(changedListeners.map((k) => [k, this.config.daemon[k]])) },
-      source: { ...this.config.source, export: config.source.export },
+      nbd: this.config.nbd,
+      wire: this.config.wire,
+      log: this.config.log,
+      daemon: { ...config.daemon, ...Object.fromEntries(restartOnly.map((k) => [k, this.config.daemon[k]])) },
+      source: {
+        ...config.source,
+        ...Object.fromEntries([...sourceKept].map((k) => [k, this.config.source[k as keyof DaemonConfig['source']]])),
+      },
     };
     for (const spec of config.migration) {
       const run = this.runs.get(spec.name);
@@ -236,10 +279,17 @@ export class Daemon {
     await this.sources.apply(config.source.export);
     await this.createDeclared();
     this.applyBudget();
+    const result = { applied: source.applied, notApplied: [...notApplied, ...source.notApplied] };
     this.log.info(
-      { maxRate: config.daemon.max_rate, maxConcurrentCopies: config.daemon.max_concurrent_copies },
+      {
+        maxRate: config.daemon.max_rate,
+        maxConcurrentCopies: config.daemon.max_concurrent_copies,
+        applied: result.applied,
+        notApplied: result.notApplied.map((n) => n.key),
+      },
       'config reloaded',
     );
+    return result;
   }
 
   private list(): object {
@@ -256,7 +306,12 @@ export class Daemon {
           sessions: e.sessions.length,
           bytesSent: e.bytesSent,
         })),
-        failed: sources.failed,
+        failed: sources.failed.map((f) => ({
+          export: f.export,
+          image: f.image,
+          reason: f.reason,
+          attempts: f.attempts,
+        })),
         removalRefused: sources.removalRefused,
       },
       maxRate: this.config.daemon.max_rate || null,
@@ -376,7 +431,7 @@ export class Daemon {
     return null;
   }
 
-  /** Two migrations may not share an image or an export name, nor take a source export's. */
+  /** Two migrations may not share an image or an export name, nor take a source export's or another process's image. */
   private refuseConflicts(spec: MigrationSpec): void {
     for (const mine of spec.disk) {
       const claimed = this.sources.claim(mine.image, diskExportName(spec.name, mine));
@@ -392,6 +447,13 @@ export class Daemon {
               `create: export ${diskExportName(spec.name, mine)} belongs to migration ${other.record.spec.name}`,
             );
         }
+    // Last: an image of this daemon is named by the checks above, another process's by its holder.
+    for (const mine of spec.disk)
+      try {
+        refuseIfHeld(mine.image);
+      } catch (e) {
+        throw new DaemonRefusal(`create: disk ${mine.name}: ${(e as Error).message}`);
+      }
   }
 
   private async createDeclared(): Promise<void> {

@@ -40,6 +40,28 @@ export function lockImage(path: string, mode: LockMode, backend: LockBackend = d
   return backend.kind === 'flock' ? flockFile(backend.ops, path, mode) : pidFileLock(path);
 }
 
+/**
+ * Throws the refusal lockImage would give when another process holds `path`
+ * (naming it and its holder), and otherwise holds nothing: so that a
+ * newcomer is told who owns an image before any other check speaks of it.
+ * A path that does not exist passes.
+ */
+export function refuseIfHeld(
+  path: string,
+  mode: LockMode = 'exclusive',
+  backend: LockBackend = defaultLockBackend,
+): void {
+  if (!fs.existsSync(path)) return;
+  let release: ReleaseLock;
+  try {
+    release = lockImage(path, mode, backend);
+  } catch (e) {
+    if (e instanceof ImageLockedError) throw e;
+    return; // cannot be opened to be locked: the owner's own open says why
+  }
+  release();
+}
+
 /** Locks each path in order; on a refusal the ones already taken are released. */
 export function lockImages(paths: string[], mode: LockMode, backend: LockBackend = defaultLockBackend): ReleaseLock {
   const taken: ReleaseLock[] = [];

@@ -25,6 +25,14 @@ const NAMES_LISTED = 8;
 
 export class NamedSourceExports implements SourceExportTable {
   private readonly byName = new Map<string, SourceImage>();
+  /** Names declared but not open now, and why: a HELLO for one hears that rather than "unknown". */
+  private readonly notOpen = new Map<string, string>();
+
+  /** Marks `name` declared but not open (`reason`), or no longer so (null). */
+  setNotOpen(name: string, reason: string | null): void {
+    if (reason === null) this.notOpen.delete(name);
+    else this.notOpen.set(name, reason);
+  }
 
   add(image: SourceImage): void {
     if (this.byName.has(image.name)) throw new Error(`source export "${image.name}" is already served`);
@@ -46,6 +54,9 @@ export class NamedSourceExports implements SourceExportTable {
   find(name: string): SourceImage | string {
     const image = name === '' ? undefined : this.byName.get(name);
     if (image) return image;
+    const why = this.notOpen.get(name);
+    if (why !== undefined)
+      return `export "${name}" is declared but its image is not open (${why}); the source keeps trying to open it`;
     const names = [...this.byName.keys()].sort();
     const shown = names.slice(0, NAMES_LISTED).map((n) => `"${n}"`);
     if (names.length > NAMES_LISTED) shown.push(`and ${names.length - NAMES_LISTED} more`);
