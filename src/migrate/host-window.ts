@@ -9,7 +9,7 @@
  * (every member's arrivals over the last second) times the smallest latency
  * of a run (which holds the path's round trip and the run's own time on the
  * wire, so the product keeps one run being serialised), plus a small
- * headroom (a tenth of the product), with BBR's gain cycle (2 in
+ * headroom (a tenth of the product, at least a run), with BBR's gain cycle (2 in
  * start-up, then 1.25 / 0.75 / 1) so it finds a faster path. It is learned
  * from the aggregate rate, so members whose paths turn out to be independent
  * raise it. A run
@@ -100,7 +100,11 @@ export class HostWindow {
     if (t < this.probeUntil) return floorBytes;
     const product = this.bestRate * base;
     const gain = this.pacer.gain(base);
-    const headroom = Math.max(floorBytes, this.headroomFraction * product);
+    // At least one run: on a fast link runs are full batches, and a pipeline bound by the cores
+    // (read, compress, decode) needs one more run in it than the product of the rate it reaches.
+    let run = 0;
+    for (const m of this.members) if (m.counts) run = Math.max(run, m.runBytes);
+    const headroom = Math.max(floorBytes, this.headroomFraction * product, run);
     return clamp(product * gain + headroom, floorBytes, ceilingBytes);
   }
 
@@ -192,6 +196,8 @@ export class HostWindowMember {
   wanting = false;
   /** It was refused room and waits for a wake. */
   refused = false;
+  /** Wire bytes of the last run it sent. */
+  runBytes = 0;
   private gone = false;
   private wakeUp: () => void = () => undefined;
 
@@ -240,6 +246,7 @@ export class HostWindowMember {
   /** A background run of `wireBytes` was sent; returns the host's wire bytes in flight with it. */
   sent(wireBytes: number): number {
     if (this.gone) return wireBytes;
+    this.runBytes = wireBytes;
     this.inFlight += wireBytes;
     this.refused = false;
     this.host.added(this, wireBytes);
