@@ -45,6 +45,7 @@ async function sharedDisk(t: Test, seed: number, answer: () => { ok: true } | { 
     migrateArgs: ['--source-control', sourceControl],
     writesAfter: 20,
     beforeMigration: async (source: Vm) => void (sourceQmp = source.testQmpPath),
+    daemonLogs: () => serve.stderr(),
   };
   return { image, initial, control, scenario };
 }

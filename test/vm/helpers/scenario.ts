@@ -147,7 +147,19 @@ export async function runScenario(t: Teardownable, s: Scenario): Promise<Scenari
 
   // The guest goes on writing where it runs now; wait for enough of them there.
   const vm = expect === 'migrated' ? dest : source;
-  await vm.waitForCount(/^FERRY (W |ERR )/, s.writesAfter, GUEST_STEP_MS, expect === 'migrated' ? 0 : afterMigrate);
+  try {
+    await vm.waitForCount(/^FERRY (W |ERR )/, s.writesAfter, GUEST_STEP_MS, expect === 'migrated' ? 0 : afterMigrate);
+  } catch (e) {
+    // A guest that stops writing after the switch-over: say where each QEMU stood and what the disks' daemons saw.
+    throw new Error(
+      `${(e as Error).message}
+after ferry migrate-vm: source QEMU ${sourceStatus}, destination QEMU ${destStatus} ` +
+        `(now: ${await queryStatus(vm.testQmpPath).catch((q: Error) => q.message)})
+` +
+        `disk daemons' last log lines:
+${(s.daemonLogs?.() ?? '').split('\n').slice(-40).join('\n')}`,
+    );
+  }
   vm.send('stop');
   const stopped = await vm.waitFor(/^FERRY STOPPED seq=(\d+) errors=(\d+)$/, GUEST_STEP_MS);
   const verifyFrom = vm.lines.length;
