@@ -151,13 +151,12 @@ export async function runScenario(t: Teardownable, s: Scenario): Promise<Scenari
     await vm.waitForCount(/^FERRY (W |ERR )/, s.writesAfter, GUEST_STEP_MS, expect === 'migrated' ? 0 : afterMigrate);
   } catch (e) {
     // A guest that stops writing after the switch-over: say where each QEMU stood and what the disks' daemons saw.
+    const now = await queryStatus(vm.testQmpPath).catch((q: Error) => q.message);
+    const logs = (s.daemonLogs?.() ?? '').split('\n').slice(-40).join('\n');
     throw new Error(
-      `${(e as Error).message}
-after ferry migrate-vm: source QEMU ${sourceStatus}, destination QEMU ${destStatus} ` +
-        `(now: ${await queryStatus(vm.testQmpPath).catch((q: Error) => q.message)})
-` +
-        `disk daemons' last log lines:
-${(s.daemonLogs?.() ?? '').split('\n').slice(-40).join('\n')}`,
+      `${(e as Error).message}\nafter ferry migrate-vm: source QEMU ${sourceStatus}, destination QEMU ${destStatus} ` +
+        `(now: ${now})\ndisk daemons' last log lines:\n${logs}`,
+      { cause: e },
     );
   }
   vm.send('stop');
