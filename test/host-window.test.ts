@@ -137,7 +137,7 @@ t.test('a copy that finishes returns its share to the others', async (t) => {
 });
 
 /** A window with a measured path: rate 10 000 bytes/ms, base latency 50 ms (product 500 000). */
-function measured(clock: { t: number }): HostWindow {
+function measured(clock: { t: number }, probeOver = true): HostWindow {
   const host = new HostWindow({
     initialBytes: 128 * KiB,
     floorBytes: 64 * KiB,
@@ -153,9 +153,19 @@ function measured(clock: { t: number }): HostWindow {
   }
   m.leave();
   void host.bytes; // the first latency probe starts
-  clock.t += 150; // and is over
+  if (probeOver) clock.t += 150; // and is over
   return host;
 }
+
+t.test('a latency probe holds the window at half the product for two round trips', async (t) => {
+  const clock = { t: 0 };
+  const host = measured(clock, false);
+  t.equal(host.bytes, 250_000, 'half of 500 000: no queue can stand, and the link carries half its rate');
+  clock.t += 99;
+  t.equal(host.bytes, 250_000, 'for two round trips');
+  clock.t += 2;
+  t.ok(host.bytes > 500_000, 'then the product and its headroom again');
+});
 
 // Headroom: the larger of a tenth of the product and the floor (65 536).
 const DRAIN = 375_000 + 65_536;

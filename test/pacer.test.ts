@@ -64,3 +64,21 @@ t.test("start-up ends when a round's runs all come back late: a queue is forming
   t.ok(p.filled, 'a round all a quarter of a round late ends start-up while the rate still grows');
   t.equal(p.gain(round), 0.75, 'and the cycle starts by draining');
 });
+
+t.test('late runs that arrive at one instant (the event loop stalled) do not end start-up', async (t) => {
+  const clock = { t: 0 };
+  const p = new Pacer(() => clock.t);
+  const round = 50;
+  let rate = 100;
+  for (let i = 0; i < 3; i++) {
+    clock.t += round;
+    p.observe((rate *= 2), round, round + 1);
+  }
+  clock.t += 40; // a 40 ms stall: every run that arrived meanwhile is handled now, late
+  for (let i = 0; i < 20; i++) p.observe(rate, round, round + 40 - i);
+  clock.t += 1;
+  p.observe(rate, round, round + 1); // the next run is on time again
+  clock.t += 20;
+  p.observe(rate, round, round + 2);
+  t.notOk(p.filled, 'a stall is not a queue');
+});

@@ -115,8 +115,8 @@ export class BackgroundCopy {
    * on the link (one run may always go; a shared window decides for itself), and its image bytes
    * under their ceiling.
    */
-  hasRoom(): boolean {
-    const nextImage = this.runBlocks() * this.device.map.blockSize;
+  hasRoom(runBlocks = this.runBlocks()): boolean {
+    const nextImage = runBlocks * this.device.map.blockSize;
     if (this.inFlightBytes > 0 && this.inFlightBytes + nextImage > this.options.windowBytes) return false;
     // A shared window bounds the wire bytes of every copy on the link, this one's included: a
     // window of its own, learned from its share of the rate, would only hold it below its share.
@@ -217,11 +217,13 @@ export class BackgroundCopy {
         await this.sleep(null); // warm: wait for a source write to make a block missing again
         continue;
       }
-      if (this.paused || !this.hasRoom()) {
+      // One size for the whole turn: the checks below and the claim agree on it.
+      const runBlocks = this.runBlocks();
+      if (this.paused || !this.hasRoom(runBlocks)) {
         await this.sleep(this.paused ? null : 1000); // a completion wakes it
         continue;
       }
-      const nextWire = this.ratio.wireBytes(this.runBlocks() * bs);
+      const nextWire = this.ratio.wireBytes(runBlocks * bs);
       if (this.options.hostWindow && !this.options.hostWindow.mayCopy(nextWire)) {
         await this.sleep(1000); // the shared window wakes it when room appears
         continue;
@@ -238,7 +240,6 @@ export class BackgroundCopy {
         await this.sleep(paced);
         continue;
       }
-      const runBlocks = this.runBlocks();
       const wait = this.bucket.take(runBlocks * bs);
       if (wait > 0) {
         await this.sleep(wait);
@@ -316,7 +317,7 @@ export class BackgroundCopy {
 
 /** Waits after a failed background fetch: 40 ms, doubling to 1 s, reset by a success. */
 const FAILED_FETCH_BACKOFF = { minMs: 40, maxMs: 1000 };
-/** The window's floor in wire bytes (a latency probe drops to it; one run is always allowed in flight). */
+/** The window's floor in wire bytes (one run is always allowed in flight). */
 const MIN_WINDOW = 64 * 1024;
 /** A run holds about this long of the link at its measured rate. */
 const RUN_LINK_MS = 5;

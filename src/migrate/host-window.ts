@@ -90,15 +90,16 @@ export class HostWindow {
     const base = this.baseLatencyMs;
     const { floorBytes, ceilingBytes, initialBytes } = this.options;
     if (base === null || this.bestRate <= 0) return initialBytes;
-    // Now and then the window drops to its floor for two round trips, so a standing queue
-    // drains and the base latency is measured again (a queue hides it).
+    // Now and then the window drops to half the product for two round trips, so a standing
+    // queue drains and the base latency is measured again (a queue hides it); the link still
+    // carries half its rate meanwhile.
     const t = this.now();
     if (t >= this.nextProbe) {
       this.probeUntil = t + Math.max(2 * base, 50);
       this.nextProbe = t + PROBE_EVERY_MS;
     }
-    if (t < this.probeUntil) return floorBytes;
     const product = this.bestRate * base;
+    if (t < this.probeUntil) return clamp(product / 2, floorBytes, ceilingBytes);
     const gain = this.pacer.gain(base);
     // At least one run: on a fast link runs are full batches, and a pipeline bound by the cores
     // (read, compress, decode) needs one more run in it than the product of the rate it reaches.

@@ -8,8 +8,10 @@
  * on the wire, so the product keeps one run being serialised); the window is
  * that plus a headroom. A window above the product only builds a queue, and
  * a standing queue hides the true latency, so every few seconds the window
- * drops to its floor for a moment (a latency probe) to let the queue drain
- * and measure the path again. The copy feeds it wire bytes (what crosses the
+ * drops to half the product for two round trips (a latency probe, as BBR's
+ * second version does it): half a product in flight cannot keep a queue, so
+ * the queue drains and the path's latency shows again, while the link still
+ * carries half its rate (dropping to the floor would idle it). The copy feeds it wire bytes (what crosses the
  * bottleneck), not image bytes: a run sent as references or zero blocks
  * costs almost nothing on the link.
  */
@@ -43,7 +45,7 @@ export class WindowEstimator {
       this.probeUntil = t + Math.max(2 * base, 50);
       this.nextProbe = t + this.probeEveryMs;
     }
-    return t < this.probeUntil ? this.floor : this.estimate;
+    return t < this.probeUntil ? this.probeWindow() : this.estimate;
   }
 
   /** The largest recent delivery rate, bytes per ms (0 before the first sample). */
@@ -74,6 +76,13 @@ export class WindowEstimator {
     for (const [, r] of this.rates) best = Math.max(best, r);
     this.bestRate = best;
     this.update(base);
+  }
+
+  /** Half the bandwidth-delay product (whose latency may hold a queue; the next probe drains the rest). */
+  private probeWindow(): number {
+    const base = this.minLatency();
+    if (base === null) return this.floor;
+    return Math.max(this.floor, Math.min(this.estimate, Math.round((this.bestRate * base) / 2)));
   }
 
   private update(base: number): void {
