@@ -1,10 +1,12 @@
 /**
- * A ferry source in the test process: one image file served over loopback by
- * the product's WireSourceServer with the `none` codec, for tests that drive
- * a destination's side of the wire against it.
+ * Both ends of the ferry wire for tests: a source in the test process (one
+ * image file served over loopback by the product's WireSourceServer with the
+ * `none` codec), and a destination's WireUpstream opened with the options
+ * tests share, on it or on a ferry daemon's source listener.
  */
 import pino, { type Logger } from 'pino';
 import { CodecPool } from '../../src/pool';
+import { WireUpstream, type WireUpstreamOptions } from '../../src/upstream/wire-upstream';
 import type { WireAuth } from '../../src/wire/auth';
 import { CodecChooser } from '../../src/wire/codec-chooser';
 import { SingleSourceExport } from '../../src/wire/source-exports';
@@ -54,4 +56,33 @@ export async function startWireSource(
       await source.close();
     },
   };
+}
+
+/**
+ * Opens a WireUpstream with one background stream and quick retries; a test
+ * names its block size and attempts per block, and whatever else it needs
+ * otherwise.
+ */
+export function openWireUpstream(
+  url: string,
+  auth: WireAuth,
+  pool: CodecPool,
+  options: Pick<WireUpstreamOptions, 'blockSize' | 'maxAttempts'> & Partial<WireUpstreamOptions>,
+  log: Logger = pino({ level: 'silent' }),
+): Promise<WireUpstream> {
+  return WireUpstream.open(
+    url,
+    auth,
+    pool,
+    {
+      backgroundStreams: 1,
+      maxBatchBlocks: 64,
+      connectTimeoutMs: 5000,
+      minBackoffMs: 20,
+      maxBackoffMs: 200,
+      stallTimeoutMs: 20_000,
+      ...options,
+    },
+    log,
+  );
 }
