@@ -10,9 +10,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import pino from 'pino';
 import { CodecPool } from '../src/pool';
-import { WireUpstream } from '../src/upstream/wire-upstream';
 import { readPsk } from '../src/wire/auth';
 import type { SourcesReport } from '../src/daemon/daemon-sources';
 import { ctlStatus, ferryCtl, freePort, startFerry } from './helpers/ferry-daemon';
@@ -20,6 +18,7 @@ import { ctl, ferrydConfig, startFerryd } from './helpers/ferryd';
 import { run } from './helpers/run';
 import { tempDir, writePatternFile } from './helpers/temp-dir';
 import { until } from './helpers/until';
+import { openWireUpstream } from './helpers/wire-source';
 
 const FERRY = path.resolve(__dirname, '..', '..', 'bin', 'ferry.js');
 const DISK_BYTES = 4 << 20;
@@ -90,22 +89,10 @@ t.test('listener keys on reload: applied for new connections, open ones go on', 
   const pool = new CodecPool({ workers: 1 });
   t.teardown(() => pool.close());
   const open = (port: number, key: Buffer) =>
-    WireUpstream.open(
-      `ferry://127.0.0.1:${port}/img`,
-      { kind: 'psk', key, source: 'test', openFile: false },
-      pool,
-      {
-        blockSize: BS,
-        backgroundStreams: 1,
-        maxBatchBlocks: 64,
-        connectTimeoutMs: 5000,
-        minBackoffMs: 20,
-        maxBackoffMs: 200,
-        maxAttempts: 1,
-        stallTimeoutMs: 20_000,
-      },
-      pino({ level: 'silent' }),
-    );
+    openWireUpstream(`ferry://127.0.0.1:${port}/img`, { kind: 'psk', key, source: 'test', openFile: false }, pool, {
+      blockSize: BS,
+      maxAttempts: 1,
+    });
   const refusedAt = (port: number): Promise<string> =>
     new Promise((resolve) => {
       const s = net.connect(port, '127.0.0.1');

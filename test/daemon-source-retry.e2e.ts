@@ -11,15 +11,14 @@ import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import pino from 'pino';
 import { NbdClient } from '../src/nbd/client';
 import { CodecPool } from '../src/pool';
-import { WireUpstream } from '../src/upstream/wire-upstream';
 import type { SourcesReport } from '../src/daemon/daemon-sources';
 import { ctlStatus, ferryCtl, freePort, startFerry } from './helpers/ferry-daemon';
 import { ctl, ferrydConfig, nbdPort, startFerryd } from './helpers/ferryd';
 import { tempDir, writePatternFile } from './helpers/temp-dir';
 import { until } from './helpers/until';
+import { openWireUpstream } from './helpers/wire-source';
 
 const DISK_BYTES = 1 << 20;
 const BS = 4096;
@@ -71,22 +70,7 @@ t.test('an export not open is retried by itself, and shows why meanwhile', async
   t.teardown(() => pool.close());
   const wireAt = String(daemon.serving.source);
   await t.rejects(
-    WireUpstream.open(
-      `ferry://${wireAt}/late`,
-      { kind: 'insecure' },
-      pool,
-      {
-        blockSize: BS,
-        backgroundStreams: 1,
-        maxBatchBlocks: 64,
-        connectTimeoutMs: 5000,
-        minBackoffMs: 20,
-        maxBackoffMs: 200,
-        maxAttempts: 2,
-        stallTimeoutMs: 20_000,
-      },
-      pino({ level: 'silent' }),
-    ),
+    openWireUpstream(`ferry://${wireAt}/late`, { kind: 'insecure' }, pool, { blockSize: BS, maxAttempts: 2 }),
     /export "late" is declared but its image is not open \(.*ENOENT.*\); the source keeps trying/,
   );
 

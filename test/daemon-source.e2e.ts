@@ -11,10 +11,8 @@ import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import pino from 'pino';
 import { NbdClient, NbdError } from '../src/nbd/client';
 import { CodecPool } from '../src/pool';
-import { WireUpstream } from '../src/upstream/wire-upstream';
 import { readPsk } from '../src/wire/auth';
 import type { SourcesReport } from '../src/daemon/daemon-sources';
 import { ctlStatus, ferryCtl, freePort, startFerry } from './helpers/ferry-daemon';
@@ -22,6 +20,7 @@ import { ctl, ferrydConfig, nbdPort, startFerryd, status, untilState } from './h
 import { run } from './helpers/run';
 import { tempDir, writePatternFile } from './helpers/temp-dir';
 import { until } from './helpers/until';
+import { openWireUpstream } from './helpers/wire-source';
 
 const FERRY = path.resolve(__dirname, '..', '..', 'bin', 'ferry.js');
 const DISK_BYTES = 8 << 20;
@@ -71,22 +70,10 @@ t.test('a daemon sources two images to a ferry dest and a daemon at once', async
     const pool = new CodecPool({ workers: 1 });
     t.teardown(() => pool.close());
     const open = (u: string, file: string) =>
-      WireUpstream.open(
-        u,
-        { kind: 'psk', key: readPsk(file).key, source: file, openFile: false },
-        pool,
-        {
-          blockSize: BS,
-          backgroundStreams: 1,
-          maxBatchBlocks: 64,
-          connectTimeoutMs: 5000,
-          minBackoffMs: 20,
-          maxBackoffMs: 200,
-          maxAttempts: 2,
-          stallTimeoutMs: 20_000,
-        },
-        pino({ level: 'silent' }),
-      );
+      openWireUpstream(u, { kind: 'psk', key: readPsk(file).key, source: file, openFile: false }, pool, {
+        blockSize: BS,
+        maxAttempts: 2,
+      });
     await t.rejects(
       open(url('web3-vda'), key),
       /unknown export "web3-vda" \(this source serves "web1-vda", "web2-vda"\)/,

@@ -15,10 +15,8 @@ import { ChecksumGuardDevice } from '../src/store/checksum-guard-device';
 import { FileDevice } from '../src/store/file-device';
 import { LandedChecksums } from '../src/store/landed-checksums';
 import { MigratingDevice } from '../src/migrate/migrating-device';
-import { WireUpstream } from '../src/upstream/wire-upstream';
 import type { LocalBlocks } from '../src/upstream/upstream';
-import { tempDir } from './helpers/temp-dir';
-import { startWireSource } from './helpers/wire-source';
+import { startWireSession } from './helpers/wire-source';
 
 const BS = 4096;
 const BLOCKS = 16;
@@ -32,27 +30,7 @@ function makeImage(): Buffer {
 }
 
 async function setUp(t: Test, image: Buffer) {
-  const dir = tempDir(t, 'ferry-landed-ref-');
-  const file = path.join(dir, 'disk.img');
-  fs.writeFileSync(file, image);
-  const auth = { kind: 'insecure' } as const;
-  const source = await startWireSource(file, dir, auth);
-  const upstream = await WireUpstream.open(
-    `ferry://127.0.0.1:${source.port}/disk.img`,
-    auth,
-    source.pool,
-    {
-      blockSize: BS,
-      backgroundStreams: 1,
-      maxBatchBlocks: 64,
-      connectTimeoutMs: 5000,
-      minBackoffMs: 10,
-      maxBackoffMs: 100,
-      stallTimeoutMs: 3_600_000,
-      maxAttempts: 3,
-    },
-    source.log,
-  );
+  const { dir, source, upstream } = await startWireSession(t, image, BS, 'ferry-landed-ref-');
   const mapPath = path.join(dir, 'state');
   let map = BlockMap.create(mapPath, {
     blockSize: BS,
@@ -92,11 +70,10 @@ async function setUp(t: Test, image: Buffer) {
     map = BlockMap.open(mapPath);
     return open();
   };
+  // tap runs teardowns last first: the devices close before the session's upstream and source.
   t.teardown(async () => {
     for (const d of devices) await d.close();
     map.close();
-    await upstream.close();
-    await source.close();
   });
   /** Background-fetches block b and lands it, as the background copy does. */
   const copyBlock = async (device: MigratingDevice, b: number) => {

@@ -8,9 +8,9 @@ import t, { Test } from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import pino from 'pino';
 import { startFerry, freePort, ferryCtl, FerryDaemon } from './helpers/ferry-daemon';
 import { tempDir } from './helpers/temp-dir';
+import { openWireUpstream } from './helpers/wire-source';
 import { NbdClient, NbdError } from '../src/nbd/client';
 import { CodecPool } from '../src/pool';
 import { WireUpstream } from '../src/upstream/wire-upstream';
@@ -19,7 +19,6 @@ import type { SourceStatus } from '../src/wire/source-sessions';
 
 const BS = 4096;
 const IMAGE_SIZE = 4 << 20;
-const log = pino({ level: 'silent' });
 
 interface Source {
   dir: string;
@@ -54,23 +53,11 @@ async function restart(t: Test, s: Source): Promise<void> {
 async function openUpstream(t: Test, s: Source, session?: string): Promise<WireUpstream> {
   const pool = new CodecPool({ workers: 1 });
   t.teardown(() => pool.close());
-  const u = await WireUpstream.open(
-    `ferry://127.0.0.1:${s.wirePort}/disk.img`,
-    { kind: 'insecure' },
-    pool,
-    {
-      blockSize: BS,
-      backgroundStreams: 1,
-      maxBatchBlocks: 64,
-      connectTimeoutMs: 5000,
-      minBackoffMs: 20,
-      maxBackoffMs: 200,
-      stallTimeoutMs: 20_000,
-      maxAttempts: 4,
-      session,
-    },
-    log,
-  );
+  const u = await openWireUpstream(`ferry://127.0.0.1:${s.wirePort}/disk.img`, { kind: 'insecure' }, pool, {
+    blockSize: BS,
+    maxAttempts: 4,
+    session,
+  });
   t.teardown(() => u.close());
   return u;
 }

@@ -5,46 +5,13 @@
  * fetches keep references (the same blocks, asked in the background, come as
  * one, which shows the source would have sent it).
  */
-import t, { Test } from 'tap';
+import t from 'tap';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import { FetchFlag } from '../src/wire/protocol';
-import { WireUpstream, fetchFlags } from '../src/upstream/wire-upstream';
-import { tempDir } from './helpers/temp-dir';
-import { startWireSource } from './helpers/wire-source';
+import { fetchFlags } from '../src/upstream/wire-upstream';
+import { startWireSession } from './helpers/wire-source';
 
 const BS = 4096;
-
-async function setUp(t: Test, image: Buffer): Promise<WireUpstream> {
-  const dir = tempDir(t, 'ferry-urgent-ref-');
-  const file = path.join(dir, 'disk.img');
-  fs.writeFileSync(file, image);
-  const auth = { kind: 'insecure' } as const;
-  const source = await startWireSource(file, dir, auth);
-  const { pool, log, port } = source;
-  const upstream = await WireUpstream.open(
-    `ferry://127.0.0.1:${port}/disk.img`,
-    auth,
-    pool,
-    {
-      blockSize: BS,
-      backgroundStreams: 1,
-      maxBatchBlocks: 64,
-      connectTimeoutMs: 5000,
-      minBackoffMs: 10,
-      maxBackoffMs: 100,
-      stallTimeoutMs: 3_600_000, // a loaded machine may starve the in-process source for seconds
-      maxAttempts: 3,
-    },
-    log,
-  );
-  t.teardown(async () => {
-    await upstream.close();
-    await source.close();
-  });
-  return upstream;
-}
 
 t.test('only background fetches may be answered with references', async (t) => {
   t.equal(fetchFlags('urgent') & FetchFlag.NoReferences, FetchFlag.NoReferences);
@@ -55,7 +22,7 @@ t.test('an urgent fetch of a repeated block gets bytes, not a reference', async 
   // Blocks 0 and 5 hold the same random content; the rest differ.
   const image = crypto.randomBytes(16 * BS);
   image.copy(image, 5 * BS, 0, BS);
-  const upstream = await setUp(t, image);
+  const { upstream } = await startWireSession(t, image, BS, 'ferry-urgent-ref-');
 
   // The source has now sent block 0's content on this session: a repeat of it may become a reference.
   t.same(await upstream.fetch(0, BS, 'background'), image.subarray(0, BS));

@@ -5,17 +5,19 @@
  * issued, and marks them changed once it is done. No change can reach the
  * image around it, so no checksum outlives a change to its block.
  */
-import type { BlockDevice, BlockSizeHint, Extent, ZeroOptions } from './block-device';
+import type { BlockDevice, ZeroOptions } from './block-device';
+import { DelegatingDevice } from './delegating-device';
 import type { LandedChecksums } from './landed-checksums';
 
-export class ChecksumGuardDevice implements BlockDevice {
+export class ChecksumGuardDevice extends DelegatingDevice {
   readonly zeroNow?: (offset: number, length: number) => void;
 
   constructor(
-    private readonly inner: BlockDevice,
+    inner: BlockDevice,
     private readonly record: LandedChecksums,
     private readonly bs: number,
   ) {
+    super(inner);
     const zeroNow = inner.zeroNow?.bind(inner);
     if (zeroNow)
       this.zeroNow = (offset, length) => {
@@ -31,52 +33,16 @@ export class ChecksumGuardDevice implements BlockDevice {
       };
   }
 
-  get size(): number {
-    return this.inner.size;
-  }
-  get readOnly(): boolean {
-    return this.inner.readOnly;
-  }
-  get blockSize(): BlockSizeHint {
-    return this.inner.blockSize;
-  }
-  get canTrim(): boolean {
-    return this.inner.canTrim;
-  }
-  get canFastZero(): boolean {
-    return this.inner.canFastZero;
-  }
-
-  read(offset: number, into: Buffer): Promise<void> {
-    return this.inner.read(offset, into);
-  }
-
-  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+  override write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     return this.guarded(offset, data.length, () => this.inner.write(offset, data, fua));
   }
 
-  trim(offset: number, length: number, fua: boolean): Promise<void> {
+  override trim(offset: number, length: number, fua: boolean): Promise<void> {
     return this.guarded(offset, length, () => this.inner.trim(offset, length, fua));
   }
 
-  zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
+  override zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
     return this.guarded(offset, length, () => this.inner.zero(offset, length, options));
-  }
-
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-
-  cache(offset: number, length: number): Promise<void> {
-    return this.inner.cache(offset, length);
-  }
-
-  status(offset: number, length: number): Promise<Extent[]> {
-    return this.inner.status(offset, length);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 
   private async guarded(offset: number, length: number, op: () => Promise<void>): Promise<void> {

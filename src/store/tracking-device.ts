@@ -6,14 +6,15 @@
  * no more writes (EPERM): the destination is the authority from then on.
  */
 import type { Logger } from 'pino';
-import { BlockDevice, BlockDeviceError, BlockSizeHint, Extent, ZeroOptions } from './block-device';
+import { BlockDevice, BlockDeviceError, ZeroOptions } from './block-device';
+import { DelegatingDevice } from './delegating-device';
 
 /** Told of every range the device's data may have changed in. */
 export interface WriteSink {
   markDirty(offset: number, length: number): void;
 }
 
-export class TrackingDevice implements BlockDevice {
+export class TrackingDevice extends DelegatingDevice {
   private readonly sinks = new Set<WriteSink>();
   private fenced = false;
   private inFlight = 0;
@@ -22,26 +23,15 @@ export class TrackingDevice implements BlockDevice {
   refusedWrites = 0;
 
   constructor(
-    private readonly inner: BlockDevice,
+    inner: BlockDevice,
     private readonly log: Logger,
   ) {
+    super(inner);
     if (inner.readOnly) throw new Error('a tracking device needs a writable image');
   }
 
-  get size(): number {
-    return this.inner.size;
-  }
-  get readOnly(): boolean {
+  override get readOnly(): boolean {
     return false;
-  }
-  get blockSize(): BlockSizeHint {
-    return this.inner.blockSize;
-  }
-  get canTrim(): boolean {
-    return this.inner.canTrim;
-  }
-  get canFastZero(): boolean {
-    return this.inner.canFastZero;
   }
   get isFenced(): boolean {
     return this.fenced;
@@ -67,36 +57,16 @@ export class TrackingDevice implements BlockDevice {
     this.fenced = false;
   }
 
-  read(offset: number, into: Buffer): Promise<void> {
-    return this.inner.read(offset, into);
-  }
-
-  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+  override write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     return this.tracked('write', offset, data.length, () => this.inner.write(offset, data, fua));
   }
 
-  trim(offset: number, length: number, fua: boolean): Promise<void> {
+  override trim(offset: number, length: number, fua: boolean): Promise<void> {
     return this.tracked('trim', offset, length, () => this.inner.trim(offset, length, fua));
   }
 
-  zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
+  override zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
     return this.tracked('zero', offset, length, () => this.inner.zero(offset, length, options));
-  }
-
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-
-  cache(offset: number, length: number): Promise<void> {
-    return this.inner.cache(offset, length);
-  }
-
-  status(offset: number, length: number): Promise<Extent[]> {
-    return this.inner.status(offset, length);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 
   private async tracked(what: string, offset: number, length: number, op: () => Promise<void>): Promise<void> {
