@@ -16,6 +16,7 @@ import type { WireAuth } from '../src/wire/auth';
 import { WireUpstream, type WireUpstreamOptions } from '../src/upstream/wire-upstream';
 import { NbdServer, StaticExportTable } from '../src/nbd/server';
 import { NbdClient } from '../src/nbd/client';
+import { NbdUpstream } from '../src/upstream/nbd-upstream';
 import { FaultProxy } from './helpers/fault-proxy';
 import { startWireSource } from './helpers/wire-source';
 import { tempDir } from './helpers/temp-dir';
@@ -112,8 +113,15 @@ t.test('reconnect delays start over after a stream that carried data', async (t)
   // Both streams carry data: the next drop reconnects at once.
   t.ok((await upstream.fetch(0, 4 * BS, 'urgent')).equals(image.subarray(0, 4 * BS)), 'urgent stream carried data');
   t.ok((await upstream.fetch(BS * 8, 4 * BS, 'background')).equals(image.subarray(BS * 8, BS * 12)), 'background too');
+  const before = upstream.received();
+  t.ok(before.bytes >= 8 * BS, `the streams' reads are counted (${before.bytes} bytes)`);
   t.same(await dropAll(), [], 'streams that carried data are replaced without waiting');
+  t.ok(upstream.received().bytes >= before.bytes, 'the count keeps what the replaced streams read');
   t.same(await dropAll(), [10, 10], 'and the delays start again from the shortest');
+  await upstream.fetch(BS * 16, 4 * BS, 'background');
+  const after = upstream.received();
+  t.ok(after.bytes >= before.bytes + 4 * BS, 'the count goes on over the new streams');
+  t.ok(after.at > before.at, 'dated by the latest read');
 });
 
 t.test('the wire stall timeout is the one configured', async (t) => {
@@ -152,4 +160,32 @@ t.test('the NBD stall timeout is the one configured', async (t) => {
   await t.rejects(client.read(0, BS), /NBD server sent nothing for 300 ms with requests outstanding/);
   await closed;
   t.ok(client.isClosed, 'the connection is closed');
+});
+
+t.test("a plain NBD source's reads are counted across reconnects", async (t) => {
+  const file = path.join(tempDir(t, 'ferry-link-recovery-'), 'disk.img');
+  const image = crypto.randomBytes(IMAGE_BLOCKS * BS);
+  fs.writeFileSync(file, image);
+  const device = FileDevice.open(file, { readOnly: true });
+  const server = new NbdServer(
+    new StaticExportTable([{ name: 'disk', description: '', device }]),
+    pino({ level: 'silent' }),
+  );
+  await server.listen({ host: '127.0.0.1', port: 0 });
+  const upstream = await NbdUpstream.open(`nbd://127.0.0.1:${server.port}/disk`, pino({ level: 'silent' }));
+  t.teardown(async () => {
+    await upstream.close();
+    await server.close();
+    await device.close();
+  });
+  t.ok((await upstream.fetch(0, 16 * BS, 'background')).equals(image.subarray(0, 16 * BS)));
+  const before = upstream.received();
+  t.ok(before.bytes >= 16 * BS, `what the sockets read is counted (${before.bytes} bytes)`);
+  t.equal(before.bytes, upstream.linkStats().bytesOnWire, 'the same bytes the link figures show');
+  await upstream.reconnect();
+  t.ok(upstream.received().bytes >= before.bytes, 'kept across a reconnect');
+  t.ok((await upstream.fetch(32 * BS, 8 * BS, 'urgent')).equals(image.subarray(32 * BS, 40 * BS)));
+  const after = upstream.received();
+  t.ok(after.bytes >= before.bytes + 8 * BS, 'and goes on from there');
+  t.ok(after.at > before.at, 'dated by the latest read');
 });

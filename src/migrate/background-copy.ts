@@ -16,6 +16,8 @@ import { TokenBucket } from './token-bucket';
 import { WindowEstimator } from './window-estimator';
 import { WireRatio, type LinkCounters } from './wire-ratio';
 import { Pacer } from './pacer';
+import { sampleOf, sampleStart } from './delivery-sample';
+import type { ReceivedBytes } from '../upstream/upstream';
 import { Backoff } from '../util/backoff';
 import type { HostWindowMember } from './host-window';
 
@@ -66,6 +68,8 @@ export class BackgroundCopy {
     private readonly log: Logger,
     /** The upstream's cumulative byte counters (null while none is attached). */
     private readonly link: () => LinkCounters | null = () => null,
+    /** What the upstream's sockets read, dated by its last read (null: none attached, or it cannot tell). */
+    private readonly received: () => ReceivedBytes | null = () => null,
   ) {
     this.limit = device.map.blockCount;
     this.bucket = new TokenBucket(rateLimit);
@@ -263,6 +267,8 @@ export class BackgroundCopy {
       const base = this.window.baseLatencyMs ?? 0;
       const wire = this.ratio.wireBytes(bytes);
       this.onLinkBytes += wire;
+      const readAtSend = this.received();
+      const sampleFrom = readAtSend ? sampleStart(readAtSend, sentAt, base) : null;
       const receivedAtSend = this.link()?.bytesOnWire ?? null;
       const host = this.options.hostWindow;
       const hostInFlightAtSend = host?.sent(wire) ?? 0;
@@ -281,10 +287,16 @@ export class BackgroundCopy {
         const counters = this.link();
         if (counters) this.ratio.observe(counters);
         this.window.setHeadroom(this.headroom());
-        // What arrived while this run was on its way; its own predicted bytes if the counters
-        // cannot tell (none, or a new upstream's that started over).
-        const received = counters && receivedAtSend !== null ? counters.bytesOnWire - receivedAtSend : -1;
-        this.window.sample(received >= 0 ? received : wire, latency);
+        // What the sockets read while this run was on its way, over the time between those reads
+        // (see delivery-sample.ts); else what the counters say arrived meanwhile, over the latency;
+        // else its own predicted bytes (no counters, or a new upstream's that started over).
+        const read = sampleFrom ? this.received() : null;
+        const delivery = sampleFrom && read ? sampleOf(sampleFrom, read) : null;
+        if (delivery) this.window.sample(delivery.bytes, latency, delivery.intervalMs);
+        else {
+          const received = counters && receivedAtSend !== null ? counters.bytesOnWire - receivedAtSend : -1;
+          this.window.sample(received >= 0 ? received : wire, latency);
+        }
         this.pacer.observe(this.window.rate, this.window.baseLatencyMs ?? 0, latency);
         host?.delivered(wire, hostInFlightAtSend, latency);
       };

@@ -99,8 +99,13 @@ export class Migration extends EventEmitter implements MigrationControl {
       void seed?.close();
       return;
     }
-    const copy = new BackgroundCopy(device, options.copy, options.rateLimit, log, () =>
-      this.upstream ? this.upstream.linkStats() : null,
+    const copy = new BackgroundCopy(
+      device,
+      options.copy,
+      options.rateLimit,
+      log,
+      () => (this.upstream ? this.upstream.linkStats() : null),
+      () => this.upstream?.received?.() ?? null,
     );
     this.copy = copy;
     // The copy claims only blocks every scan has passed: it never fetches a hole or a seeded block.

@@ -65,13 +65,16 @@ export class WindowEstimator {
     if (base !== null) this.update(base);
   }
 
-  /** A run arrived `latencyMs` after it was sent; `deliveredBytes` arrived from the source meanwhile (its own included). */
-  sample(deliveredBytes: number, latencyMs: number): void {
+  /**
+   * A run arrived `latencyMs` after it was sent; `deliveredBytes` arrived from the source
+   * meanwhile (its own included), over `intervalMs` (the latency, unless the counts were dated).
+   */
+  sample(deliveredBytes: number, latencyMs: number, intervalMs = latencyMs): void {
     if (latencyMs <= 0) return;
     const t = this.now();
     keepRecent(this.latencies, t, this.filterMs).push([t, latencyMs]);
     const base = this.minLatency() ?? latencyMs;
-    keepRecent(this.rates, t, this.filterMs / 4).push([t, deliveredBytes / latencyMs]);
+    if (intervalMs > 0) keepRecent(this.rates, t, this.filterMs / 4).push([t, deliveredBytes / intervalMs]);
     let best = 0;
     for (const [, r] of this.rates) best = Math.max(best, r);
     this.bestRate = best;

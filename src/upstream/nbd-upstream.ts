@@ -20,6 +20,7 @@ import {
   type ByteRange,
   type FetchPriority,
   type LinkStats,
+  type ReceivedBytes,
   type Upstream,
   type WriteTracking,
   type DirtyReport,
@@ -88,6 +89,7 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   private bytesFetched = 0;
   /** Bytes read by connections that are gone (so the count on the wire only grows). */
   private bytesReceivedBefore = 0;
+  private lastReadBefore = 0;
   private urgent: NbdClient | null = null;
   private background: NbdClient | null = null;
   private target: NbdTarget;
@@ -202,6 +204,16 @@ export class NbdUpstream extends EventEmitter implements Upstream {
     });
     if (covered === 0) throw new Error(`NBD block status at ${offset} described nothing`);
     return { covered, ranges };
+  }
+
+  received(): ReceivedBytes {
+    let bytes = this.bytesReceivedBefore;
+    let at = this.lastReadBefore;
+    for (const c of [this.urgent, this.background]) {
+      bytes += c?.bytesReceived ?? 0;
+      at = Math.max(at, c?.lastReadAt ?? 0);
+    }
+    return { bytes, at };
   }
 
   linkStats(): LinkStats {
@@ -338,7 +350,10 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   }
 
   private retire(clients: Array<NbdClient | null>): void {
-    for (const c of clients) this.bytesReceivedBefore += c?.bytesReceived ?? 0;
+    for (const c of clients) {
+      this.bytesReceivedBefore += c?.bytesReceived ?? 0;
+      this.lastReadBefore = Math.max(this.lastReadBefore, c?.lastReadAt ?? 0);
+    }
   }
 
   /** Connects again, with backoff, until connected or closed; one loop at a time. */
