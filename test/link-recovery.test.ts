@@ -113,15 +113,13 @@ t.test('reconnect delays start over after a stream that carried data', async (t)
   // Both streams carry data: the next drop reconnects at once.
   t.ok((await upstream.fetch(0, 4 * BS, 'urgent')).equals(image.subarray(0, 4 * BS)), 'urgent stream carried data');
   t.ok((await upstream.fetch(BS * 8, 4 * BS, 'background')).equals(image.subarray(BS * 8, BS * 12)), 'background too');
-  const before = upstream.received();
-  t.ok(before.bytes >= 8 * BS, `the streams' reads are counted (${before.bytes} bytes)`);
+  const before = upstream.bytesRead();
+  t.ok(before >= 8 * BS, `the streams' reads are counted (${before} bytes)`);
   t.same(await dropAll(), [], 'streams that carried data are replaced without waiting');
-  t.ok(upstream.received().bytes >= before.bytes, 'the count keeps what the replaced streams read');
+  t.ok(upstream.bytesRead() >= before, 'the count keeps what the replaced streams read');
   t.same(await dropAll(), [10, 10], 'and the delays start again from the shortest');
   await upstream.fetch(BS * 16, 4 * BS, 'background');
-  const after = upstream.received();
-  t.ok(after.bytes >= before.bytes + 4 * BS, 'the count goes on over the new streams');
-  t.ok(after.at > before.at, 'dated by the latest read');
+  t.ok(upstream.bytesRead() >= before + 4 * BS, 'the count goes on over the new streams');
 });
 
 t.test('the wire stall timeout is the one configured', async (t) => {
@@ -179,13 +177,11 @@ t.test("a plain NBD source's reads are counted across reconnects", async (t) => 
     await device.close();
   });
   t.ok((await upstream.fetch(0, 16 * BS, 'background')).equals(image.subarray(0, 16 * BS)));
-  const before = upstream.received();
-  t.ok(before.bytes >= 16 * BS, `what the sockets read is counted (${before.bytes} bytes)`);
-  t.equal(before.bytes, upstream.linkStats().bytesOnWire, 'the same bytes the link figures show');
+  const before = upstream.bytesRead();
+  t.ok(before >= 16 * BS, `what the sockets read is counted (${before} bytes)`);
+  t.equal(before, upstream.linkStats().bytesOnWire, 'the same bytes the link figures show');
   await upstream.reconnect();
-  t.ok(upstream.received().bytes >= before.bytes, 'kept across a reconnect');
+  t.ok(upstream.bytesRead() >= before, 'kept across a reconnect');
   t.ok((await upstream.fetch(32 * BS, 8 * BS, 'urgent')).equals(image.subarray(32 * BS, 40 * BS)));
-  const after = upstream.received();
-  t.ok(after.bytes >= before.bytes + 8 * BS, 'and goes on from there');
-  t.ok(after.at > before.at, 'dated by the latest read');
+  t.ok(upstream.bytesRead() >= before + 8 * BS, 'and goes on from there');
 });

@@ -16,8 +16,7 @@ import { TokenBucket } from './token-bucket';
 import { WindowEstimator } from './window-estimator';
 import { WireRatio, type LinkCounters } from './wire-ratio';
 import { Pacer } from './pacer';
-import { sampleOf, sampleStart } from './delivery-sample';
-import type { ReceivedBytes } from '../upstream/upstream';
+import { DeliveryClock } from './delivery-sample';
 import { Backoff } from '../util/backoff';
 import type { HostWindowMember } from './host-window';
 
@@ -58,6 +57,7 @@ export class BackgroundCopy {
   private readonly window: WindowEstimator;
   private readonly ratio = new WireRatio();
   private readonly pacer = new Pacer();
+  private readonly delivery = new DeliveryClock();
   /** Runs are claimed only below this block (a zero scan raises it as it goes). */
   private limit: number;
 
@@ -68,8 +68,8 @@ export class BackgroundCopy {
     private readonly log: Logger,
     /** The upstream's cumulative byte counters (null while none is attached). */
     private readonly link: () => LinkCounters | null = () => null,
-    /** What the upstream's sockets read, dated by its last read (null: none attached, or it cannot tell). */
-    private readonly received: () => ReceivedBytes | null = () => null,
+    /** Bytes the upstream's sockets read so far (null: none attached, or it cannot tell). */
+    private readonly bytesRead: () => number | null = () => null,
   ) {
     this.limit = device.map.blockCount;
     this.bucket = new TokenBucket(rateLimit);
@@ -266,9 +266,9 @@ export class BackgroundCopy {
       const sentAt = performance.now();
       const base = this.window.baseLatencyMs ?? 0;
       const wire = this.ratio.wireBytes(bytes);
+      const readAtSend = this.bytesRead();
+      const stamp = readAtSend === null ? null : this.delivery.sent(sentAt, readAtSend, this.onLinkBytes === 0);
       this.onLinkBytes += wire;
-      const readAtSend = this.received();
-      const sampleFrom = readAtSend ? sampleStart(readAtSend, sentAt, base) : null;
       const receivedAtSend = this.link()?.bytesOnWire ?? null;
       const host = this.options.hostWindow;
       const hostInFlightAtSend = host?.sent(wire) ?? 0;
@@ -287,11 +287,11 @@ export class BackgroundCopy {
         const counters = this.link();
         if (counters) this.ratio.observe(counters);
         this.window.setHeadroom(this.headroom());
-        // What the sockets read while this run was on its way, over the time between those reads
-        // (see delivery-sample.ts); else what the counters say arrived meanwhile, over the latency;
-        // else its own predicted bytes (no counters, or a new upstream's that started over).
-        const read = sampleFrom ? this.received() : null;
-        const delivery = sampleFrom && read ? sampleOf(sampleFrom, read) : null;
+        // What the sockets read while this run was on its way, over a span that cannot run ahead
+        // of the link (see delivery-sample.ts); else what the counters say arrived meanwhile, over
+        // the latency; else its own predicted bytes (no counters, or a new upstream's that started over).
+        const read = stamp ? this.bytesRead() : null;
+        const delivery = stamp && read !== null ? this.delivery.arrived(stamp, performance.now(), read) : null;
         if (delivery) this.window.sample(delivery.bytes, latency, delivery.intervalMs);
         else {
           const received = counters && receivedAtSend !== null ? counters.bytesOnWire - receivedAtSend : -1;

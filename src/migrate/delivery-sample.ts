@@ -1,34 +1,50 @@
 /**
- * One delivery-rate sample of a background run: the bytes the upstream's
- * sockets read while the run was on its way, over the time between the two
- * reads that bound them. Both ends are read times, not the times the copy
- * looked: a process busy for a while reads what arrived meanwhile in one go,
- * and a count taken at the send during such a while misses bytes that had
- * arrived already, which the arrival then counts as if they had come during
- * the flight (a loaded destination measured twice the link that way, and a
- * window twice the product queued until the router dropped). Counting from
- * the last read before the send, over the time since that read, the busy
- * time is on both sides of the ratio.
+ * Delivery-rate samples of background runs, as BBR takes them: a run's
+ * sample is the bytes the upstream's sockets read from the last run's
+ * arrival before it was sent to its own arrival, over the longer of that
+ * time and the time between the sends of those two runs.
+ *
+ * Over the arrival times alone, bytes that waited in the kernel while the
+ * destination was busy look as if they had come in the moment it read them:
+ * a loaded destination read a second's backlog within 135 ms and measured
+ * twice the link, and a window of twice the product queued until the router
+ * dropped. The sends of the runs that carried those bytes were spread over
+ * the time the bytes really took, so the longer of the two spans cannot run
+ * ahead of the link. Counting from the last arrival (not from the send) keeps
+ * both ends of a sample at moments the counts were fresh.
+ *
+ * A send with nothing of the copy's in flight starts the clock again: the
+ * link was idle, and the time since the last arrival is not delivery time.
  */
 
-import type { ReceivedBytes } from '../upstream/upstream';
-
-/** A read older than this before a send means the link was idle: nothing was waiting to be read. */
-export const IDLE_READ_MS = 250;
-
-/** Where a run's sample starts: the count at the send, dated by its last read (or by the send, after idleness). */
-export function sampleStart(atSend: ReceivedBytes, sentAt: number, baseLatencyMs: number): ReceivedBytes {
-  const idle = sentAt - atSend.at > Math.max(2 * baseLatencyMs, IDLE_READ_MS);
-  return { bytes: atSend.bytes, at: idle ? sentAt : Math.min(atSend.at, sentAt) };
+/** What a run carries from its send to its arrival. */
+export interface SendStamp {
+  sentAt: number;
+  /** The bytes counted at the last arrival before the send, and when that was. */
+  bytes: number;
+  at: number;
+  /** When the run that arrived last before this send was sent. */
+  firstSentAt: number;
 }
 
-/**
- * The bytes and the interval of the sample that ends with the count `now`, or null when the counts
- * cannot be compared (a new upstream started its own, or nothing was read since the start).
- */
-export function sampleOf(start: ReceivedBytes, now: ReceivedBytes): { bytes: number; intervalMs: number } | null {
-  const bytes = now.bytes - start.bytes;
-  const intervalMs = now.at - start.at;
-  if (bytes <= 0 || intervalMs <= 0) return null;
-  return { bytes, intervalMs };
+export class DeliveryClock {
+  private last: { bytes: number; at: number; firstSentAt: number } | null = null;
+
+  /** Stamps a run sent at `sentAt`; `bytes` is the count now, `idle` says nothing of the copy's was in flight. */
+  sent(sentAt: number, bytes: number, idle: boolean): SendStamp {
+    if (idle || !this.last || bytes < this.last.bytes) this.last = { bytes, at: sentAt, firstSentAt: sentAt };
+    return { sentAt, ...this.last };
+  }
+
+  /**
+   * The run stamped `stamp` arrived at `now` with the count at `bytes`: the sample's bytes and
+   * interval, or null when the counts cannot be compared (a new upstream counts from zero).
+   */
+  arrived(stamp: SendStamp, now: number, bytes: number): { bytes: number; intervalMs: number } | null {
+    if (!this.last || now >= this.last.at) this.last = { bytes, at: now, firstSentAt: stamp.sentAt };
+    const delivered = bytes - stamp.bytes;
+    const intervalMs = Math.max(now - stamp.at, stamp.sentAt - stamp.firstSentAt);
+    if (delivered <= 0 || intervalMs <= 0) return null;
+    return { bytes: delivered, intervalMs };
+  }
 }

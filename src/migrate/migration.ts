@@ -105,7 +105,7 @@ export class Migration extends EventEmitter implements MigrationControl {
       options.rateLimit,
       log,
       () => (this.upstream ? this.upstream.linkStats() : null),
-      () => this.upstream?.received?.() ?? null,
+      () => this.upstream?.bytesRead?.() ?? null,
     );
     this.copy = copy;
     // The copy claims only blocks every scan has passed: it never fetches a hole or a seeded block.

@@ -90,7 +90,6 @@ export class NbdClient extends EventEmitter {
     socket.setKeepAlive(true, 10_000);
     socket.on('data', (chunk: Buffer) => {
       this.lastData = Date.now();
-      this.lastReadAt = performance.now();
       this.decoder.push(chunk);
       this.drain();
     });
@@ -115,9 +114,6 @@ export class NbdClient extends EventEmitter {
   get bytesReceived(): number {
     return this.socket.bytesRead;
   }
-
-  /** When the last of them was read (performance.now() ms; 0 before the first). */
-  lastReadAt = 0;
 
   static async connect(address: ListenAddress, options: NbdClientOptions = {}): Promise<NbdClient> {
     const { signal } = options;

@@ -20,7 +20,6 @@ import {
   type ByteRange,
   type FetchPriority,
   type LinkStats,
-  type ReceivedBytes,
   type Upstream,
   type WriteTracking,
   type DirtyReport,
@@ -89,7 +88,6 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   private bytesFetched = 0;
   /** Bytes read by connections that are gone (so the count on the wire only grows). */
   private bytesReceivedBefore = 0;
-  private lastReadBefore = 0;
   private urgent: NbdClient | null = null;
   private background: NbdClient | null = null;
   private target: NbdTarget;
@@ -206,23 +204,17 @@ export class NbdUpstream extends EventEmitter implements Upstream {
     return { covered, ranges };
   }
 
-  received(): ReceivedBytes {
+  bytesRead(): number {
     let bytes = this.bytesReceivedBefore;
-    let at = this.lastReadBefore;
-    for (const c of [this.urgent, this.background]) {
-      bytes += c?.bytesReceived ?? 0;
-      at = Math.max(at, c?.lastReadAt ?? 0);
-    }
-    return { bytes, at };
+    for (const c of [this.urgent, this.background]) bytes += c?.bytesReceived ?? 0;
+    return bytes;
   }
 
   linkStats(): LinkStats {
-    // What the sockets read: a server that sends holes as hole chunks moves fewer bytes than it describes.
-    let received = this.bytesReceivedBefore;
-    for (const c of [this.urgent, this.background]) received += c?.bytesReceived ?? 0;
     return {
       ...emptyLinkStats(),
-      bytesOnWire: received,
+      // What the sockets read: a server that sends holes as hole chunks moves fewer bytes than it describes.
+      bytesOnWire: this.bytesRead(),
       bytesBeforeEncoding: this.bytesFetched,
     };
   }
@@ -350,10 +342,7 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   }
 
   private retire(clients: Array<NbdClient | null>): void {
-    for (const c of clients) {
-      this.bytesReceivedBefore += c?.bytesReceived ?? 0;
-      this.lastReadBefore = Math.max(this.lastReadBefore, c?.lastReadAt ?? 0);
-    }
+    for (const c of clients) this.bytesReceivedBefore += c?.bytesReceived ?? 0;
   }
 
   /** Connects again, with backoff, until connected or closed; one loop at a time. */

@@ -24,12 +24,6 @@ export interface LinkStats {
   codec: string;
 }
 
-/** Bytes an upstream's sockets read from the source so far (framing included), and when the last of them was read (performance.now() ms). */
-export interface ReceivedBytes {
-  bytes: number;
-  at: number;
-}
-
 /** A link that has carried nothing yet. */
 export function emptyLinkStats(codec = 'none'): LinkStats {
   return {
@@ -113,8 +107,8 @@ export interface Upstream extends EventEmitter {
   reconnect(url?: string): Promise<void>;
   close(): Promise<void>;
   linkStats(): LinkStats;
-  /** What the sockets read, counted as it is read: the background copy's delivery rate counts it. */
-  received?(): ReceivedBytes;
+  /** Bytes its sockets read from the source so far, framing included, counted as they are read: the background copy's delivery rate counts them. */
+  bytesRead?(): number;
   /**
    * Which parts of [offset, offset+length) read as zeros at the source (its
    * holes), so they need not be fetched. Resolves null when the source cannot

@@ -17,7 +17,6 @@ import type { CodecPool } from '../pool';
 import type {
   FetchPriority,
   LinkStats,
-  ReceivedBytes,
   LocalBlocks,
   Upstream,
   WriteTracking,
@@ -77,7 +76,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
   readonly session: string;
   private reconnecting = new Set<number>();
   /** What the streams no longer in a slot read. */
-  private readonly readBefore: ReceivedBytes = { bytes: 0, at: 0 };
+  private readBefore = 0;
   /** Each slot's reconnect delays (index -1: the urgent stream), kept across its streams. */
   private readonly backoffs = new Map<number, Backoff>();
   private fatal: Error | null = null;
@@ -188,14 +187,10 @@ export class WireUpstream extends EventEmitter implements Upstream {
     return wireLinkStats(this.stats);
   }
 
-  received(): ReceivedBytes {
-    let bytes = this.readBefore.bytes;
-    let at = this.readBefore.at;
-    for (const s of [this.urgent, ...this.background]) {
-      bytes += s?.bytesReceived ?? 0;
-      at = Math.max(at, s?.lastReadAt ?? 0);
-    }
-    return { bytes, at };
+  bytesRead(): number {
+    let bytes = this.readBefore;
+    for (const s of [this.urgent, ...this.background]) bytes += s?.bytesReceived ?? 0;
+    return bytes;
   }
 
   async fetch(offset: number, length: number, priority: FetchPriority): Promise<Buffer> {
@@ -375,11 +370,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
 
   private setSlot(index: number, stream: WireStream | null): void {
     const old = this.slot(index);
-    if (old && old !== stream) {
-      // Its count stays in the total: received() only grows.
-      this.readBefore.bytes += old.bytesReceived;
-      this.readBefore.at = Math.max(this.readBefore.at, old.lastReadAt);
-    }
+    if (old && old !== stream) this.readBefore += old.bytesReceived; // bytesRead() only grows
     if (index < 0) this.urgent = stream;
     else this.background[index] = stream;
     if (this.urgent) this.urgentGate.open();

@@ -86,8 +86,6 @@ export class WireStream extends EventEmitter {
   private closed = false;
   private closeError: Error = new Error('connection to the source closed');
   bytesReceived = 0;
-  /** When the last of them was read (performance.now() ms; 0 before the first). */
-  lastReadAt = 0;
   /** Frames after WELCOME: the stream carried answers (or reports), not just a handshake. */
   framesAfterWelcome = 0;
   private lastFrameAt = Date.now();
@@ -113,7 +111,6 @@ export class WireStream extends EventEmitter {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
       this.bytesReceived += chunk.length;
-      this.lastReadAt = performance.now();
       this.decoder.push(chunk);
       this.drain();
     });
