@@ -67,6 +67,9 @@ export function reportFigures(t: Test, name: string, r: ScenarioResult): void {
 
 /** The guest's own checks and the final image: every acknowledged write is there, nothing else changed. */
 export function assertNoLoss(t: Test, r: ScenarioResult, image: ImageCheck): void {
+  // The guest's console holds only its answers, unless its shell failed (a fork, a read): say what it said.
+  const other = [...r.source.lines, ...r.dest.lines].filter((l) => l.trim() !== '' && !l.startsWith('FERRY '));
+  if (other.length) t.comment(`guest console, other than its answers:\n${other.slice(0, 40).join('\n')}`);
   t.equal(r.writes.errors, 0, 'the guest saw no write error');
   t.same(r.errorLines, [], 'no write failed at the source or at the destination');
   t.equal(r.verify.bad, 0, `the guest read back every record it wrote ${r.verify.badLines.join('; ')}`);
