@@ -1,4 +1,5 @@
 // npm run bench:daemon [-- --size-mib N] [--migrations N] [--links 100M/25,1G/5] [--json FILE]
+//                        [--ferry-node-args "--cpu-prof --cpu-prof-dir=bench/out/prof"]
 // N concurrent migrations in one `ferry daemon`, their sources behind ONE emulated
 // WAN link (a plain NBD server, nbdkit, serving every source image): aggregate
 // goodput against the link, Jain's fairness index between the equal-weight
@@ -31,6 +32,9 @@ const LINKS = (flag('--links') ?? '100M/25,1G/5').split(',').map((p) => {
   if (!m) throw new Error(`--links: "${p}" is not RATE/LATENCY like 100M/25`);
   return { bits: Number(m[1]) * (m[2] === 'G' ? 1e9 : 1e6), latencyMs: Number(m[3]), name: p.trim() };
 });
+/** Node flags for the daemon and the `ferry dest` peer (a profile of each, say). */
+const FERRY_NODE_ARGS = (flag('--ferry-node-args') ?? '').split(' ').filter(Boolean);
+const FERRY = [process.execPath, ...FERRY_NODE_ARGS, FERRY_BIN];
 const MiB = 1 << 20;
 const log = (line: string): void => void process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${line}\n`);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -108,7 +112,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     config,
     `[daemon]\nstate_dir = "${dir}/state"\ncontrol = "${control}"\nlisten = "127.0.0.1:0"\n[log]\nlevel = "warn"\n`,
   );
-  const daemon = spawnOn([process.execPath, FERRY_BIN], 'ferryd', [
+  const daemon = spawnOn(FERRY, 'ferryd', [
     'daemon',
     '--config',
     config,
@@ -190,7 +194,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
   await daemon.stop();
   // The peer: one ferry dest migrating one disk of the same size over the same link.
   const destImage = path.join(dir, 'single-dest.img');
-  const dest = spawnOn([process.execPath, FERRY_BIN], 'ferry dest', [
+  const dest = spawnOn(FERRY, 'ferry dest', [
     'dest',
     '--cutover-at-start',
     '--source',
