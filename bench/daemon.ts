@@ -5,8 +5,9 @@
 // goodput against the link, Jain's fairness index between the equal-weight
 // migrations, the daemon's on-demand p50 per migration while all copy, its RSS,
 // and its CPU per migrated GiB against one `ferry dest` migrating one disk over
-// the same link. It also samples the emulated link's queue every 10 ms while all copy:
-// the time a byte entering the link then waits before it is on the wire.
+// the same link under the same per-migration load (a VM reading, its status
+// polled). It also samples the emulated link's queue every 10 ms while all
+// copy: the time a byte entering the link then waits before it is on the wire.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -37,6 +38,9 @@ const FERRY_NODE_ARGS = (flag('--ferry-node-args') ?? '').split(' ').filter(Bool
 const FERRY = [process.execPath, ...FERRY_NODE_ARGS, FERRY_BIN];
 const MiB = 1 << 20;
 const log = (line: string): void => void process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${line}\n`);
+/** A VM reads a block this often; the bench asks each migration's status this often. */
+const POLL_READ_MS = 100;
+const POLL_STATUS_MS = 250;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** CPU seconds (user + system) a process has used so far. */
@@ -54,6 +58,17 @@ function rssMiB(pid: number): number {
 function jain(xs: number[]): number {
   const sum = xs.reduce((a, b) => a + b, 0);
   return (sum * sum) / (xs.length * xs.reduce((a, b) => a + b * b, 0));
+}
+
+/** A VM reading a random 4 KiB block every 100 ms through `exportName` until `reading.on` is false. */
+async function vmReader(port: number, exportName: string, reading: { on: boolean }): Promise<void> {
+  const client = await NbdClient.connect({ host: '127.0.0.1', port }, { exportName });
+  while (reading.on) {
+    const block = Math.floor(Math.random() * ((SIZE_MIB * MiB) / 4096));
+    await client.read(block * 4096, 4096).catch(() => undefined);
+    await sleep(POLL_READ_MS);
+  }
+  await client.close();
 }
 
 async function startNbdkit(dir: string): Promise<{ port: number; stop: () => void }> {
@@ -112,13 +127,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     config,
     `[daemon]\nstate_dir = "${dir}/state"\ncontrol = "${control}"\nlisten = "127.0.0.1:0"\n[log]\nlevel = "warn"\n`,
   );
-  const daemon = spawnOn(FERRY, 'ferryd', [
-    'daemon',
-    '--config',
-    config,
-    '--log-level',
-    'info',
-  ]);
+  const daemon = spawnOn(FERRY, 'ferryd', ['daemon', '--config', config, '--log-level', 'info']);
   await daemon.waitFor('"msg":"serving"', 60_000);
   const nbdAddress = /"address":"([^"]+)"/.exec(daemon.lines.find((l) => l.includes('"msg":"serving"'))!)![1];
   const ctl = async (request: DaemonRequest): Promise<Record<string, unknown>> => {
@@ -127,7 +136,6 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     return r.status;
   };
   const names = [...Array(MIGRATIONS).keys()].map((i) => `m${i}`);
-  const cpu0 = cpuSeconds(daemon.child.pid!);
   const t0 = Date.now();
   await Promise.all(
     names.map((name) =>
@@ -148,18 +156,12 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
       }),
     ),
   );
+  // Counted from here, as the peer's from "serving": each migration is open and started.
+  const cpu0 = cpuSeconds(daemon.child.pid!);
   // A VM per migration reading blocks while all copy: reads of blocks not held yet are on-demand fetches.
   const port = Number(nbdAddress.slice(nbdAddress.lastIndexOf(':') + 1));
-  let reading = true;
-  const readers = names.map(async (name) => {
-    const client = await NbdClient.connect({ host: '127.0.0.1', port }, { exportName: `${name}/vda` });
-    while (reading) {
-      const block = Math.floor(Math.random() * ((SIZE_MIB * MiB) / 4096));
-      await client.read(block * 4096, 4096).catch(() => undefined);
-      await sleep(100);
-    }
-    await client.close();
-  });
+  const reading = { on: true };
+  const readers = names.map((name) => vmReader(port, `${name}/vda`, reading));
   // Bytes accepted by the link and not delivered: those on the wire's propagation delay plus the queue.
   const bytesPerMs = link.bits / 8 / 1000;
   const queueMs: number[] = [];
@@ -181,19 +183,23 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
       clearInterval(queueSampler);
     }
     if (reports.every((r) => r.state === 'complete')) break;
-    await sleep(250);
+    await sleep(POLL_STATUS_MS);
   }
   const seconds = (Date.now() - t0) / 1000;
   clearInterval(queueSampler);
   queueMs.sort((a, b) => a - b);
   const queueAt = (p: number): number =>
     queueMs.length ? Math.round(queueMs[Math.min(queueMs.length - 1, Math.floor(p * queueMs.length))] * 10) / 10 : 0;
-  reading = false;
+  reading.on = false;
   await Promise.all(readers);
   const daemonCpu = cpuSeconds(daemon.child.pid!) - cpu0;
   await daemon.stop();
-  // The peer: one ferry dest migrating one disk of the same size over the same link.
+  // The peer: one ferry dest migrating one disk of the same size and content over the same link,
+  // with the same per-migration load as each of the daemon's: a VM reading through it, and its
+  // status asked as often. Its CPU is counted from "serving" (the migration opened and started),
+  // the daemon's from when every create has answered (each migration opened and started).
   const destImage = path.join(dir, 'single-dest.img');
+  const destControl = path.join(dir, 'dest.sock');
   const dest = spawnOn(FERRY, 'ferry dest', [
     'dest',
     '--cutover-at-start',
@@ -204,11 +210,27 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     '--listen',
     '127.0.0.1:0',
     '--control',
-    path.join(dir, 'dest.sock'),
+    destControl,
   ]);
   await dest.waitFor('"msg":"serving"', 60_000);
   const destCpu0 = cpuSeconds(dest.child.pid!);
-  await dest.waitFor('migration complete', 600_000);
+  const destAddress = /"address":"([^"]+)"/.exec(dest.lines.find((l) => l.includes('"msg":"serving"'))!)![1];
+  const destReading = { on: true };
+  const destReader = vmReader(
+    Number(destAddress.slice(destAddress.lastIndexOf(':') + 1)),
+    path.basename(destImage),
+    destReading,
+  );
+  let destDone = false;
+  const destComplete = dest.waitFor('migration complete', 600_000).finally(() => (destDone = true));
+  while (!destDone) {
+    const r = await sendControl(destControl, { cmd: 'status' }, 120_000);
+    if (!r.ok) throw new Error(r.error);
+    await Promise.race([sleep(POLL_STATUS_MS), destComplete]);
+  }
+  await destComplete;
+  destReading.on = false;
+  await destReader;
   const destCpu = cpuSeconds(dest.child.pid!) - destCpu0;
   await dest.stop();
   await wan.close();
