@@ -30,6 +30,7 @@
  * woken through their onWake callback when room appears.
  */
 import { Pacer } from './pacer';
+import { WindowedExtreme } from '../util/windowed-extreme';
 
 export interface HostWindowOptions {
   /** Wire bytes the window starts at (before any sample). */
@@ -46,9 +47,11 @@ export interface HostWindowOptions {
 export class HostWindow {
   private readonly members = new Set<HostWindowMember>();
   private readonly pacer: Pacer;
-  private readonly latencies: Array<[number, number]> = []; // [time, ms]
+  private readonly latencies = new WindowedExtreme('min', LATENCY_FILTER_MS);
   private readonly deliveries: Array<[number, number]> = []; // [time, wire bytes]
-  private readonly rates: Array<[number, number]> = []; // [time, bytes/ms]
+  /** The sum of the wire bytes in `deliveries`. */
+  private deliveriesBytes = 0;
+  private readonly rates = new WindowedExtreme('max', RATE_FILTER_MS);
   private bestRate = 0;
   private probeUntil = 0;
   private nextProbe: number;
@@ -82,7 +85,7 @@ export class HostWindow {
 
   /** The smallest recent latency of a background run, ms (null before the first). */
   get baseLatencyMs(): number | null {
-    return minOf(this.latencies);
+    return this.latencies.value;
   }
 
   /** The bound on the sum of background wire bytes in flight now. */
@@ -111,27 +114,36 @@ export class HostWindow {
 
   /** The member's share of the window now: by weight among the members that want to copy. */
   shareOf(member: HostWindowMember): number {
-    let weights = member.counts ? 0 : member.weight; // one asking counts as wanting
-    for (const m of this.members) if (m.counts) weights += m.weight;
-    return (this.bytes * member.weight) / weights;
+    return shareIn(member, this.bytes, this.countingWeights());
   }
 
   /** @internal */
   mayCopy(member: HostWindowMember, nextBytes: number): boolean {
     member.wanting = true;
+    // One look at the window and the weights for the whole decision: each is a pass over the members.
     const window = this.bytes;
     // A run goes if half of it fits under the window: the sum stays within half a run of it, and
     // the window can grow (it holds the rate it measures); one run may always be in flight.
-    const allowed =
-      this.total === 0 ||
-      (this.total + nextBytes / 2 < window &&
-        (member.inFlight < this.shareOf(member) || !this.someoneRefusedUnderShare(member)));
+    let allowed = this.total === 0;
+    if (!allowed && this.total + nextBytes / 2 < window) {
+      const weights = this.countingWeights();
+      allowed =
+        member.inFlight < shareIn(member, window, weights) || !this.someoneRefusedUnderShare(member, window, weights);
+    }
     member.refused = !allowed;
     return allowed;
   }
 
-  private someoneRefusedUnderShare(asking: HostWindowMember): boolean {
-    for (const m of this.members) if (m !== asking && m.refused && m.inFlight < this.shareOf(m)) return true;
+  /** The sum of the weights of the members counted in the share split. */
+  private countingWeights(): number {
+    let weights = 0;
+    for (const m of this.members) if (m.counts) weights += m.weight;
+    return weights;
+  }
+
+  private someoneRefusedUnderShare(asking: HostWindowMember, window: number, weights: number): boolean {
+    for (const m of this.members)
+      if (m !== asking && m.refused && m.inFlight < shareIn(m, window, weights)) return true;
     return false;
   }
 
@@ -153,24 +165,23 @@ export class HostWindow {
   sample(hostInFlight: number, latencyMs: number, bytes: number): void {
     if (!(latencyMs > 0)) return;
     const t = this.now();
-    keepRecent(this.latencies, t, LATENCY_FILTER_MS).push([t, latencyMs]);
+    this.latencies.record(t, latencyMs);
     const base = this.baseLatencyMs!;
     // The delivery rate is the bytes delivered over the last span, a span long next to the stall
     // of a busy process (it hands over many deliveries at once: over one round trip that would
     // read as a faster link, and the window would queue the difference). The span's first
     // delivery marks its start: its bytes arrived before it, so they are left out. Before the
     // span is half a round trip long, the bytes in flight over the latency they saw stand in.
-    keepRecent(this.deliveries, t, Math.max(base, RATE_SPAN_MS)).push([t, bytes]);
+    const spanMs = Math.max(base, RATE_SPAN_MS);
+    while (this.deliveries.length && this.deliveries[0][0] < t - spanMs)
+      this.deliveriesBytes -= this.deliveries.shift()![1];
+    this.deliveries.push([t, bytes]);
+    this.deliveriesBytes += bytes;
     const span = t - this.deliveries[0][0];
     let rate = hostInFlight / latencyMs;
-    if (span >= base / 2) {
-      let delivered = 0;
-      for (let i = 1; i < this.deliveries.length; i++) delivered += this.deliveries[i][1];
-      rate = delivered / span;
-    }
-    keepRecent(this.rates, t, RATE_FILTER_MS).push([t, rate]);
-    let best = 0;
-    for (const [, r] of this.rates) best = Math.max(best, r);
+    if (span >= base / 2) rate = (this.deliveriesBytes - this.deliveries[0][1]) / span;
+    this.rates.record(t, rate);
+    const best = Math.max(0, this.rates.value!);
     this.bestRate = best;
     // No latency signal here: members' runs queue behind each other's by design, and the rate is
     // measured over a long span that a short probe round hardly moves, so an early end would stick.
@@ -307,15 +318,9 @@ const RATE_SPAN_MS = 1_000;
 const FIRST_PROBE_MS = 1_000;
 const PROBE_EVERY_MS = 8_000;
 
-function minOf(list: Array<[number, number]>): number | null {
-  let min: number | null = null;
-  for (const [, v] of list) min = min === null ? v : Math.min(min, v);
-  return min;
-}
-
-function keepRecent(list: Array<[number, number]>, now: number, ms: number): Array<[number, number]> {
-  while (list.length && list[0][0] < now - ms) list.shift();
-  return list;
+/** A member's share of `window` when the members counted in the split weigh `weights` (one asking counts as wanting). */
+function shareIn(member: HostWindowMember, window: number, weights: number): number {
+  return (window * member.weight) / (member.counts ? weights : weights + member.weight);
 }
 
 function clamp(x: number, lo: number, hi: number): number {

@@ -1,3 +1,5 @@
+import { WindowedExtreme } from '../util/windowed-extreme';
+
 /**
  * In-flight target from delivery samples, as BBR estimates a path: each run
  * that arrives gives the latency it saw and a delivery rate, the bytes that
@@ -16,8 +18,8 @@
  * costs almost nothing on the link.
  */
 export class WindowEstimator {
-  private readonly rates: Array<[number, number]> = []; // [time, bytes/ms]
-  private readonly latencies: Array<[number, number]> = []; // [time, ms]
+  private readonly rates: WindowedExtreme;
+  private readonly latencies: WindowedExtreme;
   private probeUntil = 0;
   private nextProbe: number;
   private estimate: number;
@@ -30,10 +32,12 @@ export class WindowEstimator {
     /** Bytes kept in flight above the bandwidth-delay product (see setHeadroom). */
     private headroom: number = floor,
     private readonly now: () => number = () => performance.now(),
-    private readonly filterMs = 10_000,
+    filterMs = 10_000,
     private readonly probeEveryMs = 8_000,
   ) {
     this.estimate = initial;
+    this.rates = new WindowedExtreme('max', filterMs / 4);
+    this.latencies = new WindowedExtreme('min', filterMs);
     this.nextProbe = now() + 1000; // early: the start-up ramp overshoots
   }
 
@@ -72,12 +76,10 @@ export class WindowEstimator {
   sample(deliveredBytes: number, latencyMs: number, intervalMs = latencyMs): void {
     if (latencyMs <= 0) return;
     const t = this.now();
-    keepRecent(this.latencies, t, this.filterMs).push([t, latencyMs]);
+    this.latencies.record(t, latencyMs);
     const base = this.minLatency() ?? latencyMs;
-    if (intervalMs > 0) keepRecent(this.rates, t, this.filterMs / 4).push([t, deliveredBytes / intervalMs]);
-    let best = 0;
-    for (const [, r] of this.rates) best = Math.max(best, r);
-    this.bestRate = best;
+    if (intervalMs > 0) this.rates.record(t, deliveredBytes / intervalMs);
+    this.bestRate = Math.max(0, this.rates.value ?? 0);
     this.update(base);
   }
 
@@ -93,13 +95,6 @@ export class WindowEstimator {
   }
 
   private minLatency(): number | null {
-    let min: number | null = null;
-    for (const [, l] of this.latencies) min = min === null ? l : Math.min(min, l);
-    return min;
+    return this.latencies.value;
   }
-}
-
-function keepRecent<T>(list: Array<[number, T]>, now: number, ms: number): Array<[number, T]> {
-  while (list.length && list[0][0] < now - ms) list.shift();
-  return list;
 }
