@@ -244,3 +244,63 @@ t.test('disks share a window per source host', async (t) => {
   t.equal(sourceHost('nbd+unix:///disk?socket=/run/x.sock'), 'local');
   t.equal(sourceHost('ferry://Src.Example:7000/d'), 'src.example');
 });
+
+/**
+ * The shared window's path estimates as documented, from every sample kept in full: the base
+ * latency is the smallest of the last 10 s; the delivery rate is the bytes delivered over the
+ * last second (or round trip if longer) after the span's first delivery, or the bytes in flight
+ * over the latency while the span is shorter than half a round trip; the rate is the largest of
+ * the last 2.5 s.
+ */
+class PathFromEverySample {
+  private readonly latencies: Array<[number, number]> = [];
+  private readonly deliveries: Array<[number, number]> = [];
+  private readonly rates: Array<[number, number]> = [];
+  base: number | null = null;
+  rate = 0;
+
+  sample(t: number, hostInFlight: number, latencyMs: number, bytes: number): void {
+    const recent = (list: Array<[number, number]>, ms: number): Array<[number, number]> => {
+      while (list.length && list[0][0] < t - ms) list.shift();
+      return list;
+    };
+    recent(this.latencies, 10_000).push([t, latencyMs]);
+    const base = Math.min(...this.latencies.map(([, l]) => l));
+    recent(this.deliveries, Math.max(base, 1_000)).push([t, bytes]);
+    const span = t - this.deliveries[0][0];
+    const delivered = this.deliveries.slice(1).reduce((sum, [, b]) => sum + b, 0);
+    recent(this.rates, 2_500).push([t, span >= base / 2 ? delivered / span : hostInFlight / latencyMs]);
+    this.base = base;
+    this.rate = Math.max(0, ...this.rates.map(([, r]) => r));
+  }
+}
+
+t.test('the rate and base latency are those of every recent sample', async (t) => {
+  const clock = { t: 0 };
+  const host = new HostWindow({
+    initialBytes: 128 * KiB,
+    floorBytes: 64 * KiB,
+    ceilingBytes: 64 << 20,
+    now: () => clock.t,
+  });
+  const members = [host.join(1), host.join(2), host.join(1)];
+  const reference = new PathFromEverySample();
+  let x = 7;
+  const random = (): number => (x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  let mismatches = 0;
+  for (let i = 0; i < 5_000; i++) {
+    // Deliveries in bursts at one instant (a busy process), steady steps, and now and then a
+    // pause longer than the filters; latencies that repeat, and round trips longer than a second.
+    const r = random();
+    clock.t += r < 0.3 ? 0 : r < 0.98 ? random() * 8 : 3_000 + random() * 9_000;
+    const member = members[Math.floor(random() * members.length)];
+    const bytes = 4096 * (1 + Math.floor(random() * 64));
+    const latency = random() < 0.02 ? 1_000 + Math.floor(random() * 1_500) : 40 + Math.floor(random() * 30);
+    const atSend = member.sent(bytes);
+    member.delivered(bytes, atSend, latency);
+    reference.sample(clock.t, atSend, latency, bytes);
+    if (host.baseLatencyMs !== reference.base || host.rate !== reference.rate) mismatches++;
+  }
+  t.equal(mismatches, 0, 'every sample: the same base latency and rate');
+  t.ok(reference.rate > 0 && reference.base !== null, 'the sequence measured a path');
+});
