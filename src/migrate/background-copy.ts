@@ -38,6 +38,8 @@ export interface BackgroundCopyOptions {
    * bounds it.
    */
   hostWindow?: HostWindowMember;
+  /** The clock the copy times its runs by, in ms (performance.now() unless a test runs its own). */
+  now?: () => number;
 }
 
 export class BackgroundCopy {
@@ -56,7 +58,8 @@ export class BackgroundCopy {
   private readonly running = new Set<Promise<void>>();
   private readonly window: WindowEstimator;
   private readonly ratio = new WireRatio();
-  private readonly pacer = new Pacer();
+  private readonly now: () => number;
+  private readonly pacer: Pacer;
   private readonly delivery = new DeliveryClock();
   /** Runs are claimed only below this block (a zero scan raises it as it goes). */
   private limit: number;
@@ -73,12 +76,15 @@ export class BackgroundCopy {
   ) {
     this.limit = device.map.blockCount;
     this.bucket = new TokenBucket(rateLimit);
+    this.now = options.now ?? (() => performance.now());
+    this.pacer = new Pacer(this.now);
     const batchBytes = options.batchBlocks * device.map.blockSize;
     this.window = new WindowEstimator(
       Math.min(2 * batchBytes, options.windowBytes),
       options.windowBytes,
       Math.min(MIN_WINDOW, batchBytes),
       (options.queueBatches ?? 1) * batchBytes, // no rate yet: runs are full batches
+      this.now,
     );
     device.on('store-error', () => {
       this.blockedUntil = Date.now() + options.storeErrorBackoffMs;
@@ -263,7 +269,7 @@ export class BackgroundCopy {
       this.cursor = run[0].block + run.length;
       const bytes = run.length * bs;
       this.inFlightBytes += bytes;
-      const sentAt = performance.now();
+      const sentAt = this.now();
       const base = this.window.baseLatencyMs ?? 0;
       const wire = this.ratio.wireBytes(bytes);
       const readAtSend = this.bytesRead();
@@ -283,7 +289,8 @@ export class BackgroundCopy {
       const arrived = (): void => {
         if (!onLink) return;
         offLink();
-        const latency = performance.now() - sentAt;
+        const now = this.now();
+        const latency = now - sentAt;
         const counters = this.link();
         if (counters) this.ratio.observe(counters);
         this.window.setHeadroom(this.headroom());
@@ -291,7 +298,7 @@ export class BackgroundCopy {
         // of the link (see delivery-sample.ts); else what the counters say arrived meanwhile, over
         // the latency; else its own predicted bytes (no counters, or a new upstream's that started over).
         const read = stamp ? this.bytesRead() : null;
-        const delivery = stamp && read !== null ? this.delivery.arrived(stamp, performance.now(), read) : null;
+        const delivery = stamp && read !== null ? this.delivery.arrived(stamp, now, read) : null;
         if (delivery) this.window.sample(delivery.bytes, latency, delivery.intervalMs);
         else {
           const received = counters && receivedAtSend !== null ? counters.bytesOnWire - receivedAtSend : -1;
