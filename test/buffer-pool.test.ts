@@ -48,6 +48,12 @@ t.test('only what take() could have made is kept', async (t) => {
   pool.give(Buffer.allocUnsafe(64 * KiB).subarray(0, 8 * KiB)); // a view into a larger buffer
   pool.give(Buffer.allocUnsafe(9 * KiB)); // memory of no class's size
   t.equal(pool.pooledBytes, 0);
+  const full = new LargeBufferPool(4096, 0);
+  const slab = Buffer.allocUnsafe(100);
+  const larger = Buffer.allocUnsafe(64 * KiB);
+  full.give(slab);
+  full.give(larger.subarray(0, 8 * KiB));
+  t.ok(slab.buffer.byteLength > 0 && larger.length === 64 * KiB, 'memory the pool did not make is never released');
   const own = Buffer.allocUnsafe(64 * KiB); // memory of its own, of a class's size
   pool.give(own);
   t.equal(pool.pooledBytes, 64 * KiB);
@@ -58,7 +64,9 @@ t.test('the byte budget holds', async (t) => {
   const pool = new LargeBufferPool(4096, 600 * KiB);
   const taken = [pool.take(256 * KiB), pool.take(256 * KiB), pool.take(256 * KiB)];
   for (const b of taken) pool.give(b);
-  t.equal(pool.pooledBytes, 512 * KiB, 'the third is left to the collector');
+  t.equal(pool.pooledBytes, 512 * KiB, 'the third is not kept');
+  t.equal(taken[2].buffer.byteLength, 0, 'its memory is released at once: the buffer is detached');
+  t.equal(taken[0].buffer.byteLength, 256 * KiB, 'kept memory stays whole');
   const small = pool.take(1000);
   t.equal(small.length, 1000, 'below the pool minimum: a plain buffer');
   pool.give(small);

@@ -1,3 +1,5 @@
+import { freeArrayBuffer } from '../util/free-array-buffer';
+
 /**
  * READ reply and WRITE payload buffers of 4 KiB and up (Node's own slab only
  * serves smaller ones), reused once the socket has copied a reply out or the
@@ -40,13 +42,15 @@ export class LargeBufferPool {
    * Hands a buffer back; nothing may use its memory afterwards. Kept only
    * when it spans the start of memory of its class's size, as take() makes
    * them: anything else (a slab slice, a view into a larger buffer) is left
-   * to the collector.
+   * to the collector. Memory take() made that the budget has no room for is
+   * released at once (src/util/free-array-buffer.ts).
    */
   give(buffer: Buffer): void {
     const memory = buffer.buffer;
     if (buffer.length < this.minLength || buffer.byteOffset !== 0 || !(memory instanceof ArrayBuffer)) return;
     const size = memory.byteLength;
-    if (sizeClass(buffer.length) !== size || this.pooled + size > this.maxPooledBytes) return;
+    if (sizeClass(buffer.length) !== size) return;
+    if (this.pooled + size > this.maxPooledBytes) return freeArrayBuffer(memory);
     let list = this.free.get(size);
     if (!list) this.free.set(size, (list = []));
     list.push(memory);

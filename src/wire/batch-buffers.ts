@@ -1,10 +1,12 @@
+import { freeArrayBuffer } from '../util/free-array-buffer';
+
 /**
  * Batch-sized buffers, reused: the source reads blocks into them and takes
  * them back once the socket has written what they carried; the destination
  * receives BATCH payloads into them, decodes each batch in place and takes
  * them back once its blocks are placed. No zero-filled allocation, page
  * faults and garbage per batch. Bounded: beyond `keep` buffers of a size, returned ones
- * are left to the collector.
+ * are released at once (src/util/free-array-buffer.ts).
  */
 export class BatchBuffers {
   private readonly free = new Map<number, ArrayBuffer[]>();
@@ -22,5 +24,6 @@ export class BatchBuffers {
     let list = this.free.get(buffer.byteLength);
     if (!list) this.free.set(buffer.byteLength, (list = []));
     if (list.length < this.keep) list.push(buffer);
+    else freeArrayBuffer(buffer);
   }
 }
