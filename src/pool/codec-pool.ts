@@ -15,7 +15,7 @@ import { PoolClosedError, QueueFullError, WorkerCrashError } from './errors';
 import { PriorityTaskQueue } from './priority-queue';
 import { executeTask, taskBytes } from './task-runner';
 import type { CodecSelection, WorkerTask } from './tasks';
-import { reapplyYoungGenerationLimit } from '../util/young-generation';
+import { reapplyHeapLimits } from '../util/heap-growth';
 
 /** Young generation of each worker's heap (V8's default grows to 3 × 16 MiB). */
 const WORKER_YOUNG_GENERATION_MB = 2;
@@ -193,9 +193,9 @@ export class CodecPool {
       // zlib objects of a deflate batch keep it busy (docs/benchmarks.md, "Memory").
       resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
     });
-    // A starting worker resets the process's V8 flags, the main thread's young generation limit among them.
-    for (const worker of piscina.threads) worker.once('online', reapplyYoungGenerationLimit);
-    piscina.on('workerCreate', reapplyYoungGenerationLimit); // a replacement, online by now
+    // A starting worker resets the process's V8 flags, the main thread's heap limits among them.
+    for (const worker of piscina.threads) worker.once('online', reapplyHeapLimits);
+    piscina.on('workerCreate', reapplyHeapLimits); // a replacement, online by now
     return piscina;
   }
 
