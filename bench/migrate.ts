@@ -117,6 +117,8 @@ interface ScenarioResult {
   /** bytesBeforeEncoding / (switch-off time − dest startup): the copy's own rate. */
   goodputBytesPerSecond: number | null;
   peakRssBytes: number | null;
+  /** Peak VmRSS of the source's server (ferry serve or ferry source), sampled like the destination's. */
+  sourcePeakRssBytes: number | null;
   /** Queueing delay at the link's bottleneck, source → destination, packets until switch-off (netns bridge only). */
   bottleneckQueueMs: { p50: number; p99: number; packets: number } | null;
   /** Final destination image checked against the source and the workload's writes; null when not checked. */
@@ -174,6 +176,7 @@ interface Sampler {
   stop(): void;
   linkUtilisation: Array<[number, number]>;
   peakRss: number;
+  peakSourceRss: number;
   /** Percentiles of the bottleneck queue's delay over the packets since start (null: the link cannot tell). */
   queueDelay(): { p50: number; p99: number; packets: number } | null;
 }
@@ -196,12 +199,14 @@ function startSampler(
   t0: number,
   rateBitsPerSecond: number,
   rssPid?: () => number | undefined,
+  sourceRssPid?: () => number | undefined,
 ): Sampler {
   const queueAtStart = link.counters().queueDelayToDest ?? [];
   const s: Sampler = {
     stop: () => undefined,
     linkUtilisation: [],
     peakRss: 0,
+    peakSourceRss: 0,
     queueDelay: () => histogramPercentiles(queueAtStart, link.counters().queueDelayToDest ?? []),
   };
   // The link's counters may advance in steps (the namespace bridge reports every 250 ms), so each
@@ -216,6 +221,8 @@ function startSampler(
     if (dt > 0) s.linkUtilisation.push([(now - t0) / 1000, ((bytes - from.bytes) * 8) / dt / rateBitsPerSecond]);
     const pid = rssPid?.();
     if (pid) s.peakRss = Math.max(s.peakRss, rssBytes(pid));
+    const sourcePid = sourceRssPid?.();
+    if (sourcePid) s.peakSourceRss = Math.max(s.peakSourceRss, rssBytes(sourcePid));
   };
   const timer = setInterval(tick, SAMPLE_MS);
   s.stop = () => {
@@ -320,6 +327,7 @@ function emptyResult(name: string, kind: ScenarioResult['kind'], codec?: string)
     goodputBytesPerSecond: null,
     destStartupSeconds: null,
     peakRssBytes: null,
+    sourcePeakRssBytes: null,
     verified: null,
     status: null,
   };
@@ -425,7 +433,13 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
       ),
     );
     const destPid = dest.child.pid;
-    const sampler = startSampler(ctx.link, t0, ctx.point.bandwidthBitsPerSecond, () => destPid);
+    const sampler = startSampler(
+      ctx.link,
+      t0,
+      ctx.point.bandwidthBitsPerSecond,
+      () => destPid,
+      () => src.child.pid,
+    );
     try {
       r.destStartupSeconds = ((await dest.waitFor('"msg":"serving"', 20_000)) - t0) / 1000;
       const completed = dest.waitFor('migration complete', migrationTimeoutMs(ctx));
@@ -464,6 +478,7 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
     }
     r.linkUtilisation = sampler.linkUtilisation;
     r.peakRssBytes = sampler.peakRss;
+    r.sourcePeakRssBytes = sampler.peakSourceRss || null;
     r.bottleneckQueueMs = sampler.queueDelay();
     diffWire(r, before, await ctx.link.freshCounters());
     const decoded = Number(r.status?.bytesBeforeEncoding ?? 0);
@@ -692,15 +707,15 @@ function markdown(
       '',
     );
     L.push(
-      '| scenario | complete | switch-off s (of which dest start-up) | wire → dest MiB | wire → src MiB | compression × | goodput MiB/s | mean link util (until switch-off) | workload MiB/s (whole run) | vs local | workload MiB/s until switch-off | vs local, same window | on-demand p50 / p99 ms (n) | on-demand 4 KiB p50 / p99 ms (n) | bottleneck queue p50 / p99 ms | dest peak RSS MiB | final image |',
+      '| scenario | complete | switch-off s (of which dest start-up) | wire → dest MiB | wire → src MiB | compression × | goodput MiB/s | mean link util (until switch-off) | workload MiB/s (whole run) | vs local | workload MiB/s until switch-off | vs local, same window | on-demand p50 / p99 ms (n) | on-demand 4 KiB p50 / p99 ms (n) | bottleneck queue p50 / p99 ms | dest peak RSS MiB | source peak RSS MiB | final image |',
     );
-    L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+    L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
     for (const s of p.scenarios) {
       // until switch-off where there is one (the workload goes on after it), else the whole run
       const window = s.linkUtilisation.filter(([t]) => s.switchOffSeconds === null || t <= s.switchOffSeconds);
       const util = window.length ? window.reduce((a, b) => a + b[1], 0) / window.length : null;
       L.push(
-        `| ${s.name} | ${s.complete ? 'yes' : `NO${s.error ? ` (${s.error.split('\n')[0].slice(0, 80)})` : ''}`} | ${f1(s.switchOffSeconds)}${s.destStartupSeconds !== null ? ` (${f1(s.destStartupSeconds)})` : ''} | ${mib(s.wire.bytesToDest)} | ${mib(s.wire.bytesToSource)} | ${f1(s.compressionFactor, 2)} | ${s.goodputBytesPerSecond ? f1(s.goodputBytesPerSecond / MiB) : '—'} | ${util === null ? '—' : `${(util * 100).toFixed(0)}%`} | ${s.workload ? f1(s.workload.bytesPerSecond / MiB) : '—'} | ${f1(s.workloadVsLocal, 2)} | ${s.workloadDuringMigration !== null ? f1(s.workloadDuringMigration / MiB) : '—'} | ${f1(s.workloadDuringMigrationVsLocal, 2)} | ${s.onDemand ? `${f1(s.onDemand.p50)} / ${f1(s.onDemand.p99)} (${s.onDemand.count})` : '—'} | ${s.onDemandBlock ? `${f1(s.onDemandBlock.p50)} / ${f1(s.onDemandBlock.p99)} (${s.onDemandBlock.count})` : '—'} | ${s.bottleneckQueueMs ? `${s.bottleneckQueueMs.p50} / ${s.bottleneckQueueMs.p99}` : '—'} | ${mib(s.peakRssBytes)} | ${s.verified ? (s.verified.ok ? 'verified' : `WRONG: ${s.verified.detail}`) : '—'} |`,
+        `| ${s.name} | ${s.complete ? 'yes' : `NO${s.error ? ` (${s.error.split('\n')[0].slice(0, 80)})` : ''}`} | ${f1(s.switchOffSeconds)}${s.destStartupSeconds !== null ? ` (${f1(s.destStartupSeconds)})` : ''} | ${mib(s.wire.bytesToDest)} | ${mib(s.wire.bytesToSource)} | ${f1(s.compressionFactor, 2)} | ${s.goodputBytesPerSecond ? f1(s.goodputBytesPerSecond / MiB) : '—'} | ${util === null ? '—' : `${(util * 100).toFixed(0)}%`} | ${s.workload ? f1(s.workload.bytesPerSecond / MiB) : '—'} | ${f1(s.workloadVsLocal, 2)} | ${s.workloadDuringMigration !== null ? f1(s.workloadDuringMigration / MiB) : '—'} | ${f1(s.workloadDuringMigrationVsLocal, 2)} | ${s.onDemand ? `${f1(s.onDemand.p50)} / ${f1(s.onDemand.p99)} (${s.onDemand.count})` : '—'} | ${s.onDemandBlock ? `${f1(s.onDemandBlock.p50)} / ${f1(s.onDemandBlock.p99)} (${s.onDemandBlock.count})` : '—'} | ${s.bottleneckQueueMs ? `${s.bottleneckQueueMs.p50} / ${s.bottleneckQueueMs.p99}` : '—'} | ${mib(s.peakRssBytes)} | ${mib(s.sourcePeakRssBytes)} | ${s.verified ? (s.verified.ok ? 'verified' : `WRONG: ${s.verified.detail}`) : '—'} |`,
       );
     }
     L.push('', 'Workload per job (MiB/s, IOPS, mean latency µs):', '');
@@ -853,7 +868,7 @@ async function main(): Promise<void> {
           `  ${r.name.padEnd(34)} ${r.complete ? 'complete' : 'INCOMPLETE'} switch-off ${f1(r.switchOffSeconds)} s, ` +
             `wire ${mib(r.wire.bytesToDest)}/${mib(r.wire.bytesToSource)} MiB, workload ${r.workload ? f1(r.workload.bytesPerSecond / MiB) : '—'} MiB/s, ` +
             `on-demand ${r.onDemand ? `${f1(r.onDemand.p50)}/${f1(r.onDemand.p99)} ms` : '—'}` +
-            ` (4 KiB ${r.onDemandBlock ? `${f1(r.onDemandBlock.p50)}/${f1(r.onDemandBlock.p99)} ms` : '—'}), queue ${r.bottleneckQueueMs ? `${r.bottleneckQueueMs.p50}/${r.bottleneckQueueMs.p99} ms` : '—'}, RSS ${mib(r.peakRssBytes)} MiB`,
+            ` (4 KiB ${r.onDemandBlock ? `${f1(r.onDemandBlock.p50)}/${f1(r.onDemandBlock.p99)} ms` : '—'}), queue ${r.bottleneckQueueMs ? `${r.bottleneckQueueMs.p50}/${r.bottleneckQueueMs.p99} ms` : '—'}, RSS ${mib(r.peakRssBytes)} MiB (source ${mib(r.sourcePeakRssBytes)} MiB)`,
         );
       }
       const meanUntil = (w: WorkloadResult, until: number): number | null => {
