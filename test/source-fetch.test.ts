@@ -98,7 +98,7 @@ async function setup(t: Test, failFirstEncode = false) {
     pool: spy,
     chooser: new CodecChooser('lz4', ['lz4'], 1),
     hasher: new BatchCodec({ codec: 'none' }),
-    buffers: new BatchBuffers(),
+    buffers: new BatchBuffers(4 << 20),
     counters: [counters],
     log: pino({ level: 'silent' }),
   };

@@ -90,7 +90,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
   private readonly references: ReferenceResolver;
   private readonly decoder: WireBatchDecoder;
   /** Buffers BATCH payloads arrive in and are decoded in, reused once their blocks are placed. */
-  private readonly batchBuffers = new BatchBuffers(KEPT_BATCH_BUFFERS);
+  private readonly batchBuffers: BatchBuffers;
   /** Bytes of the largest batch decoded: the size of every batch buffer. */
   private readonly batchCapacity: number;
   /** The checksums the blocks of each fetch() result were verified against, until it is recycled. */
@@ -112,6 +112,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
     this.reports = new WireReports(this, options.blockSize, this.stats, () => this.urgent, log);
     this.references = new ReferenceResolver(pool, options.blockSize, () => this.size);
     this.batchCapacity = options.maxBatchBlocks * options.blockSize;
+    this.batchBuffers = new BatchBuffers(KEPT_BATCH_BUFFERS * this.batchCapacity);
     this.decoder = new WireBatchDecoder(pool, options.blockSize, this.stats, this.references, (buffer) => {
       if (buffer.byteLength === this.batchCapacity) this.batchBuffers.give(buffer);
     });

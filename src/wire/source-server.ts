@@ -48,6 +48,9 @@ export interface SourceCounters {
   references: number;
 }
 
+/** Free batch buffers kept, all sizes together: 16 batches of 64 blocks of 4 KiB. */
+const KEPT_BATCH_BYTES = 4 << 20;
+
 /** What a running listener may be changed to (`ferry daemon` on reload); a key left out stays. */
 export interface ListenerChange {
   auth?: WireAuth;
@@ -78,7 +81,7 @@ export class WireSourceServer {
   /** Hashes batches on this thread, so repeats are known before the pool compresses anything. */
   private readonly hasher = new BatchCodec({ codec: 'none' });
   /** Batch buffers, reused across fetches and connections once their bytes are written. */
-  private readonly buffers = new BatchBuffers();
+  private readonly buffers = new BatchBuffers(KEPT_BATCH_BYTES);
   counters: SourceCounters = {
     connections: 0,
     authFailures: 0,
