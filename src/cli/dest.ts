@@ -12,7 +12,7 @@ import { Migration } from '../migrate/migration';
 import { NbdUpstream } from '../upstream/nbd-upstream';
 import type { Upstream } from '../upstream/upstream';
 import { ControlServer, controlLimits } from '../control/control-server';
-import { startMetricsServer } from '../control/metrics';
+import type { MetricsServer } from '../control/metrics';
 import { listenAddress, listenError, nbdLimits, parseHostPort, runUntilSignal } from './process';
 import { destControlPath, destStatePath, ensureStateDir, isBlockDevicePath } from './state-dir';
 import { parseByteRate } from '../control/byte-rate';
@@ -146,7 +146,7 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
   );
   const control = controlPath ? new ControlServer(migration, log, undefined, controlLimits(d)) : null;
   let address: string;
-  let metrics: Awaited<ReturnType<typeof startMetricsServer>> | null = null;
+  let metrics: MetricsServer | null = null;
   try {
     const nbdAt = d.socket ?? d.listen;
     address = await server.listen(listenAddress(d)).catch((e: NodeJS.ErrnoException) => {
@@ -158,6 +158,8 @@ async function runDest(config: FerryConfig, log: Logger): Promise<void> {
       });
     if (d.metrics) {
       const metricsAt = d.metrics;
+      // Loaded only when asked for: prom-client is 4 MiB of a destination's memory (docs/benchmarks.md, "Memory").
+      const { startMetricsServer } = require('../control/metrics') as typeof import('../control/metrics');
       metrics = await startMetricsServer(migration, parseHostPort(metricsAt), log).catch((e: NodeJS.ErrnoException) => {
         throw listenError('metrics', metricsAt, e);
       });
