@@ -1,5 +1,5 @@
 import t from 'tap';
-import { Pacer, PACING_GAINS, STARTUP_GAIN } from '../src/migrate/pacer';
+import { Pacer, PACING_GAINS, STARTUP_GAIN, STARTUP_WINDOW_GAIN } from '../src/migrate/pacer';
 
 t.test('start-up paces at twice the rate until the rate stops growing', async (t) => {
   const clock = { t: 0 };
@@ -61,6 +61,7 @@ t.test("start-up ends when a round's runs all come back late: a queue is forming
   roundOf([round + 3, round + 3]);
   t.notOk(p.filled, 'a few milliseconds above the round trip is noise');
   roundOf([round + 14, round + 13]);
+  roundOf([round + 15, round + 14]); // the queue stays: the round these runs close is all late
   t.ok(p.filled, 'a round all a quarter of a round late ends start-up while the rate still grows');
   t.equal(p.gain(round), 0.75, 'and the cycle starts by draining');
 });
@@ -81,4 +82,42 @@ t.test('late runs that arrive at one instant (the event loop stalled) do not end
   clock.t += 20;
   p.observe(rate, round, round + 2);
   t.notOk(p.filled, 'a stall is not a queue');
+});
+
+t.test('in start-up the window opens by less than the pacing rate; after it, by the same gain', async (t) => {
+  const clock = { t: 0 };
+  const p = new Pacer(() => clock.t);
+  const round = 50;
+  t.equal(p.gain(round), STARTUP_GAIN);
+  t.equal(p.windowGain(round), STARTUP_WINDOW_GAIN, 'a window of twice the product would keep a product queued');
+  t.ok(STARTUP_WINDOW_GAIN - 1 <= 0.5, 'at most half a product queued once the rate estimate reaches the link');
+  for (let i = 0; i < 4; i++) {
+    clock.t += round;
+    p.observe(100, round);
+  }
+  t.ok(p.filled);
+  for (let i = 0; i < PACING_GAINS.length; i++) {
+    t.equal(p.windowGain(round), p.gain(round), `round ${i} of the cycle`);
+    clock.t += round;
+  }
+});
+
+t.test('runs sent before the first arrival do not end start-up, however late they come back', async (t) => {
+  const clock = { t: 0 };
+  const p = new Pacer(() => clock.t);
+  const round = 85;
+  // A cold connection: the first full batches left together at 0 and come back over 300 ms.
+  clock.t = 90;
+  p.observe(200, round, 90);
+  for (let i = 0; i < 4; i++) {
+    clock.t += round;
+    p.observe(200 * (i + 2), round, clock.t); // each of them sent at 0
+  }
+  t.notOk(p.filled, 'still in start-up: those runs waited for TCP, not behind a queue at the bottleneck');
+  // Runs sent since then, all a quarter of a round late: that is a queue.
+  for (let i = 0; i < 3; i++) {
+    clock.t += round;
+    p.observe(200 * (i + 10), round, round + round / 4 + 5);
+  }
+  t.ok(p.filled, 'then late runs sent with a rate known end it');
 });

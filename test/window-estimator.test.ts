@@ -70,18 +70,20 @@ function pipeline(est: WindowEstimator, clock: { t: number }, ms: number, rate: 
   let delivered = 0;
   const pending: Array<{ done: number; sentAt: number; deliveredAtSend: number }> = [];
   let maxQueueMs = 0;
+  let startupMaxQueueMs = 0;
   const queueMs: number[] = [];
   const pacer = new Pacer(() => clock.t);
   while (clock.t < ms) {
     // In the pacer's probing rounds the window opens by the same gain, as BackgroundCopy.hasRoom does.
     const base = est.baseLatencyMs ?? 0;
-    const extra = Math.max(0, (pacer.gain(base) - 1) * est.rate * base);
+    const extra = Math.max(0, (pacer.windowGain(base) - 1) * est.rate * base);
     while (inFlight === 0 || inFlight + batch <= est.bytes + extra) {
       inFlight += batch;
       const arrive = clock.t + rtt / 2;
       const start = Math.max(arrive, linkFreeAt);
       queueMs.push(start - arrive);
       maxQueueMs = Math.max(maxQueueMs, start - arrive);
+      if (!pacer.filled) startupMaxQueueMs = Math.max(startupMaxQueueMs, start - arrive);
       linkFreeAt = start + batch / rate;
       pending.push({ done: linkFreeAt + rtt / 2, sentAt: clock.t, deliveredAtSend: delivered });
     }
@@ -99,6 +101,7 @@ function pipeline(est: WindowEstimator, clock: { t: number }, ms: number, rate: 
     meanQueueMs: settled.reduce((a, b) => a + b, 0) / settled.length,
     medianQueueMs: [...settled].sort((a, b) => a - b)[Math.floor(settled.length / 2)],
     maxQueueMs,
+    startupMaxQueueMs,
   };
 }
 
@@ -134,5 +137,10 @@ t.test(
     const r = pipeline(est, clock, 30_000, rate, 50, run);
     t.ok(r.rate >= 0.9 * rate, `delivers ${Math.round(r.rate)} of ${rate} bytes/ms`);
     t.ok(r.medianQueueMs <= run / rate, `median queue ${r.medianQueueMs.toFixed(1)} ms ≤ one run (5 ms)`);
+    // The router of the emulated link drops at 37 ms of queue (0.74 of the round trip).
+    t.ok(
+      r.startupMaxQueueMs <= 0.6 * 50,
+      `start-up queues at most ${r.startupMaxQueueMs.toFixed(1)} ms, 0.6 of a round trip`,
+    );
   },
 );

@@ -132,8 +132,9 @@ export class BackgroundCopy {
     // window of its own, learned from its share of the rate, would only hold it below its share.
     if (this.onLinkBytes === 0 || this.options.hostWindow) return true;
     const base = this.window.baseLatencyMs ?? 0;
-    // In the pacer's probing round the window opens by the same gain, or the probe could not find more rate.
-    const extra = (this.pacer.gain(base) - 1) * this.window.rate * base;
+    // The window opens by the pacer's gain (less in start-up: see STARTUP_WINDOW_GAIN); in a probing
+    // round by the same gain as the pacing, or the probe could not find more rate.
+    const extra = (this.pacer.windowGain(base) - 1) * this.window.rate * base;
     return this.onLinkBytes + this.ratio.wireBytes(nextImage) <= this.window.bytes + Math.max(0, extra);
   }
 

@@ -9,7 +9,7 @@
  * (every member's arrivals over the last second) times the smallest latency
  * of a run (which holds the path's round trip and the run's own time on the
  * wire, so the product keeps one run being serialised), plus a small
- * headroom (a tenth of the product, at least a run), with BBR's gain cycle (2 in
+ * headroom (a tenth of the product, at least a run), with BBR's gain cycle (1.5 in
  * start-up, then 1.25 / 0.75 / 1) so it finds a faster path. It is learned
  * from the aggregate rate, so members whose paths turn out to be independent
  * raise it. A run
@@ -103,7 +103,7 @@ export class HostWindow {
     }
     const product = this.bestRate * base;
     if (t < this.probeUntil) return clamp(product / 2, floorBytes, ceilingBytes);
-    const gain = this.pacer.gain(base);
+    const gain = this.pacer.windowGain(base);
     // At least one run: on a fast link runs are full batches, and a pipeline bound by the cores
     // (read, compress, decode) needs one more run in it than the product of the rate it reaches.
     let run = 0;

@@ -15,6 +15,16 @@
  */
 export const PACING_GAINS = [1.25, 0.75, 1, 1, 1, 1, 1, 1];
 export const STARTUP_GAIN = 2;
+/**
+ * The window's gain in start-up: less than the pacing gain. Once the rate
+ * estimate reaches the link, a window of twice the product keeps a whole
+ * product queued at the bottleneck, more than a router buffer shorter than
+ * a round trip holds (the emulated 100 Mbit/s × 25 ms link drops at 37 ms; a
+ * product is 52 ms), and every drop costs the stream a retransmission
+ * timeout. At 1.5 the queue stays under half a product, and the rate still
+ * grows by half each round.
+ */
+export const STARTUP_WINDOW_GAIN = 1.5;
 /** The least latency above the round trip that ends start-up (less is scheduling noise). */
 export const QUEUE_SIGNAL_MS = 4;
 
@@ -52,8 +62,17 @@ export class Pacer {
     if (this.full || rate <= 0) return;
     const t = this.now();
     this.firstObserved ??= t;
-    if (latencyMs !== undefined) this.roundMinLatency = Math.min(this.roundMinLatency, latencyMs);
-    if (t - this.roundStart < roundMs) return;
+    // Only runs sent once a rate was known: the first ones go out as full batches together, on a
+    // connection still in TCP's slow start, and come back late whatever the path (a cold
+    // connection's 256 KiB took 300 ms on a 50 ms round trip, and ended start-up at a tenth of the link).
+    if (latencyMs !== undefined && t - latencyMs >= this.firstObserved)
+      this.roundMinLatency = Math.min(this.roundMinLatency, latencyMs);
+    // A round trip ends, as BBR counts them, when a run sent after it began arrives: on a path
+    // slower than its smallest latency (a cold connection), a round counted in wall time at that
+    // latency would see no growth for three rounds within one real round trip and end start-up.
+    // Without a run's latency, a round is the smallest latency's time.
+    const roundOver = latencyMs === undefined ? t - this.roundStart >= roundMs : t - latencyMs >= this.roundStart;
+    if (!roundOver) return;
     this.roundStart = t;
     // Every run of the round late (its smallest latency): a standing queue, not one slow run. The
     // first runs go out together before any rate is known and queue behind each other: not a signal.
@@ -75,6 +94,11 @@ export class Pacer {
       this.full = true;
       this.cycleStart = t - Math.max(roundMs, 1); // the cycle's drain round first
     }
+  }
+
+  /** The gain the window opens by in the round trip now (the pacing gain once start-up is over). */
+  windowGain(roundMs: number): number {
+    return this.full ? this.gain(roundMs) : STARTUP_WINDOW_GAIN;
   }
 
   /** Milliseconds until the next send may go (0: now). */
