@@ -23,6 +23,7 @@ class FakeDevice extends EventEmitter {
   pending: Array<{ blocks: number; resolve: () => void }> = [];
   link: LinkCounters = { bytesOnWire: 0, bytesBeforeEncoding: 0 };
   onClaim: (() => void) | null = null;
+  urgentBytesInFlight = 0;
 
   claimBackgroundRun(from: number, maxBlocks: number, limit: number): Transit[] | null {
     const first = Math.max(from, this.next);
@@ -115,4 +116,20 @@ t.test('image bytes in flight stay under the ceiling however cheap the wire byte
     await full;
     t.ok(copy.bytesInFlight <= ceiling, `round ${round}: ${copy.bytesInFlight} ≤ ${ceiling}`);
   }
+});
+
+t.test('on-demand fetches on their way count in the window: the copy makes room for them', async (t) => {
+  const { device, copy } = setUp(t, 64 << 20);
+  copy.setLimit(BATCH); // one run to copy: it goes, and the window has room for one more
+  copy.start();
+  t.equal(device.pending.length, 1, 'one run on its way');
+  t.equal(copy.windowBytes, 2 * BATCH * BS, 'in a window of two');
+  t.ok(copy.hasRoom(), 'room for a second run');
+  // A VM reads what is not here yet: a little more than a run of on-demand bytes on their way.
+  device.urgentBytesInFlight = BATCH * BS + 1;
+  t.notOk(copy.hasRoom(), 'the on-demand fetch on the link takes that room');
+  device.urgentBytesInFlight = BATCH * BS - 4096;
+  t.notOk(copy.hasRoom(), 'and so does a smaller one, with less than a run left');
+  device.urgentBytesInFlight = 0;
+  t.ok(copy.hasRoom(), 'once it arrived the room is back');
 });

@@ -91,6 +91,7 @@ export class BackgroundCopy {
     });
     // Before cutover the source's writes make copied blocks missing again: there is work again.
     device.on('missing', () => this.wake());
+    device.on('urgent-arrived', () => this.wake());
     const host = options.hostWindow;
     if (host) {
       host.onWake(() => this.wake());
@@ -122,8 +123,8 @@ export class BackgroundCopy {
 
   /**
    * Whether there is room for the next run: its wire bytes fit under the window on top of what is
-   * on the link (one run may always go; a shared window decides for itself), and its image bytes
-   * under their ceiling.
+   * on the link, the copy's runs and the on-demand fetches (one run may always go; a shared
+   * window decides for itself), and its image bytes under their ceiling.
    */
   hasRoom(runBlocks = this.runBlocks()): boolean {
     const nextImage = runBlocks * this.device.map.blockSize;
@@ -131,11 +132,15 @@ export class BackgroundCopy {
     // A shared window bounds the wire bytes of every copy on the link, this one's included: a
     // window of its own, learned from its share of the rate, would only hold it below its share.
     if (this.onLinkBytes === 0 || this.options.hostWindow) return true;
+    // On-demand fetches on their way share the link: counted here, the copy makes room for them
+    // instead of piling a VM's 1 MiB reads on top of a full window, past a shallow router's
+    // drop point (every drop costs the stream a retransmission timeout).
+    const urgent = this.ratio.wireBytes(this.device.urgentBytesInFlight ?? 0);
     const base = this.window.baseLatencyMs ?? 0;
     // The window opens by the pacer's gain (less in start-up: see STARTUP_WINDOW_GAIN); in a probing
     // round by the same gain as the pacing, or the probe could not find more rate.
     const extra = (this.pacer.windowGain(base) - 1) * this.window.rate * base;
-    return this.onLinkBytes + this.ratio.wireBytes(nextImage) <= this.window.bytes + Math.max(0, extra);
+    return this.onLinkBytes + urgent + this.ratio.wireBytes(nextImage) <= this.window.bytes + Math.max(0, extra);
   }
 
   /**

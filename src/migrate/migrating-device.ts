@@ -92,6 +92,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   private sourceCutover: ((report: DirtyReport) => void) | null = null;
   private readonly zeroWatches = new Set<ZeroQueryWatch>();
   private closed = false;
+  /** Bytes asked of the source on demand that have not arrived yet (reads through included). */
+  private urgentInFlight = 0;
 
   constructor(
     private readonly local: BlockDevice,
@@ -531,7 +533,26 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     return held;
   }
 
+  /**
+   * Bytes asked of the source on demand that have not arrived yet: they share the link with the
+   * background copy, which counts them in its window.
+   */
+  get urgentBytesInFlight(): number {
+    return this.urgentInFlight;
+  }
+
   // ---- internals ----
+
+  private urgentStarted(bytes: number): void {
+    this.urgentInFlight += bytes;
+  }
+
+  /** The copy may have been held back by these bytes: 'urgent-arrived' lets it look again. */
+  private urgentEnded(bytes: number): void {
+    if (bytes === 0) return;
+    this.urgentInFlight -= bytes;
+    this.emit('urgent-arrived');
+  }
 
   /** Before cutover: the source answers, and nothing it returns is kept. */
   private async readThrough(offset: number, into: Buffer): Promise<void> {
@@ -549,7 +570,10 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         // Whole blocks, as every upstream fetch is (the ferry wire sends and verifies blocks).
         const from = Math.floor(offset / this.bs) * this.bs;
         const to = Math.min(Math.ceil((offset + into.length) / this.bs) * this.bs, this.size);
-        const data = await withTimeout(upstream.fetch(from, to - from, 'urgent'), left);
+        this.urgentStarted(to - from);
+        const data = await withTimeout(upstream.fetch(from, to - from, 'urgent'), left).finally(() =>
+          this.urgentEnded(to - from),
+        );
         if (data === null) continue;
         if (data.length !== to - from) throw new Error(`source returned ${data.length} bytes for ${to - from}`);
         data.copy(into, 0, offset - from, offset - from + into.length);
@@ -715,12 +739,16 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     const length = Math.min(run.length * this.bs, this.size - offset);
     let data: Buffer;
     const upstream = this.upstream;
+    const urgent = priority === 'urgent' ? length : 0;
+    this.urgentStarted(urgent);
     try {
       if (!upstream) throw new Error('no source is attached');
       data = await upstream.fetch(offset, length, priority);
       if (data.length !== length) throw new Error(`source returned ${data.length} bytes for ${length}`);
+      this.urgentEnded(urgent);
       arrived?.();
     } catch (e) {
+      this.urgentEnded(urgent);
       this.counters.fetchErrors++;
       this.log.debug({ err: (e as Error).message, first, count: run.length, priority }, 'fetch failed');
       for (const t of run) this.states.fetchFailed(t);
