@@ -104,6 +104,24 @@ t.test('a reference to a block landed and untouched is taken on its record, with
   t.same(landed.checksumOf(COPY), landed.checksumOf(0), 'the referenced block landed with the same checksum');
 });
 
+t.test('references to consecutive blocks with a block of bytes between them land each at its own place', async (t) => {
+  // Blocks 8 and 10 repeat blocks 0 and 1; block 9 between them is new. One run of 8–10 comes
+  // as a reference, bytes, a reference: the two references name consecutive blocks, but their
+  // places in the run are not, and each must be read to its own place.
+  const image = crypto.randomBytes(BLOCKS * BS);
+  image.copy(image, 8 * BS, 0, BS);
+  image.copy(image, 10 * BS, BS, 2 * BS);
+  const { upstream, open, imageBytes } = await setUp(t, image);
+  const { device } = open();
+  const first = device.claimBackgroundRun(0, 2, 2);
+  await device.fetchBackgroundRun(first!);
+  const run = device.claimBackgroundRun(8, 3, 11);
+  t.equal(run?.length, 3, 'blocks 8–10 in one run');
+  await device.fetchBackgroundRun(run!);
+  t.equal(upstream.stats.blocksByEncoding.reference, 2, 'blocks 8 and 10 came as references');
+  for (const b of [8, 9, 10]) t.same(imageBytes(b), image.subarray(b * BS, (b + 1) * BS), `block ${b} is the source's`);
+});
+
 const changes: Array<[string, (d: MigratingDevice) => Promise<Buffer>]> = [
   [
     'a VM write',

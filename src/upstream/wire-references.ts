@@ -78,7 +78,15 @@ export class ReferenceResolver {
     for (let j = 0; j < direct.length;) {
       let n = 1;
       const k = direct[j];
-      while (j + n < direct.length && direct[j + n] === k + n && wanted[k + n].target === wanted[k].target + n) n++;
+      // One read per run of consecutive targets whose places in the output are consecutive too: two
+      // references to neighbouring blocks with a block of bytes between them are two reads.
+      while (
+        j + n < direct.length &&
+        direct[j + n] === k + n &&
+        wanted[k + n].target === wanted[k].target + n &&
+        wanted[k + n].i === wanted[k].i + n
+      )
+        n++;
       reads.push(local.read(wanted[k].target * bs, out.subarray(at(k), at(k) + n * bs)));
       j += n;
     }
