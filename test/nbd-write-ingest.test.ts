@@ -79,8 +79,16 @@ t.test('pipelined writes of odd sizes at misaligned offsets land exactly', async
   }
   t.ok(fs.readFileSync(file).equals(expected), 'the image holds exactly the written bytes');
 
-  // The same writes pipelined at once (no overlaps among these).
-  const batch = writes.slice(0, 5).map((w, i) => ({ ...w, data: patternBytes(w.data.length, 10 + i) }));
+  // The same places pipelined at once. In-flight writes may complete in any
+  // order (NBD lets the server reorder them), so none of these may overlap:
+  // the second ends where the first begins.
+  const lengths = [MiB + 13, 4097 - 3, 3 * MiB + 511, 1, 64 * KiB];
+  const batch = writes.slice(0, 5).map((w, i) => ({ offset: w.offset, data: patternBytes(lengths[i], 10 + i) }));
+  const spans = [...batch].sort((a, b) => a.offset - b.offset);
+  t.ok(
+    spans.every((w, i) => i === 0 || spans[i - 1].offset + spans[i - 1].data.length <= w.offset),
+    'the pipelined writes do not overlap',
+  );
   sendInPieces(
     socket,
     Buffer.concat(
