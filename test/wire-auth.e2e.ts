@@ -35,7 +35,14 @@ async function keygen(dir: string, name: string): Promise<string> {
 }
 
 async function source(t: Test, s: Setup, auth: string[]) {
-  const src = await startFerry(t, ['source', '--image', s.image, '--listen', '127.0.0.1:0', '--workers', '1', ...auth]);
+  // The handshake deadline is not under test here: at its default (10 s) a starved process on a
+  // loaded machine once turned the explanation into a bare disconnect.
+  const config = path.join(s.dir, 'source.toml');
+  fs.writeFileSync(config, '[source]\nhandshake_timeout_ms = 60000\n');
+  const src = await startFerry(t, [
+    ...['source', '--image', s.image, '--listen', '127.0.0.1:0', '--workers', '1', '--config', config],
+    ...auth,
+  ]);
   return { src, url: `ferry://127.0.0.1:${servingPort(src)}/disk.img` };
 }
 
