@@ -216,7 +216,11 @@ t.test('a link that flips a bit in 1 frame in 100: correct image, every corrupti
     ],
     ...['--listen', '127.0.0.1:0', '--control', control, '--config', config],
   ]);
-  await dest.waitForLog('migration complete: every block held, source disconnected', 120_000);
+  try {
+    await dest.waitForLog('migration complete: every block held, source disconnected', 120_000);
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\nthe source's log:\n${src.stderr().slice(-6000)}`, { cause: e });
+  }
   const s = await status(control);
   const counted = s.checksumFailures + s.corruptFrames;
   t.ok(proxy.flips >= 3, `${proxy.flips} bits flipped in ${proxy.frames} frames`);

@@ -6,10 +6,16 @@
  * never keeps the server alive itself.
  */
 import net from 'node:net';
+import { isMainThread } from 'node:worker_threads';
 
-const parent = new net.Socket({ fd: 3, readable: true, writable: false });
-const dieWithParent = (): void => void process.kill(process.pid, 'SIGKILL');
-parent.on('end', dieWithParent);
-parent.on('error', dieWithParent);
-parent.resume();
-parent.unref();
+// Worker threads inherit `-r` with the rest of execArgv. Only the main thread
+// watches the pipe: a worker's second handle on fd 3 closes it when the worker
+// exits, and the next worker then finds an fd of another type and dies.
+if (isMainThread) {
+  const parent = new net.Socket({ fd: 3, readable: true, writable: false });
+  const dieWithParent = (): void => void process.kill(process.pid, 'SIGKILL');
+  parent.on('end', dieWithParent);
+  parent.on('error', dieWithParent);
+  parent.resume();
+  parent.unref();
+}
