@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import t from 'tap';
 import { BlockStatus } from '../src/codec/batch';
 import { xxh64 } from '../src/kernels/index';
@@ -198,6 +199,50 @@ t.test('a crashed worker fails its task with a clear error and is replaced', asy
   t.same(after.failed, [], 'replacement workers decode');
   await pool.close();
 });
+
+t.test(
+  'workers that cannot start fail the queued tasks with a clear error, and the next task starts new ones',
+  async (t) => {
+    // Piscina does not replace a worker that failed while starting: without the pool's own
+    // check these tasks waited for ever, and the failure, emitted with no listener, ended
+    // the process.
+    const marker = join(mkdtempSync(join(tmpdir(), 'ferry-pool-')), 'fail');
+    writeFileSync(marker, '');
+    process.env.FERRY_TEST_WORKER_START_MARKER = marker;
+    t.teardown(() => {
+      delete process.env.FERRY_TEST_WORKER_START_MARKER;
+      rmSync(dirname(marker), { recursive: true, force: true });
+    });
+    const workerModule = join(__dirname, 'helpers', 'failing-start-worker.js');
+    const reported: Error[] = [];
+    const pool = new CodecPool({
+      workers: 2,
+      codec: 'lz4',
+      inlineUrgentBytes: 0,
+      workerModule,
+      onWorkerError: (err) => reported.push(err),
+    });
+    const tasks = Array.from({ length: 5 }, (_, i) => pool.encode(batch(4, i), BS));
+    // Every task settles, naming the cause: those sent to a failing worker with its error, those
+    // still queued when the pool gave up on these workers as a WorkerCrashError.
+    const results = await Promise.allSettled(tasks);
+    for (const r of results) {
+      t.equal(r.status, 'rejected');
+      if (r.status === 'rejected') t.match((r.reason as Error).message, /this worker cannot start/);
+    }
+    t.ok(
+      results.some((r) => r.status === 'rejected' && (r.reason as Error).name === 'WorkerCrashError'),
+      'the tasks still queued failed as a crash of the pool',
+    );
+    t.ok(reported.length >= 1, `the failure was reported (${reported.length} times)`);
+    t.match(reported[0].message, /this worker cannot start/);
+    rmSync(marker);
+    const after = await pool.decode(await pool.encode(batch(8), BS));
+    t.same(after.failed, [], 'the next task started workers that run');
+    t.equal(pool.runningWorkers, 2);
+    await pool.close();
+  },
+);
 
 t.test('close finishes queued work by default, cancels it on request, then refuses', async (t) => {
   // Small tasks: close waits for them, and a worker starved by a loaded machine must still

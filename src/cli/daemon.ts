@@ -43,7 +43,7 @@ export function registerDaemon(program: Command): void {
 async function runDaemon(config: DaemonConfig, log: Logger, reread: (() => DaemonConfig) | null): Promise<void> {
   const d = config.daemon;
   warnIfNoFileOps(log);
-  const pool = Daemon.createPool(config);
+  const pool = Daemon.createPool(config, log);
   // The NBD server serves the daemon's exports, and the daemon asks it who uses one: made in that order.
   const nbdClients = { of: (_name: string): number => 0 };
   const daemon = new Daemon(config, pool, log, reread, (name) => nbdClients.of(name));

@@ -229,7 +229,12 @@ async function openUpstream(
       import('../pool'),
       import('../upstream/wire-upstream'),
     ]);
-    const pool = new CodecPool({ workers: w.workers || Math.max(1, os.availableParallelism()), codec: 'lz4' });
+    const pool = new CodecPool({
+      workers: w.workers || Math.max(1, os.availableParallelism()),
+      codec: 'lz4',
+      onWorkerError: (err) =>
+        log.error({ err: err.message }, 'a codec worker failed; the pool starts new workers for the next batch'),
+    });
     pool.warm(); // batches come as soon as the streams are open
     pools.push(pool);
     return WireUpstream.open(

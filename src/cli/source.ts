@@ -88,7 +88,13 @@ export function registerSource(program: Command): void {
       });
       const { device, sessions, identity } = image;
       const workers = s.workers || Math.max(1, os.availableParallelism());
-      const pool = new CodecPool({ workers, codec: s.codec === 'auto' ? 'lz4' : s.codec, level: s.deflate_level });
+      const pool = new CodecPool({
+        workers,
+        codec: s.codec === 'auto' ? 'lz4' : s.codec,
+        level: s.deflate_level,
+        onWorkerError: (err) =>
+          log.error({ err: err.message }, 'a codec worker failed; the pool starts new workers for the next batch'),
+      });
       // Started now, their boot is not the first batch's wait; they stop after idling until a fetch needs them.
       pool.warm();
       const chooser = new CodecChooser(s.codec, ['none', 'lz4', 'deflate'], workers);

@@ -141,11 +141,13 @@ export class Daemon {
   }
 
   /** One pool for both roles: decoding what the daemon fetches and encoding what it sources. */
-  static createPool(config: DaemonConfig): CodecPool {
+  static createPool(config: DaemonConfig, log: Logger): CodecPool {
     const pool = new CodecPool({
       workers: config.wire.workers || Math.max(1, os.availableParallelism()),
       codec: 'lz4',
       level: config.source.deflate_level,
+      onWorkerError: (err) =>
+        log.error({ err: err.message }, 'a codec worker failed; the pool starts new workers for the next batch'),
     });
     // Started now for the migrations the daemon resumes; they stop after idling until a batch needs them.
     pool.warm();

@@ -59,6 +59,11 @@ export interface CodecPoolOptions {
    */
   inlineUrgentBytes?: number;
   /**
+   * Told when a worker fails outside a task (at start-up, most often): the
+   * pool carries on, and the caller logs it.
+   */
+  onWorkerError?: (err: Error) => void;
+  /**
    * The worker module (default: this folder's worker.js). Another module must
    * export a default task function that answers like src/pool/worker.ts.
    */
@@ -113,6 +118,9 @@ export class CodecPool {
   /** Workers being stopped after idling: close() waits for them. */
   private readonly stopping = new Set<Promise<void>>();
   private closing: Promise<void> | undefined;
+  /** Worker sets retired because a worker failed outside a task, with that failure. */
+  private readonly failedStarts = new WeakMap<Piscina, Error>();
+  private readonly onWorkerError: (err: Error) => void;
 
   constructor(options: CodecPoolOptions = {}) {
     this.workers = options.workers ?? Math.max(1, availableParallelism());
@@ -147,6 +155,7 @@ export class CodecPool {
       kernelPath: options.kernelPath,
     };
     this.workerModule = options.workerModule ?? join(__dirname, 'worker.js');
+    this.onWorkerError = options.onWorkerError ?? (() => undefined);
   }
 
   /** Worker threads running now: 0 while stopped, else `workers`. */
@@ -196,7 +205,28 @@ export class CodecPool {
     // A starting worker resets the process's V8 flags, the main thread's heap limits among them.
     for (const worker of piscina.threads) worker.once('online', reapplyHeapLimits);
     piscina.on('workerCreate', reapplyHeapLimits); // a replacement, online by now
+    piscina.on('error', (err: Error) => {
+      this.onWorkerError(err);
+      this.retireIfShort(piscina, err);
+    });
     return piscina;
+  }
+
+  /**
+   * Piscina replaces a worker that failed while running, but not one that
+   * failed while starting (with a task of its own or not), and tasks queued
+   * for workers that never come would wait for ever. A set short of workers
+   * is retired: its queued tasks fail (WorkerCrashError, naming the cause),
+   * and the next task starts a new set. Returns whether `piscina` is retired.
+   */
+  private retireIfShort(piscina: Piscina, err: Error): boolean {
+    if (this.failedStarts.has(piscina)) return true;
+    if (this.closing || piscina.threads.length >= this.workers) return false;
+    this.failedStarts.set(piscina, err);
+    if (this.piscina === piscina) this.piscina = null;
+    const stopped = piscina.destroy().finally(() => this.stopping.delete(stopped));
+    this.stopping.add(stopped);
+    return true;
   }
 
   /**
@@ -378,6 +408,14 @@ export class CodecPool {
       return await piscina.run(queued, { transferList });
     } catch (err) {
       const e = err as Error;
+      const known = this.failedStarts.has(piscina);
+      if (this.retireIfShort(piscina, e)) {
+        if (!known && this.failedStarts.get(piscina) === e) this.onWorkerError(e); // no 'error' event for this one
+        throw new WorkerCrashError(
+          `CodecPool: a worker failed (${this.failedStarts.get(piscina)!.message}) before ${what} ran; new workers start with the next task, retry it`,
+          { cause: e },
+        );
+      }
       if (/^worker exited with code/.test(e.message)) {
         throw new WorkerCrashError(
           `CodecPool: worker crashed during ${what} (${e.message}); it was replaced, retry the task`,
