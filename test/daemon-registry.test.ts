@@ -6,9 +6,11 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
+import * as v from 'valibot';
 import { MigrationSpec } from '../src/config/daemon-schema';
 import { decodeRegistry, encodeRegistry, RegistryFile, type RegistryBody } from '../src/daemon/registry-file';
 import { sameMigration } from '../src/daemon/migration-spec';
+import { issueKeys } from '../src/util/schema-issues';
 import { tempDir } from './helpers/temp-dir';
 
 function body(generation: number, names: string[]): RegistryBody {
@@ -17,7 +19,7 @@ function body(generation: number, names: string[]): RegistryBody {
     retired: [],
     ended: [],
     migrations: names.map((name) => ({
-      spec: MigrationSpec.parse({
+      spec: v.parse(MigrationSpec, {
         name,
         disk: [{ name: 'vda', source: 'ferry://src:10810/vda', image: `/images/${name}-vda.img` }],
       }),
@@ -82,11 +84,11 @@ t.test('a damaged file on disk stops the load with the path and the reason', asy
 });
 
 t.test('specs: disks and cutover make a migration; names, repeats and shared images are checked', async (t) => {
-  const a = MigrationSpec.parse({ name: 'vm1', disk: [{ name: 'vda', source: 'nbd://h/x', image: '/i/a' }] });
+  const a = v.parse(MigrationSpec, { name: 'vm1', disk: [{ name: 'vda', source: 'nbd://h/x', image: '/i/a' }] });
   t.ok(sameMigration(a, { ...a, rate: 5, weight: 3 }), 'rate and weight do not make another migration');
   t.notOk(sameMigration(a, { ...a, disk: [{ ...a.disk[0], image: '/i/b' }] }));
-  t.notOk(MigrationSpec.safeParse({ name: '../etc', disk: [{ name: 'vda', source: 'x', image: 'y' }] }).success);
-  const repeated = MigrationSpec.safeParse({
+  t.notOk(v.safeParse(MigrationSpec, { name: '../etc', disk: [{ name: 'vda', source: 'x', image: 'y' }] }).success);
+  const repeated = v.safeParse(MigrationSpec, {
     name: 'vm',
     disk: [
       { name: 'vda', source: 'x', image: '/a' },
@@ -95,6 +97,6 @@ t.test('specs: disks and cutover make a migration; names, repeats and shared ima
   });
   t.notOk(repeated.success);
   if (!repeated.success)
-    t.same(repeated.error.issues.map((i) => i.path.join('.')).sort(), ['disk.1.image', 'disk.1.name']);
-  t.notOk(MigrationSpec.safeParse({ name: 'vm', disk: [] }).success, 'a migration has at least one disk');
+    t.same(repeated.issues.map((i) => issueKeys(i).join('.')).sort(), ['disk.1.image', 'disk.1.name']);
+  t.notOk(v.safeParse(MigrationSpec, { name: 'vm', disk: [] }).success, 'a migration has at least one disk');
 });

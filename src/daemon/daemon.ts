@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import * as v from 'valibot';
 import type { DaemonConfig } from '../config/daemon-schema';
 import { MigrationSpec } from '../config/daemon-schema';
 import type { DaemonRequest } from '../control/daemon-protocol';
@@ -36,6 +37,7 @@ import { RegistryFile, type RegistryBody } from './registry-file';
 import { SourceWindows } from './source-windows';
 import type { HostWindowMember } from '../migrate/host-window';
 import { UpstreamOpener } from './upstream-opener';
+import { issueKeys, PARSE_CONFIG, unknownKeys } from '../util/schema-issues';
 import { DaemonSources, type KeyNotApplied, type SettingsApplied } from './daemon-sources';
 
 /** How often the budget, unfinished cutovers and failed opens are looked at again. */
@@ -362,13 +364,18 @@ export class Daemon {
   // ---- create ----------------------------------------------------------------------------
 
   private async create(raw: unknown, origin: MigrationRecord['origin']): Promise<object> {
-    const parsed = MigrationSpec.safeParse(raw);
+    const parsed = v.safeParse(MigrationSpec, raw, PARSE_CONFIG);
     if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      const key = issue.code === 'unrecognized_keys' ? `unknown key ${issue.keys.join(', ')}` : issue.message;
-      throw new DaemonRefusal(`create: ${issue.path.join('.') || 'spec'}: ${key}`);
+      const issue = parsed.issues[0];
+      const keys = issueKeys(issue);
+      const unknown = unknownKeys(MigrationSpec, issue);
+      // Unknown keys are named at the table that holds them, like the config file's.
+      const where = (unknown.length ? keys.slice(0, -1) : keys).join('.') || 'spec';
+      throw new DaemonRefusal(
+        `create: ${where}: ${unknown.length ? `unknown key ${unknown.join(', ')}` : issue.message}`,
+      );
     }
-    const spec = parsed.data;
+    const spec = parsed.output;
     const existing = this.runs.get(spec.name);
     if (existing) {
       if (!sameMigration(existing.record.spec, spec))

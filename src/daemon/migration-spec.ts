@@ -4,24 +4,22 @@
  * block map holds it, made durable by the disk's own Migration.
  */
 import path from 'node:path';
-import { z } from 'zod';
+import * as v from 'valibot';
 import { MigrationSpec } from '../config/daemon-schema';
 import { STAGES } from './lifecycle';
 
-export const MigrationRecord = z
-  .object({
-    spec: MigrationSpec,
-    stage: z.enum(STAGES),
-    /** The operator paused the background copy (kept across restarts). */
-    paused: z.boolean(),
-    /** Declared in the config file (a reload may change its rate and weight) or created over the control socket. */
-    origin: z.enum(['config', 'control']),
-    createdAt: z.string(),
-    /** When the cutover was asked for: from then on every disk is cut over, after any restart. */
-    cutoverAt: z.string().nullable(),
-  })
-  .strict();
-export type MigrationRecord = z.infer<typeof MigrationRecord>;
+export const MigrationRecord = v.strictObject({
+  spec: MigrationSpec,
+  stage: v.picklist(STAGES),
+  /** The operator paused the background copy (kept across restarts). */
+  paused: v.boolean(),
+  /** Declared in the config file (a reload may change its rate and weight) or created over the control socket. */
+  origin: v.picklist(['config', 'control']),
+  createdAt: v.string(),
+  /** When the cutover was asked for: from then on every disk is cut over, after any restart. */
+  cutoverAt: v.nullable(v.string()),
+});
+export type MigrationRecord = v.InferOutput<typeof MigrationRecord>;
 
 /** A disk's block map lives in the daemon's state directory, one folder per migration. */
 export function migrationStateDir(stateDir: string, migration: string): string {
