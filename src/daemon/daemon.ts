@@ -14,7 +14,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import * as v from 'valibot';
 import type { DaemonConfig } from '../config/daemon-schema';
 import { MigrationSpec } from '../config/daemon-schema';
 import type { DaemonRequest } from '../control/daemon-protocol';
@@ -30,6 +29,7 @@ import {
   diskExportName,
   diskStatePath,
   migrationStateDir,
+  parseMigrationSpec,
   sameMigration,
   type MigrationRecord,
 } from './migration-spec';
@@ -37,7 +37,6 @@ import { RegistryFile, type RegistryBody } from './registry-file';
 import { SourceWindows } from './source-windows';
 import type { HostWindowMember } from '../migrate/host-window';
 import { UpstreamOpener } from './upstream-opener';
-import { issueKeys, PARSE_CONFIG, unknownKeys } from '../util/schema-issues';
 import { DaemonSources, type KeyNotApplied, type SettingsApplied } from './daemon-sources';
 
 /** How often the budget, unfinished cutovers and failed opens are looked at again. */
@@ -364,18 +363,9 @@ export class Daemon {
   // ---- create ----------------------------------------------------------------------------
 
   private async create(raw: unknown, origin: MigrationRecord['origin']): Promise<object> {
-    const parsed = v.safeParse(MigrationSpec, raw, PARSE_CONFIG);
-    if (!parsed.success) {
-      const issue = parsed.issues[0];
-      const keys = issueKeys(issue);
-      const unknown = unknownKeys(MigrationSpec, issue);
-      // Unknown keys are named at the table that holds them, like the config file's.
-      const where = (unknown.length ? keys.slice(0, -1) : keys).join('.') || 'spec';
-      throw new DaemonRefusal(
-        `create: ${where}: ${unknown.length ? `unknown key ${unknown.join(', ')}` : issue.message}`,
-      );
-    }
-    const spec = parsed.output;
+    const parsed = parseMigrationSpec(raw);
+    if (!parsed.ok) throw new DaemonRefusal(`create: ${parsed.error}`);
+    const spec = parsed.spec;
     const existing = this.runs.get(spec.name);
     if (existing) {
       if (!sameMigration(existing.record.spec, spec))

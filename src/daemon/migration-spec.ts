@@ -7,6 +7,7 @@ import path from 'node:path';
 import * as v from 'valibot';
 import { MigrationSpec } from '../config/daemon-schema';
 import { STAGES } from './lifecycle';
+import { issueKeys, PARSE_CONFIG, unknownKeys } from '../util/schema-issues';
 
 export const MigrationRecord = v.strictObject({
   spec: MigrationSpec,
@@ -31,6 +32,22 @@ export function diskStatePath(stateDir: string, migration: string, disk: string)
 }
 
 export { diskExportName } from '../config/daemon-schema';
+
+/**
+ * A spec sent over the control socket, checked like a [[migration]] of the
+ * config file; the error names the key (unknown keys at the table that
+ * holds them) and what it must be.
+ */
+export function parseMigrationSpec(raw: unknown): { ok: true; spec: MigrationSpec } | { ok: false; error: string } {
+  const parsed = v.safeParse(MigrationSpec, raw, PARSE_CONFIG);
+  if (parsed.success) return { ok: true, spec: parsed.output };
+  const issue = parsed.issues[0];
+  const keys = issueKeys(issue);
+  const unknown = unknownKeys(MigrationSpec, issue);
+  if (unknown.length > 0)
+    return { ok: false, error: `${keys.slice(0, -1).join('.') || 'spec'}: unknown key ${unknown.join(', ')}` };
+  return { ok: false, error: `${keys.join('.') || 'spec'}: ${issue.message}` };
+}
 
 /**
  * Two specs are the same migration when their disks and cutover mode are:
