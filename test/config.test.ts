@@ -30,6 +30,11 @@ t.test('an unknown key or a bad value names the key and the value', async (t) =>
   t.throws(() => loadConfig(unknown), { name: 'ConfigError', message: /unknown key dest\.sourec/ });
   t.throws(() => loadConfig(file(t, '[nope]\n')), /unknown key nope/);
   t.throws(
+    () => loadConfig(file(t, '[dest]\nsourec = "x"\nimgae = "y"\nimage = "z"\n[wire]\nstreams = 2\n')),
+    /^config: unknown key dest\.sourec, dest\.imgae \(in .*\)\nconfig: unknown key wire\.streams \(in .*\)$/,
+    'every unknown key is named, each table on its own line',
+  );
+  t.throws(
     () => loadConfig(file(t, '[copy]\nbatch_blocks = 100\n')),
     /copy\.batch_blocks must be a power of two between 1 and 1024 \(got 100\)/,
   );
@@ -37,7 +42,28 @@ t.test('an unknown key or a bad value names the key and the value', async (t) =>
     () => loadConfig(file(t, '[serve]\nlisten = "nowhere"\n')),
     /serve\.listen must be HOST:PORT \(got "nowhere"\)/,
   );
-  t.throws(() => loadConfig(file(t, '[log]\nlevel = "loud"\n')), /log\.level/);
+  t.throws(
+    () => loadConfig(file(t, '[log]\nlevel = "loud"\n')),
+    /log\.level must be one of "fatal", "error", "warn", "info", "debug", "trace", "silent" \(got "loud"\)/,
+  );
+  // What each key must be, in words, after the key and before the value given.
+  const refusals: Array<[string, RegExp]> = [
+    ['[nbd]\nmax_in_flight_requests = 0\n', /nbd\.max_in_flight_requests must be greater than 0 \(got 0\)/],
+    ['[nbd]\nmax_in_flight_requests = 5000\n', /nbd\.max_in_flight_requests must be at most 4096 \(got 5000\)/],
+    ['[nbd]\nmax_in_flight_requests = 1.5\n', /nbd\.max_in_flight_requests must be an integer \(got 1\.5\)/],
+    ['[nbd]\nidle_timeout_ms = "1s"\n', /nbd\.idle_timeout_ms must be a number \(got "1s"\)/],
+    ['[copy]\nrate_limit = 1e300\n', /copy\.rate_limit must be an integer from -9007199254740991 to 9007199254740991/],
+    ['[copy]\nqueue_batches = inf\n', /copy\.queue_batches must be at most 16/],
+    ['[serve]\nread_only = "yes"\n', /serve\.read_only must be true or false \(got "yes"\)/],
+    ['[dest]\nexport = ""\n', /dest\.export must not be empty \(got ""\)/],
+    ['[dest]\ncontrol_group = "' + 'g'.repeat(256) + '"\n', /dest\.control_group must have at most 255 characters/],
+    ['[dest]\nmetrics = "99999"\n', /dest\.metrics port must be at most 65535 \(got "99999"\)/],
+    ['[dest]\nmetrics = "nowhere"\n', /dest\.metrics must be HOST:PORT or PORT \(got "nowhere"\)/],
+    ['[dest]\nfile_mode = "0666"\n', /dest\.file_mode must not let others write the image \(got "0666"\)/],
+    ['dest = 5\n', /config: dest must be an object \(got 5\)/],
+  ];
+  for (const [text, message] of refusals) t.throws(() => loadConfig(file(t, text)), message, text.trim());
+  t.equal(loadConfig(undefined, { 'dest.metrics': '9100' }).dest.metrics, '127.0.0.1:9100', 'a bare port is local');
   t.throws(() => loadConfig(undefined, { 'dest.block_size': 3000 }), /dest\.block_size/);
   t.throws(() => loadConfig(file(t, 'this is not toml')), /is not valid TOML/);
   t.throws(() => loadConfig('/nonexistent/ferry.toml'), /cannot read \/nonexistent\/ferry\.toml/);

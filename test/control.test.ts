@@ -8,6 +8,7 @@ import t from 'tap';
 import { ControlUnreachableError, sendControl } from '../src/control/control-client';
 import { ControlServer } from '../src/control/control-server';
 import { LineSplitter } from '../src/control/line-splitter';
+import { parseDaemonRequestLine } from '../src/control/daemon-protocol';
 import {
   MAX_LINE_BYTES,
   formatRequestLine,
@@ -105,7 +106,35 @@ t.test('codec: bad requests are refused with the bad value named', async (t) => 
   t.match(error('{"cmd":"rate"}'), /rate: bytesPerSecond must be .*\(got undefined\)/);
   t.match(error('{"cmd":"reconnect","url":42}'), /reconnect: url must be .*\(got 42\)/);
   t.match(error('{"cmd":"pause","force":true}'), /pause: unknown field "force"/);
+  t.match(error('{"cmd":"pause","force":true,"now":1}'), /pause: unknown field "force", "now"$/);
+  t.match(error('{"cmd":"reconnect","url":""}'), /reconnect: url must not be empty \(got ""\)/);
   t.match(error('{"cmd":"status","pad":"' + 'x'.repeat(MAX_LINE_BYTES) + '"}'), /longer than 65536 bytes/);
+});
+
+t.test('daemon codec: requests name their migration; bad ones are refused naming the field', async (t) => {
+  t.same(parseDaemonRequestLine('{"cmd":"rate","name":"vm1","bytesPerSecond":null}'), {
+    ok: true,
+    request: { cmd: 'rate', name: 'vm1', bytesPerSecond: null },
+  });
+  const error = (line: string): string => {
+    const parsed = parseDaemonRequestLine(line);
+    if (parsed.ok) throw new Error(`expected ${line} to be refused`);
+    return parsed.error;
+  };
+  t.match(error('{"cmd":"explode"}'), /unknown cmd "explode" \(a ferry daemon takes create, start, list/);
+  t.equal(error('{"cmd":"start"}'), 'start: a ferry daemon runs many migrations: name the migration');
+  t.equal(error('{"cmd":"start","name":""}'), 'start: name must not be empty (got "")');
+  t.equal(error('{"cmd":"start","name":7}'), 'start: name must be a string (got 7)');
+  t.equal(
+    error('{"cmd":"rate","name":"vm1","bytesPerSecond":0}'),
+    'rate: bytesPerSecond must be a positive integer (bytes per second) or null for no limit (got 0)',
+  );
+  t.equal(error('{"cmd":"list","all":true,"json":1}'), 'list: unknown field "all", "json"');
+  t.equal(error('{"cmd":"create","spec":5}'), 'create: spec must be an object (got 5)');
+  t.equal(
+    error(`{"cmd":"source-unfence","name":"${'x'.repeat(129)}"}`),
+    `source-unfence: name must have at most 128 characters (got "${'x'.repeat(76)}...)`,
+  );
 });
 
 t.test('codec: responses round-trip and malformed ones throw', async (t) => {

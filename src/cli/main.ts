@@ -5,7 +5,7 @@ import { EXIT_RUNTIME, EXIT_USAGE, UsageError } from './usage-error';
 type Register = (program: Command) => void;
 
 /**
- * Loaded on demand: each subcommand's module pulls in what it runs (zod,
+ * Loaded on demand: each subcommand's module pulls in what it runs (valibot,
  * prom-client, the pool...), and a short-lived `ferry ctl` should not pay
  * for the daemons' start-up.
  */
@@ -35,7 +35,7 @@ export function main(argv: string[]): void {
   program.parseAsync(argv).catch((err: unknown) => {
     // commander has printed its own message (or the help, or the version) already
     if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
-    // Matched by name: the config loader (and zod) load only with the commands that use them.
+    // Matched by name: the config loader (and valibot) load only with the commands that use them.
     const configError = (err as Error).name === 'ConfigError';
     const usage = configError || err instanceof UsageError;
     const message = configError ? (err as Error).message : `ferry: ${(err as Error).message}`;

@@ -4,9 +4,10 @@
  */
 import fs from 'node:fs';
 import { parse as parseToml } from 'smol-toml';
-import { z } from 'zod';
+import * as v from 'valibot';
 import { ConfigSchema, FerryConfig } from './schema';
 import { DaemonConfigSchema, type DaemonConfig } from './daemon-schema';
+import { issueKeys, PARSE_CONFIG, unknownKeys } from '../util/schema-issues';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -27,15 +28,19 @@ export function loadDaemonConfig(file: string | undefined, overrides: Record<str
   return loadWithSchema(DaemonConfigSchema, file, overrides);
 }
 
-function loadWithSchema<T>(schema: z.ZodType<T>, file: string | undefined, overrides: Record<string, unknown>): T {
+function loadWithSchema<T>(
+  schema: v.GenericSchema<unknown, T>,
+  file: string | undefined,
+  overrides: Record<string, unknown>,
+): T {
   const tree: Tree = file ? readToml(file) : {};
   for (const [key, value] of Object.entries(overrides)) {
     if (value === undefined) continue;
     setDotted(tree, key, value);
   }
-  const result = schema.safeParse(tree);
-  if (!result.success) throw new ConfigError(describe(result.error, tree, file));
-  return result.data;
+  const result = v.safeParse(schema, tree, PARSE_CONFIG);
+  if (!result.success) throw new ConfigError(describe(schema, result.issues, tree, file));
+  return result.output;
 }
 
 function readToml(file: string): Tree {
@@ -71,16 +76,25 @@ function getDotted(tree: Tree, path: PropertyKey[]): unknown {
   return node;
 }
 
-function describe(error: z.ZodError, tree: Tree, file: string | undefined): string {
+function describe(
+  schema: v.GenericSchema,
+  issues: ReadonlyArray<v.BaseIssue<unknown>>,
+  tree: Tree,
+  file: string | undefined,
+): string {
   const where = file ? ` (in ${file} or the command line)` : '';
-  const lines = error.issues.map((issue) => {
-    if (issue.code === 'unrecognized_keys') {
-      const prefix = issue.path.length ? `${issue.path.join('.')}.` : '';
-      return `config: unknown key ${issue.keys.map((k) => prefix + k).join(', ')}${where}`;
+  const lines = issues.map((issue) => {
+    const path = issueKeys(issue);
+    const unknown = unknownKeys(schema, issue);
+    if (unknown.length > 0) {
+      const prefix = path
+        .slice(0, -1)
+        .map((key) => `${key}.`)
+        .join('');
+      return `config: unknown key ${unknown.map((key) => prefix + key).join(', ')}${where}`;
     }
-    const key = issue.path.join('.');
-    const got = getDotted(tree, issue.path);
-    return `config: ${key} ${issue.message} (got ${JSON.stringify(got)})${where}`;
+    const got = getDotted(tree, path);
+    return `config: ${path.join('.')} ${issue.message} (got ${JSON.stringify(got)})${where}`;
   });
   return lines.join('\n');
 }

@@ -2,35 +2,39 @@
  * The control socket's wire format: one JSON request per line in, one JSON response per line out.
  * Pure: strings in, typed values out, and back. Sockets live in control-server.ts / control-client.ts.
  */
-import { z } from 'zod';
+import * as v from 'valibot';
 import type { MigrationStatus } from '../migrate/status';
 import type { SourceStatus } from '../wire/source-sessions';
 import type { Diagnostics } from './diagnostics';
+import { issueKeys, PARSE_CONFIG, unknownKeys } from '../util/schema-issues';
 
 /** A request or response line longer than this is refused (it is far beyond any real one). */
 export const MAX_LINE_BYTES = 64 * 1024;
 
-const positiveRate = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+export const positiveRate = v.pipe(v.number(), v.safeInteger(), v.gtValue(0), v.maxValue(Number.MAX_SAFE_INTEGER));
 
 const requestSchemas = {
-  status: z.object({ cmd: z.literal('status') }).strict(),
-  pause: z.object({ cmd: z.literal('pause') }).strict(),
-  resume: z.object({ cmd: z.literal('resume') }).strict(),
+  status: v.strictObject({ cmd: v.literal('status') }),
+  pause: v.strictObject({ cmd: v.literal('pause') }),
+  resume: v.strictObject({ cmd: v.literal('resume') }),
   // null removes the cap; 0 is refused because it would be a pause by another name.
-  rate: z.object({ cmd: z.literal('rate'), bytesPerSecond: positiveRate.nullable() }).strict(),
-  detach: z.object({ cmd: z.literal('detach') }).strict(),
-  reconnect: z.object({ cmd: z.literal('reconnect'), url: z.string().min(1).max(4096).optional() }).strict(),
+  rate: v.strictObject({ cmd: v.literal('rate'), bytesPerSecond: v.nullable(positiveRate) }),
+  detach: v.strictObject({ cmd: v.literal('detach') }),
+  reconnect: v.strictObject({
+    cmd: v.literal('reconnect'),
+    url: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(4096))),
+  }),
   // cutover: a ferry dest enters cutover; a ferry source fences and sends the final write sets.
-  cutover: z.object({ cmd: z.literal('cutover') }).strict(),
-  abort: z.object({ cmd: z.literal('abort') }).strict(),
+  cutover: v.strictObject({ cmd: v.literal('cutover') }),
+  abort: v.strictObject({ cmd: v.literal('abort') }),
   // ferry source: takes writes again after an abandoned migration.
-  unfence: z.object({ cmd: z.literal('unfence') }).strict(),
+  unfence: v.strictObject({ cmd: v.literal('unfence') }),
 } as const;
 
 export type ControlCommand = keyof typeof requestSchemas;
 export const CONTROL_COMMANDS = Object.keys(requestSchemas) as ControlCommand[];
 
-export type ControlRequest = { [K in ControlCommand]: z.infer<(typeof requestSchemas)[K]> }[ControlCommand];
+export type ControlRequest = { [K in ControlCommand]: v.InferOutput<(typeof requestSchemas)[K]> }[ControlCommand];
 
 /** A ferry dest answers with its migration's status, a ferry source with its sessions'. */
 /** A status answer also carries what the process holds open (diagnostics), to see leaks by. */
@@ -59,16 +63,25 @@ export function validateRequest(value: unknown): ParsedRequest {
       ok: false,
       error: `unknown cmd ${describe(cmd)} (expected one of ${CONTROL_COMMANDS.join(', ')})`,
     };
-  const result = requestSchemas[cmd].safeParse(value);
-  if (result.success) return { ok: true, request: result.data as ControlRequest };
-  const issue = result.error.issues[0];
-  if (issue.code === 'unrecognized_keys')
-    return { ok: false, error: `${cmd}: unknown field ${issue.keys.map((k) => `"${k}"`).join(', ')}` };
-  const field = issue.path.join('.');
-  const got = (value as Record<string, unknown>)[String(issue.path[0])];
-  const expected =
-    cmd === 'rate' ? 'a positive integer (bytes per second) or null for no limit' : issue.message.toLowerCase();
-  return { ok: false, error: `${cmd}: ${field} must be ${expected} (got ${describe(got)})` };
+  const schema = requestSchemas[cmd];
+  const result = v.safeParse(schema, value, PARSE_CONFIG);
+  if (result.success) return { ok: true, request: result.output as ControlRequest };
+  return { ok: false, error: `${cmd}: ${fieldProblem(schema, result.issues[0], value)}` };
+}
+
+/**
+ * One refused field: every unknown field by name, or the field, what it
+ * must be and what it was. The rate's wording is its own (its schema's would
+ * not say that null lifts the cap).
+ */
+export function fieldProblem(schema: v.GenericSchema, issue: v.BaseIssue<unknown>, value: object): string {
+  const unknown = unknownKeys(schema, issue);
+  if (unknown.length > 0) return `unknown field ${unknown.map((key) => `"${key}"`).join(', ')}`;
+  const path = issueKeys(issue);
+  const got = (value as Record<string, unknown>)[String(path[0])];
+  const message =
+    path[0] === 'bytesPerSecond' ? 'must be a positive integer (bytes per second) or null for no limit' : issue.message;
+  return `${path.join('.')} ${message} (got ${describe(got)})`;
 }
 
 /** Parses one request line (without its newline). */
@@ -97,13 +110,13 @@ export function formatResponseLine(response: ControlResponse): string {
   return JSON.stringify(response) + '\n';
 }
 
-const responseSchema = z.union([
-  z.object({ ok: z.literal(true), status: z.looseObject({ state: z.string(), blocksTotal: z.number() }) }),
-  z.object({
-    ok: z.literal(true),
-    status: z.looseObject({ role: z.literal('source'), sessions: z.array(z.unknown()) }),
+const responseSchema = v.union([
+  v.object({ ok: v.literal(true), status: v.looseObject({ state: v.string(), blocksTotal: v.number() }) }),
+  v.object({
+    ok: v.literal(true),
+    status: v.looseObject({ role: v.literal('source'), sessions: v.array(v.unknown()) }),
   }),
-  z.object({ ok: z.literal(false), error: z.string() }),
+  v.object({ ok: v.literal(false), error: v.string() }),
 ]);
 
 /** Parses one response line; throws naming the line when it is not a control response. */
@@ -112,14 +125,14 @@ export function parseResponseLine(line: string): ControlResponse {
 }
 
 /** Decodes one response line as JSON of `schema`'s shape; throws naming the line when it is not. */
-export function decodeResponseLine<T>(line: string, schema: z.ZodType<T>): T {
+export function decodeResponseLine<T>(line: string, schema: v.GenericSchema<unknown, T>): T {
   let value: unknown;
   try {
     value = JSON.parse(line);
   } catch {
     throw new Error(`control response is not valid JSON: ${describe(line)}`);
   }
-  const result = schema.safeParse(value);
+  const result = v.safeParse(schema, value);
   if (!result.success) throw new Error(`control response has an unexpected shape: ${describe(value)}`);
-  return result.data;
+  return result.output;
 }

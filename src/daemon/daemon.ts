@@ -29,6 +29,7 @@ import {
   diskExportName,
   diskStatePath,
   migrationStateDir,
+  parseMigrationSpec,
   sameMigration,
   type MigrationRecord,
 } from './migration-spec';
@@ -364,13 +365,9 @@ export class Daemon {
   // ---- create ----------------------------------------------------------------------------
 
   private async create(raw: unknown, origin: MigrationRecord['origin']): Promise<object> {
-    const parsed = MigrationSpec.safeParse(raw);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      const key = issue.code === 'unrecognized_keys' ? `unknown key ${issue.keys.join(', ')}` : issue.message;
-      throw new DaemonRefusal(`create: ${issue.path.join('.') || 'spec'}: ${key}`);
-    }
-    const spec = parsed.data;
+    const parsed = parseMigrationSpec(raw);
+    if (!parsed.ok) throw new DaemonRefusal(`create: ${parsed.error}`);
+    const spec = parsed.spec;
     const existing = this.runs.get(spec.name);
     if (existing) {
       if (!sameMigration(existing.record.spec, spec))

@@ -4,24 +4,23 @@
  * block map holds it, made durable by the disk's own Migration.
  */
 import path from 'node:path';
-import { z } from 'zod';
+import * as v from 'valibot';
 import { MigrationSpec } from '../config/daemon-schema';
 import { STAGES } from './lifecycle';
+import { issueKeys, PARSE_CONFIG, unknownKeys } from '../util/schema-issues';
 
-export const MigrationRecord = z
-  .object({
-    spec: MigrationSpec,
-    stage: z.enum(STAGES),
-    /** The operator paused the background copy (kept across restarts). */
-    paused: z.boolean(),
-    /** Declared in the config file (a reload may change its rate and weight) or created over the control socket. */
-    origin: z.enum(['config', 'control']),
-    createdAt: z.string(),
-    /** When the cutover was asked for: from then on every disk is cut over, after any restart. */
-    cutoverAt: z.string().nullable(),
-  })
-  .strict();
-export type MigrationRecord = z.infer<typeof MigrationRecord>;
+export const MigrationRecord = v.strictObject({
+  spec: MigrationSpec,
+  stage: v.picklist(STAGES),
+  /** The operator paused the background copy (kept across restarts). */
+  paused: v.boolean(),
+  /** Declared in the config file (a reload may change its rate and weight) or created over the control socket. */
+  origin: v.picklist(['config', 'control']),
+  createdAt: v.string(),
+  /** When the cutover was asked for: from then on every disk is cut over, after any restart. */
+  cutoverAt: v.nullable(v.string()),
+});
+export type MigrationRecord = v.InferOutput<typeof MigrationRecord>;
 
 /** A disk's block map lives in the daemon's state directory, one folder per migration. */
 export function migrationStateDir(stateDir: string, migration: string): string {
@@ -33,6 +32,22 @@ export function diskStatePath(stateDir: string, migration: string, disk: string)
 }
 
 export { diskExportName } from '../config/daemon-schema';
+
+/**
+ * A spec sent over the control socket, checked like a [[migration]] of the
+ * config file; the error names the key (unknown keys at the table that
+ * holds them) and what it must be.
+ */
+export function parseMigrationSpec(raw: unknown): { ok: true; spec: MigrationSpec } | { ok: false; error: string } {
+  const parsed = v.safeParse(MigrationSpec, raw, PARSE_CONFIG);
+  if (parsed.success) return { ok: true, spec: parsed.output };
+  const issue = parsed.issues[0];
+  const keys = issueKeys(issue);
+  const unknown = unknownKeys(MigrationSpec, issue);
+  if (unknown.length > 0)
+    return { ok: false, error: `${keys.slice(0, -1).join('.') || 'spec'}: unknown key ${unknown.join(', ')}` };
+  return { ok: false, error: `${keys.join('.') || 'spec'}: ${issue.message}` };
+}
 
 /**
  * Two specs are the same migration when their disks and cutover mode are:

@@ -9,8 +9,9 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { z } from 'zod';
+import * as v from 'valibot';
 import { MigrationRecord } from './migration-spec';
+import { issueKeys, PARSE_CONFIG } from '../util/schema-issues';
 import { syncDirectory } from '../util/sync-directory';
 
 export const REGISTRY_FORMAT = 'ferryd-registry';
@@ -25,27 +26,23 @@ export class RegistryError extends Error {
   }
 }
 
-const RegistryBody = z
-  .object({
-    /** Raised by every write: which of two copies is newer, and a sign of progress in logs. */
-    generation: z.number().int().nonnegative(),
-    migrations: z.array(MigrationRecord),
-    /** Declared migrations that were aborted or forgotten: the config file does not create them again. */
-    retired: z.array(z.string()),
-    /** Migrations aborted or forgotten lately: asking again answers what happened (the verbs are idempotent). */
-    ended: z.array(z.object({ name: z.string(), verb: z.enum(['abort', 'forget']), at: z.string() }).strict()),
-  })
-  .strict();
-export type RegistryBody = z.infer<typeof RegistryBody>;
+const RegistryBody = v.strictObject({
+  /** Raised by every write: which of two copies is newer, and a sign of progress in logs. */
+  generation: v.pipe(v.number(), v.safeInteger(), v.minValue(0)),
+  migrations: v.array(MigrationRecord),
+  /** Declared migrations that were aborted or forgotten: the config file does not create them again. */
+  retired: v.array(v.string()),
+  /** Migrations aborted or forgotten lately: asking again answers what happened (the verbs are idempotent). */
+  ended: v.array(v.strictObject({ name: v.string(), verb: v.picklist(['abort', 'forget']), at: v.string() })),
+});
+export type RegistryBody = v.InferOutput<typeof RegistryBody>;
 
-const Envelope = z
-  .object({
-    format: z.literal(REGISTRY_FORMAT),
-    version: z.number().int(),
-    sha256: z.string().regex(/^[0-9a-f]{64}$/),
-    body: z.unknown(),
-  })
-  .strict();
+const Envelope = v.strictObject({
+  format: v.literal(REGISTRY_FORMAT),
+  version: v.pipe(v.number(), v.safeInteger()),
+  sha256: v.pipe(v.string(), v.regex(/^[0-9a-f]{64}$/)),
+  body: v.unknown(),
+});
 
 function checksum(body: unknown): string {
   return crypto.createHash('sha256').update(JSON.stringify(body)).digest('hex');
@@ -64,21 +61,21 @@ export function decodeRegistry(text: string, where: string): RegistryBody {
   } catch (e) {
     throw new RegistryError(`${where} is not valid JSON (${(e as Error).message}); refusing to load it`);
   }
-  const envelope = Envelope.safeParse(value);
+  const envelope = v.safeParse(Envelope, value);
   if (!envelope.success) throw new RegistryError(`${where} is not a ferryd registry; refusing to load it`);
-  const { version, sha256, body } = envelope.data;
+  const { version, sha256, body } = envelope.output;
   if (version !== REGISTRY_VERSION)
     throw new RegistryError(
       `${where} has registry version ${version}; this ferryd reads version ${REGISTRY_VERSION} (use the ferry that wrote it)`,
     );
   if (checksum(body) !== sha256)
     throw new RegistryError(`${where} does not match its checksum (damaged or edited); refusing to load it`);
-  const parsed = RegistryBody.safeParse(body);
+  const parsed = v.safeParse(RegistryBody, body, PARSE_CONFIG);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new RegistryError(`${where}: body.${issue.path.join('.')} ${issue.message}; refusing to load it`);
+    const issue = parsed.issues[0];
+    throw new RegistryError(`${where}: body.${issueKeys(issue).join('.')} ${issue.message}; refusing to load it`);
   }
-  return parsed.data;
+  return parsed.output;
 }
 
 export class RegistryFile {

@@ -9,39 +9,38 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { z } from 'zod';
+import * as v from 'valibot';
 import type { ByteRange } from './messages';
+import { issueKeys, PARSE_CONFIG } from '../util/schema-issues';
 import { syncDirectory, syncDirectoryOf } from '../util/sync-directory';
 
-const rangePair = z.tuple([z.number().int().min(0), z.number().int().positive()]);
+const count = v.pipe(v.number(), v.safeInteger(), v.minValue(0));
+const positive = v.pipe(v.number(), v.safeInteger(), v.gtValue(0));
+const rangePair = v.strictTuple([count, positive]);
 
-const SessionRecord = z
-  .object({
-    blockSize: z.number().int().positive(),
-    /** The session's tracking epoch, reported again after a restart. */
-    epoch: z.string().min(1),
-    /** The CUTOVER's sequence number, acknowledged by DIRTY_ACK. */
-    seq: z.number().int().positive(),
-    /** The final write set, [offset, length] pairs, ascending. */
-    ranges: z.array(rangePair),
-    /** The destination acknowledged the set: it is the authority now. */
-    acked: z.boolean(),
-  })
-  .strict();
+const SessionRecord = v.strictObject({
+  blockSize: positive,
+  /** The session's tracking epoch, reported again after a restart. */
+  epoch: v.pipe(v.string(), v.minLength(1)),
+  /** The CUTOVER's sequence number, acknowledged by DIRTY_ACK. */
+  seq: positive,
+  /** The final write set, [offset, length] pairs, ascending. */
+  ranges: v.array(rangePair),
+  /** The destination acknowledged the set: it is the authority now. */
+  acked: v.boolean(),
+});
 
-const RecordSchema = z
-  .object({
-    version: z.literal(1),
-    image: z.string(),
-    identity: z.string(),
-    imageSize: z.number().int().min(0),
-    fencedAt: z.string(),
-    sessions: z.record(z.string(), SessionRecord),
-  })
-  .strict();
+const RecordSchema = v.strictObject({
+  version: v.literal(1),
+  image: v.string(),
+  identity: v.string(),
+  imageSize: count,
+  fencedAt: v.string(),
+  sessions: v.record(v.string(), SessionRecord),
+});
 
-export type CutoverSessionRecord = z.infer<typeof SessionRecord>;
-export type CutoverRecord = z.infer<typeof RecordSchema>;
+export type CutoverSessionRecord = v.InferOutput<typeof SessionRecord>;
+export type CutoverRecord = v.InferOutput<typeof RecordSchema>;
 
 /** /var/lib/ferry for root; else $XDG_STATE_HOME/ferry or ~/.local/state/ferry. */
 export function defaultStateDir(env: NodeJS.ProcessEnv = process.env, uid = process.getuid?.() ?? -1): string {
@@ -80,12 +79,12 @@ export function readCutoverRecord(file: string): CutoverRecord | null {
       cause: e,
     });
   }
-  const parsed = RecordSchema.safeParse(value);
+  const parsed = v.safeParse(RecordSchema, value, PARSE_CONFIG);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new Error(`cutover record ${file} is damaged: ${issue.path.join('.') || '(top)'}: ${issue.message}`);
+    const issue = parsed.issues[0];
+    throw new Error(`cutover record ${file} is damaged: ${issueKeys(issue).join('.') || '(top)'}: ${issue.message}`);
   }
-  return parsed.data;
+  return parsed.output;
 }
 
 /** Writes the record durably: a temporary file, fsync, rename over the old one, fsync of the directory. */
