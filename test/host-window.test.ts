@@ -8,7 +8,9 @@ const KiB = 1024;
  * Copies sharing one bottleneck of `rate` bytes/ms and round trip `rtt`, on a
  * fake clock: a request reaches the source after rtt/2, its reply waits for
  * the link (one FIFO queue), occupies it for bytes/rate, and arrives rtt/2
- * later. Each member sends `batch`-byte runs whenever its window says so.
+ * later. Each member sends `batch`-byte runs whenever its window says so; a
+ * member's VM may also read on demand (vmReads), its fetches queued on the
+ * same link and never held back.
  */
 class SharedLink {
   clock = { t: 0 };
@@ -18,6 +20,8 @@ class SharedLink {
   readonly members: Array<{ m: HostWindowMember; delivered: number; copying: boolean }> = [];
   maxOver = 0;
   queueDelays: number[] = [];
+  /** The queue each on-demand fetch waited in at the bottleneck. */
+  urgentQueueDelays: number[] = [];
   deliveredTotal = 0;
 
   constructor(
@@ -40,6 +44,44 @@ class SharedLink {
     m.onWake(() => this.at(this.clock.t, () => this.fill(i)));
     this.at(this.clock.t, () => this.fill(i));
     return i;
+  }
+
+  /**
+   * Member i's VM asks `bytes` on demand every `everyMs` from `firstAt` on, reported to the
+   * window (on their way, and as delivered) unless `reported` is false.
+   */
+  vmReads(
+    i: number,
+    bytes: number,
+    everyMs: number,
+    firstAt: number,
+    reported = true,
+    on = (_t: number) => true,
+  ): void {
+    const { m } = this.members[i];
+    let onLink = 0;
+    const read = (): void => {
+      if (!on(this.clock.t)) {
+        this.at(this.clock.t + everyMs, read);
+        return;
+      }
+      onLink += bytes;
+      if (reported) m.urgentOnLink(onLink);
+      const sentAt = this.clock.t;
+      const start = Math.max(sentAt + this.rtt / 2, this.wireFreeAt);
+      this.urgentQueueDelays.push(start - (sentAt + this.rtt / 2));
+      this.wireFreeAt = start + bytes / this.rate;
+      this.at(this.wireFreeAt + this.rtt / 2, () => {
+        onLink -= bytes;
+        this.deliveredTotal += bytes;
+        if (reported) {
+          m.urgentDelivered(bytes);
+          m.urgentOnLink(onLink);
+        }
+      });
+      this.at(sentAt + everyMs, read);
+    };
+    this.at(firstAt, read);
   }
 
   at(time: number, run: () => void): void {
@@ -418,4 +460,42 @@ t.test('urgent bytes that arrive count in the delivery rate', async (t) => {
     run();
   }
   t.equal(host.rate, 2_000, 'both: 2 000 bytes/ms');
+});
+
+/** The median of `xs` from `from` on. */
+function median(xs: number[], from = 0): number {
+  const sorted = xs.slice(from).sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+t.test('bursts of on-demand reads counted in the window wait behind its headroom only', async (t) => {
+  const rate = 12_500; // bytes per ms: 100 Mbit/s
+  const rtt = 50;
+  // Eight VMs read 64 KiB each every 100 ms for one second in four (40% of the link meanwhile):
+  // faster than the delivery rate (over a second, the largest of 2.5 s) can follow.
+  const run = (reported: boolean): { queueP50: number; utilisation: number } => {
+    const link = new SharedLink(rate, rtt, 64 * KiB);
+    for (let i = 0; i < 8; i++) link.add(1);
+    for (let i = 0; i < 8; i++) link.vmReads(i, 64 * KiB, 100, 12.5 * i, reported, (now) => now % 4_000 < 1_000);
+    link.runUntil(5_000);
+    const from = link.urgentQueueDelays.length;
+    const deliveredBefore = link.deliveredTotal;
+    link.runUntil(25_000);
+    return {
+      queueP50: median(link.urgentQueueDelays, from),
+      utilisation: (link.deliveredTotal - deliveredBefore) / (rate * 20_000),
+    };
+  };
+  const counted = run(true);
+  const uncounted = run(false);
+  t.ok(
+    counted.queueP50 <= 0.15 * rtt,
+    `counted: the median on-demand fetch waits ${counted.queueP50.toFixed(1)} ms ≤ 0.15 RTT at the bottleneck`,
+  );
+  t.ok(counted.utilisation >= 0.9, `and the link stays busy: ${counted.utilisation.toFixed(3)} of its rate`);
+  // Not counted, the window learned while no VM read holds a product of runs on top of them.
+  t.ok(
+    uncounted.queueP50 > 4 * counted.queueP50,
+    `not counted, the runs take their room: ${uncounted.queueP50.toFixed(1)} ms (${uncounted.utilisation.toFixed(3)} of the rate)`,
+  );
 });
