@@ -91,7 +91,6 @@ export class BackgroundCopy {
     });
     // Before cutover the source's writes make copied blocks missing again: there is work again.
     device.on('missing', () => this.wake());
-    device.on('urgent-arrived', () => this.wake());
     const host = options.hostWindow;
     if (host) {
       host.onWake(() => this.wake());
@@ -101,9 +100,11 @@ export class BackgroundCopy {
       device.on('urgent-sent', urgentOnLink);
       device.on('urgent-arrived', (bytes: number, arrived: boolean) => {
         if (arrived) host.urgentDelivered(this.ratio.wireBytes(bytes));
-        urgentOnLink(); // wakes the refused members
+        urgentOnLink(); // wakes the refused members, longest waiting first
       });
     }
+    // After the shared window's wakes (if any), so the room it frees goes in its order.
+    device.on('urgent-arrived', () => this.wake());
   }
 
   get isPaused(): boolean {
