@@ -8,7 +8,6 @@ import t, { Test } from 'tap';
 import { EventEmitter } from 'node:events';
 import pino from 'pino';
 import { BackgroundCopy } from '../src/migrate/background-copy';
-import { HostWindow } from '../src/migrate/host-window';
 import type { MigratingDevice } from '../src/migrate/migrating-device';
 import type { Transit } from '../src/migrate/block-states';
 import type { LinkCounters } from '../src/migrate/wire-ratio';
@@ -134,31 +133,3 @@ t.test('on-demand fetches on their way count in the window: the copy makes room 
   device.urgentBytesInFlight = 0;
   t.ok(copy.hasRoom(), 'once it arrived the room is back');
 });
-
-t.test(
-  "in a shared window the copy reports its disk's on-demand bytes, so the others' runs leave them room",
-  async (t) => {
-    const host = new HostWindow({ initialBytes: 8 * BATCH * BS, floorBytes: BATCH * BS, ceilingBytes: 64 << 20 });
-    const member = host.join(1);
-    const device = new FakeDevice();
-    const copy = new BackgroundCopy(
-      device as unknown as MigratingDevice,
-      { batchBlocks: BATCH, windowBytes: 64 << 20, storeErrorBackoffMs: 100, hostWindow: member },
-      null,
-      pino({ level: 'silent' }),
-    );
-    // A VM reads what is not here yet: the device counts the bytes asked on demand, then says so.
-    device.urgentBytesInFlight = 3 * BS;
-    device.emit('urgent-sent', 3 * BS);
-    t.equal(member.urgentInFlight, 3 * BS, 'the member counts them (raw: wire bytes are image bytes)');
-    t.equal(host.urgentBytesInFlight, 3 * BS, 'and so does the host');
-    device.urgentBytesInFlight = BS;
-    device.emit('urgent-arrived', 2 * BS, true);
-    t.equal(host.urgentBytesInFlight, BS, 'what arrived leaves the sum');
-    device.urgentBytesInFlight = 0;
-    device.emit('urgent-arrived', BS, false);
-    t.equal(host.urgentBytesInFlight, 0, 'and so does what failed');
-    await copy.stop();
-    t.equal(host.bytesInFlight, 0);
-  },
-);

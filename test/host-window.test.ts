@@ -8,9 +8,7 @@ const KiB = 1024;
  * Copies sharing one bottleneck of `rate` bytes/ms and round trip `rtt`, on a
  * fake clock: a request reaches the source after rtt/2, its reply waits for
  * the link (one FIFO queue), occupies it for bytes/rate, and arrives rtt/2
- * later. Each member sends `batch`-byte runs whenever its window says so; a
- * member's VM may also read on demand (vmReads), its fetches queued on the
- * same link and never held back.
+ * later. Each member sends `batch`-byte runs whenever its window says so.
  */
 class SharedLink {
   clock = { t: 0 };
@@ -20,8 +18,6 @@ class SharedLink {
   readonly members: Array<{ m: HostWindowMember; delivered: number; copying: boolean }> = [];
   maxOver = 0;
   queueDelays: number[] = [];
-  /** The queue each on-demand fetch waited in at the bottleneck. */
-  urgentQueueDelays: number[] = [];
   deliveredTotal = 0;
 
   constructor(
@@ -44,44 +40,6 @@ class SharedLink {
     m.onWake(() => this.at(this.clock.t, () => this.fill(i)));
     this.at(this.clock.t, () => this.fill(i));
     return i;
-  }
-
-  /**
-   * Member i's VM asks `bytes` on demand every `everyMs` from `firstAt` on, reported to the
-   * window (on their way, and as delivered) unless `reported` is false.
-   */
-  vmReads(
-    i: number,
-    bytes: number,
-    everyMs: number,
-    firstAt: number,
-    reported = true,
-    on = (_t: number) => true,
-  ): void {
-    const { m } = this.members[i];
-    let onLink = 0;
-    const read = (): void => {
-      if (!on(this.clock.t)) {
-        this.at(this.clock.t + everyMs, read);
-        return;
-      }
-      onLink += bytes;
-      if (reported) m.urgentOnLink(onLink);
-      const sentAt = this.clock.t;
-      const start = Math.max(sentAt + this.rtt / 2, this.wireFreeAt);
-      this.urgentQueueDelays.push(start - (sentAt + this.rtt / 2));
-      this.wireFreeAt = start + bytes / this.rate;
-      this.at(this.wireFreeAt + this.rtt / 2, () => {
-        onLink -= bytes;
-        this.deliveredTotal += bytes;
-        if (reported) {
-          m.urgentDelivered(bytes);
-          m.urgentOnLink(onLink);
-        }
-      });
-      this.at(sentAt + everyMs, read);
-    };
-    this.at(firstAt, read);
   }
 
   at(time: number, run: () => void): void {
@@ -292,8 +250,7 @@ t.test('disks share a window per source host', async (t) => {
  * latency is the smallest of the last 10 s; the delivery rate is the bytes delivered over the
  * last second (or round trip if longer) after the span's first delivery, or the bytes in flight
  * over the latency while the span is shorter than half a round trip; the rate is the largest of
- * the last 2.5 s. Urgent deliveries join the span's deliveries (kept over the same span, as of
- * the last sample's base latency) but bring no sample of their own.
+ * the last 2.5 s.
  */
 class PathFromEverySample {
   private readonly latencies: Array<[number, number]> = [];
@@ -302,26 +259,20 @@ class PathFromEverySample {
   base: number | null = null;
   rate = 0;
 
-  urgent(t: number, bytes: number): void {
-    recent(this.deliveries, t, Math.max(this.base ?? 0, 1_000)).push([t, bytes]);
-  }
-
   sample(t: number, hostInFlight: number, latencyMs: number, bytes: number): void {
-    recent(this.latencies, t, 10_000).push([t, latencyMs]);
+    const recent = (list: Array<[number, number]>, ms: number): Array<[number, number]> => {
+      while (list.length && list[0][0] < t - ms) list.shift();
+      return list;
+    };
+    recent(this.latencies, 10_000).push([t, latencyMs]);
     const base = Math.min(...this.latencies.map(([, l]) => l));
-    recent(this.deliveries, t, Math.max(base, 1_000)).push([t, bytes]);
+    recent(this.deliveries, Math.max(base, 1_000)).push([t, bytes]);
     const span = t - this.deliveries[0][0];
     const delivered = this.deliveries.slice(1).reduce((sum, [, b]) => sum + b, 0);
-    recent(this.rates, t, 2_500).push([t, span >= base / 2 ? delivered / span : hostInFlight / latencyMs]);
+    recent(this.rates, 2_500).push([t, span >= base / 2 ? delivered / span : hostInFlight / latencyMs]);
     this.base = base;
     this.rate = Math.max(0, ...this.rates.map(([, r]) => r));
   }
-}
-
-/** `list` without its entries older than `ms` before `t`. */
-function recent(list: Array<[number, number]>, t: number, ms: number): Array<[number, number]> {
-  while (list.length && list[0][0] < t - ms) list.shift();
-  return list;
 }
 
 t.test('the rate and base latency are those of every recent sample', async (t) => {
@@ -345,12 +296,6 @@ t.test('the rate and base latency are those of every recent sample', async (t) =
     const member = members[Math.floor(random() * members.length)];
     const bytes = 4096 * (1 + Math.floor(random() * 64));
     const latency = random() < 0.02 ? 1_000 + Math.floor(random() * 1_500) : 40 + Math.floor(random() * 30);
-    if (random() < 0.2) {
-      // An urgent fetch's bytes arrived: they join the deliveries, and no sample is taken.
-      member.urgentDelivered(bytes);
-      reference.urgent(clock.t, bytes);
-      continue;
-    }
     const atSend = member.sent(bytes);
     member.delivered(bytes, atSend, latency);
     reference.sample(clock.t, atSend, latency, bytes);
@@ -358,168 +303,4 @@ t.test('the rate and base latency are those of every recent sample', async (t) =
   }
   t.equal(mismatches, 0, 'every sample: the same base latency and rate');
   t.ok(reference.rate > 0 && reference.base !== null, 'the sequence measured a path');
-});
-
-/** A window of 400 000 bytes (no sample yet) with two members of weight 1. */
-function twoMembers(): { host: HostWindow; a: HostWindowMember; b: HostWindowMember } {
-  const host = new HostWindow({ initialBytes: 400_000, floorBytes: 64 * KiB, ceilingBytes: 64 << 20, now: () => 0 });
-  return { host, a: host.join(1), b: host.join(1) };
-}
-
-t.test("every member's on-demand bytes on their way count in the window", async (t) => {
-  const { host, a, b } = twoMembers();
-  b.sent(100_000);
-  t.ok(b.mayCopy(100_000), 'background alone: room for another run');
-  // a's VM reads what is not here yet: its urgent fetches are on the link b's runs queue on.
-  a.urgentOnLink(250_000);
-  t.equal(host.bytesInFlight, 350_000, 'the sum holds the urgent bytes');
-  t.equal(host.urgentBytesInFlight, 250_000);
-  t.notOk(b.mayCopy(100_000), "b's run no longer fits on top of a's urgent bytes");
-  a.urgentOnLink(150_000);
-  t.ok(b.mayCopy(100_000), 'room again once part of them arrived');
-  b.urgentOnLink(200_000);
-  t.notOk(b.mayCopy(100_000), 'its own count too');
-  b.urgentOnLink(0);
-  a.urgentOnLink(0);
-  t.equal(host.bytesInFlight, 100_000, 'arrived: only the background run is left');
-  t.throws(() => a.urgentOnLink(-1), /urgent bytes must be a finite number ≥ 0/);
-  t.throws(() => a.urgentOnLink(Number.NaN), /urgent bytes must be a finite number ≥ 0/);
-});
-
-t.test('one background run may always go, whatever the urgent bytes on the link', async (t) => {
-  const { a } = twoMembers();
-  a.urgentOnLink(1_000_000);
-  t.ok(a.mayCopy(100_000), 'no run in flight: one goes');
-  a.sent(100_000);
-  t.notOk(a.mayCopy(100_000), 'a second does not');
-});
-
-t.test('urgent bytes that arrive wake the refused members', async (t) => {
-  const { a, b } = twoMembers();
-  let woken = 0;
-  b.onWake(() => woken++);
-  b.sent(100_000);
-  a.urgentOnLink(300_000);
-  t.notOk(b.mayCopy(100_000), 'refused while the urgent bytes are on the link');
-  a.urgentOnLink(350_000);
-  t.equal(woken, 0, 'more on the link wakes nobody');
-  a.urgentOnLink(50_000);
-  t.equal(woken, 1, 'their arrival wakes the refused member');
-  t.ok(b.mayCopy(100_000), 'which finds room');
-});
-
-t.test("a member's urgent bytes count against its own share", async (t) => {
-  const { a, b } = twoMembers();
-  // Shares of 200 000 each. a has 150 000 of runs and 100 000 urgent: above its share; b is
-  // below its share with one run, and is refused while the host is full.
-  a.sent(150_000);
-  a.urgentOnLink(100_000);
-  b.sent(100_000);
-  t.notOk(b.mayCopy(100_000), 'the host is full: b, below its share, is refused');
-  b.failed(60_000); // room for half a run again
-  t.notOk(a.mayCopy(40_000), 'a, above its share with its urgent bytes, leaves the room to b');
-  t.ok(b.mayCopy(40_000), 'b takes it');
-});
-
-t.test("a member that leaves takes its urgent bytes along, and a gone member's count nothing", async (t) => {
-  const { host, a, b } = twoMembers();
-  let woken = 0;
-  b.onWake(() => woken++);
-  b.sent(100_000);
-  a.urgentOnLink(350_000);
-  t.notOk(b.mayCopy(100_000));
-  a.leave();
-  t.equal(host.bytesInFlight, 100_000, 'its urgent bytes left the sum');
-  t.ok(woken > 0, 'and the refused member was woken');
-  a.urgentOnLink(500_000);
-  t.equal(host.bytesInFlight, 100_000, 'a gone member reports nothing');
-});
-
-t.test('urgent bytes that arrive count in the delivery rate', async (t) => {
-  const clock = { t: 0 };
-  const host = new HostWindow({
-    initialBytes: 128 * KiB,
-    floorBytes: 64 * KiB,
-    ceilingBytes: 64 << 20,
-    now: () => clock.t,
-  });
-  const m = host.join(1);
-  // 1 s of background runs of 10 000 bytes every 10 ms at 50 ms: 1 000 bytes/ms.
-  const run = (): void => {
-    const atSend = m.sent(10_000);
-    m.delivered(10_000, atSend, 50);
-  };
-  for (let i = 0; i <= 100; i++, clock.t += 10) run();
-  clock.t -= 10;
-  t.equal(host.rate, 1_000, 'background alone: 1 000 bytes/ms');
-  // The next second carries as many urgent bytes as background ones.
-  for (let i = 0; i < 100; i++) {
-    clock.t += 5;
-    m.urgentDelivered(10_000);
-    clock.t += 5;
-    run();
-  }
-  t.equal(host.rate, 2_000, 'both: 2 000 bytes/ms');
-});
-
-/** The median of `xs` from `from` on. */
-function median(xs: number[], from = 0): number {
-  const sorted = xs.slice(from).sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-}
-
-/**
- * Eight copies on a simulated 100 Mbit/s × 50 ms link while their VMs read 64 KiB each every
- * 100 ms whenever `reading(now)`, the reads reported to the window or not: the median queue
- * the reads waited in at the bottleneck, and the link's use, from 5 s to 25 s.
- */
-function readsOnSharedLink(
-  reported: boolean,
-  reading: (now: number) => boolean,
-): { queueP50: number; utilisation: number } {
-  const rate = 12_500;
-  const link = new SharedLink(rate, 50, 64 * KiB);
-  for (let i = 0; i < 8; i++) link.add(1);
-  for (let i = 0; i < 8; i++) link.vmReads(i, 64 * KiB, 100, 12.5 * i, reported, reading);
-  link.runUntil(5_000);
-  const from = link.urgentQueueDelays.length;
-  const deliveredBefore = link.deliveredTotal;
-  link.runUntil(25_000);
-  return {
-    queueP50: median(link.urgentQueueDelays, from),
-    utilisation: (link.deliveredTotal - deliveredBefore) / (rate * 20_000),
-  };
-}
-
-t.test('bursts of on-demand reads counted in the window wait behind its headroom only', async (t) => {
-  // The VMs read for one second in four (40% of the link meanwhile): faster than the delivery
-  // rate (over a second, the largest of 2.5 s) can follow.
-  const bursts = (now: number): boolean => now % 4_000 < 1_000;
-  const counted = readsOnSharedLink(true, bursts);
-  const uncounted = readsOnSharedLink(false, bursts);
-  t.ok(
-    counted.queueP50 <= 0.15 * 50,
-    `counted: the median on-demand fetch waits ${counted.queueP50.toFixed(1)} ms ≤ 0.15 RTT at the bottleneck`,
-  );
-  t.ok(counted.utilisation >= 0.9, `and the link stays busy: ${counted.utilisation.toFixed(3)} of its rate`);
-  // Not counted, the window learned while no VM read holds a product of runs on top of them.
-  t.ok(
-    uncounted.queueP50 > 4 * counted.queueP50,
-    `not counted, the runs take their room: ${uncounted.queueP50.toFixed(1)} ms (${uncounted.utilisation.toFixed(3)} of the rate)`,
-  );
-});
-
-t.test('steady on-demand reads counted in the window wait behind its headroom only too', async (t) => {
-  // Reads all the time (40% of the link): a window learned from the runs' arrivals alone leaves
-  // them only part of their room (its rate is the link's less theirs, its headroom on top).
-  const counted = readsOnSharedLink(true, () => true);
-  const uncounted = readsOnSharedLink(false, () => true);
-  t.ok(
-    counted.queueP50 <= 0.15 * 50 && counted.queueP50 <= uncounted.queueP50,
-    `median queue ${counted.queueP50.toFixed(1)} ms counted ≤ 0.15 RTT, ${uncounted.queueP50.toFixed(1)} not`,
-  );
-  t.ok(
-    counted.utilisation >= 0.9,
-    `link use ${counted.utilisation.toFixed(3)} counted, ${uncounted.utilisation.toFixed(3)} not`,
-  );
 });

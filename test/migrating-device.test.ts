@@ -313,30 +313,3 @@ t.test('a 4 GiB WRITE_ZEROES and TRIM hold a bounded number of records at a time
   t.ok(sample.equals(Buffer.alloc(BS)));
   t.equal(upstream.fetchCalls.length, 0, 'nothing fetched');
 });
-
-t.test('on-demand bytes: the device says when it asks and whether they arrived', async (t) => {
-  const source = makeSource(8);
-  const upstream = new FakeUpstream(source);
-  const { device } = setup(t, source, upstream);
-  const events: Array<[string, number, boolean?]> = [];
-  device.on('urgent-sent', (bytes: number) => events.push(['sent', bytes]));
-  device.on('urgent-arrived', (bytes: number, arrived: boolean) => events.push(['ended', bytes, arrived]));
-  const release = upstream.holdFetches();
-  const b = Buffer.alloc(100);
-  const read = device.read(3 * BS, b);
-  await until(() => events.length === 1, 'the fetch is asked');
-  t.same(events, [['sent', BS]], 'one block asked');
-  t.equal(device.urgentBytesInFlight, BS, 'and counted on its way');
-  upstream.setConnected(false); // the held fetch fails when released
-  release();
-  await until(() => events.length === 3, 'it fails and is asked again');
-  t.same(events.slice(1), [
-    ['ended', BS, false],
-    ['sent', BS],
-  ]);
-  upstream.setConnected(true);
-  await read;
-  t.same(events.slice(3), [['ended', BS, true]], 'the second arrives');
-  t.equal(device.urgentBytesInFlight, 0);
-  t.same(b, source.subarray(3 * BS, 3 * BS + 100));
-});

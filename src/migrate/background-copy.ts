@@ -91,20 +91,11 @@ export class BackgroundCopy {
     });
     // Before cutover the source's writes make copied blocks missing again: there is work again.
     device.on('missing', () => this.wake());
+    device.on('urgent-arrived', () => this.wake());
     const host = options.hostWindow;
     if (host) {
       host.onWake(() => this.wake());
-      // The shared window counts every copy's on-demand bytes on the link, in wire bytes as it
-      // counts runs: the others' runs leave them room too, not only this copy's.
-      const urgentOnLink = (): void => host.urgentOnLink(this.ratio.wireBytes(device.urgentBytesInFlight ?? 0));
-      device.on('urgent-sent', urgentOnLink);
-      device.on('urgent-arrived', (bytes: number, arrived: boolean) => {
-        if (arrived) host.urgentDelivered(this.ratio.wireBytes(bytes));
-        urgentOnLink(); // wakes the refused members, longest waiting first
-      });
     }
-    // After the shared window's wakes (if any), so the room it frees goes in its order.
-    device.on('urgent-arrived', () => this.wake());
   }
 
   get isPaused(): boolean {
@@ -138,9 +129,8 @@ export class BackgroundCopy {
   hasRoom(runBlocks = this.runBlocks()): boolean {
     const nextImage = runBlocks * this.device.map.blockSize;
     if (this.inFlightBytes > 0 && this.inFlightBytes + nextImage > this.options.windowBytes) return false;
-    // A shared window bounds the wire bytes of every copy on the link, this one's included (runs
-    // and on-demand fetches): a window of its own, learned from its share of the rate, would only
-    // hold it below its share.
+    // A shared window bounds the wire bytes of every copy on the link, this one's included: a
+    // window of its own, learned from its share of the rate, would only hold it below its share.
     if (this.onLinkBytes === 0 || this.options.hostWindow) return true;
     // On-demand fetches on their way share the link: counted here, the copy makes room for them
     // instead of piling a VM's 1 MiB reads on top of a full window, past a shallow router's

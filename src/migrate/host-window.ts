@@ -1,37 +1,33 @@
 /**
- * One window for every copy that crosses the same bottleneck. Each copy's
- * own WindowEstimator keeps about its own bandwidth-delay product plus a
- * batch in flight; N copies sharing one link would keep N of those, and
- * everything above the link's one product waits in its queue, where an
- * on-demand fetch then waits too. The host window bounds the sum of the wire
- * bytes its members have on the link (sent, data not arrived yet): their
- * background runs and their on-demand (urgent) fetches alike, since both
- * wait in the same first-in, first-out queue at the bottleneck. Urgent
- * fetches are never held back (a VM waits on them); counting them makes
- * the background runs leave them their room, so the queue the next urgent
- * fetch waits behind stays about the headroom instead of growing by the
- * urgent bytes on their way. The bound is one estimate of the shared path:
- * the aggregate delivery rate (every member's arrivals, background and
- * urgent, over the last second) times the smallest latency of a background
- * run (which holds the path's round trip and the run's own time on the wire,
- * so the product keeps one run being serialised), plus a small headroom (a
- * tenth of the product, at least a run), with BBR's gain cycle (1.5 in
+ * One background window for every copy that crosses the same bottleneck.
+ * Each copy's own WindowEstimator keeps about its own bandwidth-delay
+ * product plus a batch in flight; N copies sharing one link would keep N of
+ * those, and everything above the link's one product waits in its queue,
+ * where an on-demand fetch then waits too. The host window bounds the sum of
+ * background wire bytes on the link (sent, data not arrived yet) across its
+ * members by one estimate of the shared path: the aggregate delivery rate
+ * (every member's arrivals over the last second) times the smallest latency
+ * of a run (which holds the path's round trip and the run's own time on the
+ * wire, so the product keeps one run being serialised), plus a small
+ * headroom (a tenth of the product, at least a run), with BBR's gain cycle (1.5 in
  * start-up, then 1.25 / 0.75 / 1) so it finds a faster path. It is learned
  * from the aggregate rate, so members whose paths turn out to be independent
- * raise it. A run goes while the sum plus half of it is under the window, so
- * the queue it leaves is about the headroom; one run may always go while no
- * background run is in flight, whatever the urgent bytes.
+ * raise it. A run
+ * goes while the sum plus half of it is under the window, so the queue it
+ * leaves is about the headroom.
  *
- * The window is shared by weight among the members that want to copy, each
- * member's urgent bytes counted against its own share (they are its
- * migration's use of the link): a member below its share may send while the
- * host is under the window; a member above it may send only when no member
- * below its share is waiting, so unused share is not wasted; room is offered
- * first to the member that sent least recently.
+ * The window is shared by weight among the members that want to copy: a
+ * member below its share may send while the host is under the window; a
+ * member above it may send only when no member below its share is waiting,
+ * so unused share is not wasted; room is offered first to the member that
+ * sent least recently. Urgent (on-demand) fetches need nothing of the
+ * window but the short queue it keeps: the bottleneck is first in, first
+ * out, and runs asked for after an urgent fetch reach the source after it
+ * (which serves it first), so holding them back would not bring its reply
+ * sooner; what it waits behind is what was queued when it left.
  *
  * Pure state (the clock is injected, nothing here sets a timer); members are
- * woken through their onWake callback when room appears (bytes of either
- * kind arrive, a member leaves, goes idle or changes weight).
+ * woken through their onWake callback when room appears.
  */
 import { Pacer } from './pacer';
 import { WindowedExtreme } from '../util/windowed-extreme';
@@ -61,10 +57,7 @@ export class HostWindow {
   private nextProbe: number;
   private readonly now: () => number;
   private readonly headroomFraction: number;
-  /** Background wire bytes in flight across every member. */
   private total = 0;
-  /** Urgent wire bytes in flight across every member. */
-  private urgent = 0;
 
   constructor(private readonly options: HostWindowOptions) {
     this.now = options.now ?? (() => performance.now());
@@ -80,17 +73,12 @@ export class HostWindow {
     return m;
   }
 
-  /** Wire bytes in flight across every member, background and urgent. */
+  /** Wire bytes in flight across every member. */
   get bytesInFlight(): number {
-    return this.total + this.urgent;
+    return this.total;
   }
 
-  /** Urgent wire bytes in flight across every member. */
-  get urgentBytesInFlight(): number {
-    return this.urgent;
-  }
-
-  /** The aggregate delivery rate, background and urgent, bytes per ms (0 before the first background sample). */
+  /** The aggregate delivery rate, bytes per ms (0 before the first sample). */
   get rate(): number {
     return this.bestRate;
   }
@@ -100,7 +88,7 @@ export class HostWindow {
     return this.latencies.value;
   }
 
-  /** The bound on the sum of wire bytes in flight now, background and urgent. */
+  /** The bound on the sum of background wire bytes in flight now. */
   get bytes(): number {
     const base = this.baseLatencyMs;
     const { floorBytes, ceilingBytes, initialBytes } = this.options;
@@ -134,14 +122,13 @@ export class HostWindow {
     member.wanting = true;
     // One look at the window and the weights for the whole decision: each is a pass over the members.
     const window = this.bytes;
-    // A run goes if half of it fits under the window on top of every byte on the link, urgent
-    // ones included: the sum stays within half a run of it, and the window can grow (it holds the
-    // rate it measures); one background run may always be in flight.
+    // A run goes if half of it fits under the window: the sum stays within half a run of it, and
+    // the window can grow (it holds the rate it measures); one run may always be in flight.
     let allowed = this.total === 0;
-    if (!allowed && this.total + this.urgent + nextBytes / 2 < window) {
+    if (!allowed && this.total + nextBytes / 2 < window) {
       const weights = this.countingWeights();
       allowed =
-        member.onLink < shareIn(member, window, weights) || !this.someoneRefusedUnderShare(member, window, weights);
+        member.inFlight < shareIn(member, window, weights) || !this.someoneRefusedUnderShare(member, window, weights);
     }
     member.refused = !allowed;
     return allowed;
@@ -155,7 +142,8 @@ export class HostWindow {
   }
 
   private someoneRefusedUnderShare(asking: HostWindowMember, window: number, weights: number): boolean {
-    for (const m of this.members) if (m !== asking && m.refused && m.onLink < shareIn(m, window, weights)) return true;
+    for (const m of this.members)
+      if (m !== asking && m.refused && m.inFlight < shareIn(m, window, weights)) return true;
     return false;
   }
 
@@ -173,26 +161,6 @@ export class HostWindow {
     this.wakeRefused();
   }
 
-  /** @internal: a member's urgent wire bytes in flight changed by `change`. */
-  urgentChanged(change: number): void {
-    this.urgent = Math.max(0, this.urgent + change);
-    if (change < 0) this.wakeRefused();
-  }
-
-  /** @internal: urgent wire bytes arrived; they count in the delivery rate (no latency sample). */
-  urgentDelivered(bytes: number): void {
-    const t = this.now();
-    this.dropOldDeliveries(t);
-    this.deliveries.push([t, bytes]);
-    this.deliveriesBytes += bytes;
-  }
-
-  private dropOldDeliveries(t: number): void {
-    const spanMs = Math.max(this.baseLatencyMs ?? 0, RATE_SPAN_MS);
-    while (this.deliveries.length && this.deliveries[0][0] < t - spanMs)
-      this.deliveriesBytes -= this.deliveries.shift()![1];
-  }
-
   /** @internal: a background run of `bytes` sent with `hostInFlight` in flight came back after `latencyMs`. */
   sample(hostInFlight: number, latencyMs: number, bytes: number): void {
     if (!(latencyMs > 0)) return;
@@ -204,7 +172,9 @@ export class HostWindow {
     // read as a faster link, and the window would queue the difference). The span's first
     // delivery marks its start: its bytes arrived before it, so they are left out. Before the
     // span is half a round trip long, the bytes in flight over the latency they saw stand in.
-    this.dropOldDeliveries(t);
+    const spanMs = Math.max(base, RATE_SPAN_MS);
+    while (this.deliveries.length && this.deliveries[0][0] < t - spanMs)
+      this.deliveriesBytes -= this.deliveries.shift()![1];
     this.deliveries.push([t, bytes]);
     this.deliveriesBytes += bytes;
     const span = t - this.deliveries[0][0];
@@ -232,10 +202,8 @@ export class HostWindow {
 
 /** One copy's place in a HostWindow. */
 export class HostWindowMember {
-  /** Background wire bytes this member has in flight. */
+  /** Wire bytes this member has in flight. */
   inFlight = 0;
-  /** Urgent wire bytes this member has in flight. */
-  urgentInFlight = 0;
   /** It asked since it last went idle (counts for the share split). */
   wanting = false;
   /** It was refused room and waits for a wake. */
@@ -266,11 +234,6 @@ export class HostWindowMember {
     return this.weightNow;
   }
 
-  /** Wire bytes of this member's on the link, background and urgent: what its share bounds. */
-  get onLink(): number {
-    return this.inFlight + this.urgentInFlight;
-  }
-
   /** Counted in the share split: wants to copy, or still has runs in flight. */
   get counts(): boolean {
     return !this.gone && (this.wanting || this.inFlight > 0);
@@ -292,7 +255,7 @@ export class HostWindowMember {
     return this.host.shareOf(this);
   }
 
-  /** A background run of `wireBytes` was sent; returns the host's wire bytes in flight with it (urgent ones included). */
+  /** A background run of `wireBytes` was sent; returns the host's wire bytes in flight with it. */
   sent(wireBytes: number): number {
     if (this.gone) return wireBytes;
     this.runBytes = wireBytes;
@@ -314,24 +277,6 @@ export class HostWindowMember {
     if (!this.gone) this.done(wireBytes);
   }
 
-  /**
-   * The member's urgent (on-demand) fetches have `wireBytes` on their way now, in all: they count
-   * in the host's sum and against this member's share; a drop wakes the refused members.
-   */
-  urgentOnLink(wireBytes: number): void {
-    if (!(wireBytes >= 0 && Number.isFinite(wireBytes)))
-      throw new Error(`host window: urgent bytes must be a finite number ≥ 0 (got ${wireBytes})`);
-    if (this.gone) return;
-    const change = wireBytes - this.urgentInFlight;
-    this.urgentInFlight = wireBytes;
-    if (change !== 0) this.host.urgentChanged(change);
-  }
-
-  /** An urgent fetch's `wireBytes` arrived: they count in the shared delivery rate. */
-  urgentDelivered(wireBytes: number): void {
-    if (!this.gone && wireBytes > 0) this.host.urgentDelivered(wireBytes);
-  }
-
   /** It stopped wanting to copy (paused, all held): its weight goes to the others. */
   idle(): void {
     if (this.gone || !this.wanting) return;
@@ -346,12 +291,10 @@ export class HostWindowMember {
     this.host.wakeRefused();
   }
 
-  /** Leaves the window: its bytes in flight (background and urgent) stop counting, its share goes to the others. */
+  /** Leaves the window: its bytes in flight stop counting, its share goes to the others. */
   leave(): void {
     if (this.gone) return;
     this.gone = true;
-    this.host.urgentChanged(-this.urgentInFlight);
-    this.urgentInFlight = 0;
     this.host.removed(this.inFlight);
     this.inFlight = 0;
     this.wanting = false;

@@ -543,21 +543,15 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
 
   // ---- internals ----
 
-  /** 'urgent-sent' lets a window shared with other copies count these bytes at once. */
   private urgentStarted(bytes: number): void {
-    if (bytes === 0) return;
     this.urgentInFlight += bytes;
-    this.emit('urgent-sent', bytes);
   }
 
-  /**
-   * The copy may have been held back by these bytes: 'urgent-arrived' lets it look again, and
-   * says whether they arrived (a failed or timed-out fetch's did not).
-   */
-  private urgentEnded(bytes: number, arrived: boolean): void {
+  /** The copy may have been held back by these bytes: 'urgent-arrived' lets it look again. */
+  private urgentEnded(bytes: number): void {
     if (bytes === 0) return;
     this.urgentInFlight -= bytes;
-    this.emit('urgent-arrived', bytes, arrived);
+    this.emit('urgent-arrived');
   }
 
   /** Before cutover: the source answers, and nothing it returns is kept. */
@@ -577,15 +571,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         const from = Math.floor(offset / this.bs) * this.bs;
         const to = Math.min(Math.ceil((offset + into.length) / this.bs) * this.bs, this.size);
         this.urgentStarted(to - from);
-        const data = await withTimeout(upstream.fetch(from, to - from, 'urgent'), left).then(
-          (d) => {
-            this.urgentEnded(to - from, d !== null);
-            return d;
-          },
-          (e: unknown) => {
-            this.urgentEnded(to - from, false);
-            throw e;
-          },
+        const data = await withTimeout(upstream.fetch(from, to - from, 'urgent'), left).finally(() =>
+          this.urgentEnded(to - from),
         );
         if (data === null) continue;
         if (data.length !== to - from) throw new Error(`source returned ${data.length} bytes for ${to - from}`);
@@ -758,10 +745,10 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       if (!upstream) throw new Error('no source is attached');
       data = await upstream.fetch(offset, length, priority);
       if (data.length !== length) throw new Error(`source returned ${data.length} bytes for ${length}`);
-      this.urgentEnded(urgent, true);
+      this.urgentEnded(urgent);
       arrived?.();
     } catch (e) {
-      this.urgentEnded(urgent, false);
+      this.urgentEnded(urgent);
       this.counters.fetchErrors++;
       this.log.debug({ err: (e as Error).message, first, count: run.length, priority }, 'fetch failed');
       for (const t of run) this.states.fetchFailed(t);
