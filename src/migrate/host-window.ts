@@ -25,7 +25,7 @@
  * Urgent (on-demand) fetches are not counted and never held back. An urgent
  * reply waits behind what was queued when its request left (the bottleneck
  * is first in, first out); the window, learned from the runs' arrivals
- * alone, leaves steady urgent traffic its average room, since the runs'
+ * alone, leaves steady urgent traffic most of its room, since the runs'
  * rate is then the link's less the urgent rate. Urgent bursts shorter than
  * the rate's span (a second, the largest of 2.5 s) find the window as
  * learned without them and queue on top of it. (Counting them in the sum,
