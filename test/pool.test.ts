@@ -214,13 +214,13 @@ t.test(
       rmSync(dirname(marker), { recursive: true, force: true });
     });
     const workerModule = join(__dirname, 'helpers', 'failing-start-worker.js');
-    const reported: Error[] = [];
+    const reported: Array<{ err: string }> = [];
     const pool = new CodecPool({
       workers: 2,
       codec: 'lz4',
       inlineUrgentBytes: 0,
       workerModule,
-      onWorkerError: (err) => reported.push(err),
+      log: { error: (fields: { err: string }) => void reported.push(fields) },
     });
     const tasks = Array.from({ length: 5 }, (_, i) => pool.encode(batch(4, i), BS));
     // Every task settles, naming the cause: those sent to a failing worker with its error, those
@@ -235,7 +235,7 @@ t.test(
       'the tasks still queued failed as a crash of the pool',
     );
     t.ok(reported.length >= 1, `the failure was reported (${reported.length} times)`);
-    t.match(reported[0].message, /this worker cannot start/);
+    t.match(reported[0].err, /this worker cannot start/);
     rmSync(marker);
     const after = await pool.decode(await pool.encode(batch(8), BS));
     t.same(after.failed, [], 'the next task started workers that run');

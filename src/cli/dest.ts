@@ -232,8 +232,7 @@ async function openUpstream(
     const pool = new CodecPool({
       workers: w.workers || Math.max(1, os.availableParallelism()),
       codec: 'lz4',
-      onWorkerError: (err) =>
-        log.error({ err: err.message }, 'a codec worker failed; the pool starts new workers for the next batch'),
+      log,
     });
     pool.warm(); // batches come as soon as the streams are open
     pools.push(pool);

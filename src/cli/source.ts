@@ -92,8 +92,7 @@ export function registerSource(program: Command): void {
         workers,
         codec: s.codec === 'auto' ? 'lz4' : s.codec,
         level: s.deflate_level,
-        onWorkerError: (err) =>
-          log.error({ err: err.message }, 'a codec worker failed; the pool starts new workers for the next batch'),
+        log,
       });
       // Started now, their boot is not the first batch's wait; they stop after idling until a fetch needs them.
       pool.warm();

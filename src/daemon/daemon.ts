@@ -147,8 +147,7 @@ export class Daemon {
       workers: config.wire.workers || Math.max(1, os.availableParallelism()),
       codec: 'lz4',
       level: config.source.deflate_level,
-      onWorkerError: (err) =>
-        log.error({ err: err.message }, 'a codec worker failed; the pool starts new workers for the next batch'),
+      log,
     });
     // Started now for the migrations the daemon resumes; they stop after idling until a batch needs them.
     pool.warm();

@@ -16,6 +16,7 @@ import { PriorityTaskQueue } from './priority-queue';
 import { executeTask, taskBytes } from './task-runner';
 import type { CodecSelection, WorkerTask } from './tasks';
 import { reapplyHeapLimits } from '../util/heap-growth';
+import type { Logger } from 'pino';
 
 /** Young generation of each worker's heap (V8's default grows to 3 × 16 MiB). */
 const WORKER_YOUNG_GENERATION_MB = 2;
@@ -58,11 +59,8 @@ export interface CodecPoolOptions {
    * there rather than wait for them to start (unless this is 0).
    */
   inlineUrgentBytes?: number;
-  /**
-   * Told when a worker fails outside a task (at start-up, most often): the
-   * pool carries on, and the caller logs it.
-   */
-  onWorkerError?: (err: Error) => void;
+  /** Where a worker that fails outside a task (at start-up, most often) is logged; the pool carries on. */
+  log?: Pick<Logger, 'error'>;
   /**
    * The worker module (default: this folder's worker.js). Another module must
    * export a default task function that answers like src/pool/worker.ts.
@@ -120,7 +118,7 @@ export class CodecPool {
   private closing: Promise<void> | undefined;
   /** Worker sets retired because a worker failed outside a task, with that failure. */
   private readonly failedStarts = new WeakMap<Piscina, Error>();
-  private readonly onWorkerError: (err: Error) => void;
+  private readonly log: Pick<Logger, 'error'> | undefined;
 
   constructor(options: CodecPoolOptions = {}) {
     this.workers = options.workers ?? Math.max(1, availableParallelism());
@@ -155,7 +153,7 @@ export class CodecPool {
       kernelPath: options.kernelPath,
     };
     this.workerModule = options.workerModule ?? join(__dirname, 'worker.js');
-    this.onWorkerError = options.onWorkerError ?? (() => undefined);
+    this.log = options.log;
   }
 
   /** Worker threads running now: 0 while stopped, else `workers`. */
@@ -206,10 +204,14 @@ export class CodecPool {
     for (const worker of piscina.threads) worker.once('online', reapplyHeapLimits);
     piscina.on('workerCreate', reapplyHeapLimits); // a replacement, online by now
     piscina.on('error', (err: Error) => {
-      this.onWorkerError(err);
+      this.workerFailed(err);
       this.retireIfShort(piscina, err);
     });
     return piscina;
+  }
+
+  private workerFailed(err: Error): void {
+    this.log?.error({ err: err.message }, 'a codec worker failed; the pool starts new workers for the next batch');
   }
 
   /**
@@ -410,7 +412,7 @@ export class CodecPool {
       const e = err as Error;
       const known = this.failedStarts.has(piscina);
       if (this.retireIfShort(piscina, e)) {
-        if (!known && this.failedStarts.get(piscina) === e) this.onWorkerError(e); // no 'error' event for this one
+        if (!known && this.failedStarts.get(piscina) === e) this.workerFailed(e); // no 'error' event for this one
         throw new WorkerCrashError(
           `CodecPool: a worker failed (${this.failedStarts.get(piscina)!.message}) before ${what} ran; new workers start with the next task, retry it`,
           { cause: e },
