@@ -13,22 +13,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startFerry, servingPort, ctlStatus } from './helpers/ferry-daemon';
 import { tempDir, patternBytes } from './helpers/temp-dir';
+import { seededRandom } from './helpers/seeded-random';
 import { buildExt4Image, findMkfs } from '../bench/migrate-image';
 
 const BS = 4096;
 const MiB = 1 << 20;
-
-/** A deterministic PRNG (mulberry32), so a failing image can be built again from its seed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * `size` bytes: the first quarter distinct blocks (the targets), the rest
@@ -40,7 +29,7 @@ function imageOfRepeats(size: number, seed: number): Buffer {
   const blocks = size / BS;
   const library = blocks / 4;
   patternBytes(library * BS, seed).copy(image);
-  const rnd = random(seed);
+  const rnd = seededRandom(seed);
   const pick = (n: number): number => Math.floor(rnd() * n);
   const copy = (from: number, to: number): void => void image.copy(image, to * BS, from * BS, from * BS + BS);
   const unique = (to: number): void => void crypto.randomFillSync(image, to * BS, BS);

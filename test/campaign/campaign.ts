@@ -9,6 +9,7 @@
  */
 import fs from 'node:fs';
 import net from 'node:net';
+import { seededRandom } from '../helpers/seeded-random';
 
 export interface Campaign {
   /** The sizes of docs/reliability.md rather than CI's reduced ones. */
@@ -43,7 +44,7 @@ export function campaign(): Campaign {
   cached = {
     full: process.env.FERRY_CAMPAIGN_FULL === '1',
     seed,
-    random: (scenario) => mulberry32(seed ^ hash32(scenario)),
+    random: (scenario) => seededRandom(seed ^ hash32(scenario)),
   };
   return cached;
 }
@@ -60,17 +61,6 @@ function hash32(text: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
   return h >>> 0;
-}
-
-function mulberry32(state: number): () => number {
-  let a = state >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
 }
 
 /**
