@@ -61,6 +61,8 @@ t.test('an unknown key or a bad value names the key and the value', async (t) =>
     ['[dest]\nmetrics = "nowhere"\n', /dest\.metrics must be HOST:PORT or PORT \(got "nowhere"\)/],
     ['[dest]\nfile_mode = "0666"\n', /dest\.file_mode must not let others write the image \(got "0666"\)/],
     ['dest = 5\n', /config: dest must be an object \(got 5\)/],
+    ['dest = []\n', /config: dest must be a table, not an array/],
+    ['copy = [1]\n', /config: copy must be a table, not an array/],
   ];
   for (const [text, message] of refusals) t.throws(() => loadConfig(file(t, text)), message, text.trim());
   t.equal(loadConfig(undefined, { 'dest.metrics': '9100' }).dest.metrics, '127.0.0.1:9100', 'a bare port is local');

@@ -65,6 +65,12 @@ t.test('declared migrations: checked like the rest, errors name the key', async 
   t.throws(() => loadDaemonConfig(file), /config: daemon\.max_rate .*\(got -1\)/);
   fs.writeFileSync(file, `[[migration]]\nname = "vm1"\nbogus = 1\n${disk('vda', '/i/a')}`);
   t.throws(() => loadDaemonConfig(file), /unknown key migration\.0\.bogus/);
+  fs.writeFileSync(file, `daemon = []\nmigration = [[]]\n`);
+  t.throws(
+    () => loadDaemonConfig(file),
+    /^config: daemon must be a table, not an array .*\nconfig: migration\.0 must be a table, not an array /,
+    'an array where a table belongs is refused, however empty',
+  );
 });
 
 t.test('source exports: checked like the rest, errors name the key', async (t) => {

@@ -7,7 +7,7 @@ import { parse as parseToml } from 'smol-toml';
 import * as v from 'valibot';
 import { ConfigSchema, FerryConfig } from './schema';
 import { DaemonConfigSchema, type DaemonConfig } from './daemon-schema';
-import { issueKeys, PARSE_CONFIG, unknownKeys } from '../util/schema-issues';
+import { arraysForObjects, issueKeys, PARSE_CONFIG, unknownKeys } from '../util/schema-issues';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -38,8 +38,14 @@ function loadWithSchema<T>(
     if (value === undefined) continue;
     setDotted(tree, key, value);
   }
+  const where = file ? ` (in ${file} or the command line)` : '';
+  const arrays = arraysForObjects(schema, tree);
+  if (arrays.length > 0)
+    throw new ConfigError(
+      arrays.map((keys) => `config: ${keys.join('.')} must be a table, not an array${where}`).join('\n'),
+    );
   const result = v.safeParse(schema, tree, PARSE_CONFIG);
-  if (!result.success) throw new ConfigError(describe(schema, result.issues, tree, file));
+  if (!result.success) throw new ConfigError(describe(schema, result.issues, tree, where));
   return result.output;
 }
 
@@ -80,9 +86,8 @@ function describe(
   schema: v.GenericSchema,
   issues: ReadonlyArray<v.BaseIssue<unknown>>,
   tree: Tree,
-  file: string | undefined,
+  where: string,
 ): string {
-  const where = file ? ` (in ${file} or the command line)` : '';
   const lines = issues.map((issue) => {
     const path = issueKeys(issue);
     const unknown = unknownKeys(schema, issue);

@@ -32,15 +32,43 @@ export function unknownKeys(schema: v.GenericSchema, issue: Issue): string[] {
   return Object.keys(holder).filter((key) => !Object.hasOwn(known, key));
 }
 
+const field = (node: unknown, name: string): unknown =>
+  typeof node === 'object' && node !== null ? (node as Record<string, unknown>)[name] : undefined;
+
+/** The schema inside optional and nullable wrappers (a pipe carries its first schema's fields already). */
+function unwrap(node: unknown): unknown {
+  while (['optional', 'nullable', 'nullish', 'exact_optional'].includes(String(field(node, 'type'))))
+    node = field(node, 'wrapped');
+  return node;
+}
+
+/**
+ * The keys of every array found where the schema wants an object. Valibot's
+ * object schemas take an array for an object, so an empty one (TOML's
+ * `dest = []`) would pass as an object with every default.
+ */
+export function arraysForObjects(schema: unknown, value: unknown): Array<Array<string | number>> {
+  const found: Array<Array<string | number>> = [];
+  const walk = (node: unknown, at: unknown, keys: Array<string | number>): void => {
+    node = unwrap(node);
+    const type = String(field(node, 'type'));
+    if (/^(strict_|loose_)?object$/.test(type)) {
+      if (Array.isArray(at)) found.push(keys);
+      else if (typeof at === 'object' && at !== null) {
+        const entries = field(node, 'entries') as Record<string, unknown>;
+        for (const key of Object.keys(entries))
+          if (Object.hasOwn(at, key)) walk(entries[key], (at as Record<string, unknown>)[key], [...keys, key]);
+      }
+    } else if (type === 'array' && Array.isArray(at)) {
+      at.forEach((item, i) => walk(field(node, 'item'), item, [...keys, i]));
+    }
+  };
+  walk(schema, value, []);
+  return found;
+}
+
 /** The entries of the object schema under `keys` (through optional, nullable, arrays and pipes), if there is one. */
 function entriesAt(schema: unknown, keys: ReadonlyArray<string | number>): object | undefined {
-  const field = (node: unknown, name: string): unknown =>
-    typeof node === 'object' && node !== null ? (node as Record<string, unknown>)[name] : undefined;
-  const unwrap = (node: unknown): unknown => {
-    while (['optional', 'nullable', 'nullish', 'exact_optional'].includes(String(field(node, 'type'))))
-      node = field(node, 'wrapped');
-    return node;
-  };
   let node = unwrap(schema);
   for (const key of keys) {
     const entries = field(node, 'entries');
