@@ -11,6 +11,7 @@ import { BackgroundCopy } from '../src/migrate/background-copy';
 import type { MigratingDevice } from '../src/migrate/migrating-device';
 import type { Transit } from '../src/migrate/block-states';
 import type { LinkCounters } from '../src/migrate/wire-ratio';
+import { HostWindow, type HostWindowMember } from '../src/migrate/host-window';
 
 const BS = 4096;
 const BATCH = 16;
@@ -49,16 +50,28 @@ class FakeDevice extends EventEmitter {
   }
 }
 
-function setUp(t: Test, windowBytes: number): { device: FakeDevice; copy: BackgroundCopy } {
+function setUp(
+  t: Test,
+  windowBytes: number,
+  more: { pace?: (bytesPerSecond: number) => void; hostWindow?: HostWindowMember } = {},
+): { device: FakeDevice; copy: BackgroundCopy } {
   const device = new FakeDevice();
   const copy = new BackgroundCopy(
     device as unknown as MigratingDevice,
     // A clock at a thousandth of real time: the window's first latency probe, due a second after
     // the copy starts, falls outside these tests however slow the machine is.
-    { batchBlocks: BATCH, windowBytes, storeErrorBackoffMs: 100, now: () => performance.now() / 1000 },
+    {
+      batchBlocks: BATCH,
+      windowBytes,
+      storeErrorBackoffMs: 100,
+      now: () => performance.now() / 1000,
+      hostWindow: more.hostWindow,
+    },
     null,
     pino({ level: 'silent' }),
     () => device.link,
+    () => null,
+    more.pace,
   );
   t.teardown(async () => {
     const stopping = copy.stop();
@@ -132,4 +145,48 @@ t.test('on-demand fetches on their way count in the window: the copy makes room 
   t.notOk(copy.hasRoom(), 'and so does a smaller one, with less than a run left');
   device.urgentBytesInFlight = 0;
   t.ok(copy.hasRoom(), 'once it arrived the room is back');
+});
+
+t.test('the copy asks its source to pace background data at its delivery rate times the gain', async (t) => {
+  const asked: number[] = [];
+  const { device, copy } = setUp(t, 64 << 20, { pace: (rate) => asked.push(rate) });
+  t.equal(copy.pacedBytesPerSecond, 0, 'nothing asked before a delivery');
+  const started = whenFull(device, copy);
+  copy.start();
+  await started;
+  t.same(asked, [], 'nor before the first run arrives');
+  const full = whenFull(device, copy);
+  device.completeAll(1);
+  await full;
+  t.same(asked, [], 'nor in start-up (its rates are a cold connection’s)');
+  // Start-up ends after three round trips whose rate did not grow by a quarter (the same rate here).
+  for (let round = 0; round < 40 && asked.length === 0; round++) {
+    const next = whenFull(device, copy);
+    device.completeAll(1);
+    await next;
+  }
+  t.ok(asked.length > 0, 'asked once start-up is over');
+  t.ok(
+    asked.every((rate) => rate > 0),
+    `at a rate (${asked.join(', ')} bytes/s)`,
+  );
+  t.equal(asked[asked.length - 1], copy.pacedBytesPerSecond, 'the last one asked is the pace now');
+});
+
+t.test('a copy in a shared window asks no pace: the shared window paces its copies', async (t) => {
+  const asked: number[] = [];
+  const host = new HostWindow({ initialBytes: 4 * BATCH * BS, floorBytes: BATCH * BS, ceilingBytes: 64 << 20 });
+  const { device, copy } = setUp(t, 64 << 20, { pace: (rate) => asked.push(rate), hostWindow: host.join(1) });
+  copy.start();
+  for (let round = 0; round < 3; round++) {
+    await new Promise<void>((resolve) => {
+      device.onClaim = () => {
+        device.onClaim = null;
+        resolve();
+      };
+    });
+    device.completeAll(1);
+  }
+  t.same(asked, []);
+  t.equal(copy.pacedBytesPerSecond, 0);
 });

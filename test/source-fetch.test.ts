@@ -57,7 +57,14 @@ class CollectingLink implements FetchLink {
     for (const p of parts) this.decoder.push(Buffer.from(p));
     written?.();
   }
+  /** The frame bytes each paceDelay() was asked for, and the wait it answers (ms). */
+  readonly paced: number[] = [];
+  paceWaitMs = 0;
   async roomToWrite(): Promise<void> {}
+  paceDelay(bytes: number): number {
+    this.paced.push(bytes);
+    return this.paceWaitMs;
+  }
   batches(): Array<{ entries: WireEntry[]; payload: Buffer }> {
     const out: Array<{ entries: WireEntry[]; payload: Buffer }> = [];
     for (let e = this.decoder.next(); e; e = this.decoder.next()) {
@@ -194,4 +201,25 @@ t.test('a recycled buffer pads a short last block with zeros, not its old bytes'
   const tail = Buffer.alloc(BS);
   content.copy(tail, 0, 2 * BS);
   t.equal(batch.entries[2].checksum, xxh64(tail), 'the tail block is its bytes and zeros');
+});
+
+t.test('background batches are paced by the bytes they cost on the wire; urgent ones are not', async (t) => {
+  const { services, counters } = await setup(t);
+  const small = { ...hello, maxBatchBlocks: 2 }; // three batches for the six blocks
+  const link = new CollectingLink();
+  link.paceWaitMs = 1; // each batch waits its turn, as behind a slow pace
+  await serveFetch(fetchAll(), small, new DedupeTable(), link, services, 1 << 20);
+  t.equal(link.batches().length, 3, 'every batch still goes');
+  t.equal(link.paced.length, 3, 'each batch asked the pace');
+  t.equal(
+    link.paced.reduce((sum, bytes) => sum + bytes, 0),
+    counters.bytesSent,
+    'by its frame bytes (references and zero blocks cost next to nothing)',
+  );
+  t.ok(counters.bytesSent < IMAGE.length, 'less than the image bytes');
+
+  const urgent = new CollectingLink();
+  await serveFetch({ ...fetchAll(), priority: Role.Urgent }, small, new DedupeTable(), urgent, services, 1 << 20);
+  t.equal(urgent.batches().length, 3);
+  t.same(urgent.paced, [], 'an urgent fetch never waits for the pace');
 });

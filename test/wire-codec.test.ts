@@ -17,8 +17,10 @@ import {
   encodeWelcome,
   decodeZeroQuery,
   decodeHashQuery,
+  decodePace,
   decodeBlockHashes,
   encodeHashQuery,
+  encodePace,
   encodeBlockHashes,
   decodeZeroRanges,
   encodeZeroQuery,
@@ -206,6 +208,16 @@ t.test('ZERO_QUERY and ZERO_RANGES round-trip; bad ranges are refused', async (t
   t.type(decodeZeroQuery(Buffer.alloc(19)), 'string');
 });
 
+t.test('PACE round-trips; a truncated or overlong one is refused', async (t) => {
+  const frame = encodePace({ bytesPerSecond: 12_500_000 });
+  t.equal(frame[8], MessageType.Pace);
+  t.same(decodePace(frame.subarray(16)), { bytesPerSecond: 12_500_000 });
+  t.same(decodePace(encodePace({ bytesPerSecond: 0 }).subarray(16)), { bytesPerSecond: 0 }, '0: unpaced');
+  t.equal(decodePace(Buffer.alloc(7)), 'malformed PACE');
+  t.equal(decodePace(Buffer.alloc(9)), 'malformed PACE');
+  t.equal(decodePace(Buffer.from('ffffffffffffffff', 'hex')), 'malformed PACE', 'beyond a safe integer');
+});
+
 t.test('HASH_QUERY and BLOCK_HASHES round-trip; wrong counts and lengths are refused', async (t) => {
   const meta = (bytes: Buffer): Buffer => bytes.subarray(16);
   const q = { requestId: 9, offset: 1 << 30, count: 3 };
@@ -245,6 +257,7 @@ const fixtures: Array<[string, Buffer, string]> = [
       ' 0000000000000007 00000002 0000000000001000 0000000000002000 0000000200000000 0000000000000200',
   ],
   ['DIRTY_ACK', encodeDirtyAck({ seq: 7 }), '00000008 00000000 0a 00 0000 9d96a9d1 0000000000000007'],
+  ['PACE', encodePace({ bytesPerSecond: 12_500_000 }), '00000008 00000000 0f 00 0000 278f5904 0000000000bebc20'],
   ['CUTOVER_REQUEST', encodeCutoverRequest(), '00000000 00000000 0b 00 0000 acd4416e'],
   [
     'CUTOVER, empty and final',

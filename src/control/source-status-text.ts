@@ -5,6 +5,11 @@ export function isSourceStatus(status: object): status is SourceStatus {
   return (status as { role?: unknown }).role === 'source';
 }
 
+/** The pace the destination asked for, as a link rate. */
+function pace(bytesPerSecond: number): string {
+  return bytesPerSecond > 0 ? `, background paced at ${((bytesPerSecond * 8) / 1e6).toFixed(1)} Mbit/s` : '';
+}
+
 export function formatSourceStatus(s: SourceStatus): string {
   const lines = [
     `source: write tracking ${s.tracking}, ${s.fenced ? 'FENCED (NBD writes refused)' : 'taking writes'}` +
@@ -21,7 +26,7 @@ export function formatSourceStatus(s: SourceStatus): string {
       : '';
     lines.push(
       `session ${x.id}: ${link}, block size ${x.blockSize}, ${x.pendingBlocks} blocks to report, ` +
-        `${x.unackedReports} reports unacknowledged, ${x.reportsSent} sent${cut}`,
+        `${x.unackedReports} reports unacknowledged, ${x.reportsSent} sent${pace(x.pacedBytesPerSecond)}${cut}`,
     );
   }
   return lines.join('\n') + '\n';

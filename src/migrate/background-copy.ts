@@ -61,6 +61,8 @@ export class BackgroundCopy {
   private readonly now: () => number;
   private readonly pacer: Pacer;
   private readonly delivery = new DeliveryClock();
+  /** The pace last asked of the source, bytes per second (0: none yet). */
+  private paced = 0;
   /** Runs are claimed only below this block (a zero scan raises it as it goes). */
   private limit: number;
 
@@ -73,6 +75,8 @@ export class BackgroundCopy {
     private readonly link: () => LinkCounters | null = () => null,
     /** Bytes the upstream's sockets read so far (null: none attached, or it cannot tell). */
     private readonly bytesRead: () => number | null = () => null,
+    /** Asks the source to send background data at this rate, bytes per second (see reportPace). */
+    private readonly pace: (bytesPerSecond: number) => void = () => {},
   ) {
     this.limit = device.map.blockCount;
     this.bucket = new TokenBucket(rateLimit);
@@ -169,6 +173,34 @@ export class BackgroundCopy {
 
   start(): void {
     this.loop ??= this.run();
+  }
+
+  /** The pace asked of the source, bytes per second (0: none). */
+  get pacedBytesPerSecond(): number {
+    return this.paced;
+  }
+
+  /**
+   * Asks the source to send background data at the pacer's rate: the delivery
+   * rate times the round's gain. The window counts wire bytes it predicts from
+   * what recent runs cost; after a stretch of zero blocks or references the
+   * prediction is a hundredth of raw, and runs the window let through as
+   * cheap may come back raw, megabytes at once. Paced at the source, by what
+   * each batch really costs, they leave at the link's rate. Not in start-up:
+   * the first rates are a cold connection's, a tenth of the link or less,
+   * and batches held back at the source come back late, which ends start-up
+   * as a queue would (measured: start-up ended at a tenth of the link). Asked
+   * again when the rate moves by more than PACE_CHANGE. A shared window paces
+   * its copies by their completions (see run()), so a copy in one asks nothing.
+   */
+  private reportPace(): void {
+    if (this.options.hostWindow || !this.pacer.filled) return;
+    const rate = this.window.rate;
+    if (rate <= 0) return;
+    const paced = Math.round(rate * this.pacer.gain(this.window.baseLatencyMs ?? 0) * 1000);
+    if (Math.abs(paced - this.paced) <= PACE_CHANGE * this.paced) return;
+    this.paced = paced;
+    this.pace(paced);
   }
 
   pause(): void {
@@ -311,6 +343,7 @@ export class BackgroundCopy {
           this.window.sample(received >= 0 ? received : wire, latency);
         }
         this.pacer.observe(this.window.rate, this.window.baseLatencyMs ?? 0, latency);
+        this.reportPace();
         host?.delivered(wire, hostInFlightAtSend, latency);
       };
       const fetch = this.device
@@ -340,6 +373,8 @@ export class BackgroundCopy {
   }
 }
 
+/** The relative change of the pacing rate that is worth a PACE to the source. */
+const PACE_CHANGE = 0.05;
 /** Waits after a failed background fetch: 40 ms, doubling to 1 s, reset by a success. */
 const FAILED_FETCH_BACKOFF = { minMs: 40, maxMs: 1000 };
 /** The window's floor in wire bytes (one run is always allowed in flight). */

@@ -106,6 +106,7 @@ export class Migration extends EventEmitter implements MigrationControl {
       log,
       () => (this.upstream ? this.upstream.linkStats() : null),
       () => this.upstream?.bytesRead?.() ?? null,
+      (bytesPerSecond) => this.upstream?.setPacingRate?.(bytesPerSecond),
     );
     this.copy = copy;
     // The copy claims only blocks every scan has passed: it never fetches a hole or a seeded block.

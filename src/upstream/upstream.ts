@@ -110,6 +110,13 @@ export interface Upstream extends EventEmitter {
   /** Bytes its sockets read from the source so far, framing included, counted as they are read: the background copy's delivery rate counts them. */
   bytesRead?(): number;
   /**
+   * Asks the source to send background data at no more than `bytesPerSecond`
+   * (counted as bytesRead counts), so that data costlier than the copy
+   * predicted leaves at the link's rate instead of in one burst. Absent
+   * where the source cannot pace (plain NBD); ignored by a source that does not.
+   */
+  setPacingRate?(bytesPerSecond: number): void;
+  /**
    * Which parts of [offset, offset+length) read as zeros at the source (its
    * holes), so they need not be fetched. Resolves null when the source cannot
    * tell; rejects when the link fails (the caller may ask again).

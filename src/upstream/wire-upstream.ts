@@ -80,6 +80,8 @@ export class WireUpstream extends EventEmitter implements Upstream {
   /** Each slot's reconnect delays (index -1: the urgent stream), kept across its streams. */
   private readonly backoffs = new Map<number, Backoff>();
   private fatal: Error | null = null;
+  /** The pace asked of the source (0: none yet); a new background stream asks it again. */
+  private pacingRate = 0;
   private trackingMode: WriteTracking = 'none';
   /** The source answers HASH_QUERY (WELCOME said so). */
   private hashes = false;
@@ -186,6 +188,11 @@ export class WireUpstream extends EventEmitter implements Upstream {
 
   linkStats(): LinkStats {
     return wireLinkStats(this.stats);
+  }
+
+  setPacingRate(bytesPerSecond: number): void {
+    this.pacingRate = Math.round(bytesPerSecond);
+    for (const s of this.background) s?.pace(this.pacingRate);
   }
 
   bytesRead(): number {
@@ -400,6 +407,7 @@ export class WireUpstream extends EventEmitter implements Upstream {
     });
     this.setSlot(index, stream);
     if (index < 0) this.reports.onUrgentStream(stream);
+    else if (this.pacingRate > 0) stream.pace(this.pacingRate);
   }
 
   /**

@@ -90,6 +90,11 @@ export interface ZeroRanges {
   ranges: Array<{ offset: number; length: number }>;
 }
 
+/** The rate, in frame bytes per second, the session's background batches leave the source at; 0: as fast as they are ready. */
+export interface Pace {
+  bytesPerSecond: number;
+}
+
 /** Asks for the SHA-256 of `count` blocks (of the session's block size) from `offset`. */
 export interface HashQuery {
   requestId: number;
@@ -419,6 +424,16 @@ export function decodeZeroRanges(meta: Buffer): ZeroRanges | string {
   }
   if (!r.atEnd || covered === 0) return 'malformed ZERO_RANGES';
   return { requestId, offset, covered, ranges };
+}
+
+export function encodePace(m: Pace): Buffer {
+  return encodeFrameHead(MessageType.Pace, 0, new Writer().u64(m.bytesPerSecond).done());
+}
+
+export function decodePace(meta: Buffer): Pace | string {
+  const r = new Reader(meta);
+  const m = { bytesPerSecond: r.u64() };
+  return r.ok && r.atEnd ? m : 'malformed PACE';
 }
 
 export function encodeHashQuery(m: HashQuery): Buffer {

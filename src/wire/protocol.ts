@@ -37,12 +37,16 @@ export const enum MessageType {
   HashQuery = 13,
   /** The answer to a HASH_QUERY. */
   BlockHashes = 14,
+  /** The rate the destination asks the session's background batches to leave at. */
+  Pace = 15,
 }
 
 /** WELCOME's frame flags: what else the source answers. */
 export const enum WelcomeFlag {
   /** The source answers HASH_QUERY. */
   BlockHashes = 1,
+  /** The source paces its background batches at the rate a PACE asks. */
+  Pacing = 2,
 }
 
 /** Blocks one HASH_QUERY may ask about; their hashes fit the metadata section. */

@@ -16,6 +16,7 @@ import {
   decodeFetch,
   decodeHello,
   decodeHashQuery,
+  decodePace,
   decodeZeroQuery,
   encodeFetchError,
   encodeRefuse,
@@ -91,6 +92,10 @@ export class SourceConnection implements SessionLink, FetchLink {
     this.send(frames);
   }
 
+  paceDelay(bytes: number): number {
+    return this.session ? this.session.pacer.reserve(bytes) : 0;
+  }
+
   async roomToWrite(): Promise<void> {
     while (!this.dead && this.socket.writableLength > SOCKET_HIGH_WATER)
       await new Promise((r) => this.socket.once('drain', r));
@@ -132,6 +137,12 @@ export class SourceConnection implements SessionLink, FetchLink {
           this.log.error({ err: e.message }, 'cutover failed');
           this.refuse(RefuseCode.ShuttingDown, `cutover failed at the source: ${e.message}`);
         });
+        continue;
+      }
+      if (frame.type === MessageType.Pace) {
+        const pace = decodePace(frame.meta);
+        if (typeof pace === 'string') return this.refuse(RefuseCode.BadRequest, pace);
+        this.session!.pacer.setRate(pace.bytesPerSecond);
         continue;
       }
       if (frame.type === MessageType.ZeroQuery) {
@@ -216,7 +227,7 @@ export class SourceConnection implements SessionLink, FetchLink {
           codec: this.options.chooser.current,
           ...sessions.welcomeTracking(session),
         },
-        WelcomeFlag.BlockHashes,
+        WelcomeFlag.BlockHashes | WelcomeFlag.Pacing,
       ),
     );
     // After WELCOME: the first DIRTY or CUTOVER must not come before it.

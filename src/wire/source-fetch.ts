@@ -4,6 +4,7 @@
  * rest on the worker pool (urgent fetches ahead of background ones), and send
  * the repeats as references.
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { BatchCodec } from '../codec/batch-codec';
 import { QueueFullError, type CodecPool } from '../pool';
@@ -23,6 +24,8 @@ export interface FetchLink {
   send(parts: Buffer[], written?: () => void): void;
   /** Resolves once the socket has room again (at once when it has). */
   roomToWrite(): Promise<void>;
+  /** Reserves the session's pace for a background batch of `bytes`; the ms to wait before sending it (0: now). */
+  paceDelay(bytes: number): number;
 }
 
 export interface FetchServices {
@@ -133,6 +136,9 @@ export async function serveFetch(
       payload.length,
     );
     const carrier = encoded.payload.buffer as ArrayBuffer;
+    // Background batches leave at the pace the destination asked for; urgent ones at once.
+    const wait = urgent ? 0 : link.paceDelay(head.length + payload.length);
+    if (wait > 0) await delay(wait, undefined, { ref: false }); // a source shutting down does not wait for it
     link.send([head, payload], () => services.buffers.give(carrier));
     for (const c of counters) {
       c.batches++;

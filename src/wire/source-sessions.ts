@@ -24,6 +24,7 @@ import {
   writeCutoverRecord,
 } from './cutover-record';
 import { Tracking } from './protocol';
+import { SendPacer } from './send-pacer';
 
 /** Where a session's DIRTY and CUTOVER frames go: its urgent connection. */
 export interface SessionLink {
@@ -45,6 +46,8 @@ export class SourceSession implements WriteSink {
   flushTimer: NodeJS.Timeout | null = null;
   /** DIRTY reports sent, for status. */
   reportsSent = 0;
+  /** Spaces the background batches of every connection of this session (PACE). */
+  readonly pacer = new SendPacer();
 
   constructor(
     readonly id: string,
@@ -69,6 +72,8 @@ export interface SessionStatus {
   pendingBlocks: number;
   unackedReports: number;
   reportsSent: number;
+  /** The rate its background batches are paced at (PACE), bytes per second; 0: unpaced. */
+  pacedBytesPerSecond: number;
   /** The final write set sent at cutover, if fenced. */
   cutover: { seq: number; ranges: number; bytes: number; acked: boolean } | null;
 }
@@ -259,6 +264,7 @@ export class SourceSessions {
         pendingBlocks: s.tracker?.pendingBlocks ?? 0,
         unackedReports: s.tracker?.unackedReports ?? 0,
         reportsSent: s.reportsSent,
+        pacedBytesPerSecond: s.pacer.bytesPerSecond,
         cutover: s.cutover && {
           seq: s.cutover.seq,
           ranges: s.cutover.ranges.length,

@@ -26,6 +26,7 @@ import {
   encodeCutoverRequest,
   encodeDirtyAck,
   encodeFetch,
+  encodePace,
   encodeHello,
   encodeZeroQuery,
   Hello,
@@ -33,7 +34,7 @@ import {
   Welcome,
   ZeroRanges,
 } from './messages';
-import { FRAME_HEADER_SIZE, FrameFlag, MAX_META, MessageType, WIRE_VERSION } from './protocol';
+import { FRAME_HEADER_SIZE, FrameFlag, MAX_META, MessageType, WelcomeFlag, WIRE_VERSION } from './protocol';
 import type { BatchBuffers } from './batch-buffers';
 
 /** A whole final write set: every CUTOVER frame of one seq, joined. */
@@ -206,6 +207,12 @@ export class WireStream extends EventEmitter {
       });
       this.socket.write(encodeFetch({ requestId, priority, flags, offset, length }));
     });
+  }
+
+  /** Asks the source to pace this session's background batches (a source whose WELCOME offers it). */
+  pace(bytesPerSecond: number): void {
+    if (this.closed || !(this.welcomeFlags & WelcomeFlag.Pacing)) return;
+    this.socket.write(encodePace({ bytesPerSecond }));
   }
 
   /** Asks which parts of [offset, offset+length) read as zeros at the source. */

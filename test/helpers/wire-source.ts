@@ -14,6 +14,7 @@ import type { WireAuth } from '../../src/wire/auth';
 import { CodecChooser } from '../../src/wire/codec-chooser';
 import { SingleSourceExport } from '../../src/wire/source-exports';
 import { SourceImage } from '../../src/wire/source-image';
+import type { SourceStatus } from '../../src/wire/source-sessions';
 import { WireSourceServer } from '../../src/wire/source-server';
 import { tempDir } from './temp-dir';
 
@@ -22,6 +23,8 @@ export interface InProcessSource {
   /** The pool the source encodes on; a destination in the same test may share it. */
   pool: CodecPool;
   log: Logger;
+  /** The source's `ferry ctl status`: its sessions and what each asked of it. */
+  status(): SourceStatus;
   /** Stops the server, the pool and the image (after whatever uses the pool has closed). */
   close(): Promise<void>;
 }
@@ -54,6 +57,7 @@ export async function startWireSource(
     port: Number(address.slice(address.lastIndexOf(':') + 1)),
     pool,
     log,
+    status: () => source.sessions.status(),
     close: async () => {
       await server.close();
       await pool.close();
