@@ -208,6 +208,9 @@ t.test('background batches are paced by the bytes they cost on the wire; urgent 
   const small = { ...hello, maxBatchBlocks: 2 }; // three batches for the six blocks
   const link = new CollectingLink();
   link.paceWaitMs = 1; // each batch waits its turn, as behind a slow pace
+  // The pace's timer does not hold the process open (a real connection's socket does): this does.
+  const open = setInterval(() => undefined, 1000);
+  t.teardown(() => clearInterval(open));
   await serveFetch(fetchAll(), small, new DedupeTable(), link, services, 1 << 20);
   t.equal(link.batches().length, 3, 'every batch still goes');
   t.equal(link.paced.length, 3, 'each batch asked the pace');
