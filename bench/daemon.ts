@@ -71,6 +71,24 @@ async function vmReader(port: number, exportName: string, reading: { on: boolean
   await client.close();
 }
 
+/**
+ * The emulated link's round trip when idle: the median of a few 4 KiB reads through it. Its
+ * timers fire late by the event loop's granularity, so it is a little above twice the latency
+ * set, and the on-demand figures are judged against it.
+ */
+async function idleRoundTripMs(port: number): Promise<number> {
+  const client = await NbdClient.connect({ host: '127.0.0.1', port }, { exportName: 'm0.img' });
+  const times: number[] = [];
+  for (let i = 0; i < 9; i++) {
+    const t = performance.now();
+    await client.read(i * 4096, 4096);
+    times.push(performance.now() - t);
+  }
+  await client.close();
+  times.sort((a, b) => a - b);
+  return Math.round(times[4] * 10) / 10;
+}
+
 async function startNbdkit(dir: string): Promise<{ port: number; stop: () => void }> {
   const port = await freePort();
   const child = spawn('nbdkit', ['-f', '-r', '-i', '127.0.0.1', '-p', String(port), 'file', `dir=${dir}`], {
@@ -101,10 +119,15 @@ interface LinkResult {
   /** Median and 90th percentile of the link's queueing delay (source → destination) while all copy. */
   linkQueueP50Ms: number;
   linkQueueP90Ms: number;
+  /** The share of the samples at which the link's queue was empty (its wire idle at times). */
+  linkQueueEmptyShare: number;
   rttMs: number;
+  /** The link's round trip measured idle, before the migrations start (see idleRoundTripMs). */
+  idleRttMs: number;
   daemonRssPeakMiB: number;
   daemonCpuSecondsPerGiB: number;
   destCpuSecondsPerGiB: number;
+  timeline: Array<[number, number, number]>;
 }
 
 async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
@@ -121,6 +144,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     bandwidthBitsPerSecond: link.bits,
   });
   const wanPort = (await wan.start()).port;
+  const idleRttMs = await idleRoundTripMs(wanPort);
   const control = path.join(dir, 'ferryd.sock');
   const config = path.join(dir, 'ferryd.toml');
   fs.writeFileSync(
@@ -171,11 +195,18 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
   let rssPeak = 0;
   let firstDone: number[] | null = null;
   let p50: number[] = [];
+  /** [seconds since the creates, image bytes held by all, bytes the link delivered from the sources] per status round. */
+  const timeline: Array<[number, number, number]> = [];
   for (;;) {
     const reports = await Promise.all(
       names.map((name) => ctl({ cmd: 'status', name }) as Promise<unknown> as Promise<MigrationReport>),
     );
     rssPeak = Math.max(rssPeak, rssMiB(daemon.child.pid!));
+    timeline.push([
+      Math.round(Date.now() - t0) / 1000,
+      reports.reduce((sum, r) => sum + r.total.bytesHeld, 0),
+      wan.stats().bytesFromTarget,
+    ]);
     if (!firstDone && reports.some((r) => r.state === 'complete')) {
       // Throughput of each while all copied: bytes held when the first finished.
       firstDone = reports.map((r) => r.total.bytesHeld);
@@ -251,10 +282,14 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     onDemandP50Ms: p50,
     linkQueueP50Ms: queueAt(0.5),
     linkQueueP90Ms: queueAt(0.9),
+    linkQueueEmptyShare:
+      Math.round((queueMs.filter((q) => q === 0).length / Math.max(1, queueMs.length)) * 1000) / 1000,
     rttMs: 2 * link.latencyMs,
+    idleRttMs,
     daemonRssPeakMiB: Math.round(rssPeak),
     daemonCpuSecondsPerGiB: Math.round((daemonCpu / gib) * 100) / 100,
     destCpuSecondsPerGiB: Math.round((destCpu / (SIZE_MIB / 1024)) * 100) / 100,
+    timeline,
   };
 }
 

@@ -93,8 +93,9 @@ t.test('eight copies on one link keep about one bandwidth-delay product in fligh
   const p50 = delays[Math.floor(delays.length / 2)];
   const utilisation = (link.deliveredTotal - deliveredBefore) / (rate * 20_000);
   t.ok(link.maxOver <= batch / 2, `the sum in flight never exceeds the window by half a run or more (${link.maxOver})`);
-  // Eight windows of their own would queue seven products (350 ms) here.
-  t.ok(p50 <= 0.15 * rtt, `the median queue at the bottleneck stays short: ${p50.toFixed(1)} ms ≤ 0.15 RTT`);
+  // Eight windows of their own would queue seven products (350 ms) here; one window queues its
+  // headroom (64 KiB, 5 ms here), up to half a run more, and a quarter product in probe rounds.
+  t.ok(p50 <= 0.2 * rtt, `the median queue at the bottleneck stays short: ${p50.toFixed(1)} ms ≤ 0.2 RTT`);
   t.ok(utilisation >= 0.9, `and the link stays busy: ${utilisation.toFixed(3)} of its rate`);
   const bdp = rate * rtt;
   t.ok(
@@ -168,7 +169,6 @@ t.test('a latency probe holds the window at half the product for two round trips
 });
 
 // Headroom: the larger of a tenth of the product and the floor (65 536).
-const DRAIN = 375_000 + 65_536;
 const CRUISE = 500_000 + 65_536;
 const PROBE = 625_000 + 65_536;
 
@@ -176,7 +176,7 @@ t.test('the window is the aggregate product plus a small headroom', async (t) =>
   const clock = { t: 0 };
   const host = measured(clock);
   t.equal(host.rate, 10_000);
-  // Across the pacing cycle the gain is 0.75, 1 or 1.25: the window is product × gain + headroom.
+  // Across the pacing cycle the gain is 1 or 1.25 (the draining round stays at 1): product × gain + headroom.
   const seen = new Set<number>();
   for (let i = 0; i < 8; i++) {
     seen.add(host.bytes);
@@ -184,8 +184,8 @@ t.test('the window is the aggregate product plus a small headroom', async (t) =>
   }
   t.same(
     [...seen].sort((a, b) => a - b),
-    [DRAIN, CRUISE, PROBE],
-    'drain, cruise and probe rounds',
+    [CRUISE, PROBE],
+    'cruise and probe rounds, none below the product',
   );
 });
 
