@@ -89,7 +89,7 @@ async function idleRoundTripMs(port: number): Promise<number> {
   return Math.round(times[4] * 10) / 10;
 }
 
-async function startNbdkit(dir: string): Promise<{ port: number; stop: () => void }> {
+async function startNbdkit(dir: string): Promise<{ port: number; pid: number; stop: () => void }> {
   const port = await freePort();
   const child = spawn('nbdkit', ['-f', '-r', '-i', '127.0.0.1', '-p', String(port), 'file', `dir=${dir}`], {
     stdio: 'ignore',
@@ -102,7 +102,7 @@ async function startNbdkit(dir: string): Promise<{ port: number; stop: () => voi
     if (ok) break;
     await sleep(50);
   }
-  return { port, stop: () => void child.kill('SIGKILL') };
+  return { port, pid: child.pid!, stop: () => void child.kill('SIGKILL') };
 }
 
 interface LinkResult {
@@ -122,11 +122,15 @@ interface LinkResult {
   /** The share of the samples at which the link's queue was empty (its wire idle at times). */
   linkQueueEmptyShare: number;
   rttMs: number;
+  /** Cores each process used while the daemon copied: the daemon, nbdkit (the sources), and this bench (the emulated link, the VMs' reads, the status asks). */
+  coresWhileCopying: { daemon: number; nbdkit: number; bench: number };
   /** The link's round trip measured idle, before the migrations start (see idleRoundTripMs). */
   idleRttMs: number;
   daemonRssPeakMiB: number;
   daemonCpuSecondsPerGiB: number;
   destCpuSecondsPerGiB: number;
+  /** The one `ferry dest`'s goodput over the same link, alone on it (image bytes ÷ link). */
+  destGoodputOverLink: number;
   timeline: Array<[number, number, number]>;
 }
 
@@ -182,6 +186,8 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
   );
   // Counted from here, as the peer's from "serving": each migration is open and started.
   const cpu0 = cpuSeconds(daemon.child.pid!);
+  const nbdkitCpu0 = cpuSeconds(nbdkit.pid);
+  const benchCpu0 = process.cpuUsage();
   // A VM per migration reading blocks while all copy: reads of blocks not held yet are on-demand fetches.
   const port = Number(nbdAddress.slice(nbdAddress.lastIndexOf(':') + 1));
   const reading = { on: true };
@@ -217,6 +223,12 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     await sleep(POLL_STATUS_MS);
   }
   const seconds = (Date.now() - t0) / 1000;
+  const benchCpu = process.cpuUsage(benchCpu0);
+  const copyCores = {
+    daemon: cpuSeconds(daemon.child.pid!) - cpu0,
+    nbdkit: cpuSeconds(nbdkit.pid) - nbdkitCpu0,
+    bench: (benchCpu.user + benchCpu.system) / 1e6,
+  };
   clearInterval(queueSampler);
   queueMs.sort((a, b) => a - b);
   const queueAt = (p: number): number =>
@@ -245,6 +257,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
   ]);
   await dest.waitFor('"msg":"serving"', 60_000);
   const destCpu0 = cpuSeconds(dest.child.pid!);
+  const destT0 = Date.now();
   const destAddress = /"address":"([^"]+)"/.exec(dest.lines.find((l) => l.includes('"msg":"serving"'))!)![1];
   const destReading = { on: true };
   const destReader = vmReader(
@@ -263,6 +276,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
   destReading.on = false;
   await destReader;
   const destCpu = cpuSeconds(dest.child.pid!) - destCpu0;
+  const destSeconds = (Date.now() - destT0) / 1000;
   await dest.stop();
   await wan.close();
   nbdkit.stop();
@@ -286,9 +300,15 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
       Math.round((queueMs.filter((q) => q === 0).length / Math.max(1, queueMs.length)) * 1000) / 1000,
     rttMs: 2 * link.latencyMs,
     idleRttMs,
+    coresWhileCopying: {
+      daemon: Math.round((copyCores.daemon / seconds) * 100) / 100,
+      nbdkit: Math.round((copyCores.nbdkit / seconds) * 100) / 100,
+      bench: Math.round((copyCores.bench / seconds) * 100) / 100,
+    },
     daemonRssPeakMiB: Math.round(rssPeak),
     daemonCpuSecondsPerGiB: Math.round((daemonCpu / gib) * 100) / 100,
     destCpuSecondsPerGiB: Math.round((destCpu / (SIZE_MIB / 1024)) * 100) / 100,
+    destGoodputOverLink: Math.round(((SIZE_MIB * MiB * 8) / destSeconds / link.bits) * 1000) / 1000,
     timeline,
   };
 }

@@ -104,6 +104,67 @@ t.test('eight copies on one link keep about one bandwidth-delay product in fligh
   );
 });
 
+/** Deliveries of `bytes` every `everyMs` for `forMs`, each `latency` after its send, on a fake clock. */
+function deliver(
+  clock: { t: number },
+  m: ReturnType<HostWindow['join']>,
+  bytes: number,
+  everyMs: number,
+  forMs: number,
+  latency: number,
+): void {
+  for (let end = clock.t + forMs; clock.t < end;) {
+    clock.t += everyMs;
+    const atSend = m.sent(bytes);
+    m.delivered(bytes, atSend, latency);
+  }
+}
+
+t.test('a probe round at 1.25 shows in the rate: the window can find a faster link', async (t) => {
+  const clock = { t: 0 };
+  const host = new HostWindow({
+    initialBytes: 1 << 20,
+    floorBytes: 64 * KiB,
+    ceilingBytes: 64 << 20,
+    now: () => clock.t,
+  });
+  const m = host.join(1);
+  // 1 Gbit/s × 10 ms: 125 000 bytes per ms, 250 000 bytes every 2 ms.
+  deliver(clock, m, 250_000, 2, 2_000, 10);
+  const steady = host.rate;
+  t.ok(Math.abs(steady - 125_000) < 1_000, `the steady rate: ${steady}`);
+  deliver(clock, m, 250_000, 1.6, 10, 10); // one round trip at 1.25 × the rate
+  // Over a second the round moved the rate by 0.25 %, and a window grown by that per probe
+  // cycle crept up to a fast link over tens of seconds.
+  t.ok(host.rate >= 1.02 * steady, `one round at 1.25 raises the rate: ${(host.rate / steady).toFixed(4)} ×`);
+});
+
+t.test('deliveries a busy process hands over at once do not read as a faster link', async (t) => {
+  const clock = { t: 0 };
+  const host = new HostWindow({
+    initialBytes: 1 << 20,
+    floorBytes: 64 * KiB,
+    ceilingBytes: 64 << 20,
+    now: () => clock.t,
+  });
+  const m = host.join(1);
+  deliver(clock, m, 250_000, 2, 2_000, 10);
+  const steady = host.rate;
+  // The last window's runs go out at the link's rate (62 500 bytes each half millisecond); then
+  // the process stalls 150 ms, longer than the rate's span, and reads all their data within 6 ms.
+  const sends: Array<[number, number]> = [];
+  for (let i = 0; i < 20; i++) {
+    clock.t += 0.5;
+    sends.push([m.sent(62_500), clock.t]);
+  }
+  clock.t += 150;
+  for (const [atSend, sentAt] of sends) {
+    clock.t += 6 / 20;
+    m.delivered(62_500, atSend, clock.t - sentAt);
+  }
+  t.ok(host.rate <= 1.05 * steady, `the rate stays the link's: ${(host.rate / steady).toFixed(3)} ×`);
+});
+
 t.test('the window is shared by weight between copies that all want to copy', async (t) => {
   const link = new SharedLink(12_500, 50, 32 * KiB);
   const heavy = link.add(3);
@@ -254,22 +315,24 @@ t.test('disks share a window per source host', async (t) => {
  */
 class PathFromEverySample {
   private readonly latencies: Array<[number, number]> = [];
-  private readonly deliveries: Array<[number, number]> = [];
+  private readonly deliveries: Array<[number, number, number]> = [];
   private readonly rates: Array<[number, number]> = [];
   base: number | null = null;
   rate = 0;
 
   sample(t: number, hostInFlight: number, latencyMs: number, bytes: number): void {
-    const recent = (list: Array<[number, number]>, ms: number): Array<[number, number]> => {
+    const recent = <T extends [number, ...number[]]>(list: T[], ms: number): T[] => {
       while (list.length && list[0][0] < t - ms) list.shift();
       return list;
     };
     recent(this.latencies, 10_000).push([t, latencyMs]);
     const base = Math.min(...this.latencies.map(([, l]) => l));
-    recent(this.deliveries, Math.max(base, 1_000)).push([t, bytes]);
-    const span = t - this.deliveries[0][0];
+    // Over eight round trips (at least 100 ms), and over the longer of the arrivals' and the sends' spans.
+    recent(this.deliveries, Math.max(8 * base, 100)).push([t, bytes, t - latencyMs]);
+    const [firstAt, , firstSent] = this.deliveries[0];
+    const span = Math.max(t - firstAt, t - latencyMs - firstSent);
     const delivered = this.deliveries.slice(1).reduce((sum, [, b]) => sum + b, 0);
-    recent(this.rates, 2_500).push([t, span >= base / 2 ? delivered / span : hostInFlight / latencyMs]);
+    recent(this.rates, 2_500).push([t, t - firstAt >= base / 2 ? delivered / span : hostInFlight / latencyMs]);
     this.base = base;
     this.rate = Math.max(0, ...this.rates.map(([, r]) => r));
   }

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { Pacer, PACING_GAINS, STARTUP_GAIN, STARTUP_WINDOW_GAIN } from '../src/migrate/pacer';
+import { PACE_SLACK_MS, Pacer, PACING_GAINS, STARTUP_GAIN, STARTUP_WINDOW_GAIN } from '../src/migrate/pacer';
 
 t.test('start-up paces at twice the rate until the rate stops growing', async (t) => {
   const clock = { t: 0 };
@@ -38,7 +38,23 @@ t.test('sends are spaced by their bytes over rate times gain', async (t) => {
   t.equal(p.delay(), 0);
   clock.t += 1000;
   p.sent(1000, 10, 50);
-  t.equal(p.delay(), 50, 'idle time is not saved up as a burst');
+  t.equal(p.delay(), 50 - PACE_SLACK_MS, 'idle time is not saved up as a burst, beyond the slack');
+});
+
+t.test('timers that fire late do not slow the pace', async (t) => {
+  const clock = { t: 0 };
+  const p = new Pacer(() => clock.t);
+  const sends = 100;
+  for (let i = 0; i < sends; i++) {
+    clock.t += p.delay() + 1.5; // every timer a millisecond and a half late
+    p.sent(1000, 10, 50); // start-up: 1000 / (10 × 2) = 50 ms each
+  }
+  // Without the slack the sends would be 51.5 ms apart: 3% below the pace, each round.
+  const rate = (sends * 1000) / clock.t;
+  t.ok(rate >= 0.99 * 20, `sends leave at the paced rate: ${rate.toFixed(2)} of 20 bytes/ms`);
+  clock.t += p.delay() + 2 * PACE_SLACK_MS; // a stall longer than the slack
+  p.sent(1000, 10, 50);
+  t.equal(p.delay(), 50 - PACE_SLACK_MS, 'a stall is made up by the slack only');
 });
 
 t.test("start-up ends when a round's runs all come back late: a queue is forming at the bottleneck", async (t) => {

@@ -6,7 +6,8 @@
  * where an on-demand fetch then waits too. The host window bounds the sum of
  * background wire bytes on the link (sent, data not arrived yet) across its
  * members by one estimate of the shared path: the aggregate delivery rate
- * (every member's arrivals over the last second) times the smallest latency
+ * (every member's arrivals over the last eight round trips, at least 100 ms,
+ * over the longer of their arrivals' and their sends' spans) times the smallest latency
  * of a run (which holds the path's round trip and the run's own time on the
  * wire, so the product keeps one run being serialised), plus a small
  * headroom (a tenth of the product, at least a run), with BBR's gain cycle (1.5 in
@@ -31,7 +32,7 @@
  * is first in, first out); the window, learned from the runs' arrivals
  * alone, leaves steady urgent traffic most of its room, since the runs'
  * rate is then the link's less the urgent rate. Urgent bursts shorter than
- * the rate's span (a second, the largest of 2.5 s) find the window as
+ * the rate's span (eight round trips, the largest of 2.5 s) find the window as
  * learned without them and queue on top of it. (Counting them in the sum,
  * against the member's share and in the rate was measured: no gain in the
  * daemon bench, whose VMs read 4 KiB at a time, and lower fairness in more runs.)
@@ -58,7 +59,7 @@ export class HostWindow {
   private readonly members = new Set<HostWindowMember>();
   private readonly pacer: Pacer;
   private readonly latencies = new WindowedExtreme('min', LATENCY_FILTER_MS);
-  private readonly deliveries: Array<[number, number]> = []; // [time, wire bytes]
+  private readonly deliveries: Array<[number, number, number]> = []; // [arrived, wire bytes, sent]
   /** The sum of the wire bytes in `deliveries`. */
   private deliveriesBytes = 0;
   private readonly rates = new WindowedExtreme('max', RATE_FILTER_MS);
@@ -177,19 +178,23 @@ export class HostWindow {
     const t = this.now();
     this.latencies.record(t, latencyMs);
     const base = this.baseLatencyMs!;
-    // The delivery rate is the bytes delivered over the last span, a span long next to the stall
-    // of a busy process (it hands over many deliveries at once: over one round trip that would
-    // read as a faster link, and the window would queue the difference). The span's first
+    // The delivery rate is the bytes delivered over the last few round trips (a probe round at
+    // 1.25 must show in it, or the window never finds more of a fast link), over the longer of
+    // the span of their arrivals and the span of their sends: a busy process hands over many
+    // deliveries at once, which over their arrivals alone would read as a faster link, but the
+    // runs that carried them were sent over the time the bytes really took. The span's first
     // delivery marks its start: its bytes arrived before it, so they are left out. Before the
     // span is half a round trip long, the bytes in flight over the latency they saw stand in.
-    const spanMs = Math.max(base, RATE_SPAN_MS);
+    const sentAt = t - latencyMs;
+    const spanMs = Math.max(RATE_SPAN_ROUNDS * base, RATE_SPAN_MIN_MS);
     while (this.deliveries.length && this.deliveries[0][0] < t - spanMs)
       this.deliveriesBytes -= this.deliveries.shift()![1];
-    this.deliveries.push([t, bytes]);
+    this.deliveries.push([t, bytes, sentAt]);
     this.deliveriesBytes += bytes;
-    const span = t - this.deliveries[0][0];
+    const first = this.deliveries[0];
+    const span = Math.max(t - first[0], sentAt - first[2]);
     let rate = hostInFlight / latencyMs;
-    if (span >= base / 2) rate = (this.deliveriesBytes - this.deliveries[0][1]) / span;
+    if (t - first[0] >= base / 2) rate = (this.deliveriesBytes - first[1]) / span;
     this.rates.record(t, rate);
     const best = Math.max(0, this.rates.value!);
     this.bestRate = best;
@@ -323,8 +328,10 @@ export class HostWindowMember {
 const LATENCY_FILTER_MS = 10_000;
 /** The rate is the largest of this long (a link that got slower is believed after it). */
 const RATE_FILTER_MS = 2_500;
-/** Deliveries are counted over this long at least (or one round trip if longer). */
-const RATE_SPAN_MS = 1_000;
+/** Deliveries are counted over this many round trips (a cycle of the gains)... */
+const RATE_SPAN_ROUNDS = 8;
+/** ...and over this long at least, next to a busy process's stalls. */
+const RATE_SPAN_MIN_MS = 100;
 const FIRST_PROBE_MS = 1_000;
 const PROBE_EVERY_MS = 8_000;
 

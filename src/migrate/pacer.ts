@@ -25,6 +25,11 @@ export const STARTUP_GAIN = 2;
  * grows by half each round.
  */
 export const STARTUP_WINDOW_GAIN = 1.5;
+/**
+ * How far behind its schedule the pacer may be and still keep it: the lateness of a timer, and
+ * no more saved up as a burst after an idle spell.
+ */
+export const PACE_SLACK_MS = 2;
 /** The least latency above the round trip that ends start-up (less is scheduling noise). */
 export const QUEUE_SIGNAL_MS = 4;
 
@@ -106,10 +111,17 @@ export class Pacer {
     return Math.max(0, this.nextAt - this.now());
   }
 
-  /** Records a send of `bytes` at `rate` bytes/ms (times the round's gain): the next waits its time. */
+  /**
+   * Records a send of `bytes` at `rate` bytes/ms (times the round's gain): the next waits its time.
+   * A send that went late (its timer fired after its time, as the event loop's timers do by a
+   * millisecond or two) keeps the schedule, up to PACE_SLACK_MS: else every late timer is lost
+   * time, the copy leaves below the rate it paces at, and the rates it measures, which set the
+   * next pace, ratchet down (at 1 Gbit/s a 256 KiB run is 2 ms of the link, and the copy took
+   * seconds to reach it).
+   */
   sent(bytes: number, rate: number, roundMs: number): void {
     if (rate <= 0) return; // no rate measured yet: the window alone paces
     const t = this.now();
-    this.nextAt = Math.max(this.nextAt, t) + bytes / (rate * this.gain(roundMs));
+    this.nextAt = Math.max(this.nextAt, t - PACE_SLACK_MS) + bytes / (rate * this.gain(roundMs));
   }
 }
