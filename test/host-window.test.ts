@@ -120,7 +120,13 @@ function deliver(
   }
 }
 
-t.test('a probe round at 1.25 shows in the rate: the window can find a faster link', async (t) => {
+/** One member of a window that has seen two seconds of 1 Gbit/s × 10 ms (125 000 bytes per ms). */
+function steadyGigabit(): {
+  clock: { t: number };
+  host: HostWindow;
+  m: ReturnType<HostWindow['join']>;
+  steady: number;
+} {
   const clock = { t: 0 };
   const host = new HostWindow({
     initialBytes: 1 << 20,
@@ -129,9 +135,12 @@ t.test('a probe round at 1.25 shows in the rate: the window can find a faster li
     now: () => clock.t,
   });
   const m = host.join(1);
-  // 1 Gbit/s × 10 ms: 125 000 bytes per ms, 250 000 bytes every 2 ms.
   deliver(clock, m, 250_000, 2, 2_000, 10);
-  const steady = host.rate;
+  return { clock, host, m, steady: host.rate };
+}
+
+t.test('a probe round at 1.25 shows in the rate: the window can find a faster link', async (t) => {
+  const { clock, host, m, steady } = steadyGigabit();
   t.ok(Math.abs(steady - 125_000) < 1_000, `the steady rate: ${steady}`);
   deliver(clock, m, 250_000, 1.6, 10, 10); // one round trip at 1.25 × the rate
   // Over a second the round moved the rate by 0.25 %, and a window grown by that per probe
@@ -140,16 +149,7 @@ t.test('a probe round at 1.25 shows in the rate: the window can find a faster li
 });
 
 t.test('deliveries a busy process hands over at once do not read as a faster link', async (t) => {
-  const clock = { t: 0 };
-  const host = new HostWindow({
-    initialBytes: 1 << 20,
-    floorBytes: 64 * KiB,
-    ceilingBytes: 64 << 20,
-    now: () => clock.t,
-  });
-  const m = host.join(1);
-  deliver(clock, m, 250_000, 2, 2_000, 10);
-  const steady = host.rate;
+  const { clock, host, m, steady } = steadyGigabit();
   // The last window's runs go out at the link's rate (62 500 bytes each half millisecond); then
   // the process stalls 150 ms, longer than the rate's span, and reads all their data within 6 ms.
   const sends: Array<[number, number]> = [];
