@@ -49,6 +49,11 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
+/** CPU seconds over wall seconds: the cores used, to two decimals. */
+function coresOver(cpuSeconds: number, seconds: number): number {
+  return Math.round((cpuSeconds / seconds) * 100) / 100;
+}
+
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : 0;
@@ -301,9 +306,9 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     rttMs: 2 * link.latencyMs,
     idleRttMs,
     coresWhileCopying: {
-      daemon: Math.round((copyCores.daemon / seconds) * 100) / 100,
-      nbdkit: Math.round((copyCores.nbdkit / seconds) * 100) / 100,
-      bench: Math.round((copyCores.bench / seconds) * 100) / 100,
+      daemon: coresOver(copyCores.daemon, seconds),
+      nbdkit: coresOver(copyCores.nbdkit, seconds),
+      bench: coresOver(copyCores.bench, seconds),
     },
     daemonRssPeakMiB: Math.round(rssPeak),
     daemonCpuSecondsPerGiB: Math.round((daemonCpu / gib) * 100) / 100,
@@ -318,7 +323,7 @@ async function main(): Promise<void> {
   for (const link of LINKS) {
     log(`${MIGRATIONS} migrations of ${SIZE_MIB} MiB over ${link.name} (load ${os.loadavg()[0].toFixed(1)})`);
     const r = await benchLink(link);
-    log(JSON.stringify(r));
+    log(JSON.stringify({ ...r, timeline: `${r.timeline.length} rounds (in the JSON)` }));
     results.push(r);
   }
   const file = flag('--json');
