@@ -94,6 +94,14 @@ async function idleRoundTripMs(port: number): Promise<number> {
   return Math.round(times[4] * 10) / 10;
 }
 
+/** The goodput ÷ link between the status rounds where the bytes held first reached ¼ and ¾ of `total`. */
+function steadyGoodput(timeline: Array<[number, number, number]>, total: number, bits: number): number | null {
+  const from = timeline.find(([, held]) => held >= total / 4);
+  const to = timeline.find(([, held]) => held >= (3 * total) / 4);
+  if (!from || !to || to[0] <= from[0]) return null;
+  return Math.round((((to[1] - from[1]) * 8) / (to[0] - from[0]) / bits) * 1000) / 1000;
+}
+
 async function startNbdkit(dir: string): Promise<{ port: number; pid: number; stop: () => void }> {
   const port = await freePort();
   const child = spawn('nbdkit', ['-f', '-r', '-i', '127.0.0.1', '-p', String(port), 'file', `dir=${dir}`], {
@@ -119,6 +127,8 @@ interface LinkResult {
   goodputMbit: number;
   linkMbit: number;
   goodputOverLink: number;
+  /** Image bytes over the link while the copies went from a quarter to three quarters held: past start-up, before the tail. */
+  steadyGoodputOverLink: number | null;
   jainWhileAllCopy: number;
   onDemandP50Ms: number[];
   /** Median and 90th percentile of the link's queueing delay (source → destination) while all copy. */
@@ -206,10 +216,12 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
   let rssPeak = 0;
   let firstDone: number[] | null = null;
   let p50: number[] = [];
+  /** The last status round's reports (every migration complete once the loop ends). */
+  let reports: MigrationReport[];
   /** [seconds since the creates, image bytes held by all, bytes the link delivered from the sources] per status round. */
   const timeline: Array<[number, number, number]> = [];
   for (;;) {
-    const reports = await Promise.all(
+    reports = await Promise.all(
       names.map((name) => ctl({ cmd: 'status', name }) as Promise<unknown> as Promise<MigrationReport>),
     );
     rssPeak = Math.max(rssPeak, rssMiB(daemon.child.pid!));
@@ -227,7 +239,9 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     if (reports.every((r) => r.state === 'complete')) break;
     await sleep(POLL_STATUS_MS);
   }
-  const seconds = (Date.now() - t0) / 1000;
+  // Up to the last disk's completion as the daemon recorded it, not this poll's (up to a poll late).
+  const completed = reports.flatMap((r) => r.disks.map((d) => Date.parse(d.status?.completedAt ?? '')));
+  const seconds = ((completed.every(Number.isFinite) ? Math.max(...completed) : Date.now()) - t0) / 1000;
   const benchCpu = process.cpuUsage(benchCpu0);
   const copyCores = {
     daemon: cpuSeconds(daemon.child.pid!) - cpu0,
@@ -297,6 +311,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     goodputMbit: Math.round(goodputMbit * 10) / 10,
     linkMbit: link.bits / 1e6,
     goodputOverLink: Math.round((goodputMbit / (link.bits / 1e6)) * 1000) / 1000,
+    steadyGoodputOverLink: steadyGoodput(timeline, MIGRATIONS * SIZE_MIB * MiB, link.bits),
     jainWhileAllCopy: Math.round(jain(firstDone!) * 1000) / 1000,
     onDemandP50Ms: p50,
     linkQueueP50Ms: queueAt(0.5),
