@@ -25,7 +25,7 @@ class SharedLink {
   private seed = 1;
 
   constructor(
-    public rate: number,
+    readonly rate: number,
     readonly rtt: number,
     readonly batch: number,
   ) {

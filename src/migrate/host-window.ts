@@ -217,8 +217,8 @@ export class HostWindow {
 
   /** Notes a send in a probe round (the window at 1.25 × the product), past start-up. */
   private probeSent(): void {
-    const base = this.baseLatencyMs;
     if (this.options.probeSamples === false) return;
+    const base = this.baseLatencyMs;
     if (base === null || this.bestRate <= 0 || !this.pacer.filled || this.pacer.windowGain(base) <= 1) return;
     const t = this.now();
     if (t < this.probeUntil) return; // a latency probe's sends say nothing of the rate
