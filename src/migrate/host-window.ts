@@ -202,12 +202,12 @@ export class HostWindow {
     let rate = hostInFlight / latencyMs;
     if (t - first[0] >= base / 2) rate = (this.deliveriesBytes - first[1]) / span;
     this.rates.record(t, rate);
-    const best0 = this.rates.value!;
+    const withoutProbe = this.rates.value!;
     const probed = this.probeSample(t, sentAt, bytes);
     // Only a probe that found clearly more counts: one that found the link full reads a little
     // above the rate (the rate over eight round trips holds its idle moments), and a window
     // that took that in kept a longer queue at 100 Mbit/s (on-demand p50 +2–3 ms).
-    if (probed >= PROBE_GROWTH * best0) this.rates.record(t, probed);
+    if (probed > 0 && probed >= PROBE_GROWTH * withoutProbe) this.rates.record(t, probed);
     const best = Math.max(0, this.rates.value!);
     this.bestRate = best;
     // No latency signal here: members' runs queue behind each other's by design, and the rate is
@@ -256,8 +256,10 @@ export class HostWindow {
       p.lastArrived = t;
       return 0;
     }
-    if (sentAt <= p.lastSent + SEND_MATCH_MS || p.delivered === p.firstBytes) return 0;
-    p.done = true; // a run sent after the probe arrived: the probe's runs are in
+    if (sentAt < p.firstSent) return 0; // a run sent before the probe
+    // A run sent after the probe arrived: the probe's runs are in (one alone spans nothing).
+    if (p.delivered === p.firstBytes) return 0;
+    p.done = true;
     const span = Math.max(p.lastArrived - p.firstArrived, p.lastSent - p.firstSent);
     if (span < (this.baseLatencyMs ?? 0) / 4) return 0; // too short to say anything
     return Math.min((p.delivered - p.firstBytes) / span, this.bestRate * PROBE_GAIN);
