@@ -8,26 +8,36 @@ const MIN_MATCH: usize = 4;
 const LAST_LITERALS: usize = 5;
 const MF_LIMIT: usize = 12;
 const MAX_OFFSET: usize = 65535;
-// Inputs under 64 KiB hash into 2^14 slots (fewer collisions: the faster
-// choice on 4 KiB blocks, and below 64 KiB lz4-wasm's table grows to 2^14
-// too, so the ratios stay alike); from 64 KiB on into the first 2^12, which
-// stay in L1 and give lz4-wasm's ratio, where 2^14 found 1-4% more matches
-// but was up to 1.5x slower on binaries.
-const HASH_LOG: u32 = 14;
+// Inputs of at most 64 KiB have every position in 16 bits: they hash into
+// u16 slots, 2^13 of them up to 65535 bytes and 2^12 at 65536 (where
+// lz4-wasm moves to 2^12 u32 slots, so the ratios stay alike), cleared per
+// call (16 KiB, a fraction of a microsecond). Larger inputs hash into 2^12
+// u32 slots, which stay in L1 and give lz4-wasm's ratio (2^14 found 1-4%
+// more matches but was up to 1.5x slower on binaries). The u16 slots were
+// 1.2-1.8x faster than 2^14 u32 slots from 8 KiB to 48 KiB (see
+// docs/benchmarks.md).
+const HASH_LOG_NARROW: u32 = 13;
 const HASH_LOG_LARGE: u32 = 12;
-const SMALL_INPUT: usize = 65535;
+/** Below this, the narrow table has 2^HASH_LOG_NARROW slots; from it, 2^HASH_LOG_LARGE. */
+const NARROW_FULL_BELOW: usize = 65536;
+const NARROW_INPUT: usize = 65536;
 // After 2^SKIP_TRIGGER misses in a row the search step grows by one (the
 // reference uses 6; 4 measured faster on binaries with a ratio still within
 // 0.3% of lz4-wasm's; 3 lost over 1% on ext4 images). Acceleration multiplies
 // the starting miss count.
 const SKIP_TRIGGER: u32 = 4;
 
-// Hash table in static memory: 2^14 u32 entries (64 KiB). Entries hold
+// The wide table, in static memory: 2^12 u32 entries (16 KiB). Entries hold
 // `position - src + epoch`, and every call starts a new epoch more than
 // MAX_OFFSET above all values written before, so entries from earlier calls
 // fail the same distance test as matches too far back: no reset per call, one
 // comparison per candidate, and the output depends only on the input.
-const TABLE: usize = memory.data(4 << HASH_LOG, 16);
+const TABLE: usize = memory.data(4 << HASH_LOG_LARGE, 16);
+// The narrow table: u16 entries holding `position - src`, zeroed per call (a
+// zero names the input's first position, a real candidate that the byte
+// comparison then checks). Never shared with the wide one: its entries read
+// as u32 would pass the distance test.
+const TABLE_NARROW: usize = memory.data(2 << HASH_LOG_NARROW, 16);
 const EPOCH_GAP: u32 = <u32>MAX_OFFSET + 1;
 let epoch: u32 = EPOCH_GAP;
 
@@ -46,8 +56,22 @@ export const LZ4_ERR_BAD_OFFSET: isize = -4;
 
 // @ts-ignore: decorator
 @inline
-function slot(seq: u32, shift: u32): usize {
-  return TABLE + (<usize>((seq * 2654435761) >> shift) << 2);
+function slot(seq: u32, shift: u32, narrow: bool): usize {
+  const h = <usize>((seq * 2654435761) >> shift);
+  return narrow ? TABLE_NARROW + (h << 1) : TABLE + (h << 2);
+}
+
+// @ts-ignore: decorator
+@inline
+function getSlot(at: usize, narrow: bool): u32 {
+  return narrow ? <u32>load<u16>(at) : load<u32>(at);
+}
+
+// @ts-ignore: decorator
+@inline
+function setSlot(at: usize, value: u32, narrow: bool): void {
+  if (narrow) store<u16>(at, <u16>value);
+  else store<u32>(at, value);
 }
 
 /** Worst-case compressed size of `len` input bytes. */
@@ -105,35 +129,42 @@ function writeLength(op: usize, rem: usize): usize {
  * compressed length, or LZ4_ERR_OUTPUT_FULL if it would not fit in `cap`.
  */
 export function lz4Compress(src: usize, len: usize, dst: usize, cap: usize, accel: u32): isize {
-  // Two copies of the loop, each with its table size as a constant: small
-  // inputs take the whole table, large ones a quarter of it (see HASH_LOG).
-  if (len <= SMALL_INPUT) return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG);
-  return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG_LARGE);
+  // A copy of the loop per table, each with its size and entry width as
+  // constants (see HASH_LOG_NARROW).
+  if (len < NARROW_FULL_BELOW) return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG_NARROW, true);
+  if (len <= NARROW_INPUT) return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG_LARGE, true);
+  return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG_LARGE, false);
 }
 
 // @ts-ignore: decorator
 @inline
-function compressWith(src: usize, len: usize, dst: usize, cap: usize, accel: u32, shift: u32): isize {
+function compressWith(src: usize, len: usize, dst: usize, cap: usize, accel: u32, shift: u32, narrow: bool): isize {
   const iend = src + len;
   const oend = dst + cap;
   let op = dst;
   let anchor = src;
   if (accel < 1) accel = 1;
   if (len > MF_LIMIT) {
-    if (<u64>epoch + <u64>len + EPOCH_GAP > <u64>0xffffffff) {
-      memory.fill(TABLE, 0, 4 << HASH_LOG);
-      epoch = EPOCH_GAP;
+    let base: u32 = 0;
+    if (narrow) {
+      memory.fill(TABLE_NARROW, 0, 2 << (32 - shift));
+    } else {
+      if (<u64>epoch + <u64>len + EPOCH_GAP > <u64>0xffffffff) {
+        memory.fill(TABLE, 0, 4 << HASH_LOG_LARGE);
+        epoch = EPOCH_GAP;
+      }
+      base = epoch;
+      epoch += <u32>len + EPOCH_GAP;
     }
-    const base = epoch;
-    epoch += <u32>len + EPOCH_GAP;
-    // Table value of position p is p - origin (>= base). Values left by
-    // earlier calls are all more than MAX_OFFSET below base, so the one
-    // distance test below also rejects them.
+    // Table value of position p is p - origin (>= base). In the wide table,
+    // values left by earlier calls are all more than MAX_OFFSET below base,
+    // so the one distance test below also rejects them; in the narrow one
+    // every value is an earlier position of this input, within MAX_OFFSET.
     const origin = src - <usize>base;
     const mflimit = iend - MF_LIMIT;
     const matchlimit = iend - LAST_LITERALS;
     let ip = src;
-    store<u32>(slot(load<u32>(ip), shift), <u32>(ip - origin));
+    setSlot(slot(load<u32>(ip), shift, narrow), <u32>(ip - origin), narrow);
     ip++;
     while (true) {
       // Find a match, stepping faster the longer nothing matches.
@@ -143,11 +174,11 @@ function compressWith(src: usize, len: usize, dst: usize, cap: usize, accel: u32
       while (true) {
         if (ip > mflimit) break;
         const seq = load<u32>(ip);
-        const h = slot(seq, shift);
+        const h = slot(seq, shift, narrow);
         const cur = <u32>(ip - origin);
-        const v = load<u32>(h);
-        store<u32>(h, cur);
-        if (cur - v <= <u32>MAX_OFFSET) {
+        const v = getSlot(h, narrow);
+        setSlot(h, cur, narrow);
+        if (narrow || cur - v <= <u32>MAX_OFFSET) {
           match = origin + <usize>v;
           if (load<u32>(match) == seq) break;
         }
@@ -195,7 +226,7 @@ function compressWith(src: usize, len: usize, dst: usize, cap: usize, accel: u32
       ip += mlen;
       anchor = ip;
       if (ip > mflimit) break;
-      store<u32>(slot(load<u32>(ip - 2), shift), <u32>(ip - 2 - origin));
+      setSlot(slot(load<u32>(ip - 2), shift, narrow), <u32>(ip - 2 - origin), narrow);
     }
   }
   const litLen = iend - anchor;

@@ -6,7 +6,7 @@ import { CodecPool } from '../src/pool';
 import type { Corpus } from './codecs-corpora';
 import { cpuRates } from './codecs-timing';
 
-export const LZ4_SIZES = [4 << 10, 64 << 10, 1 << 20];
+export const LZ4_SIZES = [4 << 10, 16 << 10, 64 << 10, 1 << 20];
 
 export interface Lz4Row {
   corpus: string;

@@ -129,17 +129,30 @@ t.test('lz4: output depends only on the input, not on earlier calls', async (t) 
   lz4Compress(TEXT.subarray(4096, 8192));
   lz4Compress(a.slice().reverse());
   t.same(lz4Compress(a), first);
+  // Each table after calls that filled every table: the narrow one's entries name
+  // positions of the earlier, longer input, past the end of a shorter one.
+  for (const size of [4096, 65534, 65536, 100_000]) {
+    const input = BINARY.subarray(size, 2 * size);
+    const expected = lz4Compress(input);
+    for (const before of [65534, 65536, 1 << 20]) lz4Compress(TEXT.subarray(0, before));
+    const again = lz4Compress(input);
+    t.same(again, expected, `${size} bytes after other calls`);
+    t.ok(Buffer.from(lz4Decompress(again, size)).equals(input), `${size} bytes decode`);
+  }
 });
 
 t.test('lz4: the hash table epoch wraps around cleanly', async (t) => {
   // The test build of the kernels (test/kernels/) also exports lz4SetEpoch.
   const k = new Kernels(join(__dirname, 'kernels.wasm'));
   const raw = k.raw as KernelExports & { lz4SetEpoch(value: number): void };
-  const input = TEXT.subarray(8192, 8192 + 65536);
+  // Inputs above 64 KiB: only the wide table has an epoch.
+  const size = 80 << 10;
+  const input = TEXT.subarray(8192, 8192 + size);
   const expected = k.lz4Compress(input);
-  for (const start of [0xffffffff - 70_000, 0xffffffff - 65_537, 0xffffffff - 1, 0xffffffff]) {
+  // The first start wraps at the compared call, the others at the filling one.
+  for (const start of [0xffffffff - 3 * size, 0xffffffff - 70_000, 0xffffffff - 65_537, 0xffffffff - 1, 0xffffffff]) {
     raw.lz4SetEpoch(start >>> 0);
-    k.lz4Compress(TEXT.subarray(0, 65536)); // fills the table near the wrap
+    k.lz4Compress(TEXT.subarray(0, size)); // fills the table near the wrap
     t.same(k.lz4Compress(input), expected, `epoch ${start}`);
     t.ok(Buffer.from(k.lz4Decompress(k.lz4Compress(input), input.length)).equals(input));
   }
@@ -178,7 +191,7 @@ t.test('lz4: ratio no more than 1% below lz4-wasm at 4 KiB to 1 MiB inputs, both
     ['text', TEXT],
     ['binary', BINARY],
   ] as const) {
-    for (const size of [4096, 16385, 65535, 65536, 1 << 20]) {
+    for (const size of [4096, 16385, 65534, 65535, 65536, 65537, 1 << 20]) {
       let ours = 0;
       let theirs = 0;
       for (let o = 0; o + size <= corpus.length; o += size) {
