@@ -18,8 +18,7 @@ const MAX_OFFSET: usize = 65535;
 // docs/benchmarks.md).
 const HASH_LOG_NARROW: u32 = 13;
 const HASH_LOG_LARGE: u32 = 12;
-/** Below this, the narrow table has 2^HASH_LOG_NARROW slots; from it, 2^HASH_LOG_LARGE. */
-const NARROW_FULL_BELOW: usize = 65536;
+/** The largest input for the narrow table: 2^HASH_LOG_NARROW slots below it, 2^HASH_LOG_LARGE at it. */
 const NARROW_INPUT: usize = 65536;
 // After 2^SKIP_TRIGGER misses in a row the search step grows by one (the
 // reference uses 6; 4 measured faster on binaries with a ratio still within
@@ -131,8 +130,8 @@ function writeLength(op: usize, rem: usize): usize {
 export function lz4Compress(src: usize, len: usize, dst: usize, cap: usize, accel: u32): isize {
   // A copy of the loop per table, each with its size and entry width as
   // constants (see HASH_LOG_NARROW).
-  if (len < NARROW_FULL_BELOW) return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG_NARROW, true);
-  if (len <= NARROW_INPUT) return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG_LARGE, true);
+  if (len < NARROW_INPUT) return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG_NARROW, true);
+  if (len == NARROW_INPUT) return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG_LARGE, true);
   return compressWith(src, len, dst, cap, accel, 32 - HASH_LOG_LARGE, false);
 }
 
