@@ -179,7 +179,9 @@ for (const mode of modes) {
       return p;
     };
 
-    // Honest first: a few blocks held, to probe with.
+    // Honest first: a few blocks held, to probe with. Reads before the cutover are answered by the
+    // source and not kept, so the blocks are held only if read after it.
+    await within(dest.waitForLog(/^cutover complete/, 60_000), 60_000, 'the cutover at start');
     const held = Array.from({ length: 8 }, () => Math.floor(random() * blocks));
     await within(Promise.all(held.map(read)), 60_000, 'the first reads from an honest source');
 
@@ -221,7 +223,9 @@ for (const mode of modes) {
     if (hangs) {
       const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-wire-fuzz-dest-log-')), 'dest.log');
       fs.writeFileSync(log, dest.stderr());
-      t.comment(`the destination's log: ${log}`);
+      t.comment(
+        `the destination's log: ${log}; its last lines:\n${dest.stderr().trimEnd().split('\n').slice(-40).join('\n')}`,
+      );
     }
     const hostile = source.counts.hostile - hostileBefore;
     const cpuPerConnectionMs = exitedOnItsOwn ? NaN : ((cpuSeconds(pid) - cpuBefore) * 1000) / hostile;
@@ -250,7 +254,9 @@ for (const mode of modes) {
     if (losses) {
       const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-wire-fuzz-dest-log-')), 'dest.log');
       fs.writeFileSync(log, dest.stderr());
-      t.comment(`the destination's log: ${log}`);
+      t.comment(
+        `the destination's log: ${log}; its last lines:\n${dest.stderr().trimEnd().split('\n').slice(-40).join('\n')}`,
+      );
     }
     t.equal(bad.length, 0, `the final image equals the source (${bad.length} blocks differ)`);
 
