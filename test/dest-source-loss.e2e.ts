@@ -30,6 +30,8 @@ t.test('source stopped and restarted mid-migration', async (t) => {
     ...['--rate', '512k', '--log-level', 'info'],
   ]);
   const vm = await NbdClient.connect({ host: '127.0.0.1', port: servingPort(dest) }, { exportName: 'dest.img' });
+  // Reads before the cutover are answered by the source and not kept: this one comes after it.
+  await dest.waitForLog(/^cutover complete/, 30_000);
   const heldBlock = await vm.read(0, 4096); // fetched now, held from here on
   t.ok(heldBlock.equals(source.subarray(0, 4096)));
 
