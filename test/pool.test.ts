@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { getPriority, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import t from 'tap';
 import { BlockStatus } from '../src/codec/batch';
@@ -329,6 +329,27 @@ t.test('warm() starts the workers before the first task; unused, they stop', asy
   t.equal(pool.runningWorkers, 0, 'a closed pool starts nothing');
 });
 
+/** The niceness of each of this process's threads (Linux: per thread, field 19 of its stat). */
+function threadNiceness(): number[] {
+  return readdirSync('/proc/self/task').map((tid) =>
+    Number(readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ')[16]),
+  );
+}
+
+t.test('the workers run at the niceness asked for; the main thread keeps its own', async (t) => {
+  if (process.platform !== 'linux') {
+    t.plan(0, 'skipped: per-thread niceness is read from /proc (Linux)');
+    return;
+  }
+  const main = getPriority(); // on Linux, of the calling thread
+  t.notOk(threadNiceness().includes(7), 'no thread at 7 before');
+  const pool = new CodecPool({ workers: 2, codec: 'lz4', workerNice: 7 });
+  t.equal((await pool.encode(batch(8), BS)).entries.length, 8);
+  await until(() => threadNiceness().filter((n) => n === 7).length === 2, 'both workers at 7');
+  t.equal(getPriority(), main, 'the main thread keeps its niceness');
+  await pool.close();
+});
+
 t.test('close waits for workers still stopping', async (t) => {
   const pool = new CodecPool({ workers: 1, codec: 'lz4', idleWorkerMs: 0 });
   await pool.encode(batch(8), BS);
@@ -343,6 +364,8 @@ t.test('options are validated', async (t) => {
   t.throws(() => new CodecPool({ codec: 'zstd' }), /unknown codec "zstd"/);
   t.throws(() => new CodecPool({ workers: 0 }), /workers must be an integer >= 1 \(got 0\)/);
   t.throws(() => new CodecPool({ pipelineDepth: 0 }), /pipelineDepth must be an integer >= 1/);
+  t.throws(() => new CodecPool({ workerNice: 20 }), /workerNice must be an integer from 0 to 19 \(got 20\)/);
+  t.throws(() => new CodecPool({ workerNice: -1 }), /workerNice must be an integer from 0 to 19/);
   const pool = new CodecPool({ workers: 1 });
   await t.rejects(pool.encode(new ArrayBuffer(4096), 1000), /blockSize must be a power of two/);
   await pool.close();

@@ -231,6 +231,7 @@ async function openUpstream(
     ]);
     const pool = new CodecPool({
       workers: w.workers || Math.max(1, os.availableParallelism()),
+      workerNice: w.workers_nice,
       codec: 'lz4',
       log,
     });

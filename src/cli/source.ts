@@ -90,6 +90,7 @@ export function registerSource(program: Command): void {
       const workers = s.workers || Math.max(1, os.availableParallelism());
       const pool = new CodecPool({
         workers,
+        workerNice: s.workers_nice,
         codec: s.codec === 'auto' ? 'lz4' : s.codec,
         level: s.deflate_level,
         log,

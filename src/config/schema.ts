@@ -27,6 +27,10 @@ export function parseHostPort(value: string): { host: string; port: number } {
 export const integer = v.pipe(v.number(), v.safeInteger());
 const positiveInt = v.pipe(integer, v.gtValue(0));
 const nonEmpty = v.pipe(v.string(), v.minLength(1));
+/** Measured in docs/benchmarks.md ("Worker threads at nice 10"). */
+const WORKERS_NICE_DEFAULT = 10;
+/** A worker thread's niceness (Linux `nice`: 0 as the main thread, 19 the lowest share of a busy core). */
+const workersNice = v.optional(v.pipe(integer, v.minValue(0), v.maxValue(19)), WORKERS_NICE_DEFAULT);
 /** A string of 1 to `max` characters. */
 export const boundedText = (max: number) => v.pipe(v.string(), v.minLength(1), v.maxLength(max));
 const description = v.optional(v.pipe(v.string(), v.maxLength(4096)), '');
@@ -202,6 +206,8 @@ export const SourceSection = v.strictObject({
   deflate_level: v.optional(v.pipe(integer, v.minValue(0), v.maxValue(9)), 6),
   /** Worker threads encoding batches; 0 means one per core. */
   workers: v.optional(v.pipe(integer, v.minValue(0), v.maxValue(64)), 0),
+  /** Niceness of those threads: above 0 they yield the cores to the VM's I/O and the urgent blocks. */
+  workers_nice: workersNice,
   /** Control socket for `ferry ctl` (status, cutover, unfence). */
   control: v.optional(nonEmpty),
   /** Group (name or id) that may use the control socket too (mode 0660); default: owner only (0600). */
@@ -219,6 +225,8 @@ export const WireSection = v.strictObject({
   background_streams: v.optional(v.pipe(integer, v.minValue(1), v.maxValue(16)), 2),
   /** Worker threads decoding and verifying batches; 0 means one per core. */
   workers: v.optional(v.pipe(integer, v.minValue(0), v.maxValue(64)), 0),
+  /** Niceness of those threads: above 0 they yield the cores to the VM's I/O and the urgent blocks. */
+  workers_nice: workersNice,
   /** Attempts per block whose data keeps failing verification before the fetch fails. */
   max_attempts: v.optional(v.pipe(positiveInt, v.maxValue(100)), 8),
   /** Certificates: the name (CN or subjectAltName) the source's certificate must carry; default: the host in dest.source. */

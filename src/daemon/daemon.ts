@@ -145,6 +145,7 @@ export class Daemon {
   static createPool(config: DaemonConfig, log: Logger): CodecPool {
     const pool = new CodecPool({
       workers: config.wire.workers || Math.max(1, os.availableParallelism()),
+      workerNice: config.wire.workers_nice,
       codec: 'lz4',
       level: config.source.deflate_level,
       log,

@@ -59,6 +59,12 @@ export interface CodecPoolOptions {
    * there rather than wait for them to start (unless this is 0).
    */
   inlineUrgentBytes?: number;
+  /**
+   * Niceness of the worker threads (0..19, default 0): above 0 they yield the
+   * cores to the main thread, which serves the VM and codes its urgent blocks,
+   * and to the rest of the host.
+   */
+  workerNice?: number;
   /** Where a worker that fails outside a task (at start-up, most often) is logged; the pool carries on. */
   log?: Pick<Logger, 'error'>;
   /**
@@ -100,6 +106,7 @@ export class CodecPool {
   readonly maxUrgentQueued: number;
   readonly codec: string;
   readonly pipelineDepth: number;
+  readonly workerNice: number;
   /** whenNotFull callers, woken when a background slot frees. */
   private readonly roomWaiters: Array<() => void> = [];
   private readonly urgentWaiters: Array<() => void> = [];
@@ -130,6 +137,9 @@ export class CodecPool {
     this.maxUrgentQueued = options.maxUrgentQueued ?? this.maxQueued;
     this.codec = options.codec ?? 'lz4';
     this.pipelineDepth = options.pipelineDepth ?? 1;
+    this.workerNice = options.workerNice ?? 0;
+    if (!Number.isInteger(this.workerNice) || this.workerNice < 0 || this.workerNice > 19)
+      throw new RangeError(`CodecPool: workerNice must be an integer from 0 to 19 (got ${options.workerNice})`);
     this.inlineUrgentBytes = options.inlineUrgentBytes ?? 64 << 10;
     for (const [key, value] of [
       ['workers', this.workers],
@@ -179,6 +189,7 @@ export class CodecPool {
     this.queue = this.newQueue();
     const piscina = new Piscina({
       filename: this.workerModule,
+      workerData: { nice: this.workerNice },
       // All at once, marked ready from the start: tasks go to them as they boot, and never wait
       // in the queue (counted against its bound) for a worker to start.
       minThreads: this.workers,

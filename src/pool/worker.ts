@@ -1,6 +1,7 @@
 // Piscina worker entry: instantiates the kernels once per thread and runs batch
 // tasks. Results travel back by transfer (Piscina.move), never by copy.
-import { move, transferableSymbol, valueSymbol } from 'piscina';
+import os from 'node:os';
+import { move, transferableSymbol, valueSymbol, workerData } from 'piscina';
 import { executeTask } from './task-runner';
 import type { WorkerTask } from './tasks';
 
@@ -13,6 +14,16 @@ function moved<T extends object>(value: T, buffers: ArrayBufferLike[]): unknown 
       return value;
     },
   } as never);
+}
+
+// On Linux a thread's niceness is its own: this one yields to the main thread, not the process.
+const nice = (workerData as { nice?: number } | undefined)?.nice ?? 0;
+if (nice > 0) {
+  try {
+    os.setPriority(0, nice);
+  } catch {
+    // Raising one's own niceness is always allowed; a sandbox that refuses it leaves the thread at 0, still correct.
+  }
 }
 
 export default function runTask(task: WorkerTask): unknown {
