@@ -48,6 +48,13 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, in clock ticks of 10 ms
 }
 
+/** Saves the destination's log for the run's record and shows its end in the TAP output (CI keeps only that). */
+function keepLog(t: Test, stderr: string): void {
+  const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-wire-fuzz-dest-log-')), 'dest.log');
+  fs.writeFileSync(log, stderr);
+  t.comment(`the destination's log: ${log}; its last lines:\n${stderr.trimEnd().split('\n').slice(-40).join('\n')}`);
+}
+
 const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** The bursts of one run: every fault at least once, `perBurst` faults drawn for each burst. */
@@ -220,13 +227,7 @@ for (const mode of modes) {
       }
       await pause(HONEST_MS);
     }
-    if (hangs) {
-      const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-wire-fuzz-dest-log-')), 'dest.log');
-      fs.writeFileSync(log, dest.stderr());
-      t.comment(
-        `the destination's log: ${log}; its last lines:\n${dest.stderr().trimEnd().split('\n').slice(-40).join('\n')}`,
-      );
-    }
+    if (hangs) keepLog(t, dest.stderr());
     const hostile = source.counts.hostile - hostileBefore;
     const cpuPerConnectionMs = exitedOnItsOwn ? NaN : ((cpuSeconds(pid) - cpuBefore) * 1000) / hostile;
 
@@ -251,13 +252,7 @@ for (const mode of modes) {
     losses += bad.length;
     for (const m of bad.slice(0, 8))
       t.comment(`final block ${m.block}: ${describe(m.block, final.subarray(m.block * BS, (m.block + 1) * BS))}`);
-    if (losses) {
-      const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-wire-fuzz-dest-log-')), 'dest.log');
-      fs.writeFileSync(log, dest.stderr());
-      t.comment(
-        `the destination's log: ${log}; its last lines:\n${dest.stderr().trimEnd().split('\n').slice(-40).join('\n')}`,
-      );
-    }
+    if (losses) keepLog(t, dest.stderr());
     t.equal(bad.length, 0, `the final image equals the source (${bad.length} blocks differ)`);
 
     const byFault = Object.entries(source.counts.byFault)
