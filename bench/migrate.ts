@@ -1,6 +1,6 @@
 // npm run bench:migrate [-- --quick] [--json FILE] [--out DIR] [--size-mib N] [--runtime SECONDS]
 //                           [--codecs lz4,auto,...] [--scenarios nbdcopy,nbd,ferry,remote,local] [--links 100M/25,1G/5]
-//                           [--queue-batches N]
+//                           [--queue-batches N] [--workers-nice N]
 // Live migration of a VM disk over an emulated WAN, against the alternatives:
 // (a) nbdcopy of the whole export, (b) ferry dest over plain NBD, (c) ferry dest
 // over the ferry wire per codec, (d) the VM on remote storage, (e) local disk.
@@ -25,7 +25,7 @@ if (args.includes('--help') || args.includes('-h')) {
   process.stdout.write(
     'usage: node build/bench/migrate.js [--quick] [--json FILE] [--out DIR] [--size-mib N] [--runtime SECONDS]\n' +
       '         [--codecs none,lz4,deflate,auto] [--scenarios nbdcopy,nbd,ferry,remote,local] [--links 100M/25,1G/5]\n' +
-      '         [--queue-batches N]\n',
+      '         [--queue-batches N] [--workers-nice N]\n',
   );
   process.exit(0);
 }
@@ -39,6 +39,8 @@ const CODECS = (flag('--codecs') ?? 'none,lz4,deflate,auto').split(',').filter(B
 const SCENARIOS = (flag('--scenarios') ?? 'nbdcopy,nbd,ferry,remote,local').split(',');
 /** ferry dest's copy.queue_batches (batches in flight above the measured BDP); default: ferry's own. */
 const QUEUE_BATCHES = flag('--queue-batches');
+/** The codec workers' niceness at both ends (source.workers_nice, wire.workers_nice); default: ferry's own. */
+const WORKERS_NICE = flag('--workers-nice');
 const MiB = 1 << 20;
 const SAMPLE_MS = 500;
 
@@ -403,6 +405,7 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
             '--insecure',
             '--codec',
             codec!,
+            ...(WORKERS_NICE !== undefined ? ['--config', sourceConfig(ctx)] : []),
           ),
         );
   const destImage = path.join(ctx.dir, `dest-${kind}-${codec ?? 'nbd'}.img`);
@@ -429,7 +432,7 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
         '--control',
         control,
         ...(kind === 'ferry' ? ['--insecure'] : []),
-        ...(QUEUE_BATCHES !== undefined ? ['--config', destConfig(ctx)] : []),
+        ...(QUEUE_BATCHES !== undefined || WORKERS_NICE !== undefined ? ['--config', destConfig(ctx)] : []),
       ),
     );
     const destPid = dest.child.pid;
@@ -501,7 +504,15 @@ async function scenarioMigrate(ctx: Ctx, kind: 'nbd' | 'ferry', codec?: string):
 
 function destConfig(ctx: Ctx): string {
   const file = path.join(ctx.dir, 'dest.toml');
-  fs.writeFileSync(file, `[copy]\nqueue_batches = ${Number(QUEUE_BATCHES)}\n`);
+  const copy = QUEUE_BATCHES !== undefined ? `[copy]\nqueue_batches = ${Number(QUEUE_BATCHES)}\n` : '';
+  const wire = WORKERS_NICE !== undefined ? `[wire]\nworkers_nice = ${Number(WORKERS_NICE)}\n` : '';
+  fs.writeFileSync(file, copy + wire);
+  return file;
+}
+
+function sourceConfig(ctx: Ctx): string {
+  const file = path.join(ctx.dir, 'source.toml');
+  fs.writeFileSync(file, `[source]\nworkers_nice = ${Number(WORKERS_NICE)}\n`);
   return file;
 }
 
