@@ -175,25 +175,35 @@ t.test('line splitter: an over-long line is reported once and skipped to its new
 t.test('server: a named group gets the socket at 0660, set before it appears at its path', async (t) => {
   const socketPath = tempSocket(t);
   const gid = os.userInfo().gid; // a group this process may give its files
-  const seen: number[] = [];
-  // Whenever the socket shows up at its path, it already has its final mode.
-  const watcher = fs.watch(path.dirname(socketPath), () => {
-    try {
-      seen.push(fs.statSync(socketPath).mode & 0o777);
-    } catch {
-      // not there yet
+  // What the socket was like at the moment it was renamed to its path: it must appear there
+  // with its final mode and group, from a directory only this user can enter.
+  const renames: Array<{ mode: number; gid: number; dirMode: number }> = [];
+  const rename = fs.renameSync;
+  fs.renameSync = (from: fs.PathLike, to: fs.PathLike): void => {
+    if (to === socketPath) {
+      const st = fs.statSync(from);
+      renames.push({
+        mode: st.mode & 0o777,
+        gid: st.gid,
+        dirMode: fs.statSync(path.dirname(String(from))).mode & 0o777,
+      });
     }
-  });
-  t.teardown(() => watcher.close());
+    rename(from, to);
+  };
   const server = new ControlServer(new SimulatedMigration({ blocksTotal: 1 }), log);
-  await server.listen(socketPath, String(gid));
+  try {
+    await server.listen(socketPath, String(gid));
+  } finally {
+    fs.renameSync = rename;
+  }
   t.teardown(() => server.close());
   const stat = fs.statSync(socketPath);
   t.equal(stat.mode & 0o777, 0o660, 'group read-write');
   t.equal(stat.gid, gid, 'owned by the group');
-  t.ok(
-    seen.every((m) => m === 0o660),
-    `never seen with another mode (${seen.map((m) => m.toString(8))})`,
+  t.same(
+    renames,
+    [{ mode: 0o660, gid, dirMode: 0o700 }],
+    "renamed into place once, already 0660 and the group's, from a 0700 directory",
   );
   t.match(await sendControl(socketPath, { cmd: 'status' }, 2000), { ok: true });
 
