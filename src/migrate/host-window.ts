@@ -65,7 +65,7 @@ export class HostWindow {
   private readonly deliveries: Array<[number, number, number]> = []; // [arrived, wire bytes, sent]
   /** The sum of the wire bytes in `deliveries`. */
   private deliveriesBytes = 0;
-  private readonly rates = new WindowedExtreme('max', RATE_FILTER_MS);
+  private rates = new WindowedExtreme('max', RATE_FILTER_MS);
   private bestRate = 0;
   private probeUntil = 0;
   private nextProbe: number;
@@ -97,6 +97,11 @@ export class HostWindow {
   /** The aggregate delivery rate, bytes per ms (0 before the first sample). */
   get rate(): number {
     return this.bestRate;
+  }
+
+  /** Whether the window is still in start-up (its rate not found yet). */
+  get inStartup(): boolean {
+    return !this.pacer.filled;
   }
 
   /** The smallest recent latency of a background run, ms (null before the first). */
@@ -197,10 +202,19 @@ export class HostWindow {
       this.deliveriesBytes -= this.deliveries.shift()![1];
     this.deliveries.push([t, bytes, sentAt]);
     this.deliveriesBytes += bytes;
-    const first = this.deliveries[0];
-    const span = Math.max(t - first[0], sentAt - first[2]);
-    let rate = hostInFlight / latencyMs;
-    if (t - first[0] >= base / 2) rate = (this.deliveriesBytes - first[1]) / span;
+    const spanRate = this.rateSince(0, this.deliveriesBytes, hostInFlight, latencyMs, base);
+    // In start-up the rate grows by half each round: over eight rounds (and a cold connection's
+    // first slow runs) the average lags it by far more than the 25% a round must show, and
+    // start-up ended at a fifth of a 1 Gbit/s link, which the probe rounds then took a second
+    // or two to climb. Start-up counts the last two round trips only.
+    let rate = spanRate;
+    if (!this.pacer.filled) {
+      let from = this.deliveries.length - 1;
+      let bytesFrom = bytes;
+      const shortMs = Math.max(STARTUP_SPAN_ROUNDS * base, STARTUP_SPAN_MIN_MS);
+      while (from > 0 && this.deliveries[from - 1][0] >= t - shortMs) bytesFrom += this.deliveries[--from][1];
+      rate = this.rateSince(from, bytesFrom, hostInFlight, latencyMs, base);
+    }
     this.rates.record(t, rate);
     const withoutProbe = this.rates.value!;
     const probed = this.probeSample(t, sentAt, bytes);
@@ -212,7 +226,28 @@ export class HostWindow {
     this.bestRate = best;
     // No latency signal here: members' runs queue behind each other's by design, and the rate is
     // measured over a long span that a short probe round hardly moves, so an early end would stick.
+    const wasFilled = this.pacer.filled;
     this.pacer.observe(best, base);
+    if (!wasFilled && this.pacer.filled) {
+      // Start-up's short spans read high now and then, and the largest would hold the window
+      // (and a queue) above the link for RATE_FILTER_MS: from here on, the long span's rate.
+      this.rates = new WindowedExtreme('max', RATE_FILTER_MS);
+      this.rates.record(t, spanRate);
+      this.bestRate = spanRate;
+    }
+  }
+
+  /**
+   * The delivery rate of `this.deliveries` from index `from` on (`bytesFrom` their bytes), over
+   * the longer of their arrivals' and their sends' spans; the first one's bytes arrived before
+   * the span starts. Before the span is half a round trip long, the bytes in flight over the
+   * latency they saw stand in.
+   */
+  private rateSince(from: number, bytesFrom: number, hostInFlight: number, latencyMs: number, base: number): number {
+    const first = this.deliveries[from];
+    const last = this.deliveries[this.deliveries.length - 1];
+    if (last[0] - first[0] < base / 2) return hostInFlight / latencyMs;
+    return (bytesFrom - first[1]) / Math.max(last[0] - first[0], last[2] - first[2]);
   }
 
   /** Notes a send in a probe round (the window at 1.25 × the product), past start-up. */
@@ -394,6 +429,9 @@ const RATE_FILTER_MS = 2_500;
 const RATE_SPAN_ROUNDS = 8;
 /** ...and over this long at least, next to a busy process's stalls. */
 const RATE_SPAN_MIN_MS = 100;
+/** In start-up, over this many round trips, and this long at least. */
+const STARTUP_SPAN_ROUNDS = 2;
+const STARTUP_SPAN_MIN_MS = 20;
 const FIRST_PROBE_MS = 1_000;
 /** A probe round's gain: its runs' rate counts up to this much above the rate. */
 const PROBE_GAIN = 1.25;
