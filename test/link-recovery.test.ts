@@ -9,6 +9,7 @@
 import t, { Test } from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import pino from 'pino';
 import { FileDevice } from '../src/store/file-device';
@@ -184,4 +185,41 @@ t.test("a plain NBD source's reads are counted across reconnects", async (t) => 
   t.ok(upstream.bytesRead() >= before, 'kept across a reconnect');
   t.ok((await upstream.fetch(32 * BS, 8 * BS, 'urgent')).equals(image.subarray(32 * BS, 40 * BS)));
   t.ok(upstream.bytesRead() >= before + 8 * BS, 'and goes on from there');
+});
+
+t.test('a plain NBD source that takes one connection and drops the other leaves none open', async (t) => {
+  const file = path.join(tempDir(t, 'ferry-link-recovery-'), 'disk.img');
+  fs.writeFileSync(file, crypto.randomBytes(IMAGE_BLOCKS * BS));
+  const device = FileDevice.open(file, { readOnly: true });
+  const server = new NbdServer(
+    new StaticExportTable([{ name: 'disk', description: '', device }]),
+    pino({ level: 'silent' }),
+  );
+  await server.listen({ host: '127.0.0.1', port: 0 });
+  // The first connection reaches the server, the second is closed at once: the upstream's two
+  // connections are made together, so either of them may be the one that fails.
+  let passedClosed: Promise<void> | null = null;
+  const front = net.createServer((socket) => {
+    if (passedClosed) {
+      socket.destroy();
+      return;
+    }
+    const back = net.connect(server.port!, '127.0.0.1');
+    socket.pipe(back).pipe(socket);
+    socket.on('error', () => back.destroy());
+    back.on('error', () => socket.destroy());
+    back.on('close', () => socket.destroy());
+    passedClosed = new Promise((resolve) => socket.on('close', () => resolve()));
+  });
+  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+  t.teardown(async () => {
+    front.close();
+    await server.close();
+    await device.close();
+  });
+  const port = (front.address() as net.AddressInfo).port;
+  await t.rejects(NbdUpstream.open(`nbd://127.0.0.1:${port}/disk`, pino({ level: 'silent' })), 'the open fails');
+  t.ok(passedClosed, 'one connection got through');
+  await passedClosed;
+  t.pass('and the upstream closed it');
 });

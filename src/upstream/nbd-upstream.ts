@@ -296,14 +296,18 @@ export class NbdUpstream extends EventEmitter implements Upstream {
   private async connectOnce(): Promise<void> {
     const target = this.target;
     // The urgent connection negotiates the meta contexts; the background one keeps simple replies.
-    const urgent = await NbdClient.connect(target.address, this.clientOptions(target, true));
-    let background: NbdClient;
-    try {
-      background = await NbdClient.connect(target.address, this.clientOptions(target, false));
-    } catch (e) {
-      urgent.destroy();
-      throw e;
+    // Both at once: each handshake is a few round trips, which over a WAN is most of a start.
+    const [u, b] = await Promise.allSettled([
+      NbdClient.connect(target.address, this.clientOptions(target, true)),
+      NbdClient.connect(target.address, this.clientOptions(target, false)),
+    ]);
+    if (u.status === 'rejected' || b.status === 'rejected') {
+      if (u.status === 'fulfilled') u.value.destroy();
+      if (b.status === 'fulfilled') b.value.destroy();
+      throw u.status === 'rejected' ? u.reason : (b as PromiseRejectedResult).reason;
     }
+    const urgent = u.value;
+    const background = b.value;
     try {
       if (urgent.isClosed || background.isClosed) throw new Error(`source at ${this.url} closed the connection`);
       if (this.stop.signal.aborted) throw new Error('upstream closed');
