@@ -223,3 +223,51 @@ t.test('a plain NBD source that takes one connection and drops the other leaves 
   await passedClosed;
   t.pass('and the upstream closed it');
 });
+
+t.test('a ferry source that takes some streams and drops one leaves none open', async (t) => {
+  const dir = tempDir(t, 'ferry-link-recovery-');
+  const file = path.join(dir, 'disk.img');
+  fs.writeFileSync(file, crypto.randomBytes(IMAGE_BLOCKS * BS));
+  const source = await startWireSource(file, dir, { kind: 'insecure' });
+  // The urgent stream and the first background stream reach the source, the next is closed at
+  // once: the background streams are opened together, so either may be the one that fails.
+  const passed: Array<Promise<void>> = [];
+  const front = net.createServer((socket) => {
+    if (passed.length === 2) {
+      socket.destroy();
+      return;
+    }
+    const back = net.connect(source.port, '127.0.0.1');
+    socket.pipe(back).pipe(socket);
+    socket.on('error', () => back.destroy());
+    back.on('error', () => socket.destroy());
+    back.on('close', () => socket.destroy());
+    passed.push(new Promise((resolve) => socket.on('close', () => resolve())));
+  });
+  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+  t.teardown(async () => {
+    front.close();
+    await source.close();
+  });
+  const port = (front.address() as net.AddressInfo).port;
+  const opening = WireUpstream.open(
+    `ferry://127.0.0.1:${port}/disk.img`,
+    { kind: 'insecure' },
+    source.pool,
+    {
+      blockSize: BS,
+      backgroundStreams: 2,
+      maxBatchBlocks: 64,
+      connectTimeoutMs: 10_000,
+      minBackoffMs: 10,
+      maxBackoffMs: 1000,
+      stallTimeoutMs: NEVER_MS,
+      maxAttempts: 3,
+    },
+    source.log,
+  );
+  await t.rejects(opening, 'the open fails');
+  t.equal(passed.length, 2, 'two streams got through');
+  await Promise.all(passed);
+  t.pass('and the upstream closed both');
+});

@@ -137,11 +137,16 @@ export class WireUpstream extends EventEmitter implements Upstream {
     u.epoch = welcome.trackingEpoch;
     u.hashes = (urgent.welcomeFlags & WelcomeFlag.BlockHashes) !== 0;
     u.install(-1, urgent); // from now on a dropped stream is replaced
-    try {
-      for (let i = 0; i < u.background.length; i++) u.install(i, await u.openStream(Role.Background));
-    } catch (e) {
-      await u.close();
-      throw e;
+    // The background streams together: each is a connection, a TLS handshake and a hello, a few
+    // round trips that over a WAN are most of a migration's start.
+    const opened = await Promise.allSettled(u.background.map(() => u.openStream(Role.Background)));
+    opened.forEach((r, i) => {
+      if (r.status === 'fulfilled') u.install(i, r.value);
+    });
+    const failed = opened.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      await u.close(); // closes the streams that did open
+      throw failed.reason;
     }
     return u;
   }
