@@ -27,6 +27,17 @@ const IMAGE_BLOCKS = 256;
 /** Longer than any test here may run: a stream these tests see closed was not closed by the stall watchdog. */
 const NEVER_MS = 3_600_000;
 
+const UPSTREAM_OPTIONS: WireUpstreamOptions = {
+  blockSize: BS,
+  backgroundStreams: 1,
+  maxBatchBlocks: 64,
+  connectTimeoutMs: 10_000,
+  minBackoffMs: 10,
+  maxBackoffMs: 1000,
+  stallTimeoutMs: NEVER_MS,
+  maxAttempts: 3,
+};
+
 /** A source serving a random image, a proxy in front of it and a destination's upstream through the proxy. */
 async function setUp(
   t: Test,
@@ -49,14 +60,7 @@ async function setUp(
     auth,
     pool,
     {
-      blockSize: BS,
-      backgroundStreams: 1,
-      maxBatchBlocks: 64,
-      connectTimeoutMs: 10_000,
-      minBackoffMs: 10,
-      maxBackoffMs: 1000,
-      stallTimeoutMs: NEVER_MS,
-      maxAttempts: 3,
+      ...UPSTREAM_OPTIONS,
       ...options,
     },
     log,
@@ -161,7 +165,8 @@ t.test('the NBD stall timeout is the one configured', async (t) => {
   t.ok(client.isClosed, 'the connection is closed');
 });
 
-t.test("a plain NBD source's reads are counted across reconnects", async (t) => {
+/** A plain NBD server of a random image, export `disk`, in process; closed at the test's end. */
+async function nbdSource(t: Test): Promise<{ port: number; image: Buffer }> {
   const file = path.join(tempDir(t, 'ferry-link-recovery-'), 'disk.img');
   const image = crypto.randomBytes(IMAGE_BLOCKS * BS);
   fs.writeFileSync(file, image);
@@ -171,12 +176,44 @@ t.test("a plain NBD source's reads are counted across reconnects", async (t) => 
     pino({ level: 'silent' }),
   );
   await server.listen({ host: '127.0.0.1', port: 0 });
-  const upstream = await NbdUpstream.open(`nbd://127.0.0.1:${server.port}/disk`, pino({ level: 'silent' }));
   t.teardown(async () => {
-    await upstream.close();
     await server.close();
     await device.close();
   });
+  return { port: server.port!, image };
+}
+
+/**
+ * A front for `port` that passes the first `passing` connections through and closes every
+ * later one at once; `passed` resolves, one promise each, when a passed connection closes.
+ */
+async function frontPassing(
+  t: Test,
+  port: number,
+  passing: number,
+): Promise<{ port: number; passed: Array<Promise<void>> }> {
+  const passed: Array<Promise<void>> = [];
+  const front = net.createServer((socket) => {
+    if (passed.length === passing) {
+      socket.destroy();
+      return;
+    }
+    const back = net.connect(port, '127.0.0.1');
+    socket.pipe(back).pipe(socket);
+    socket.on('error', () => back.destroy());
+    back.on('error', () => socket.destroy());
+    back.on('close', () => socket.destroy());
+    passed.push(new Promise((resolve) => socket.on('close', () => resolve())));
+  });
+  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => front.close());
+  return { port: (front.address() as net.AddressInfo).port, passed };
+}
+
+t.test("a plain NBD source's reads are counted across reconnects", async (t) => {
+  const { port, image } = await nbdSource(t);
+  const upstream = await NbdUpstream.open(`nbd://127.0.0.1:${port}/disk`, pino({ level: 'silent' }));
+  t.teardown(() => upstream.close());
   t.ok((await upstream.fetch(0, 16 * BS, 'background')).equals(image.subarray(0, 16 * BS)));
   const before = upstream.bytesRead();
   t.ok(before >= 16 * BS, `what the sockets read is counted (${before} bytes)`);
@@ -188,39 +225,12 @@ t.test("a plain NBD source's reads are counted across reconnects", async (t) => 
 });
 
 t.test('a plain NBD source that takes one connection and drops the other leaves none open', async (t) => {
-  const file = path.join(tempDir(t, 'ferry-link-recovery-'), 'disk.img');
-  fs.writeFileSync(file, crypto.randomBytes(IMAGE_BLOCKS * BS));
-  const device = FileDevice.open(file, { readOnly: true });
-  const server = new NbdServer(
-    new StaticExportTable([{ name: 'disk', description: '', device }]),
-    pino({ level: 'silent' }),
-  );
-  await server.listen({ host: '127.0.0.1', port: 0 });
-  // The first connection reaches the server, the second is closed at once: the upstream's two
-  // connections are made together, so either of them may be the one that fails.
-  let passedClosed: Promise<void> | null = null;
-  const front = net.createServer((socket) => {
-    if (passedClosed) {
-      socket.destroy();
-      return;
-    }
-    const back = net.connect(server.port!, '127.0.0.1');
-    socket.pipe(back).pipe(socket);
-    socket.on('error', () => back.destroy());
-    back.on('error', () => socket.destroy());
-    back.on('close', () => socket.destroy());
-    passedClosed = new Promise((resolve) => socket.on('close', () => resolve()));
-  });
-  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
-  t.teardown(async () => {
-    front.close();
-    await server.close();
-    await device.close();
-  });
-  const port = (front.address() as net.AddressInfo).port;
-  await t.rejects(NbdUpstream.open(`nbd://127.0.0.1:${port}/disk`, pino({ level: 'silent' })), 'the open fails');
-  t.ok(passedClosed, 'one connection got through');
-  await passedClosed;
+  const source = await nbdSource(t);
+  // The upstream's two connections are made together, so either may be the one dropped.
+  const front = await frontPassing(t, source.port, 1);
+  await t.rejects(NbdUpstream.open(`nbd://127.0.0.1:${front.port}/disk`, pino({ level: 'silent' })), 'the open fails');
+  t.equal(front.passed.length, 1, 'one connection got through');
+  await Promise.all(front.passed);
   t.pass('and the upstream closed it');
 });
 
@@ -229,45 +239,19 @@ t.test('a ferry source that takes some streams and drops one leaves none open', 
   const file = path.join(dir, 'disk.img');
   fs.writeFileSync(file, crypto.randomBytes(IMAGE_BLOCKS * BS));
   const source = await startWireSource(file, dir, { kind: 'insecure' });
-  // The urgent stream and the first background stream reach the source, the next is closed at
-  // once: the background streams are opened together, so either may be the one that fails.
-  const passed: Array<Promise<void>> = [];
-  const front = net.createServer((socket) => {
-    if (passed.length === 2) {
-      socket.destroy();
-      return;
-    }
-    const back = net.connect(source.port, '127.0.0.1');
-    socket.pipe(back).pipe(socket);
-    socket.on('error', () => back.destroy());
-    back.on('error', () => socket.destroy());
-    back.on('close', () => socket.destroy());
-    passed.push(new Promise((resolve) => socket.on('close', () => resolve())));
-  });
-  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
-  t.teardown(async () => {
-    front.close();
-    await source.close();
-  });
-  const port = (front.address() as net.AddressInfo).port;
+  t.teardown(() => source.close());
+  // The urgent stream and one background stream get through: the background streams are opened
+  // together, so either may be the one dropped.
+  const front = await frontPassing(t, source.port, 2);
   const opening = WireUpstream.open(
-    `ferry://127.0.0.1:${port}/disk.img`,
+    `ferry://127.0.0.1:${front.port}/disk.img`,
     { kind: 'insecure' },
     source.pool,
-    {
-      blockSize: BS,
-      backgroundStreams: 2,
-      maxBatchBlocks: 64,
-      connectTimeoutMs: 10_000,
-      minBackoffMs: 10,
-      maxBackoffMs: 1000,
-      stallTimeoutMs: NEVER_MS,
-      maxAttempts: 3,
-    },
+    { ...UPSTREAM_OPTIONS, backgroundStreams: 2 },
     source.log,
   );
   await t.rejects(opening, 'the open fails');
-  t.equal(passed.length, 2, 'two streams got through');
-  await Promise.all(passed);
+  t.equal(front.passed.length, 2, 'two streams got through');
+  await Promise.all(front.passed);
   t.pass('and the upstream closed both');
 });

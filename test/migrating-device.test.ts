@@ -252,28 +252,34 @@ t.test('a source that fails every fetch at once does not freeze the event loop',
   t.ok(upstream.fetchCalls.length < 500, `fetches were paced (${upstream.fetchCalls.length} in 500 ms)`);
 });
 
+/** A device of `size` bytes past its cutover with every block still missing, over a file image; the source is never asked. */
+function emptyAfterCutover(t: Test, size: number) {
+  const upstream = new FakeUpstream(Buffer.alloc(0));
+  Object.defineProperty(upstream, 'size', { value: size });
+  const dir = tempDir(t);
+  const local = FileDevice.open(path.join(dir, 'img'), { createSize: size });
+  const map = BlockMap.create(path.join(dir, 'state'), {
+    blockSize: BS,
+    imageSize: size,
+    sourceIdentity: upstream.identity,
+    sourceUrl: upstream.description,
+    phase: 'post-copy',
+    trackingEpoch: '',
+    session: 'test',
+  });
+  const device = new MigratingDevice(local, map, upstream, { fetchTimeoutMs: 10_000 }, log);
+  t.teardown(async () => {
+    map.close();
+    await device.close();
+  });
+  return { upstream, local, map, device };
+}
+
 t.test(
   'a WRITE_ZEROES that must keep its blocks allocated (NO_HOLE) claims one slice of blocks at a time',
   async (t) => {
     const size = 256 << 20;
-    const upstream = new FakeUpstream(Buffer.alloc(0));
-    Object.defineProperty(upstream, 'size', { value: size });
-    const dir = tempDir(t);
-    const local = FileDevice.open(path.join(dir, 'img'), { createSize: size });
-    const map = BlockMap.create(path.join(dir, 'state'), {
-      blockSize: BS,
-      imageSize: size,
-      sourceIdentity: upstream.identity,
-      sourceUrl: upstream.description,
-      phase: 'post-copy',
-      trackingEpoch: '',
-      session: 'test',
-    });
-    const device = new MigratingDevice(local, map, upstream, { fetchTimeoutMs: 10_000 }, log);
-    t.teardown(async () => {
-      map.close();
-      await device.close();
-    });
+    const { upstream, local, map, device } = emptyAfterCutover(t, size);
     let maxInTransit = 0;
     let zeroCalls = 0;
     const zeroLocally = local.zero.bind(local);
@@ -299,24 +305,7 @@ t.test(
 
 t.test('a 4 GiB WRITE_ZEROES and TRIM hold a bounded number of records at a time and let other work run', async (t) => {
   const size = 4 * 1024 ** 3;
-  const upstream = new FakeUpstream(Buffer.alloc(0));
-  Object.defineProperty(upstream, 'size', { value: size });
-  const dir = tempDir(t);
-  const local = FileDevice.open(path.join(dir, 'img'), { createSize: size });
-  const map = BlockMap.create(path.join(dir, 'state'), {
-    blockSize: BS,
-    imageSize: size,
-    sourceIdentity: upstream.identity,
-    sourceUrl: upstream.description,
-    phase: 'post-copy',
-    trackingEpoch: '',
-    session: 'test',
-  });
-  const device = new MigratingDevice(local, map, upstream, { fetchTimeoutMs: 10_000 }, log);
-  t.teardown(async () => {
-    map.close();
-    await device.close();
-  });
+  const { upstream, local, map, device } = emptyAfterCutover(t, size);
   let maxInTransit = 0;
   let zeroedAtOnce = 0;
   let maxAtOnce = 0;
