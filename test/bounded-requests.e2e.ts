@@ -32,8 +32,12 @@ const BIG = 2 ** 32 - 4096;
 /** Data extents spread over the image, so punching them costs what it costs on a used disk. */
 const EXTENT = 16 << 20;
 const EXTENTS = 8;
-/** The loop-stall bound asserted; the idle-machine figure is far below (docs/benchmarks.md). */
-const STALL_BOUND_MS = 250;
+/**
+ * The loop-stall bound asserted: well under the 1.6 s one such request held the loop when it
+ * was handled whole, and above what a probe read waited once while the whole e2e suite ran
+ * beside it (365 ms). The idle-machine figures are far below (docs/benchmarks.md).
+ */
+const STALL_BOUND_MS = 1000;
 const HEAP_BOUND = 16 << 20;
 
 function usedImage(file: string): void {
