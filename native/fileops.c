@@ -65,6 +65,75 @@ static napi_value zero_range(napi_env env, napi_callback_info info) {
   return fallocate_mode(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "fallocate(ZERO_RANGE)");
 }
 
+// punchHoleAsync / zeroRangeAsync(fd, offset, length, callback): the same in a thread-pool
+// task; then callback(errno, 0 = done). fallocate can wait for the file system's journal,
+// which must not hold the event loop.
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+  int fd;
+  int mode;
+  off_t offset;
+  off_t length;
+  int error;
+} fallocate_task;
+
+static void fallocate_execute(napi_env env, void *data) {
+  (void)env;
+  fallocate_task *f = data;
+  int r;
+  do r = fallocate(f->fd, f->mode, f->offset, f->length);
+  while (r != 0 && errno == EINTR);
+  f->error = r == 0 ? 0 : errno;
+}
+
+static void fallocate_complete(napi_env env, napi_status status, void *data) {
+  fallocate_task *f = data;
+  napi_value callback, global, value;
+  napi_create_int32(env, status == napi_ok ? f->error : ECANCELED, &value);
+  napi_get_reference_value(env, f->callback, &callback);
+  napi_get_global(env, &global);
+  napi_delete_reference(env, f->callback);
+  napi_delete_async_work(env, f->work);
+  free(f);
+  napi_call_function(env, global, callback, 1, &value, NULL);
+}
+
+static napi_value fallocate_start(napi_env env, napi_callback_info info, int mode, const char *name) {
+  napi_value argv[4];
+  size_t argc = 4;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int64_t a[3];
+  napi_valuetype callbackType = napi_undefined;
+  if (argc == 4) napi_typeof(env, argv[3], &callbackType);
+  if (argc != 4 || callbackType != napi_function || napi_get_value_int64(env, argv[0], &a[0]) != napi_ok ||
+      napi_get_value_int64(env, argv[1], &a[1]) != napi_ok || napi_get_value_int64(env, argv[2], &a[2]) != napi_ok ||
+      a[1] < 0 || a[2] <= 0) {
+    napi_throw_type_error(env, NULL, "fallocate task: (fd, offset, length > 0, callback)");
+    return NULL;
+  }
+  fallocate_task *f = calloc(1, sizeof *f);
+  if (!f) return throw_errno(env, name, ENOMEM);
+  f->fd = (int)a[0];
+  f->mode = mode;
+  f->offset = (off_t)a[1];
+  f->length = (off_t)a[2];
+  napi_value resource;
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource);
+  napi_create_reference(env, argv[3], 1, &f->callback);
+  napi_create_async_work(env, NULL, resource, fallocate_execute, fallocate_complete, f, &f->work);
+  napi_queue_async_work(env, f->work);
+  return NULL;
+}
+
+static napi_value punch_hole_async(napi_env env, napi_callback_info info) {
+  return fallocate_start(env, info, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, "ferry.punchHole");
+}
+
+static napi_value zero_range_async(napi_env env, napi_callback_info info) {
+  return fallocate_start(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "ferry.zeroRange");
+}
+
 // seek(fd, offset, whence): SEEK_DATA (3) / SEEK_HOLE (4); -1 when past the last data.
 static napi_value seek(napi_env env, napi_callback_info info) {
   int64_t a[3];
@@ -260,6 +329,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
       {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default, NULL},
+      {"punchHoleAsync", NULL, punch_hole_async, NULL, NULL, NULL, napi_default, NULL},
+      {"zeroRangeAsync", NULL, zero_range_async, NULL, NULL, NULL, napi_default, NULL},
       {"seek", NULL, seek, NULL, NULL, NULL, napi_default, NULL},
       {"preadNoWait", NULL, pread_nowait, NULL, NULL, NULL, napi_default, NULL},
       {"pwriteNoWait", NULL, pwrite_nowait, NULL, NULL, NULL, napi_default, NULL},

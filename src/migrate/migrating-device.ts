@@ -204,20 +204,25 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
 
   /**
    * Zeroes [at, at+n) and holds its missing blocks with no await in between,
-   * when the image can punch a hole on this thread, every missing block in
-   * the range is covered whole and nobody works on any of them: nothing can
-   * interleave, so no claim is needed, and gigabytes of zeros make no
-   * per-block record. Returns false (having changed nothing) otherwise.
+   * when the image can punch a hole on this thread, the range has missing
+   * blocks, every one covered whole and nobody working on any of them:
+   * nothing can interleave, so no claim is needed, and gigabytes of zeros
+   * make no per-block record. Returns false (having changed nothing) otherwise.
    */
   private zeroAtOnce(at: number, n: number, noHole: boolean): boolean {
     if (!this.local.zeroNow || noHole || this.phaseNow !== 'post-copy') return false;
     const [first, last] = this.blocksOf(at, n);
     const end = at + n;
+    let missing = false;
     for (let b = first; b <= last; b++) {
       if (this.map.isHeld(b)) continue;
       const whole = b * this.bs >= at && Math.min((b + 1) * this.bs, this.size) <= end;
       if (!whole || this.states.transit(b)) return false;
+      missing = true;
     }
+    // Every block held: nothing to guard, so the image is zeroed off the event loop (modify()
+    // claims nothing then), where a file system's journal may keep fallocate waiting.
+    if (!missing) return false;
     try {
       this.local.zeroNow(at, n);
     } catch (e) {

@@ -8,6 +8,7 @@
  * VM reads again must never show.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import { BlockDevice, BlockDeviceError, BlockSizeHint, Extent, ExtentFlags, ZeroOptions } from './block-device';
 import { fileOps, SEEK_DATA, SEEK_HOLE } from './fileops';
 import { blockDeviceGeometry } from './device-geometry';
@@ -151,7 +152,7 @@ export class FileDevice implements BlockDevice {
     if (this.sectorSize !== null) return this.zero(offset, length, { fua, noHole: false, fastZero: false });
     if (!fileOps) return; // TRIM is advisory; not advertised without the addon
     try {
-      await inSlices(offset, length, (at, n) => fileOps!.punchHole(this.fd, at, n));
+      await inSlices(offset, length, (at, n) => inPool(fileOps!.punchHoleAsync, this.fd, at, n));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOTSUP') throw deviceError(e as NodeJS.ErrnoException, 'trim');
     }
@@ -190,8 +191,11 @@ export class FileDevice implements BlockDevice {
         // A block device zeroes a range by writing it (ZERO_RANGE there may write, and would block this thread).
         if (options.noHole && this.sectorSize !== null)
           throw Object.assign(new Error('allocated zeros are written on a block device'), { code: 'ENOTSUP' });
+        // A file's range off the event loop; a block device's partial sectors are written here.
         await inSlices(offset, length, (at, n) =>
-          options.noHole ? ops.zeroRange(this.fd, at, n) : this.punchHole(at, n),
+          this.sectorSize !== null
+            ? this.punchHole(at, n)
+            : inPool(options.noHole ? ops.zeroRangeAsync : ops.punchHoleAsync, this.fd, at, n),
         );
         if (options.fua) await this.flush();
         return;
@@ -284,15 +288,38 @@ export class FileDevice implements BlockDevice {
  * of milliseconds, so one request for gigabytes must not run in one go.
  * Slice edges fall on multiples of the slice size.
  */
-async function inSlices(offset: number, length: number, op: (at: number, n: number) => void): Promise<void> {
+async function inSlices(
+  offset: number,
+  length: number,
+  op: (at: number, n: number) => void | Promise<void>,
+): Promise<void> {
   const end = offset + length;
   for (let at = offset; at < end;) {
     const next = Math.min(end, (Math.floor(at / FALLOCATE_SLICE) + 1) * FALLOCATE_SLICE);
-    op(at, next - at);
+    const done = op(at, next - at);
     at = next;
-    if (at < end) await new Promise((resolve) => setImmediate(resolve));
+    if (done) await done;
+    else if (at < end) await new Promise((resolve) => setImmediate(resolve));
   }
 }
+
+/** One of the addon's thread-pool fallocate tasks; its errno becomes an error with the errno's name as code. */
+function inPool(
+  task: (fd: number, offset: number, length: number, callback: (errno: number) => void) => void,
+  fd: number,
+  offset: number,
+  length: number,
+): Promise<void> {
+  return new Promise((resolve, reject) =>
+    task(fd, offset, length, (errno) => {
+      if (errno === 0) return resolve();
+      const code = errno === os.constants.errno.EOPNOTSUPP ? 'ENOTSUP' : (ERRNO_NAMES.get(errno) ?? 'EIO');
+      reject(Object.assign(new Error(`fallocate: ${code} (errno ${errno})`), { errno, code }));
+    }),
+  );
+}
+
+const ERRNO_NAMES = new Map<number, string>(Object.entries(os.constants.errno).map(([name, n]) => [n, name]));
 
 function deviceError(err: NodeJS.ErrnoException, what: string): BlockDeviceError {
   const errno = err.code === 'ENOSPC' || err.code === 'EDQUOT' ? 'ENOSPC' : 'EIO';

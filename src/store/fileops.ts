@@ -10,6 +10,9 @@ import type { Logger } from 'pino';
 export interface FileOps {
   punchHole(fd: number, offset: number, length: number): void;
   zeroRange(fd: number, offset: number, length: number): void;
+  /** The same two in a thread-pool task (fallocate can wait for the journal); then callback(errno, 0 = done). */
+  punchHoleAsync(fd: number, offset: number, length: number, callback: (errno: number) => void): void;
+  zeroRangeAsync(fd: number, offset: number, length: number, callback: (errno: number) => void): void;
   /** SEEK_DATA = 3, SEEK_HOLE = 4; returns -1 past the last data. */
   seek(fd: number, offset: number, whence: number): number;
   /** Reads what the page cache holds without blocking; -1 when it would block. */
@@ -34,6 +37,8 @@ export const FILEOPS_ADDON = path.join(__dirname, '..', '..', '..', 'native', 'b
 const FILEOPS_FUNCTIONS = [
   'punchHole',
   'zeroRange',
+  'punchHoleAsync',
+  'zeroRangeAsync',
   'seek',
   'preadNoWait',
   'pwriteNoWait',
