@@ -10,6 +10,8 @@ const fn = (): void => undefined;
 const complete = {
   punchHole: fn,
   zeroRange: fn,
+  punchHoleAsync: fn,
+  zeroRangeAsync: fn,
   seek: fn,
   preadNoWait: fn,
   pwriteNoWait: fn,
