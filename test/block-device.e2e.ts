@@ -6,8 +6,11 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { FileDevice } from '../src/store/file-device';
 import { NbdClient } from '../src/nbd/client';
+import { NbdError } from '../src/nbd/client-requests';
+import { CommandFlag } from '../src/nbd/protocol';
 import { startFerry, servingPort } from './helpers/ferry-daemon';
 import { loopDevice } from './helpers/loop-device';
 import { patternBytes, tempDir } from './helpers/temp-dir';
@@ -177,4 +180,40 @@ t.test('an abort onto a block device removes the state and keeps the device', as
   t.ok(fs.statSync(loop).isBlockDevice(), 'the device node is still there');
   t.notOk(fs.existsSync(state), 'the state is removed');
   t.notOk(fs.existsSync(`${state}.creating`), 'and no record is left');
+});
+
+t.test('a WRITE_ZEROES that must allocate on a full file system answers ENOSPC and keeps the data', async (t) => {
+  const dir = tempDir(t);
+  const loop = loopDevice(t, dir, 8 * MiB);
+  if (!loop) return;
+  if (spawnSync('mkfs.ext4', ['-q', '-F', loop]).status !== 0) {
+    t.plan(0, 'skipped: mkfs.ext4 failed on the loop device');
+    return;
+  }
+  const mnt = path.join(dir, 'small');
+  fs.mkdirSync(mnt);
+  if (spawnSync('mount', [loop, mnt]).status !== 0) {
+    t.plan(0, 'skipped: cannot mount the loop device');
+    return;
+  }
+  t.teardown(() => void spawnSync('umount', ['-l', mnt]));
+  // A 64 MiB image on a 6 MiB file system: sparse, so it fits until something allocates.
+  const image = path.join(mnt, 'disk.img');
+  fs.writeFileSync(image, '');
+  fs.truncateSync(image, 64 * MiB);
+  const serve = await startFerry(t, ['serve', '--image', image, '--listen', '127.0.0.1:0']);
+  const vm = await NbdClient.connect({ host: '127.0.0.1', port: servingPort(serve) }, { exportName: '' });
+  const data = patternBytes(MiB, 5);
+  await vm.write(0, data);
+  await vm.flush();
+  const err = await vm.zero(8 * MiB, 32 * MiB, CommandFlag.NoHole).then(
+    () => null,
+    (e: NbdError) => e,
+  );
+  t.equal(err?.errno, 28, 'allocated zeros that do not fit: ENOSPC');
+  t.ok((await vm.read(0, MiB)).equals(data), 'the data written before is intact');
+  await vm.zero(2 * MiB, 4 * MiB); // a hole allocates nothing
+  t.ok((await vm.read(2 * MiB, 4096)).equals(Buffer.alloc(4096)), 'a punched range still reads as zeros');
+  await vm.close();
+  t.equal(await serve.stop(), 0);
 });
