@@ -9,7 +9,6 @@
 import t, { Test } from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import pino from 'pino';
 import { FileDevice } from '../src/store/file-device';
@@ -183,31 +182,13 @@ async function nbdSource(t: Test): Promise<{ port: number; image: Buffer }> {
   return { port: server.port!, image };
 }
 
-/**
- * A front for `port` that passes the first `passing` connections through and closes every
- * later one at once; `passed` resolves, one promise each, when a passed connection closes.
- */
-async function frontPassing(
-  t: Test,
-  port: number,
-  passing: number,
-): Promise<{ port: number; passed: Array<Promise<void>> }> {
-  const passed: Array<Promise<void>> = [];
-  const front = net.createServer((socket) => {
-    if (passed.length === passing) {
-      socket.destroy();
-      return;
-    }
-    const back = net.connect(port, '127.0.0.1');
-    socket.pipe(back).pipe(socket);
-    socket.on('error', () => back.destroy());
-    back.on('error', () => socket.destroy());
-    back.on('close', () => socket.destroy());
-    passed.push(new Promise((resolve) => socket.on('close', () => resolve())));
-  });
-  await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => front.close());
-  return { port: (front.address() as net.AddressInfo).port, passed };
+/** A proxy in front of `port` that forwards the first `passing` connections and resets the rest. */
+async function proxyPassing(t: Test, port: number, passing: number): Promise<{ proxy: FaultProxy; port: number }> {
+  const proxy = new FaultProxy({ host: '127.0.0.1', port }, Math.random);
+  proxy.acceptOnly(passing);
+  const proxyPort = await proxy.start();
+  t.teardown(() => proxy.close());
+  return { proxy, port: proxyPort };
 }
 
 t.test("a plain NBD source's reads are counted across reconnects", async (t) => {
@@ -227,10 +208,10 @@ t.test("a plain NBD source's reads are counted across reconnects", async (t) => 
 t.test('a plain NBD source that takes one connection and drops the other leaves none open', async (t) => {
   const source = await nbdSource(t);
   // The upstream's two connections are made together, so either may be the one dropped.
-  const front = await frontPassing(t, source.port, 1);
+  const front = await proxyPassing(t, source.port, 1);
   await t.rejects(NbdUpstream.open(`nbd://127.0.0.1:${front.port}/disk`, pino({ level: 'silent' })), 'the open fails');
-  t.equal(front.passed.length, 1, 'one connection got through');
-  await Promise.all(front.passed);
+  t.equal(front.proxy.connections, 1, 'one connection got through');
+  await front.proxy.whenNoneOpen();
   t.pass('and the upstream closed it');
 });
 
@@ -242,7 +223,7 @@ t.test('a ferry source that takes some streams and drops one leaves none open', 
   t.teardown(() => source.close());
   // The urgent stream and one background stream get through: the background streams are opened
   // together, so either may be the one dropped.
-  const front = await frontPassing(t, source.port, 2);
+  const front = await proxyPassing(t, source.port, 2);
   const opening = WireUpstream.open(
     `ferry://127.0.0.1:${front.port}/disk.img`,
     { kind: 'insecure' },
@@ -251,7 +232,7 @@ t.test('a ferry source that takes some streams and drops one leaves none open', 
     source.log,
   );
   await t.rejects(opening, 'the open fails');
-  t.equal(front.passed.length, 2, 'two streams got through');
-  await Promise.all(front.passed);
+  t.equal(front.proxy.connections, 2, 'two streams got through');
+  await front.proxy.whenNoneOpen();
   t.pass('and the upstream closed both');
 });

@@ -8,11 +8,11 @@
  * VM reads again must never show.
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import { BlockDevice, BlockDeviceError, BlockSizeHint, Extent, ExtentFlags, ZeroOptions } from './block-device';
 import { fileOps, SEEK_DATA, SEEK_HOLE } from './fileops';
 import { blockDeviceGeometry } from './device-geometry';
 import { WriteBatcher } from './write-batch';
+import { errnoError } from './errno-error';
 
 const ZERO_CHUNK = 1 << 20;
 const MAX_STATUS_EXTENTS = 512;
@@ -303,7 +303,7 @@ async function inSlices(
   }
 }
 
-/** One of the addon's thread-pool fallocate tasks; its errno becomes an error with the errno's name as code. */
+/** One of the addon's thread-pool fallocate tasks, as a promise. */
 function inPool(
   task: (fd: number, offset: number, length: number, callback: (errno: number) => void) => void,
   fd: number,
@@ -311,15 +311,9 @@ function inPool(
   length: number,
 ): Promise<void> {
   return new Promise((resolve, reject) =>
-    task(fd, offset, length, (errno) => {
-      if (errno === 0) return resolve();
-      const code = errno === os.constants.errno.EOPNOTSUPP ? 'ENOTSUP' : (ERRNO_NAMES.get(errno) ?? 'EIO');
-      reject(Object.assign(new Error(`fallocate: ${code} (errno ${errno})`), { errno, code }));
-    }),
+    task(fd, offset, length, (errno) => (errno === 0 ? resolve() : reject(errnoError(errno, 'fallocate')))),
   );
 }
-
-const ERRNO_NAMES = new Map<number, string>(Object.entries(os.constants.errno).map(([name, n]) => [n, name]));
 
 function deviceError(err: NodeJS.ErrnoException, what: string): BlockDeviceError {
   const errno = err.code === 'ENOSPC' || err.code === 'EDQUOT' ? 'ENOSPC' : 'EIO';

@@ -5,13 +5,11 @@
  * more than a 4 KiB write itself; the writes of one batch share it. Large
  * writes still get a task each, so they keep running in parallel.
  */
-import os from 'node:os';
 import type { FileOps } from './fileops';
+import { errnoError } from './errno-error';
 
 /** A batch is sent at once when its bytes reach this (and at the end of the turn otherwise). */
 const BATCH_BYTES = 256 * 1024;
-
-const errnoNames = new Map<number, string>(Object.entries(os.constants.errno).map(([name, n]) => [n, name]));
 
 export class WriteBatcher {
   private buffers: Buffer[] = [];
@@ -73,9 +71,4 @@ export class WriteBatcher {
       if (this.outstanding === 0 && this.buffers.length === 0) for (const wake of this.idleWaiters.splice(0)) wake();
     });
   }
-}
-
-function errnoError(errno: number, syscall: string): NodeJS.ErrnoException {
-  const code = errnoNames.get(errno) ?? 'EIO';
-  return Object.assign(new Error(`${code}: ${syscall} failed (errno ${errno})`), { errno, code, syscall });
 }

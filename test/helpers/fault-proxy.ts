@@ -4,7 +4,8 @@
  * blackhole (connections accepted and kept, nothing forwarded either way,
  * nothing closed, nothing lost), and flip one random bit in a share of the 1460-byte
  * segments it forwards towards the client. It keeps its port across modes,
- * so the peer reconnects where it always did.
+ * so the peer reconnects where it always did. `acceptOnly(n)` forwards the
+ * first n connections and resets every later one.
  */
 import net from 'node:net';
 
@@ -16,6 +17,8 @@ export class FaultProxy {
   /** Connections accepted (refused ones never are). */
   connections = 0;
   private mode: LinkMode = 'forward';
+  private limit = Infinity;
+  private readonly noneOpen: Array<() => void> = [];
   private server: net.Server | null = null;
   private readonly pairs = new Set<{ client: net.Socket; upstream: net.Socket }>();
   private port = 0;
@@ -56,6 +59,17 @@ export class FaultProxy {
     if (mode !== 'refuse' && !this.server) await this.listen();
   }
 
+  /** From now on connections past the first `n` accepted are reset as they come. */
+  acceptOnly(n: number): void {
+    this.limit = n;
+  }
+
+  /** Resolves once no forwarded connection is open. */
+  whenNoneOpen(): Promise<void> {
+    if (this.pairs.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.noneOpen.push(resolve));
+  }
+
   async close(): Promise<void> {
     for (const p of this.pairs) this.reset(p);
     const s = this.server;
@@ -82,7 +96,7 @@ export class FaultProxy {
 
   private accept(client: net.Socket): void {
     client.on('error', () => undefined);
-    if (this.mode === 'reset') return void client.resetAndDestroy();
+    if (this.mode === 'reset' || this.connections >= this.limit) return void client.resetAndDestroy();
     this.connections++;
     const upstream = net.connect(this.target.port, this.target.host);
     const pair = { client, upstream };
@@ -94,6 +108,7 @@ export class FaultProxy {
         this.pairs.delete(pair);
         client.destroy();
         upstream.destroy();
+        if (this.pairs.size === 0) for (const wake of this.noneOpen.splice(0)) wake();
       });
     }
     // A blackhole stops reading both ways: the kernel's buffers fill and the senders wait, as on a
