@@ -61,6 +61,41 @@ t.test('a VM claim wins over a fetch in flight; preconditions are checked', asyn
   t.throws(() => s.startFetch(3, false), /startFetch is not allowed while it is held/);
 });
 
+t.test('a VM claim of a fetch the source wrote over still ends held: the VM write is the latest', async (t) => {
+  const s = states(t);
+  // The final write set at cutover marks a fetch in flight stale; then the destination's VM writes the block whole.
+  const fetch = s.startFetch(6, false);
+  s.invalidate(6);
+  const claim = s.claim(6, 'vm');
+  t.notOk(claim.stale, 'the VM claim does not inherit the fetch staleness');
+  t.notOk(s.beginLanding(fetch), 'the stale fetch is still discarded');
+  s.claimApplied(claim);
+  t.equal(s.state(6), 'held', 'held: nothing may fetch the source bytes over the VM write');
+});
+
+t.test(
+  'a fetch started after the source wrote the block replaces the stale fetches instead of joining them',
+  async (t) => {
+    const s = states(t);
+    const stale = s.startFetch(7, false);
+    s.invalidate(7);
+    let ended = false;
+    void stale.done.then(() => (ended = true));
+    const fresh = s.startFetch(7, true);
+    t.not(fresh, stale, 'a new record');
+    t.notOk(fresh.stale);
+    await Promise.resolve();
+    t.ok(ended, 'the stale record ended: its waiters look again and find the new one');
+    t.equal(s.transit(7), fresh);
+    t.ok(s.beginLanding(fresh), 'the fresh bytes land');
+    s.landed(fresh);
+    t.equal(s.state(7), 'held');
+    t.notOk(s.beginLanding(stale), 'the stale bytes arriving later are discarded');
+    s.fetchFailed(stale);
+    t.equal(s.state(7), 'held', 'a stale fetch failing later changes nothing');
+  },
+);
+
 t.test('invalidate: held → missing, work in flight ends missing, a VM claim is a bug', async (t) => {
   const s = states(t);
   const t0 = s.startFetch(0, false);

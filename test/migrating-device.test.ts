@@ -29,7 +29,13 @@ function makeSource(blocks: number, tail = 1000): Buffer {
   return b;
 }
 
-function setup(t: Test, source: Buffer, upstream: FakeUpstream, fetchTimeoutMs = 10_000) {
+function setup(
+  t: Test,
+  source: Buffer,
+  upstream: FakeUpstream,
+  fetchTimeoutMs = 10_000,
+  phase: 'warming' | 'post-copy' = 'post-copy',
+) {
   const dir = tempDir(t);
   const local = FileDevice.open(path.join(dir, 'img'), { createSize: source.length });
   const map = BlockMap.create(path.join(dir, 'state'), {
@@ -37,7 +43,7 @@ function setup(t: Test, source: Buffer, upstream: FakeUpstream, fetchTimeoutMs =
     imageSize: source.length,
     sourceIdentity: upstream.identity,
     sourceUrl: upstream.description,
-    phase: 'post-copy',
+    phase,
     trackingEpoch: '',
     session: 'test',
   });
@@ -47,6 +53,11 @@ function setup(t: Test, source: Buffer, upstream: FakeUpstream, fetchTimeoutMs =
     await device.close();
   });
   return { dir, device, map, imagePath: path.join(dir, 'img') };
+}
+
+/** A destination before cutover: the source is still the authority. */
+function warmingDevice(t: Test, source: Buffer, upstream: FakeUpstream) {
+  return setup(t, source, upstream, 10_000, 'warming');
 }
 
 t.test('concurrent reads of a missing block cause one fetch', async (t) => {
@@ -81,6 +92,62 @@ t.test('a whole-block write during a fetch wins over the fetched copy', async (t
   await device.read(2 * BS, after);
   t.same(after, mine, 'the late fetch was discarded');
   t.ok(reader.equals(mine) || reader.equals(source.subarray(2 * BS, 3 * BS)), 'the concurrent read saw old or new');
+});
+
+t.test('a whole-block write after cutover wins over a copy the final write set made stale', async (t) => {
+  const source = makeSource(8);
+  // The source VM wrote block 2 while the background copy had it in flight; the final set carries that write.
+  const finalSet = [{ offset: 2 * BS + 100, length: 10 }];
+  const upstream = new (class extends FakeUpstream {
+    override cutover() {
+      return Promise.resolve({ ranges: finalSet, ack: () => undefined });
+    }
+  })(source);
+  const { device, map } = warmingDevice(t, source, upstream);
+  const release = upstream.holdFetches();
+  const copying = device.fetchBackgroundRun(device.claimBackgroundRun(2, 1)!);
+  await until(() => upstream.fetchCalls.length === 1, 'the copy of block 2 is in flight');
+  source.fill(0x5a, 2 * BS + 100, 2 * BS + 110);
+
+  const mine = Buffer.alloc(BS, 0xab);
+  await device.write(2 * BS, mine, false); // cuts over, then writes the block whole
+  t.equal(device.phase, 'post-copy');
+  t.ok(map.isHeld(2), 'the written block is held: nothing may fetch it again');
+  release();
+  await copying;
+  t.equal(device.counters.discardedFetches, 1, 'the copy in flight was discarded');
+  const after = Buffer.alloc(BS);
+  await device.read(2 * BS, after);
+  t.ok(after.equals(mine), 'the VM write is read back, not the source bytes');
+  t.equal(upstream.fetchCalls.length, 1, 'nothing fetched block 2 again');
+});
+
+t.test('a read after cutover of a block the final write set made stale does not wait for the stale copy', async (t) => {
+  const source = makeSource(8);
+  let releaseBackground!: () => void;
+  const backgroundGate = new Promise<void>((r) => (releaseBackground = r));
+  const upstream = new (class extends FakeUpstream {
+    override cutover() {
+      return Promise.resolve({ ranges: [{ offset: 3 * BS, length: 1 }], ack: () => undefined });
+    }
+    override async fetch(offset: number, length: number, priority: 'urgent' | 'background'): Promise<Buffer> {
+      if (priority === 'background') await backgroundGate; // the copy is queued behind the whole window
+      return super.fetch(offset, length, priority);
+    }
+  })(source);
+  const { device, map } = warmingDevice(t, source, upstream);
+  const copying = device.fetchBackgroundRun(device.claimBackgroundRun(3, 1)!);
+  source.fill(0x77, 3 * BS, 3 * BS + 1); // the source VM's last write, carried by the final set
+  await device.cutover();
+  const got = Buffer.alloc(BS);
+  await device.read(3 * BS, got);
+  t.ok(got.equals(source.subarray(3 * BS, 4 * BS)), 'the read returns the source bytes after its last write');
+  t.ok(map.isHeld(3), 'and keeps them');
+  releaseBackground();
+  await copying;
+  t.equal(device.counters.discardedFetches, 1, 'the stale copy arrived after and was discarded');
+  await device.read(3 * BS, got);
+  t.ok(got.equals(source.subarray(3 * BS, 4 * BS)));
 });
 
 t.test(

@@ -19,7 +19,8 @@
  *   it durable after the data).
  * - stale (a flag on fetching, landing, hole and seed claims): the source reported a
  *   write to the block after the work began, before cutover; whatever the work
- *   produces is discarded and the block ends missing.
+ *   produces is discarded and the block ends missing. A claim or a fetch that
+ *   begins after the write is not stale (see claim() and startFetch()).
  *
  * Contract: one thread; every transition is synchronous and checks its
  * precondition (a violation is a bug and throws); callers await only between
@@ -131,11 +132,21 @@ export class BlockStates extends EventEmitter {
     return b >= 0 && b < limit ? b : -1;
   }
 
-  /** missing → fetching, or one more fetch of a fetching block. */
+  /**
+   * missing → fetching, or one more fetch of a fetching block. A fetch that
+   * starts after the source wrote the block reads the new bytes, so it does
+   * not join the stale fetches (whose bytes are discarded): it replaces their
+   * record, which ends for its waiters, and they wait on the new one.
+   */
   startFetch(block: number, urgent: boolean): Transit {
     if (this.map.isHeld(block)) throw this.violation('startFetch', block);
     let t = this.transits.get(block);
     if (t && t.state !== 'fetching') throw this.violation('startFetch', block);
+    if (t?.stale) {
+      this.transits.delete(block);
+      (t as TransitRecord).finish();
+      t = undefined;
+    }
     t ??= this.open(block, 'fetching');
     t.fetches++;
     if (urgent) t.urgent = true;
@@ -198,12 +209,18 @@ export class BlockStates extends EventEmitter {
     return !t || t.state === 'fetching';
   }
 
-  /** missing | fetching → claimed: what is fetched from now on is discarded. */
+  /**
+   * missing | fetching → claimed: what is fetched from now on is discarded.
+   * A claim takes over the fetch's record (its waiters wait for the claim)
+   * but not its staleness: a source write that made the fetch stale is older
+   * than the claim's bytes, which cover the whole block.
+   */
   claim(block: number, kind: ClaimKind): Transit {
     if (!this.claimable(block)) throw this.violation('claim', block);
     const t = this.transits.get(block) ?? this.open(block, 'claimed');
     t.state = 'claimed';
     t.claimKind = kind;
+    t.stale = false;
     return t;
   }
 

@@ -46,6 +46,7 @@ export interface CopyCounters {
   bytesFetched: number;
   onDemandFetches: number;
   fetchErrors: number;
+  /** Fetched blocks thrown away on arrival: claimed, landed by another fetch, or written at the source since. */
   discardedFetches: number;
   /** Blocks never fetched: the source said they read as zeros. */
   zeroBlocksSkipped: number;
@@ -646,10 +647,14 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     let fetched = 0;
     let round = 0;
     const backoff = new Backoff(FAILED_FETCH_BACKOFF);
+    let failures = this.counters.fetchErrors;
     for (;;) {
-      if (round++ > 0 && !blocks.every((b) => this.map.isHeld(b) || unlanded?.has(b))) {
-        // Blocks went missing again (a fetch failed): back off on a real timer,
-        // so a source that fails at once cannot spin the event loop the VM's disk runs on.
+      const fetchesFailed = this.counters.fetchErrors !== failures;
+      failures = this.counters.fetchErrors;
+      if (round++ > 0 && fetchesFailed && !blocks.every((b) => this.map.isHeld(b) || unlanded?.has(b))) {
+        // Fetches failed and blocks are still missing: back off on a real timer, so a source
+        // that fails at once cannot spin the event loop the VM's disk runs on. A block that went
+        // missing because its bytes were stale is fetched again at once.
         await pause(Math.min(backoff.next(), Math.max(0, deadline - Date.now())));
       }
       const waiting: Transit[] = [];
@@ -734,7 +739,6 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       for (const t of claims) this.states.claimFailed(t);
       throw e;
     }
-    this.counters.discardedFetches += claims.filter((t) => t.fetches > 0).length;
     for (const t of claims) this.states.claimApplied(t);
   }
 
