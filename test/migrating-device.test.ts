@@ -5,6 +5,8 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import pino from 'pino';
 import { FileDevice } from '../src/store/file-device';
+import type { BlockDevice, ZeroOptions } from '../src/store/block-device';
+import { DelegatingDevice } from '../src/store/delegating-device';
 import { BlockMap } from '../src/store/block-map';
 import { MigratingDevice } from '../src/migrate/migrating-device';
 import { BackgroundCopy } from '../src/migrate/background-copy';
@@ -35,9 +37,10 @@ function setup(
   upstream: FakeUpstream,
   fetchTimeoutMs = 10_000,
   phase: 'warming' | 'post-copy' = 'post-copy',
+  wrap: (file: BlockDevice) => BlockDevice = (file) => file,
 ) {
   const dir = tempDir(t);
-  const local = FileDevice.open(path.join(dir, 'img'), { createSize: source.length });
+  const local = wrap(FileDevice.open(path.join(dir, 'img'), { createSize: source.length }));
   const map = BlockMap.create(path.join(dir, 'state'), {
     blockSize: BS,
     imageSize: source.length,
@@ -56,8 +59,8 @@ function setup(
 }
 
 /** A destination before cutover: the source is still the authority. */
-function warmingDevice(t: Test, source: Buffer, upstream: FakeUpstream) {
-  return setup(t, source, upstream, 10_000, 'warming');
+function warmingDevice(t: Test, source: Buffer, upstream: FakeUpstream, wrap?: (file: BlockDevice) => BlockDevice) {
+  return setup(t, source, upstream, 10_000, 'warming', wrap);
 }
 
 t.test('concurrent reads of a missing block cause one fetch', async (t) => {
@@ -148,6 +151,50 @@ t.test('a read after cutover of a block the final write set made stale does not 
   t.equal(device.counters.discardedFetches, 1, 'the stale copy arrived after and was discarded');
   await device.read(3 * BS, got);
   t.ok(got.equals(source.subarray(3 * BS, 4 * BS)));
+});
+
+t.test(
+  'a tracking restart before anything is copied still voids the seed hashes and zero answers on their way',
+  async (t) => {
+    // The hash query is answered; then the source VM writes block 1 and the source dies before its
+    // report arrives; it comes back under a new tracking epoch, which knows nothing of that write.
+    const source = crypto.randomBytes(4 * BS);
+    const seed = Buffer.from(source);
+    const upstream = new FakeUpstream(source);
+    const { device, map } = warmingDevice(t, source, upstream);
+    const watch = device.watchZeroQuery();
+    source.fill(0x11, BS, 2 * BS);
+    t.equal(await device.invalidateAll(), 0, 'nothing was held');
+    const held = await device.holdSeedBlocks(0, seed, [0, 1, 2, 3], watch);
+    device.endZeroQuery(watch);
+    t.equal(held, 0, 'no block is held on hashes from before the restart');
+    t.notOk(map.isHeld(1), 'block 1 is not held with the bytes from before the lost write');
+  },
+);
+
+t.test('a hole run after an await skips blocks the source wrote during that await', async (t) => {
+  const source = Buffer.alloc(8 * BS); // all zeros when the zero query was answered
+  const upstream = new FakeUpstream(source);
+  /** No zeroNow (a delegating layer offers none): every hole is punched with an await; during the first, the source writes block 6. */
+  class AwaitedZero extends DelegatingDevice {
+    private first = true;
+    override async zero(offset: number, length: number, options: ZeroOptions): Promise<void> {
+      await this.inner.zero(offset, length, options);
+      if (!this.first) return;
+      this.first = false;
+      source.fill(0x22, 6 * BS, 7 * BS);
+      upstream.emit('dirty', { ranges: [{ offset: 6 * BS, length: BS }], ack: () => undefined });
+    }
+  }
+  const { device, map } = warmingDevice(t, source, upstream, (file) => new AwaitedZero(file));
+  // Block 3 is being fetched, so the slice is punched in two runs: blocks 0–2, then 4–7.
+  const fetching = device.states.startFetch(3, false);
+  const watch = device.watchZeroQuery();
+  await device.holdZeroRun(0, 8, watch);
+  device.endZeroQuery(watch);
+  device.states.fetchFailed(fetching);
+  t.ok(map.isHeld(5) && map.isHeld(7), 'the other blocks of the second run are holes');
+  t.notOk(map.isHeld(6), 'block 6, written during the first punch, is not held as zeros');
 });
 
 t.test(

@@ -390,8 +390,14 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   /** The source's tracking restarted: everything copied before cutover may be stale. */
   async invalidateAll(): Promise<number> {
     if (this.phaseNow === 'post-copy') return 0;
-    if (this.map.heldCount === 0 && this.states.inTransit === 0) return 0; // nothing copied yet
-    const n = this.invalidateRanges([{ offset: 0, length: this.size }]);
+    const whole = { offset: 0, length: this.size };
+    if (this.map.heldCount === 0 && this.states.inTransit === 0) {
+      // Nothing copied yet; but a zero-range or hash query out now may have been answered before
+      // writes the old tracking lost, and must not hold blocks on that answer.
+      for (const w of this.zeroWatches) w.ranges.push(whole);
+      return 0;
+    }
+    const n = this.invalidateRanges([whole]);
     await this.flush();
     return n;
   }
@@ -459,7 +465,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
     // In slices, so a hole of a terabyte neither blocks the event loop nor claims a terabyte at once.
     for (let from = first; from < end; from += ZERO_SLICE_BLOCKS) {
       const sliceEnd = Math.min(from + ZERO_SLICE_BLOCKS, end);
-      const written = watch ? this.blocksIn(watch.ranges, from, sliceEnd) : null;
+      let written = watch ? this.blocksIn(watch.ranges, from, sliceEnd) : null;
       let b = this.states.nextIdle(from, sliceEnd);
       while (b >= 0) {
         if (written?.has(b)) {
@@ -490,6 +496,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
           for (const t of run) this.states.claimFailed(t);
           throw e;
         }
+        // Source writes reported meanwhile to blocks not claimed yet: the next runs must skip them.
+        if (watch) written = this.blocksIn(watch.ranges, from, sliceEnd);
         for (const t of run) {
           const stale = t.stale;
           this.states.claimApplied(t);
