@@ -296,3 +296,51 @@ t.test('a restart under other write tracking makes every copied block missing ag
   t.equal(again.device.map.trackingEpoch, '', 'the new tracking is recorded');
   t.equal(again.status().blocksInvalidated, 32);
 });
+
+t.test(
+  'a cutover waits for tracking checks still queued: a write the restarted source never reported is not served stale',
+  async (t) => {
+    const content = crypto.randomBytes(8 * BS);
+    const source = new TrackingSource(Buffer.from(content), () => 0, 'stream');
+    // No periodic persist: the only flushes are the ones this test stalls or lets through.
+    const options = { ...migrationOptions(tempDir(t), source), persistIntervalMs: 3_600_000 };
+    const migration = await Migration.open(options, log);
+    t.teardown(() => migration.close());
+    const device = migration.device;
+    const turns = async (until: () => boolean): Promise<void> => {
+      while (!until()) await new Promise((r) => setImmediate(r));
+    };
+    migration.start();
+    await turns(() => device.map.heldCount === 8);
+
+    // The source restarts under new tracking; the check that causes waits in a slow flush.
+    let releaseFlush!: () => void;
+    const slow = new Promise<void>((r) => (releaseFlush = r));
+    const flush = device.flush.bind(device);
+    let stalled = 0;
+    device.flush = async () => {
+      if (stalled++ === 0) await slow;
+      return flush();
+    };
+    source.trackingEpoch = 'epoch-2';
+    source.emit('connected');
+    await turns(() => stalled === 1); // every block made missing, the check in its flush
+    await turns(() => device.map.heldCount === 8); // copied again from the restarted source
+    // Its VM writes block 0; it dies before reporting it and comes back under tracking that never knew it.
+    content.fill(0x3c, 0, BS);
+    content.copy(source.content, 0, 0, BS);
+    source.trackingEpoch = 'epoch-3';
+    source.emit('connected');
+
+    let cutOver = false;
+    const cutover = migration.cutover().then(() => (cutOver = true));
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    t.notOk(cutOver, 'the cutover waits for the queued check');
+    releaseFlush();
+    await cutover;
+    t.equal(device.phase, 'post-copy');
+    const got = Buffer.alloc(BS);
+    await device.read(0, got);
+    t.ok(got.equals(content.subarray(0, BS)), 'block 0 is read as the source VM last wrote it');
+  },
+);

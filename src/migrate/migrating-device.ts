@@ -95,6 +95,8 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
   private closed = false;
   /** Bytes asked of the source on demand that have not arrived yet (reads through included). */
   private urgentInFlight = 0;
+  /** What the cutover waits for before it applies the final write set (see waitBeforeFinalSet). */
+  private finalSetGate: (() => Promise<void>) | null = null;
 
   constructor(
     private readonly local: BlockDevice,
@@ -332,6 +334,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         this.sourceCutover = resolve;
         upstream.cutover().then(resolve, reject);
       }).finally(() => (this.sourceCutover = null)));
+    await this.finalSetGate?.();
     const invalidated = this.invalidateRanges(report.ranges);
     await this.flush();
     await this.map.setPhase('post-copy');
@@ -341,6 +344,17 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
       { ranges: report.ranges.length, blocksInvalidated: invalidated },
       'cutover complete: the destination is the authority',
     );
+  }
+
+  /**
+   * Work the cutover waits for once the source is fenced, before it applies
+   * the final write set: checks of the source's write tracking still queued.
+   * A source that restarted under new tracking may not report writes the old
+   * one took; those checks make every copied block missing, and once this
+   * side is the authority they no longer can.
+   */
+  waitBeforeFinalSet(gate: () => Promise<void>): void {
+    this.finalSetGate = gate;
   }
 
   private setPhase(phase: DevicePhase): void {

@@ -136,6 +136,7 @@ export class Migration extends EventEmitter implements MigrationControl {
     });
     this.checkTrackingEpoch(upstream);
     upstream.on('connected', () => this.checkTrackingEpoch(upstream));
+    device.waitBeforeFinalSet(() => this.trackingChecked());
     this.persistTimer = setInterval(() => {
       device.flush().catch((e: Error) => log.error({ err: e.message }, 'cannot persist progress'));
     }, options.persistIntervalMs);
@@ -378,6 +379,14 @@ export class Migration extends EventEmitter implements MigrationControl {
           );
       })
       .catch((e: Error) => this.log.error({ err: e.message }, 'cannot record the source tracking epoch'));
+  }
+
+  /** Resolves once every check of the source's tracking queued so far has run (more may queue meanwhile). */
+  private async trackingChecked(): Promise<void> {
+    for (let last = this.epochCheck; ; last = this.epochCheck) {
+      await last;
+      if (last === this.epochCheck) return;
+    }
   }
 
   /** Makes this side the authority now (ferry ctl cutover). */
