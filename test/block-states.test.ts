@@ -96,6 +96,23 @@ t.test(
   },
 );
 
+t.test('stale bytes the image refused are no error for their waiters: they fetch the block again', async (t) => {
+  const s = states(t);
+  const landing = s.startFetch(5, true);
+  t.ok(s.beginLanding(landing));
+  s.invalidate(5); // the final write set at cutover: the bytes being stored are the old ones
+  s.landingFailed(landing, new Error('ENOSPC'), Buffer.alloc(4096));
+  t.equal(landing.error, null);
+  t.equal(landing.unlanded, null, 'and the stale bytes are not served');
+  t.equal(s.state(5), 'missing');
+
+  const fresh = s.startFetch(5, true);
+  t.ok(s.beginLanding(fresh));
+  s.landingFailed(fresh, new Error('ENOSPC'), Buffer.alloc(4096, 1));
+  t.match(fresh.error, /ENOSPC/, 'fresh bytes refused: the error reaches the waiters');
+  t.ok(fresh.unlanded, 'and a reader is answered from them');
+});
+
 t.test('invalidate: held → missing, work in flight ends missing, a VM claim is a bug', async (t) => {
   const s = states(t);
   const t0 = s.startFetch(0, false);

@@ -184,10 +184,14 @@ export class BlockStates extends EventEmitter {
     this.close(t, !t.stale);
   }
 
-  /** landing → missing: the image refused the bytes; waiters see `error`. */
+  /**
+   * landing → missing: the image refused the bytes; waiters see `error`, and
+   * a reader is answered from `bytes`. Stale bytes were not wanted anyway:
+   * their waiters see no error and fetch the block again.
+   */
   landingFailed(t: Transit, error: Error, bytes: Buffer | null = null): void {
     this.expect(t, 'landing', 'landingFailed');
-    t.error = error;
+    t.error = t.stale ? null : error;
     t.unlanded = t.stale ? null : bytes;
     this.close(t, false);
   }
