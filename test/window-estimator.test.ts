@@ -57,6 +57,41 @@ t.test('never above the ceiling, never below the floor', async (t) => {
   t.ok(est.bytes >= 1000);
 });
 
+t.test(
+  'app-limited samples may raise the rate, never lower it: a stretch of cheap runs keeps the link rate',
+  async (t) => {
+    const clock = { t: 0 };
+    const est = new WindowEstimator(1 << 20, 64 << 20, 64 << 10, 64 << 10, () => clock.t);
+    const rate = 12_500; // 100 Mbit/s in bytes/ms
+    for (let i = 0; i < 40; i++) {
+      clock.t += 50;
+      est.sample(rate * 50, 50);
+    }
+    t.equal(est.rate, rate);
+    // Five seconds of runs that cost the link a hundredth of that: longer than the rate filter's span.
+    for (let i = 0; i < 100; i++) {
+      clock.t += 50;
+      est.sample((rate * 50) / 100, 50, 50, true);
+    }
+    t.equal(est.rate, rate, 'the rate the link carried is kept');
+    clock.t += 50;
+    est.sample(2 * rate * 50, 50, 50, true);
+    t.equal(est.rate, 2 * rate, 'an app-limited sample above the rate raises it');
+
+    // The same stretch not marked app-limited: the rate falls to what the cheap runs carried.
+    const plain = new WindowEstimator(1 << 20, 64 << 20, 64 << 10, 64 << 10, () => clock.t);
+    for (let i = 0; i < 40; i++) {
+      clock.t += 50;
+      plain.sample(rate * 50, 50);
+    }
+    for (let i = 0; i < 100; i++) {
+      clock.t += 50;
+      plain.sample((rate * 50) / 100, 50);
+    }
+    t.equal(plain.rate, rate / 100);
+  },
+);
+
 /**
  * An event-driven pipeline: a batch sent at t reaches the bottleneck after
  * half the base RTT, is serialised at `rate` behind whatever is queued, and

@@ -40,6 +40,8 @@ export interface BackgroundCopyOptions {
   hostWindow?: HostWindowMember;
   /** The clock the copy times its runs by, in ms (performance.now() unless a test runs its own). */
   now?: () => number;
+  /** The span of the window's latency filter in ms of that clock (its rate filter's is a quarter); default 10 s. */
+  filterMs?: number;
 }
 
 export class BackgroundCopy {
@@ -89,6 +91,7 @@ export class BackgroundCopy {
       Math.min(MIN_WINDOW, batchBytes),
       (options.queueBatches ?? 1) * batchBytes, // no rate yet: runs are full batches
       this.now,
+      options.filterMs,
     );
     device.on('store-error', () => {
       this.blockedUntil = Date.now() + options.storeErrorBackoffMs;
@@ -123,6 +126,11 @@ export class BackgroundCopy {
   /** The current in-flight target in wire bytes. */
   get windowBytes(): number {
     return this.window.bytes;
+  }
+
+  /** The delivery rate the window and the pace are reckoned from, wire bytes per ms. */
+  get deliveryRate(): number {
+    return this.window.rate;
   }
 
   /**
@@ -313,6 +321,11 @@ export class BackgroundCopy {
       const readAtSend = this.bytesRead();
       const stamp = readAtSend === null ? null : this.delivery.sent(sentAt, readAtSend, this.onLinkBytes === 0);
       this.onLinkBytes += wire;
+      // Less than a bandwidth-delay product on the link, this run included: the copy is not
+      // offering the link all it can carry (cheap runs of zeros or references under the image
+      // ceiling, a drain round), so this run's rate cannot say the link got slower (see
+      // WindowEstimator.sample).
+      const appLimited = this.onLinkBytes < this.window.rate * base;
       const receivedAtSend = this.link()?.bytesOnWire ?? null;
       const host = this.options.hostWindow;
       const hostInFlightAtSend = host?.sent(wire) ?? 0;
@@ -337,10 +350,10 @@ export class BackgroundCopy {
         // the latency; else its own predicted bytes (no counters, or a new upstream's that started over).
         const read = stamp ? this.bytesRead() : null;
         const delivery = stamp && read !== null ? this.delivery.arrived(stamp, now, read) : null;
-        if (delivery) this.window.sample(delivery.bytes, latency, delivery.intervalMs);
+        if (delivery) this.window.sample(delivery.bytes, latency, delivery.intervalMs, appLimited);
         else {
           const received = counters && receivedAtSend !== null ? counters.bytesOnWire - receivedAtSend : -1;
-          this.window.sample(received >= 0 ? received : wire, latency);
+          this.window.sample(received >= 0 ? received : wire, latency, latency, appLimited);
         }
         this.pacer.observe(this.window.rate, this.window.baseLatencyMs ?? 0, latency);
         this.reportPace();

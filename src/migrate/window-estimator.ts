@@ -72,13 +72,19 @@ export class WindowEstimator {
   /**
    * A run arrived `latencyMs` after it was sent; `deliveredBytes` arrived from the source
    * meanwhile (its own included), over `intervalMs` (the latency, unless the counts were dated).
+   * `appLimited`: the run went while something other than this window held the copy back (cheap
+   * runs of zeros or references under the image-bytes ceiling), so its rate says what the copy
+   * offered, not what the link can carry: as BBR does, it may raise the rate, never lower it.
+   * Otherwise a stretch of cheap runs longer than the rate filter's span leaves a rate of a tenth
+   * of the link, and the copy climbs back by probing rounds when data comes again.
    */
-  sample(deliveredBytes: number, latencyMs: number, intervalMs = latencyMs): void {
+  sample(deliveredBytes: number, latencyMs: number, intervalMs = latencyMs, appLimited = false): void {
     if (latencyMs <= 0) return;
     const t = this.now();
     this.latencies.record(t, latencyMs);
     const base = this.minLatency() ?? latencyMs;
-    if (intervalMs > 0) this.rates.record(t, deliveredBytes / intervalMs);
+    const rate = intervalMs > 0 ? deliveredBytes / intervalMs : 0;
+    if (intervalMs > 0 && (!appLimited || rate >= this.bestRate)) this.rates.record(t, rate);
     this.bestRate = Math.max(0, this.rates.value ?? 0);
     this.update(base);
   }
