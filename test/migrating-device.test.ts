@@ -153,6 +153,20 @@ t.test('a read after cutover of a block the final write set made stale does not 
   t.ok(got.equals(source.subarray(3 * BS, 4 * BS)));
 });
 
+t.test('a read before cutover hands the fetched buffer back once its bytes are copied out', async (t) => {
+  const source = makeSource(8);
+  const upstream = new FakeUpstream(source);
+  const { device, map } = warmingDevice(t, source, upstream);
+  const got = Buffer.alloc(100);
+  await device.read(2 * BS + 10, got);
+  t.ok(
+    got.equals(source.subarray(2 * BS + 10, 2 * BS + 110)),
+    'the bytes read are the source bytes (not the scribbled buffer)',
+  );
+  t.equal(upstream.recycled, 1, 'the buffer went back to the upstream');
+  t.equal(map.heldCount, 0, 'and nothing was kept');
+});
+
 t.test(
   'a tracking restart before anything is copied still voids the seed hashes and zero answers on their way',
   async (t) => {

@@ -605,6 +605,7 @@ export class MigratingDevice extends EventEmitter implements BlockDevice {
         if (data === null) continue;
         if (data.length !== to - from) throw new Error(`source returned ${data.length} bytes for ${to - from}`);
         data.copy(into, 0, offset - from, offset - from + into.length);
+        upstream.recycle?.(data); // copied out: the upstream may reuse it
         const ms = performance.now() - started;
         this.onDemandLatency.add(ms);
         if (to - from <= this.bs) this.onDemandBlockLatency.add(ms);
