@@ -131,8 +131,11 @@ for (const outage of outages) {
 
       const outageStarted = Date.now();
       await proxy.set(outage.modes[0]);
-      // A read of a block the copy has not reached: it waits for the link, then succeeds.
-      const far = rig.model.blocks - 1 - Math.floor(random() * 16);
+      // A read of a block the copy has not reached and the VM has not written (that would hold it):
+      // it waits for the link, then succeeds.
+      const touched = new Set(rig.model.touched);
+      const untouched = Array.from({ length: 16 }, (_, i) => rig.model.blocks - 1 - i).filter((b) => !touched.has(b));
+      const far = untouched[Math.floor(random() * untouched.length)];
       const waiting = checkedRead(rig, client, far, 'a read that waited for the link').then(() => void waitedReads++);
       let settled = false;
       void waiting.finally(() => (settled = true)).catch(() => undefined);
