@@ -53,7 +53,7 @@ class FakeDevice extends EventEmitter {
 function setUp(
   t: Test,
   windowBytes: number,
-  more: { pace?: (bytesPerSecond: number) => void; hostWindow?: HostWindowMember; filterMs?: number } = {},
+  more: { pace?: (bytesPerSecond: number) => void; hostWindow?: HostWindowMember } = {},
 ): { device: FakeDevice; copy: BackgroundCopy } {
   const device = new FakeDevice();
   const copy = new BackgroundCopy(
@@ -66,7 +66,6 @@ function setUp(
       storeErrorBackoffMs: 100,
       now: () => performance.now() / 1000,
       hostWindow: more.hostWindow,
-      filterMs: more.filterMs,
     },
     null,
     pino({ level: 'silent' }),
@@ -130,35 +129,6 @@ t.test('image bytes in flight stay under the ceiling however cheap the wire byte
     await full;
     t.ok(copy.bytesInFlight <= ceiling, `round ${round}: ${copy.bytesInFlight} ≤ ${ceiling}`);
   }
-});
-
-t.test('runs held back by the image ceiling, not the link, do not lower the delivery rate', async (t) => {
-  // A rate filter of a fifth of a real second (the copy's clock runs at a thousandth of real time),
-  // so the stretch of cheap runs below outlasts it.
-  const span = 0.2;
-  const { device, copy } = setUp(t, 8 * BATCH * BS, { filterMs: span * 4 });
-  // Rounds run for real time, as many as the machine manages: blocks must not run out.
-  device.map.blockCount = 2 ** 40;
-  const started = whenFull(device, copy);
-  copy.start();
-  await started;
-  const rounds = async (ratio: number, ms: number): Promise<void> => {
-    const end = performance.now() + ms;
-    while (performance.now() < end) {
-      const full = whenFull(device, copy);
-      device.completeAll(ratio);
-      await full;
-    }
-  };
-  await rounds(1, 500);
-  const raw = copy.deliveryRate;
-  t.ok(raw > 0, `raw runs: ${raw.toFixed(0)} bytes/ms`);
-  // The source answers with zero blocks: the ceiling holds the copy back while the wire window has room.
-  await rounds(1 / 256, 1000);
-  t.ok(
-    copy.deliveryRate >= raw / 2,
-    `after a stretch of cheap runs the rate is kept: ${copy.deliveryRate.toFixed(0)} against ${raw.toFixed(0)} bytes/ms`,
-  );
 });
 
 t.test('on-demand fetches on their way count in the window: the copy makes room for them', async (t) => {

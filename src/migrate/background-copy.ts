@@ -40,8 +40,6 @@ export interface BackgroundCopyOptions {
   hostWindow?: HostWindowMember;
   /** The clock the copy times its runs by, in ms (performance.now() unless a test runs its own). */
   now?: () => number;
-  /** The span of the window's latency filter in ms of that clock (its rate filter's is a quarter); default 10 s. */
-  filterMs?: number;
 }
 
 export class BackgroundCopy {
@@ -91,7 +89,6 @@ export class BackgroundCopy {
       Math.min(MIN_WINDOW, batchBytes),
       (options.queueBatches ?? 1) * batchBytes, // no rate yet: runs are full batches
       this.now,
-      options.filterMs,
     );
     device.on('store-error', () => {
       this.blockedUntil = Date.now() + options.storeErrorBackoffMs;
@@ -126,11 +123,6 @@ export class BackgroundCopy {
   /** The current in-flight target in wire bytes. */
   get windowBytes(): number {
     return this.window.bytes;
-  }
-
-  /** The delivery rate the window and the pace are reckoned from, wire bytes per ms. */
-  get deliveryRate(): number {
-    return this.window.rate;
   }
 
   /**
