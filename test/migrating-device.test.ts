@@ -99,13 +99,9 @@ t.test('a whole-block write during a fetch wins over the fetched copy', async (t
 
 t.test('a whole-block write after cutover wins over a copy the final write set made stale', async (t) => {
   const source = makeSource(8);
+  const upstream = new FakeUpstream(source);
   // The source VM wrote block 2 while the background copy had it in flight; the final set carries that write.
-  const finalSet = [{ offset: 2 * BS + 100, length: 10 }];
-  const upstream = new (class extends FakeUpstream {
-    override cutover() {
-      return Promise.resolve({ ranges: finalSet, ack: () => undefined });
-    }
-  })(source);
+  upstream.finalSet = [{ offset: 2 * BS + 100, length: 10 }];
   const { device, map } = warmingDevice(t, source, upstream);
   const release = upstream.holdFetches();
   const copying = device.fetchBackgroundRun(device.claimBackgroundRun(2, 1)!);
@@ -130,14 +126,12 @@ t.test('a read after cutover of a block the final write set made stale does not 
   let releaseBackground!: () => void;
   const backgroundGate = new Promise<void>((r) => (releaseBackground = r));
   const upstream = new (class extends FakeUpstream {
-    override cutover() {
-      return Promise.resolve({ ranges: [{ offset: 3 * BS, length: 1 }], ack: () => undefined });
-    }
     override async fetch(offset: number, length: number, priority: 'urgent' | 'background'): Promise<Buffer> {
       if (priority === 'background') await backgroundGate; // the copy is queued behind the whole window
       return super.fetch(offset, length, priority);
     }
   })(source);
+  upstream.finalSet = [{ offset: 3 * BS, length: 1 }];
   const { device, map } = warmingDevice(t, source, upstream);
   const copying = device.fetchBackgroundRun(device.claimBackgroundRun(3, 1)!);
   source.fill(0x77, 3 * BS, 3 * BS + 1); // the source VM's last write, carried by the final set

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import {
   emptyLinkStats,
+  type ByteRange,
   type DirtyReport,
   type FetchPriority,
   type LinkStats,
@@ -30,8 +31,11 @@ export class FakeUpstream extends EventEmitter implements Upstream {
     super();
   }
 
+  /** What cutover() hands over as the source's final write set. */
+  finalSet: ByteRange[] = [];
+
   cutover(): Promise<DirtyReport> {
-    return Promise.resolve({ ranges: [], ack: () => undefined });
+    return Promise.resolve({ ranges: this.finalSet, ack: () => undefined });
   }
 
   get size(): number {
