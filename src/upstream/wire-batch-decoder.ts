@@ -29,6 +29,13 @@ export function placeBlock(output: FetchOutput, blockOffset: number, bytes: Buff
 /** Runs a pool task, waiting for the pool's signal while its queue is full. */
 export async function whenQueued<T>(pool: CodecPool, task: () => Promise<T>, urgent: boolean): Promise<T> {
   for (;;) {
+    // Every waiter wakes when a queued task starts and one of them gets the room: the rest look
+    // before they ask, since a refusal builds an Error (its stack) each time (a tenth of a
+    // destination's main thread while a stretch of references arrived faster than it decoded).
+    if (!urgent && pool.isFull) {
+      await pool.whenNotFull();
+      continue;
+    }
     try {
       return await task();
     } catch (e) {

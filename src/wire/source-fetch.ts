@@ -181,7 +181,12 @@ function findRepeats(
 /** Encodes on the pool, waiting (not failing) while its bounded queue is full. */
 async function encodeOnPool(pool: CodecPool, buffer: ArrayBuffer, bs: number, urgent: boolean, codec: string) {
   for (;;) {
-    if (!urgent) await pool.whenNotFull();
+    // Every waiter wakes when a queued task starts and one of them gets the room: the rest look
+    // again before they ask, since a refusal builds an Error (its stack) each time.
+    if (!urgent && pool.isFull) {
+      await pool.whenNotFull();
+      continue;
+    }
     try {
       return await pool.encode(buffer, bs, { urgent, codec });
     } catch (e) {
