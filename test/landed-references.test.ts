@@ -236,3 +236,53 @@ t.test('after a restart the record is empty: the reference is hashed, and honour
   t.equal(upstream.stats.referencesUsed, 1);
   t.same(imageBytes(COPY), image.subarray(0, BS));
 });
+
+/** Blocks 8–12 all repeat block 0 (a stretch of one block repeated, as a file system's fill is). */
+function repeatedImage(): Buffer {
+  const image = crypto.randomBytes(BLOCKS * BS);
+  for (let b = 8; b <= 12; b++) image.copy(image, b * BS, 0, BS);
+  return image;
+}
+
+t.test('references in one batch to the same landed block read it once', async (t) => {
+  const image = repeatedImage();
+  const { upstream, open, copyBlock, imageBytes } = await setUp(t, image);
+  const reads: number[] = [];
+  const { device } = open(async (offset) => void reads.push(offset));
+  await copyBlock(device, 0);
+  const run = device.claimBackgroundRun(8, 5, 13);
+  t.equal(run?.length, 5, 'blocks 8–12 in one run');
+  await device.fetchBackgroundRun(run!);
+  const local = upstream.referenceChecks.fromRecord;
+  t.ok(local >= 2, `references to block 0 taken on its record: ${local}`);
+  t.same(
+    reads.filter((o) => o === 0),
+    [0],
+    'block 0 was read once for all of them',
+  );
+  for (let b = 8; b <= 12; b++) t.same(imageBytes(b), image.subarray(0, BS), `block ${b} is block 0's bytes`);
+});
+
+t.test('a VM write racing the one read of a repeated block: none of its references is taken', async (t) => {
+  const image = repeatedImage();
+  const { upstream, open, copyBlock, imageBytes, vmRead } = await setUp(t, image);
+  const mine = crypto.randomBytes(BS);
+  let device: MigratingDevice | null = null;
+  let raced = false;
+  ({ device } = open(async (offset) => {
+    if (offset !== 0 || raced) return;
+    raced = true;
+    await device!.write(0, mine, false);
+  }));
+  await copyBlock(device, 0);
+  const run = device.claimBackgroundRun(8, 5, 13);
+  await device.fetchBackgroundRun(run!);
+  t.ok(raced, 'the write raced the resolve');
+  t.equal(upstream.referenceChecks.fromRecord, 0, 'none taken on the record');
+  t.ok(upstream.stats.referencesRefused >= 1, `refused: ${upstream.stats.referencesRefused}`);
+  t.same(imageBytes(0), mine);
+  for (let b = 8; b <= 12; b++) {
+    t.same(imageBytes(b), image.subarray(0, BS), `block ${b} is the source's`);
+    t.same(await vmRead(device, b), image.subarray(0, BS), `and reads as the source's`);
+  }
+});

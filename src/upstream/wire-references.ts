@@ -74,6 +74,10 @@ export class ReferenceResolver {
     });
     const copy = new ArrayBuffer(scratch.length * bs);
     const reads: Array<Promise<void>> = [];
+    // Where in the output each target read so far lands, and the places to fill from there once read:
+    // a block repeated through a stretch of the image is read once per batch, not once per reference.
+    const readAt = new Map<number, number>();
+    const copies: Array<[from: number, to: number]> = [];
     // Consecutive references often point to consecutive blocks (a file copied earlier): one read per run.
     for (let j = 0; j < direct.length;) {
       let n = 1;
@@ -87,7 +91,12 @@ export class ReferenceResolver {
         wanted[k + n].i === wanted[k].i + n
       )
         n++;
-      reads.push(local.read(wanted[k].target * bs, out.subarray(at(k), at(k) + n * bs)));
+      const from = n === 1 ? readAt.get(wanted[k].target) : undefined;
+      if (from !== undefined) copies.push([from, at(k)]);
+      else {
+        reads.push(local.read(wanted[k].target * bs, out.subarray(at(k), at(k) + n * bs)));
+        for (let m = 0; m < n; m++) if (!readAt.has(wanted[k + m].target)) readAt.set(wanted[k + m].target, at(k + m));
+      }
       j += n;
     }
     for (let j = 0; j < scratch.length;) {
@@ -99,6 +108,8 @@ export class ReferenceResolver {
       j += n;
     }
     await Promise.all(reads);
+    // The copies hold what the read found; the watch, taken before it, covers them as it covers the read.
+    for (const [from, to] of copies) out.copy(out, to, from, from + bs);
     const toHash = [...scratch];
     const recheck: number[] = [];
     for (const k of direct) {
