@@ -15,7 +15,13 @@ class SharedLink {
   private wireFreeAt = 0;
   private events: Array<{ at: number; run: () => void }> = [];
   readonly host: HostWindow;
-  readonly members: Array<{ m: HostWindowMember; delivered: number; copying: boolean; runs: number }> = [];
+  readonly members: Array<{
+    m: HostWindowMember;
+    delivered: number;
+    copying: boolean;
+    runs: number;
+    inFlight: number;
+  }> = [];
   maxOver = 0;
   queueDelays: number[] = [];
   deliveredTotal = 0;
@@ -24,13 +30,20 @@ class SharedLink {
   handOverMs = 0;
   /** Each member's first two runs arrive this much later (cold connections; the link is not held). */
   coldMs = 0;
-  private seed = 1;
+  /** Wire bytes of each run (a run of zeros or references costs a fraction of `batch`). */
+  runWire: number;
+  /** Runs each member may have in flight (its image-bytes ceiling holds cheap runs back). */
+  maxRunsInFlight = Infinity;
+  /** Whether sends are marked app-limited as BackgroundCopy marks them. */
+  markAppLimited = true;
 
   constructor(
     readonly rate: number,
     readonly rtt: number,
     readonly batch: number,
+    private seed = 1,
   ) {
+    this.runWire = batch;
     this.host = new HostWindow({
       initialBytes: 2 * batch,
       floorBytes: Math.min(64 * KiB, batch),
@@ -42,7 +55,7 @@ class SharedLink {
   add(weight: number): number {
     const m = this.host.join(weight);
     const i = this.members.length;
-    this.members.push({ m, delivered: 0, copying: true, runs: 0 });
+    this.members.push({ m, delivered: 0, copying: true, runs: 0, inFlight: 0 });
     m.onWake(() => this.at(this.clock.t, () => this.fill(i)));
     this.at(this.clock.t, () => this.fill(i));
     return i;
@@ -55,23 +68,27 @@ class SharedLink {
 
   fill(i: number): void {
     const me = this.members[i];
-    while (me.copying && me.m.mayCopy(this.batch)) {
+    while (me.copying && me.inFlight < this.maxRunsInFlight && me.m.mayCopy(this.runWire)) {
+      const wire = this.runWire;
       const window = this.host.bytes;
       const before = this.host.bytesInFlight;
-      const inFlight = me.m.sent(this.batch);
+      const inFlight = me.m.sent(wire);
+      const appLimited = this.markAppLimited && me.m.appLimited(inFlight);
+      me.inFlight++;
       // A run goes only if half of it fits under the window (one may always go on an empty one).
       this.maxOver = Math.max(this.maxOver, before === 0 ? 0 : inFlight - window);
       const sentAt = this.clock.t;
       const start = Math.max(sentAt + this.rtt / 2, this.wireFreeAt);
       this.queueDelays.push(start - (sentAt + this.rtt / 2));
-      this.wireFreeAt = start + this.batch / this.rate;
+      this.wireFreeAt = start + wire / this.rate;
       this.seed = (this.seed * 1103515245 + 12345) % 2 ** 31;
       const cold = ++me.runs <= 2 ? this.coldMs : 0;
       const arrives = this.wireFreeAt + this.rtt / 2 + (this.handOverMs * this.seed) / 2 ** 31 + cold;
       this.at(arrives, () => {
-        me.delivered += this.batch;
-        this.deliveredTotal += this.batch;
-        me.m.delivered(this.batch, inFlight, this.clock.t - sentAt);
+        me.inFlight--;
+        me.delivered += wire;
+        this.deliveredTotal += wire;
+        me.m.delivered(wire, inFlight, this.clock.t - sentAt, appLimited);
         this.fill(i);
       });
     }
@@ -138,6 +155,64 @@ t.test(
   },
 );
 
+t.test('a stretch of cheap runs does not lower the shared rate: data after it fills the link at once', async (t) => {
+  const rate = 12_500; // bytes per ms: 100 Mbit/s
+  const rtt = 50;
+  const batch = 64 * KiB;
+  /** Link utilisation over the first ten round trips of data after five seconds of cheap runs. */
+  const afterCheapStretch = (markAppLimited: boolean): { utilisation: number; rate: number } => {
+    const link = new SharedLink(rate, rtt, batch);
+    link.markAppLimited = markAppLimited;
+    for (let i = 0; i < 8; i++) link.add(1);
+    link.runUntil(5_000);
+    // Zeros or references: a hundredth of the wire bytes each, four runs per copy under its image
+    // ceiling. The eight copies offer the link a few percent of what it carries, for longer than
+    // the rate's 2.5 s filter.
+    link.runWire = batch / 100;
+    link.maxRunsInFlight = 4;
+    link.runUntil(10_000);
+    link.runWire = batch;
+    link.maxRunsInFlight = Infinity;
+    for (let i = 0; i < 8; i++) link.fill(i);
+    const before = link.deliveredTotal;
+    link.runUntil(10_000 + 10 * rtt);
+    return { utilisation: (link.deliveredTotal - before) / (rate * 10 * rtt), rate: link.host.rate };
+  };
+  const marked = afterCheapStretch(true);
+  t.ok(marked.rate >= 0.9 * rate, `the rate is the link's still: ${Math.round(marked.rate)} bytes per ms`);
+  t.ok(
+    marked.utilisation >= 0.75,
+    `ten round trips after the stretch the link carries ${marked.utilisation.toFixed(2)} of its rate`,
+  );
+  // Unmarked, the cheap runs' rate became the window's, and probe rounds regrow it by a quarter a cycle.
+  const unmarked = afterCheapStretch(false);
+  t.ok(
+    unmarked.utilisation < 0.5 * marked.utilisation,
+    `without the marking: ${unmarked.utilisation.toFixed(2)} of the link in those round trips`,
+  );
+});
+
+t.test('a run is app-limited when the host has less than its product in flight', async (t) => {
+  const clock = { t: 0 };
+  const host = measured(clock); // 10 000 bytes per ms at 50 ms: a product of 500 000
+  const m = host.join(1);
+  t.ok(m.appLimited(400_000), 'under the product');
+  t.notOk(m.appLimited(500_000), 'at the product');
+  const rateBefore = host.rate;
+  for (let i = 0; i < 100; i++) {
+    clock.t += 50;
+    const atSend = m.sent(5_000);
+    m.delivered(5_000, atSend, 50, m.appLimited(atSend));
+  }
+  t.equal(host.rate, rateBefore, 'five seconds of app-limited runs leave the rate as it was');
+  for (let i = 0; i < 10; i++) {
+    clock.t += 50;
+    const atSend = m.sent(1_000_000);
+    m.delivered(1_000_000, atSend, 50, true);
+  }
+  t.ok(host.rate > 1.5 * rateBefore, `app-limited runs that carried more raise it: ${Math.round(host.rate)}`);
+});
+
 /** Deliveries of `bytes` every `everyMs` for `forMs`, each `latency` after its send, on a fake clock. */
 function deliver(
   clock: { t: number },
@@ -187,17 +262,23 @@ t.test('copies whose arrivals a busy process hands over late still find the link
   // runs take longer than the smallest latency the window is counted by, so the window holds
   // the rate below the link, and only a probe round (1.25 × the product) can show more. Over
   // eight round trips, where a probe moves the rate by 3%, they settled at 19 581.
-  const link = new SharedLink(62_500, 10, 32 * KiB);
-  link.handOverMs = 5;
-  for (let i = 0; i < 8; i++) link.add(1);
-  link.runUntil(3_000);
-  t.ok(link.host.rate >= 0.9 * 62_500, `the rate after 3 s: ${Math.round(link.host.rate)} bytes per ms`);
-  const before = link.deliveredTotal;
-  link.runUntil(5_000);
-  t.ok(
-    link.deliveredTotal - before >= 0.85 * 62_500 * 2_000,
-    `and the link carries it: ${((link.deliveredTotal - before) / (62_500 * 2_000)).toFixed(3)} of its rate`,
-  );
+  // The hand-over delays are pseudo-random and the runs' timing chaotic: a figure of one sequence
+  // moves by a few percent with any change of timing, so this is the mean of five sequences.
+  const seeds = [1, 7, 99, 12345, 777];
+  let rates = 0;
+  let carried = 0;
+  for (const seed of seeds) {
+    const link = new SharedLink(62_500, 10, 32 * KiB, seed);
+    link.handOverMs = 5;
+    for (let i = 0; i < 8; i++) link.add(1);
+    link.runUntil(3_000);
+    rates += link.host.rate / seeds.length;
+    const before = link.deliveredTotal;
+    link.runUntil(5_000);
+    carried += (link.deliveredTotal - before) / (62_500 * 2_000) / seeds.length;
+  }
+  t.ok(rates >= 0.9 * 62_500, `the rate after 3 s: ${Math.round(rates)} bytes per ms`);
+  t.ok(carried >= 0.85, `and the link carries it: ${carried.toFixed(3)} of its rate`);
 });
 
 t.test('deliveries a busy process hands over at once do not read as a faster link', async (t) => {

@@ -321,6 +321,7 @@ export class BackgroundCopy {
       const receivedAtSend = this.link()?.bytesOnWire ?? null;
       const host = this.options.hostWindow;
       const hostInFlightAtSend = host?.sent(wire) ?? 0;
+      const hostAppLimited = host?.appLimited(hostInFlightAtSend) ?? false;
       this.pacer.sent(wire, this.window.rate, base);
       // Both windows count the run until its bytes arrive: they bound what is on the link, and
       // the time it took is the path's (landing it in the image is the destination's own work).
@@ -349,7 +350,7 @@ export class BackgroundCopy {
         }
         this.pacer.observe(this.window.rate, this.window.baseLatencyMs ?? 0, latency);
         this.reportPace();
-        host?.delivered(wire, hostInFlightAtSend, latency);
+        host?.delivered(wire, hostInFlightAtSend, latency, hostAppLimited);
       };
       const fetch = this.device
         .fetchBackgroundRun(run, arrived)

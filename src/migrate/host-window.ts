@@ -18,7 +18,9 @@
  * 100 Mbit/s × 25 ms: goodput 0.84–0.87 of the link with it, 0.91–0.93 without; the latency
  * probe below drains any standing queue instead). It is learned
  * from the aggregate rate, so members whose paths turn out to be independent
- * raise it. A run
+ * raise it. A run sent while less than the product is in flight (the members offer less
+ * than the link carries: cheap runs of zeros or references, tails) is app-limited, and its
+ * sample may raise the rate but not lower it (see sample). A run
  * goes while the sum plus half of it is under the window, so the queue it
  * leaves is about the headroom.
  *
@@ -183,8 +185,25 @@ export class HostWindow {
     this.wakeRefused();
   }
 
-  /** @internal: a background run of `bytes` sent with `hostInFlight` in flight came back after `latencyMs`. */
-  sample(hostInFlight: number, latencyMs: number, bytes: number): void {
+  /**
+   * Whether a run sent with `hostInFlight` wire bytes in flight (its own included) went with less
+   * than the aggregate product on the link: the members together offered less than the link
+   * carries (cheap runs of zeros or references under their image ceilings, the last copies'
+   * tails, a latency probe), so its delivery rate says what they offered, not what the link can do.
+   */
+  appLimited(hostInFlight: number): boolean {
+    const base = this.baseLatencyMs;
+    return base !== null && hostInFlight < this.bestRate * base;
+  }
+
+  /**
+   * @internal: a background run of `bytes` sent with `hostInFlight` in flight came back after
+   * `latencyMs`. An app-limited run's rate (see appLimited) may raise the rate, never lower it,
+   * as in BBR, and it keeps the rate from expiring: otherwise a stretch of cheap runs longer
+   * than the rate filter's span leaves the window at what they carried, and when data comes
+   * again only the probe rounds regrow it, by a quarter per cycle of eight round trips.
+   */
+  sample(hostInFlight: number, latencyMs: number, bytes: number, appLimited = false): void {
     if (!(latencyMs > 0)) return;
     const t = this.now();
     this.latencies.record(t, latencyMs);
@@ -215,7 +234,9 @@ export class HostWindow {
       while (from > 0 && this.deliveries[from - 1][0] >= t - shortMs) bytesFrom += this.deliveries[--from][1];
       rate = this.rateSince(from, bytesFrom, hostInFlight, latencyMs, base);
     }
-    this.rates.record(t, rate);
+    // An app-limited run below the rate renews the rate instead: the first full runs after a cheap
+    // stretch count their span's cheap deliveries too, and must not find the rate expired.
+    this.rates.record(t, appLimited ? Math.max(rate, this.bestRate) : rate);
     const withoutProbe = this.rates.value!;
     const probed = this.probeSample(t, sentAt, bytes);
     // Only a probe that found clearly more counts: one that found the link full reads a little
@@ -377,10 +398,18 @@ export class HostWindowMember {
     return this.host.bytesInFlight;
   }
 
-  /** The data of a run sent with `sent(wireBytes)` arrived `latencyMs` after it was sent. */
-  delivered(wireBytes: number, hostInFlightAtSend: number, latencyMs: number): void {
+  /** Whether a run sent with `hostInFlightAtSend` (what `sent` returned) left the link under-used (see HostWindow.appLimited). */
+  appLimited(hostInFlightAtSend: number): boolean {
+    return !this.gone && this.host.appLimited(hostInFlightAtSend);
+  }
+
+  /**
+   * The data of a run sent with `sent(wireBytes)` arrived `latencyMs` after it was sent;
+   * `appLimited` as `appLimited(hostInFlightAtSend)` answered when it was sent.
+   */
+  delivered(wireBytes: number, hostInFlightAtSend: number, latencyMs: number, appLimited = false): void {
     if (this.gone) return;
-    this.host.sample(hostInFlightAtSend, latencyMs, wireBytes);
+    this.host.sample(hostInFlightAtSend, latencyMs, wireBytes, appLimited);
     this.done(wireBytes);
   }
 
