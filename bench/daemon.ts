@@ -1,13 +1,20 @@
 // npm run bench:daemon [-- --size-mib N] [--migrations N] [--links 100M/25,1G/5] [--json FILE]
+//                        [--source nbd|wire] [--codec lz4] [--content random|mixed]
 //                        [--ferry-node-args "--cpu-prof --cpu-prof-dir=bench/out/prof"]
 // N concurrent migrations in one `ferry daemon`, their sources behind ONE emulated
-// WAN link (a plain NBD server, nbdkit, serving every source image): aggregate
+// WAN link (a plain NBD server, nbdkit, serving every source image; or with
+// `--source wire` a second `ferry daemon` serving them over the ferry wire with
+// `--codec`): aggregate
 // goodput against the link, Jain's fairness index between the equal-weight
 // migrations, the daemon's on-demand p50 per migration while all copy, its RSS,
 // and its CPU per migrated GiB against one `ferry dest` migrating one disk over
 // the same link under the same per-migration load (a VM reading, its status
 // polled). It also samples the emulated link's queue every 10 ms while all
 // copy: the time a byte entering the link then waits before it is on the wire.
+// `--content mixed` makes each image a tenth of random data, eight tenths of one
+// 4 KiB block repeated (references on the wire: runs that cost the link almost
+// nothing) and a tenth of random data again, as images with long stretches of
+// repeated or empty blocks are.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -36,6 +43,11 @@ const LINKS = (flag('--links') ?? '100M/25,1G/5').split(',').map((p) => {
 /** Node flags for the daemon and the `ferry dest` peer (a profile of each, say). */
 const FERRY_NODE_ARGS = (flag('--ferry-node-args') ?? '').split(' ').filter(Boolean);
 const FERRY = [process.execPath, ...FERRY_NODE_ARGS, FERRY_BIN];
+const SOURCE = flag('--source') ?? 'nbd';
+if (SOURCE !== 'nbd' && SOURCE !== 'wire') throw new Error(`--source: "${SOURCE}" is not nbd or wire`);
+const CODEC = flag('--codec') ?? 'lz4';
+const CONTENT = flag('--content') ?? 'random';
+if (CONTENT !== 'random' && CONTENT !== 'mixed') throw new Error(`--content: "${CONTENT}" is not random or mixed`);
 const MiB = 1 << 20;
 const log = (line: string): void => void process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${line}\n`);
 /** A VM reads a block this often; the bench asks each migration's status this often. */
@@ -57,6 +69,17 @@ function coresOver(cpuSeconds: number, seconds: number): number {
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : 0;
+}
+
+/** A source image of SIZE_MIB (see --content). */
+function sourceImage(): Buffer {
+  const image = crypto.randomBytes(SIZE_MIB * MiB);
+  if (CONTENT === 'mixed') {
+    const tenth = Math.floor(SIZE_MIB / 10) * MiB;
+    const block = crypto.randomBytes(4096);
+    for (let at = tenth; at < image.length - tenth; at += block.length) block.copy(image, at);
+  }
+  return image;
 }
 
 /** Jain's fairness index of the throughputs: 1 when all are equal, 1/n when one takes all. */
@@ -102,6 +125,41 @@ function steadyGoodput(timeline: Array<[number, number, number]>, total: number,
   return Math.round((((to[1] - from[1]) * 8) / (to[0] - from[0]) / bits) * 1000) / 1000;
 }
 
+/**
+ * A `ferry daemon` serving every image in `dir` (m0.img as m0, ...) over the ferry wire, without
+ * authentication (loopback only) and with `CODEC`.
+ */
+async function startWireSource(
+  dir: string,
+  work: string,
+): Promise<{ port: number; pid: number; stop: () => Promise<void> }> {
+  const port = await freePort();
+  const config = path.join(work, 'source.toml');
+  const exports = fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.img'))
+    .map((f) => `[[source.export]]\nname = "${f.slice(0, -4)}"\nimage = "${path.join(dir, f)}"\n`)
+    .join('');
+  fs.writeFileSync(
+    config,
+    `[daemon]\nstate_dir = "${work}/source-state"\ncontrol = "${work}/source.sock"\nlisten = "127.0.0.1:0"\n` +
+      `[log]\nlevel = "warn"\n[source]\nlisten = "127.0.0.1:${port}"\ninsecure = true\ncodec = "${CODEC}"\n${exports}`,
+  );
+  const source = spawnOn(FERRY, 'source ferryd', ['daemon', '--config', config, '--log-level', 'info']);
+  await source.waitFor('"msg":"serving"', 60_000);
+  return { port, pid: source.child.pid!, stop: () => source.stop() };
+}
+
+/** Seconds of status rounds (until every copy completed) in which the link carried less than a fifth of its rate. */
+function secondsLinkBelowFifth(timeline: Array<[number, number, number]>, bits: number): number {
+  let seconds = 0;
+  for (let i = 1; i < timeline.length; i++) {
+    const dt = timeline[i][0] - timeline[i - 1][0];
+    if (dt > 0 && ((timeline[i][2] - timeline[i - 1][2]) * 8) / dt < bits / 5) seconds += dt;
+  }
+  return Math.round(seconds * 10) / 10;
+}
+
 async function startNbdkit(dir: string): Promise<{ port: number; pid: number; stop: () => void }> {
   const port = await freePort();
   const child = spawn('nbdkit', ['-f', '-r', '-i', '127.0.0.1', '-p', String(port), 'file', `dir=${dir}`], {
@@ -130,6 +188,8 @@ interface LinkResult {
   /** Image bytes over the link while the copies went from a quarter to three quarters held: past start-up, before the tail. */
   steadyGoodputOverLink: number | null;
   jainWhileAllCopy: number;
+  /** Seconds in which the link carried less than a fifth of its rate (see secondsLinkBelowFifth). */
+  linkBelowFifthSeconds: number;
   onDemandP50Ms: number[];
   /** Median and 90th percentile of the link's queueing delay (source → destination) while all copy. */
   linkQueueP50Ms: number;
@@ -137,8 +197,14 @@ interface LinkResult {
   /** The share of the samples at which the link's queue was empty (its wire idle at times). */
   linkQueueEmptyShare: number;
   rttMs: number;
-  /** Cores each process used while the daemon copied: the daemon, nbdkit (the sources), and this bench (the emulated link, the VMs' reads, the status asks). */
-  coresWhileCopying: { daemon: number; nbdkit: number; bench: number };
+  /** `nbd` (nbdkit) or `wire` (a `ferry daemon` with `codec`), and the images' content. */
+  source: string;
+  codec: string | null;
+  content: string;
+  /** Image bytes over wire bytes the link delivered from the sources (1 over plain NBD). */
+  compression: number;
+  /** Cores each process used while the daemon copied: the daemon, the sources (nbdkit or a ferry daemon), and this bench (the emulated link, the VMs' reads, the status asks). */
+  coresWhileCopying: { daemon: number; source: number; bench: number };
   /** The link's round trip measured idle, before the migrations start (see idleRoundTripMs). */
   idleRttMs: number;
   daemonRssPeakMiB: number;
@@ -153,22 +219,31 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-bench-daemon-'));
   const sources = path.join(dir, 'sources');
   fs.mkdirSync(sources);
-  for (let i = 0; i < MIGRATIONS; i++)
-    fs.writeFileSync(path.join(sources, `m${i}.img`), crypto.randomBytes(SIZE_MIB * MiB));
+  for (let i = 0; i < MIGRATIONS; i++) fs.writeFileSync(path.join(sources, `m${i}.img`), sourceImage());
   const nbdkit = await startNbdkit(sources);
-  const wan = new SlowLink({
-    listen: { host: '127.0.0.1', port: 0 },
-    target: { host: '127.0.0.1', port: nbdkit.port },
-    oneWayLatencyMs: link.latencyMs,
-    bandwidthBitsPerSecond: link.bits,
-  });
+  const wire = SOURCE === 'wire' ? await startWireSource(sources, dir) : null;
+  const sourcePid = wire?.pid ?? nbdkit.pid;
+  const emulatedLink = (port: number): SlowLink =>
+    new SlowLink({
+      listen: { host: '127.0.0.1', port: 0 },
+      target: { host: '127.0.0.1', port },
+      oneWayLatencyMs: link.latencyMs,
+      bandwidthBitsPerSecond: link.bits,
+    });
+  // The idle round trip is measured with NBD reads from nbdkit, over the sources' link or its twin.
+  const rttLink = wire ? emulatedLink(nbdkit.port) : null;
+  const wan = emulatedLink(wire?.port ?? nbdkit.port);
   const wanPort = (await wan.start()).port;
-  const idleRttMs = await idleRoundTripMs(wanPort);
+  const idleRttMs = await idleRoundTripMs(rttLink ? (await rttLink.start()).port : wanPort);
+  await rttLink?.close();
+  const sourceUrl = (name: string): string =>
+    wire ? `ferry://127.0.0.1:${wanPort}/${name}` : `nbd://127.0.0.1:${wanPort}/${name}.img`;
+  const wireSection = wire ? '[wire]\ninsecure = true\n' : '';
   const control = path.join(dir, 'ferryd.sock');
   const config = path.join(dir, 'ferryd.toml');
   fs.writeFileSync(
     config,
-    `[daemon]\nstate_dir = "${dir}/state"\ncontrol = "${control}"\nlisten = "127.0.0.1:0"\n[log]\nlevel = "warn"\n`,
+    `[daemon]\nstate_dir = "${dir}/state"\ncontrol = "${control}"\nlisten = "127.0.0.1:0"\n[log]\nlevel = "warn"\n${wireSection}`,
   );
   const daemon = spawnOn(FERRY, 'ferryd', ['daemon', '--config', config, '--log-level', 'info']);
   await daemon.waitFor('"msg":"serving"', 60_000);
@@ -191,7 +266,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
           disk: [
             {
               name: 'vda',
-              source: `nbd://127.0.0.1:${wanPort}/${name}.img`,
+              source: sourceUrl(name),
               image: path.join(dir, `${name}-dest.img`),
             },
           ],
@@ -201,7 +276,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
   );
   // Counted from here, as the peer's from "serving": each migration is open and started.
   const cpu0 = cpuSeconds(daemon.child.pid!);
-  const nbdkitCpu0 = cpuSeconds(nbdkit.pid);
+  const sourceCpu0 = cpuSeconds(sourcePid);
   const benchCpu0 = process.cpuUsage();
   // A VM per migration reading blocks while all copy: reads of blocks not held yet are on-demand fetches.
   const port = Number(nbdAddress.slice(nbdAddress.lastIndexOf(':') + 1));
@@ -245,7 +320,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
   const benchCpu = process.cpuUsage(benchCpu0);
   const copyCores = {
     daemon: cpuSeconds(daemon.child.pid!) - cpu0,
-    nbdkit: cpuSeconds(nbdkit.pid) - nbdkitCpu0,
+    source: cpuSeconds(sourcePid) - sourceCpu0,
     bench: (benchCpu.user + benchCpu.system) / 1e6,
   };
   clearInterval(queueSampler);
@@ -262,11 +337,13 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
   // the daemon's from when every create has answered (each migration opened and started).
   const destImage = path.join(dir, 'single-dest.img');
   const destControl = path.join(dir, 'dest.sock');
+  const wireBytes = wan.stats().bytesFromTarget;
   const dest = spawnOn(FERRY, 'ferry dest', [
     'dest',
+    ...(wire ? ['--insecure'] : []),
     '--cutover-at-start',
     '--source',
-    `nbd://127.0.0.1:${wanPort}/m0.img`,
+    sourceUrl('m0'),
     '--image',
     destImage,
     '--listen',
@@ -298,12 +375,17 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
   const destSeconds = (Date.now() - destT0) / 1000;
   await dest.stop();
   await wan.close();
+  await wire?.stop();
   nbdkit.stop();
   fs.rmSync(dir, { recursive: true, force: true });
   const gib = (MIGRATIONS * SIZE_MIB) / 1024;
   const goodputMbit = (MIGRATIONS * SIZE_MIB * MiB * 8) / seconds / 1e6;
   return {
     link: link.name,
+    source: SOURCE,
+    codec: wire ? CODEC : null,
+    content: CONTENT,
+    compression: Math.round(((MIGRATIONS * SIZE_MIB * MiB) / Math.max(1, wireBytes)) * 100) / 100,
     loadAverage: os.loadavg().map((x) => Math.round(x * 100) / 100),
     migrations: MIGRATIONS,
     sizeMiB: SIZE_MIB,
@@ -313,6 +395,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     goodputOverLink: Math.round((goodputMbit / (link.bits / 1e6)) * 1000) / 1000,
     steadyGoodputOverLink: steadyGoodput(timeline, MIGRATIONS * SIZE_MIB * MiB, link.bits),
     jainWhileAllCopy: Math.round(jain(firstDone!) * 1000) / 1000,
+    linkBelowFifthSeconds: secondsLinkBelowFifth(timeline, link.bits),
     onDemandP50Ms: p50,
     linkQueueP50Ms: queueAt(0.5),
     linkQueueP90Ms: queueAt(0.9),
@@ -322,7 +405,7 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
     idleRttMs,
     coresWhileCopying: {
       daemon: coresOver(copyCores.daemon, seconds),
-      nbdkit: coresOver(copyCores.nbdkit, seconds),
+      source: coresOver(copyCores.source, seconds),
       bench: coresOver(copyCores.bench, seconds),
     },
     daemonRssPeakMiB: Math.round(rssPeak),
@@ -336,7 +419,10 @@ async function benchLink(link: (typeof LINKS)[number]): Promise<LinkResult> {
 async function main(): Promise<void> {
   const results: LinkResult[] = [];
   for (const link of LINKS) {
-    log(`${MIGRATIONS} migrations of ${SIZE_MIB} MiB over ${link.name} (load ${os.loadavg()[0].toFixed(1)})`);
+    const from = SOURCE === 'wire' ? `a ferry-wire source (${CODEC})` : 'nbdkit';
+    log(
+      `${MIGRATIONS} migrations of ${SIZE_MIB} MiB (${CONTENT}) from ${from} over ${link.name} (load ${os.loadavg()[0].toFixed(1)})`,
+    );
     const r = await benchLink(link);
     log(JSON.stringify({ ...r, timeline: `${r.timeline.length} rounds (in the JSON)` }));
     results.push(r);
