@@ -179,21 +179,30 @@ for (const [what, change] of changes) {
   });
 }
 
+/** A destination whose first read of block 0 (the resolver's, of a referenced block) waits for a VM write of `mine` to it. */
+function openRacingWrite(
+  open: Awaited<ReturnType<typeof setUp>>['open'],
+  mine: Buffer,
+): { device: MigratingDevice; raced: boolean } {
+  const racing = { raced: false } as { device: MigratingDevice; raced: boolean };
+  racing.device = open(async (offset) => {
+    if (offset !== 0 || racing.raced) return;
+    racing.raced = true;
+    await racing.device.write(0, mine, false);
+  }).device;
+  return racing;
+}
+
 t.test('a VM write racing the resolve (issued between the record check and the read) is never missed', async (t) => {
   const image = makeImage();
   const { upstream, open, copyBlock, imageBytes, vmRead } = await setUp(t, image);
   const mine = crypto.randomBytes(BS);
-  let device: MigratingDevice | null = null;
-  let raced = false;
   // The resolver has checked the record for block 0 and asks to read it: the VM writes it first.
-  ({ device } = open(async (offset) => {
-    if (offset !== 0 || raced) return;
-    raced = true;
-    await device!.write(0, mine, false);
-  }));
+  const racing = openRacingWrite(open, mine);
+  const { device } = racing;
   await copyBlock(device, 0);
   await copyBlock(device, COPY);
-  t.ok(raced, 'the write raced the resolve');
+  t.ok(racing.raced, 'the write raced the resolve');
   t.equal(upstream.stats.blocksByEncoding.reference, 1);
   t.equal(upstream.referenceChecks.fromRecord, 0, 'the record was checked, then the change was seen');
   t.equal(upstream.stats.referencesRefused, 1);
@@ -267,17 +276,12 @@ t.test('a VM write racing the one read of a repeated block: none of its referenc
   const image = repeatedImage();
   const { upstream, open, copyBlock, imageBytes, vmRead } = await setUp(t, image);
   const mine = crypto.randomBytes(BS);
-  let device: MigratingDevice | null = null;
-  let raced = false;
-  ({ device } = open(async (offset) => {
-    if (offset !== 0 || raced) return;
-    raced = true;
-    await device!.write(0, mine, false);
-  }));
+  const racing = openRacingWrite(open, mine);
+  const { device } = racing;
   await copyBlock(device, 0);
   const run = device.claimBackgroundRun(8, 5, 13);
   await device.fetchBackgroundRun(run!);
-  t.ok(raced, 'the write raced the resolve');
+  t.ok(racing.raced, 'the write raced the resolve');
   t.equal(upstream.referenceChecks.fromRecord, 0, 'none taken on the record');
   t.ok(upstream.stats.referencesRefused >= 1, `refused: ${upstream.stats.referencesRefused}`);
   t.same(imageBytes(0), mine);
