@@ -3,7 +3,7 @@
  * A block that fails its checksum is reported for fetching again, never
  * placed; references are handed to the ReferenceResolver.
  */
-import { QueueFullError, type CodecPool } from '../pool';
+import { whenQueued, type CodecPool } from '../pool';
 import { BlockEncoding, type BlockEntry } from '../codec/batch';
 import type { BatchFrame } from '../wire/wire-stream';
 import { WireEncoding } from '../wire/protocol';
@@ -24,25 +24,6 @@ export function placeBlock(output: FetchOutput, blockOffset: number, bytes: Buff
   const at = blockOffset - output.outOffset;
   bytes.copy(output.out, at, 0, Math.min(bytes.length, output.out.length - at));
   output.checksums[at / bytes.length] = checksum;
-}
-
-/** Runs a pool task, waiting for the pool's signal while its queue is full. */
-export async function whenQueued<T>(pool: CodecPool, task: () => Promise<T>, urgent: boolean): Promise<T> {
-  for (;;) {
-    // Every waiter wakes when a queued task starts and one of them gets the room: the rest look
-    // before they ask, since a refusal builds an Error (its stack) each time (a tenth of a
-    // destination's main thread while a stretch of references arrived faster than it decoded).
-    if (!urgent && pool.isFull) {
-      await pool.whenNotFull();
-      continue;
-    }
-    try {
-      return await task();
-    } catch (e) {
-      if (!(e instanceof QueueFullError)) throw e;
-      await pool.whenAccepting(urgent);
-    }
-  }
 }
 
 export class WireBatchDecoder {

@@ -6,11 +6,11 @@
  * are hashed in one pool task (the VM may have overwritten them since). A reference is honoured only when the
  * content it names checks out; else its block is fetched again as bytes.
  */
-import type { CodecPool } from '../pool';
+import { whenQueued, type CodecPool } from '../pool';
 import type { BatchFrame } from '../wire/wire-stream';
 import { WireEncoding } from '../wire/protocol';
 import type { LocalBlocks } from './upstream';
-import { placeBlock, whenQueued, type FetchOutput } from './wire-batch-decoder';
+import { placeBlock, type FetchOutput } from './wire-batch-decoder';
 
 /** How references to the destination's own blocks were checked. */
 export interface ReferenceChecks {

@@ -7,7 +7,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { BatchCodec } from '../codec/batch-codec';
-import { QueueFullError, type CodecPool } from '../pool';
+import { whenQueued, type CodecPool, type EncodeResult } from '../pool';
 import type { BlockDevice } from '../store/block-device';
 import { batchBlocksLimit } from '../util/limits';
 import type { BatchBuffers } from './batch-buffers';
@@ -107,9 +107,10 @@ export async function serveFetch(
       ? findRepeats(buffer, bs, firstBlock + done, dedupe, services.hasher, learned)
       : undefined;
     const codec = services.chooser.current;
-    let encoded: Awaited<ReturnType<typeof encodeOnPool>>;
+    let encoded: EncodeResult;
     try {
-      encoded = await encodeOnPool(services.pool, buffer, bs, urgent, codec);
+      // Waits (not fails) while the pool's bounded queue is full.
+      encoded = await whenQueued(services.pool, () => services.pool.encode(buffer, bs, { urgent, codec }), urgent);
     } catch (e) {
       // These blocks are not sent: later repeats must not refer to them.
       for (const [checksum, block] of learned) dedupe.forget(checksum, block);
@@ -176,22 +177,4 @@ function findRepeats(
     blocks.fill(0, i * bs, (i + 1) * bs);
   }
   return repeats;
-}
-
-/** Encodes on the pool, waiting (not failing) while its bounded queue is full. */
-async function encodeOnPool(pool: CodecPool, buffer: ArrayBuffer, bs: number, urgent: boolean, codec: string) {
-  for (;;) {
-    // Every waiter wakes when a queued task starts and one of them gets the room: the rest look
-    // again before they ask, since a refusal builds an Error (its stack) each time.
-    if (!urgent && pool.isFull) {
-      await pool.whenNotFull();
-      continue;
-    }
-    try {
-      return await pool.encode(buffer, bs, { urgent, codec });
-    } catch (e) {
-      if (!(e instanceof QueueFullError)) throw e;
-      await pool.whenAccepting(urgent);
-    }
-  }
 }

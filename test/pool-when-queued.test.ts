@@ -1,6 +1,5 @@
 import t from 'tap';
-import { QueueFullError, type CodecPool } from '../src/pool';
-import { whenQueued } from '../src/upstream/wire-batch-decoder';
+import { QueueFullError, whenQueued } from '../src/pool';
 
 /**
  * A pool whose background queue holds `room` more tasks: as CodecPool, every
@@ -37,7 +36,7 @@ class FullPool {
 
 t.test('tasks waiting for a full pool ask again only once it has room: no refusal per waiter per wake', async (t) => {
   const pool = new FullPool();
-  const asked = Array.from({ length: 50 }, () => whenQueued(pool as unknown as CodecPool, () => pool.run(), false));
+  const asked = Array.from({ length: 50 }, () => whenQueued(pool, () => pool.run(), false));
   let settled = 0;
   for (const p of asked) void p.then(() => settled++);
   for (let i = 0; i < 50; i++) {
