@@ -22,7 +22,8 @@ export interface FioResult {
   latencyUs: number;
 }
 
-export function fioArgs(job: FioJob, uri: string, size: number, runtimeSeconds: number): string[] {
+/** `rateMiB`: fio's rate cap in MiB/s, so that servers can be compared in CPU per byte at one load. */
+export function fioArgs(job: FioJob, uri: string, size: number, runtimeSeconds: number, rateMiB?: number): string[] {
   return [
     `--name=${job.rw}-${job.bs}`,
     '--ioengine=nbd',
@@ -37,11 +38,18 @@ export function fioArgs(job: FioJob, uri: string, size: number, runtimeSeconds: 
     '--randrepeat=0',
     '--norandommap',
     '--output-format=json',
+    ...(rateMiB ? [`--rate=${rateMiB}m`] : []),
   ];
 }
 
-export function runFio(job: FioJob, uri: string, size: number, runtimeSeconds: number): Promise<FioResult> {
-  const args = fioArgs(job, uri, size, runtimeSeconds);
+export function runFio(
+  job: FioJob,
+  uri: string,
+  size: number,
+  runtimeSeconds: number,
+  rateMiB?: number,
+): Promise<FioResult> {
+  const args = fioArgs(job, uri, size, runtimeSeconds, rateMiB);
   return new Promise((resolve, reject) => {
     const child = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';

@@ -1,10 +1,13 @@
 // npm run bench:nbd [-- --quick] [--json FILE] [--size BYTES] [--dir DIR] [--servers a,b] [--jobs randread,read]
-//                        [--rounds N] [--runtime SECONDS]
+//                        [--rounds N] [--runtime SECONDS] [--rate MIB_PER_S]
 //                        [--ferry-node-args "--cpu-prof --cpu-prof-dir=bench/out/prof"]
 // Serves one preallocated image (page-cache resident) with ferry serve, a
 // completed ferry dest (its copy of the image), nbdkit's file plugin and qemu-nbd
 // in turn, drives each with the same fio nbd-engine jobs, and prints IOPS, MiB/s
-// and each ferry server's ratio to each peer, measured in the same run.
+// and each ferry server's ratio to each peer, measured in the same run. Each
+// server's CPU per GiB moved is printed too: with --rate (fio's cap) every
+// server moves the same bytes per second, and that figure compares their cost
+// without the two cores' contention deciding who gets how much of them.
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -27,7 +30,9 @@ const ROUNDS = Number(flag('--rounds') ?? 1);
 const FERRY_NODE_ARGS = (flag('--ferry-node-args') ?? '').split(' ').filter(Boolean);
 const ONLY = flag('--servers')?.split(',');
 const JOBS = flag('--jobs')?.split(','); // fio rw names: randread,read,randwrite,write
+const RATE_MIB = flag('--rate') ? Number(flag('--rate')) : undefined;
 const MiB = 1 << 20;
+const GiB = 1 << 30;
 
 const log = (line: string): void => void process.stderr.write(line + '\n');
 
@@ -88,6 +93,11 @@ interface Measurement extends FioResult {
   serverCpu: number;
 }
 
+/** Server CPU seconds per GiB the job moved. */
+function cpuPerGiB(m: Measurement): number {
+  return m.serverCpu / (m.bytesPerSecond / GiB);
+}
+
 async function main(): Promise<void> {
   const loadAtStart = os.loadavg()[0];
   const image = prepareImage();
@@ -109,7 +119,7 @@ async function main(): Promise<void> {
           warmPageCache(server.served?.(image) ?? image);
           const cpuBefore = cpuSeconds(child.pid!);
           const started = process.hrtime.bigint();
-          const result = await runFio(job, uri, SIZE, RUNTIME);
+          const result = await runFio(job, uri, SIZE, RUNTIME, RATE_MIB);
           const wall = Number(process.hrtime.bigint() - started) / 1e9;
           const serverCpu = (cpuSeconds(child.pid!) - cpuBefore) / wall;
           const cached = residentBytes(server.served?.(image) ?? image) / SIZE;
@@ -118,7 +128,8 @@ async function main(): Promise<void> {
           perServer.get(server.name)!.push({ ...result, serverCpu });
           log(
             `round ${round + 1} ${server.name.padEnd(8)} ${job.name.padEnd(26)} ${result.iops.toFixed(0).padStart(7)} IOPS ` +
-              `${(result.bytesPerSecond / MiB).toFixed(0).padStart(5)} MiB/s  server CPU ${(serverCpu * 100).toFixed(0)}%  image cached after ${(cached * 100).toFixed(0)}%`,
+              `${(result.bytesPerSecond / MiB).toFixed(0).padStart(5)} MiB/s  server CPU ${(serverCpu * 100).toFixed(0)}% ` +
+              `(${cpuPerGiB({ ...result, serverCpu }).toFixed(3)} s/GiB)  image cached after ${(cached * 100).toFixed(0)}%`,
           );
         }
       } finally {
@@ -131,7 +142,7 @@ async function main(): Promise<void> {
   const ferries = names.filter((n) => n.startsWith('ferry'));
   const peers = names.filter((n) => !n.startsWith('ferry'));
   const summary = jobs.map((job) => {
-    const row: Record<string, Measurement> = {};
+    const row: Record<string, Measurement & { cpuPerGiB: number }> = {};
     for (const name of names) {
       const rounds = results.get(job.name)!.get(name)!;
       row[name] = {
@@ -139,6 +150,7 @@ async function main(): Promise<void> {
         bytesPerSecond: median(rounds.map((r) => r.bytesPerSecond)),
         latencyUs: median(rounds.map((r) => r.latencyUs)),
         serverCpu: median(rounds.map((r) => r.serverCpu)),
+        cpuPerGiB: median(rounds.map(cpuPerGiB)),
       };
     }
     // Ratios per round, then the median: rounds run back to back, so a
@@ -166,6 +178,7 @@ async function main(): Promise<void> {
     ...names.flatMap((n) => [`${n} IOPS`, `${n} MiB/s`]),
     ...pairs.map((pair) => `${pair} (best / best)`),
     'server CPU (' + names.join(' / ') + ')',
+    'server CPU s/GiB (' + names.join(' / ') + ')',
   ];
   const lines = [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`];
   for (const { job, results: row, ferryRatio, ferryRatioBest } of summary) {
@@ -174,6 +187,7 @@ async function main(): Promise<void> {
       ...names.flatMap((n) => [row[n].iops.toFixed(0), (row[n].bytesPerSecond / MiB).toFixed(0)]),
       ...pairs.map((pair) => `${ferryRatio[pair].toFixed(2)}× (${ferryRatioBest[pair].toFixed(2)}×)`),
       names.map((n) => (row[n].serverCpu * 100).toFixed(0) + '%').join(' / '),
+      names.map((n) => row[n].cpuPerGiB.toFixed(3)).join(' / '),
     ];
     lines.push(`| ${cells.join(' | ')} |`);
   }
@@ -190,16 +204,18 @@ async function main(): Promise<void> {
   console.log(
     `\n${machine.cpus} CPUs (${machine.cpuModel}), kernel ${machine.kernel}, node ${machine.node}, ` +
       `${machine.nbdkit}, ${machine.qemuNbd}, ${machine.fio}; image ${SIZE / MiB} MiB in the page cache; ` +
-      `${RUNTIME} s per job after 1 s ramp, ${ROUNDS} round(s): medians, ratios are medians of per-round ratios; ` +
+      `${RUNTIME} s per job after 1 s ramp${RATE_MIB ? `, fio capped at ${RATE_MIB} MiB/s` : ''}, ${ROUNDS} round(s): ` +
+      `medians, ratios are medians of per-round ratios; ` +
       `load average at start ${loadAtStart.toFixed(2)}.`,
   );
-  console.log(`fio: fio ${fioArgs(FIO_JOBS[0], 'nbd://127.0.0.1:PORT/', SIZE, RUNTIME).join(' ')}`);
+  console.log(`fio: fio ${fioArgs(FIO_JOBS[0], 'nbd://127.0.0.1:PORT/', SIZE, RUNTIME, RATE_MIB).join(' ')}`);
   if (JSON_FILE) {
     const report = {
       machine,
       loadAverageAtStart: loadAtStart,
       image: { size: SIZE },
       runtimeSeconds: RUNTIME,
+      rateMiBPerSecond: RATE_MIB ?? null,
       rounds: ROUNDS,
       servers: servers.map((s) => ({ name: s.name, command: s.describe })),
       jobs,

@@ -1,6 +1,6 @@
-// Linux file operations that Node's fs module lacks: punching holes, zeroing
-// ranges without writing, finding data/hole boundaries, flock(2), and the size
-// of a block device (which fstat reports as 0).
+// Linux file and socket operations that Node lacks: punching holes, zeroing
+// ranges without writing, finding data/hole boundaries, flock(2), the size
+// of a block device (which fstat reports as 0), a socket's receive low-water mark.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -325,6 +326,18 @@ static napi_value block_device_geometry(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// setReceiveLowWater(fd, bytes): SO_RCVLOWAT. A TCP socket then reports
+// readable only once that many bytes are queued (or the peer closed), so a
+// large payload is read in one wake-up instead of one per burst that arrives.
+static napi_value set_receive_low_water(napi_env env, napi_callback_info info) {
+  int64_t a[2];
+  if (read_args(env, info, 2, a)) return NULL;
+  int value = a[1] < 1 ? 1 : a[1] > 0x7fffffff ? 0x7fffffff : (int)a[1];
+  if (setsockopt((int)a[0], SOL_SOCKET, SO_RCVLOWAT, &value, sizeof value) != 0)
+    return throw_errno(env, "setsockopt(SO_RCVLOWAT)", errno);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
@@ -337,6 +350,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"writeBatch", NULL, write_batch_start, NULL, NULL, NULL, napi_default, NULL},
       {"tryLock", NULL, try_lock, NULL, NULL, NULL, napi_default, NULL},
       {"blockDeviceGeometry", NULL, block_device_geometry, NULL, NULL, NULL, napi_default, NULL},
+      {"setReceiveLowWater", NULL, set_receive_low_water, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -18,6 +18,7 @@ const complete = {
   writeBatch: fn,
   tryLock: fn,
   blockDeviceGeometry: fn,
+  setReceiveLowWater: fn,
 };
 
 t.test('an addon with every function is used', async (t) => {

@@ -2,8 +2,9 @@
  * The server decoder fed by reads into memory it lends (readTarget /
  * received), as an accepted NBD connection is: the same messages as from
  * chunks, whatever the read sizes; a large WRITE's remainder read straight
- * into its payload buffer; a payload cut short dropped and its buffer handed
- * back; option data intact after the scratch buffer is reused.
+ * into its payload buffer, and after one the next header read alone, so the
+ * payload behind it is not copied; a payload cut short dropped and its buffer
+ * handed back; option data intact after the scratch buffer is reused.
  */
 import t from 'tap';
 import { ServerDecoder, ClientMessage, ServerDecoderLimits } from '../src/nbd/server-decoder';
@@ -119,6 +120,70 @@ t.test("a large payload's remainder is read straight into its own buffer", async
   const direct = targets.filter((b) => b.buffer === given[0].buffer);
   t.ok(direct.length >= 16, `the remainder was read into the payload buffer (${direct.length} reads)`);
   t.equal(direct[0].byteOffset - given[0].byteOffset, 1000, 'starting after the bytes that came with the header');
+});
+
+t.test('after a large write the next read takes one header, and every later payload byte lands in place', async (t) => {
+  const payloads = [pattern(MiB, 1), pattern(MiB, 2), pattern(64 * KiB, 3)];
+  const stream = Buffer.concat([
+    handshake,
+    ...payloads.flatMap((p, i) => [encodeRequestHeader(0, Command.Write, BigInt(i + 1), i * MiB, p.length), p]),
+    encodeRequestHeader(0, Command.Read, 9n, 0, 4096),
+  ]);
+  const given: Buffer[] = [];
+  const limits = {
+    maxOptionLength: 1024,
+    maxWritePayload: 4 * MiB,
+    allocatePayload: (length: number) => {
+      const b = Buffer.alloc(length);
+      given.push(b);
+      return b;
+    },
+  };
+  const targets: Buffer[] = [];
+  // Reads as large as the target allows: a socket with everything queued.
+  const got = decodeByLentReads(stream, [8 * MiB], limits, (b) => targets.push(b));
+  t.same(
+    got.filter((m) => m.kind === 'request').map((m) => m.kind === 'request' && m.cookie.readBigUInt64BE(0)),
+    [1n, 2n, 3n, 9n],
+  );
+  for (const [i, p] of payloads.entries()) {
+    const m = got.filter((m) => m.kind === 'request')[i];
+    t.ok(m.kind === 'request' && m.payload?.equals(p), `write ${i + 1} exact`);
+  }
+  const inPayload = (b: Buffer, i: number): boolean =>
+    b.buffer === given[i].buffer && b.byteOffset === given[i].byteOffset;
+  for (const i of [1, 2]) {
+    const at = targets.findIndex((b) => inPayload(b, i));
+    t.ok(at > 0, `write ${i + 1}'s payload is read from its first byte into its own buffer`);
+    t.equal(targets[at - 1]?.length, 28, 'the read before it took its header alone');
+  }
+});
+
+t.test('readWanted: the rest of a payload read in place, else 1', async (t) => {
+  const decoder = new ServerDecoder({ maxOptionLength: 1024, maxWritePayload: 4 * MiB });
+  const feed = (bytes: Buffer): void => {
+    for (let at = 0; at < bytes.length;) {
+      const target = decoder.readTarget();
+      const n = Math.min(target.length, bytes.length - at);
+      bytes.copy(target, 0, at, at + n);
+      at += n;
+      decoder.received(n);
+      for (let m = decoder.next(); m; m = decoder.next())
+        if (m.kind === 'option' && m.option === Option.Go) decoder.startTransmission();
+    }
+  };
+  feed(handshake);
+  t.equal(decoder.readWanted(), 1, 'between requests');
+  feed(Buffer.concat([encodeRequestHeader(0, Command.Write, 1n, 0, MiB), pattern(1000, 1)]));
+  t.equal(decoder.readWanted(), MiB - 1000, 'inside a large payload: its rest');
+  feed(pattern(MiB - 1000 - 100, 2));
+  t.equal(decoder.readWanted(), 1, 'less than the direct-read threshold left: 1');
+  feed(pattern(100, 3));
+  t.equal(decoder.readWanted(), 1, 'the payload done');
+  feed(encodeRequestHeader(0, Command.Write, 2n, 0, 4 * KiB));
+  t.equal(decoder.readWanted(), 1, 'a small payload is read through the scratch buffer');
+  decoder.close();
+  t.equal(decoder.readWanted(), 1, 'after close()');
 });
 
 t.test('a payload cut short is never handed out; close() hands its buffer back', async (t) => {

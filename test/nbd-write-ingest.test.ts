@@ -2,8 +2,9 @@
  * WRITE payloads as an accepted connection reads them (into the payload's
  * own buffer): writes of odd lengths at misaligned offsets, sent in odd
  * pieces, land exactly and are acknowledged; a payload cut short by a
- * disconnect writes nothing; and the moved socket still counts as the
- * server's connection until it closes.
+ * disconnect writes nothing; the moved socket still counts as the server's
+ * connection until it closes; and the rest of a large payload, which the
+ * socket waits for (SO_RCVLOWAT), arrives in a few reads however it was sent.
  */
 import t, { Test } from 'tap';
 import fs from 'node:fs';
@@ -13,6 +14,7 @@ import pino from 'pino';
 import { NbdServer, StaticExportTable, DEFAULT_LIMITS } from '../src/nbd/server';
 import { FileDevice } from '../src/store/file-device';
 import { readIntoLentBuffers } from '../src/nbd/socket-read-into';
+import { fileOps } from '../src/store/fileops';
 import { tempDir, patternBytes } from './helpers/temp-dir';
 import {
   NBD_CMD,
@@ -163,3 +165,51 @@ t.test("a moved socket reads into the lender's buffers and still counts as the s
   await new Promise((r) => setImmediate(r));
   t.equal(await connections(), 0, 'and no longer once it closed');
 });
+
+t.test(
+  'the socket waits for the rest of a payload and reads it in one or a few reads',
+  { skip: fileOps ? false : 'the fileops addon is not built' },
+  async (t) => {
+    const target = Buffer.alloc(MiB);
+    const spare = Buffer.alloc(4096);
+    let got = 0;
+    const reads: number[] = [];
+    const waiters: Array<{ bytes: number; wake: () => void }> = [];
+    const arrived = (bytes: number): Promise<void> =>
+      got >= bytes ? Promise.resolve() : new Promise((wake) => waiters.push({ bytes, wake }));
+    const server = net.createServer({ pauseOnConnect: true }, (accepted) => {
+      const moved = readIntoLentBuffers(accepted, {
+        target: () => (got < target.length ? target.subarray(got) : spare),
+        received: (n) => {
+          got += n;
+          reads.push(n);
+          for (const w of waiters.filter((w) => got >= w.bytes)) {
+            waiters.splice(waiters.indexOf(w), 1);
+            w.wake();
+          }
+        },
+        wanted: () => Math.max(1, target.length - got),
+      });
+      t.teardown(() => moved?.destroy());
+    });
+    t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const client = await connectSocket('127.0.0.1', (server.address() as net.AddressInfo).port);
+    t.teardown(() => client.destroy());
+    const bytes = patternBytes(MiB, 5);
+    // The first 100 KiB, then the rest once they are in: by then the socket waits for the whole rest.
+    client.write(bytes.subarray(0, 100 * KiB));
+    await arrived(100 * KiB);
+    const readsBefore = reads.length;
+    // In small pieces, each its own segment: without the mark the server could wake for each.
+    for (let at = 100 * KiB; at < MiB; at += 16 * KiB) {
+      client.write(bytes.subarray(at, Math.min(MiB, at + 16 * KiB)));
+      await new Promise((r) => setImmediate(r));
+    }
+    await arrived(MiB);
+    // One read, or a few where the receive window closed before the rest was in (the kernel then wakes early).
+    const restReads = reads.length - readsBefore;
+    t.ok(restReads <= 6, `the rest of 58 pieces came in ${restReads} reads`);
+    t.ok(target.equals(bytes), 'every byte in place, in order');
+  },
+);

@@ -83,6 +83,7 @@ export class NbdConnection {
         this.decoder.received(n);
         if (!this.draining) this.pump();
       },
+      wanted: () => this.decoder.readWanted(),
     });
     const socket = (this.socket = lent ?? accepted);
     if (!lent)

@@ -82,6 +82,12 @@ export class ServerDecoder {
   private scratchUsed = 0;
   /** What the last readTarget() lent: the pending payload or the scratch buffer. */
   private lent: 'payload' | 'scratch' | null = null;
+  /**
+   * The last request carried a payload read straight into its buffer: the
+   * next read takes only a request header, so that the payload after it is
+   * not read into the scratch buffer and copied from there.
+   */
+  private headerReads = false;
 
   constructor(private readonly limits: ServerDecoderLimits) {}
 
@@ -109,7 +115,20 @@ export class ServerDecoder {
       this.scratchUsed = 0;
     }
     this.lent = 'scratch';
-    return this.scratch.subarray(this.scratchUsed);
+    const headerOnly = this.headerReads && pending === null && this.queue.length === 0;
+    return this.scratch.subarray(this.scratchUsed, headerOnly ? this.scratchUsed + REQUEST_HEADER_SIZE : undefined);
+  }
+
+  /**
+   * Bytes the next read may wait for before it is worth making: the rest of
+   * a payload being read straight into its buffer, else 1 (anything may
+   * complete a request).
+   */
+  readWanted(): number {
+    const pending = this.pending;
+    if (pending?.kind !== 'request' || this.queue.length !== 0) return 1;
+    const rest = pending.length - this.filled;
+    return rest >= DIRECT_READ_MIN ? rest : 1;
   }
 
   /** `n` bytes were read into the last readTarget(). */
@@ -197,6 +216,7 @@ export class ServerDecoder {
     const offset = header.readUInt32BE(16) * 0x100000000 + header.readUInt32BE(20);
     const length = header.readUInt32BE(24);
     const request: RequestMessage = { kind: 'request', flags, type, cookie, offset, length, payload: null };
+    this.headerReads = type === Command.Write && length - this.queue.length >= DIRECT_READ_MIN;
     if (type !== Command.Write) return request;
     if (length > this.limits.maxWritePayload) return this.discardThen(request);
     // The payload's own buffer from the start, so the rest of it can be read straight into it.

@@ -13,12 +13,18 @@
  * byte may be read before the move).
  */
 import net from 'node:net';
+import { fileOps } from '../store/fileops';
+
+/** A payload's rest beyond this is still waited for in pieces this large. */
+const MAX_LOW_WATER = 4 << 20;
 
 export interface ReadLender {
   /** Where the next read puts its bytes. */
   target(): Buffer;
   /** That many bytes were read into the last target. */
   received(n: number): void;
+  /** Bytes the next read may wait for (a large payload's rest), so the socket wakes once for them. */
+  wanted?(): number;
 }
 
 /** The socket to use from now on, or null when this Node cannot move the handle (then read as usual). */
@@ -27,6 +33,10 @@ export function readIntoLentBuffers(accepted: net.Socket, lender: ReadLender): n
   const handle = holder._handle;
   if (!handle || accepted.bytesRead !== 0 || !accepted.isPaused()) return null;
   holder._handle = null;
+  const fd = (handle as { fd?: number }).fd;
+  const setLowWater = fileOps?.setReceiveLowWater;
+  const wanted = lender.wanted?.bind(lender);
+  let lowWater = 1;
   const options: net.SocketConstructorOpts & net.ConnectOpts & { handle: object } = {
     handle,
     readable: true,
@@ -35,6 +45,13 @@ export function readIntoLentBuffers(accepted: net.Socket, lender: ReadLender): n
       buffer: () => lender.target(),
       callback: (n) => {
         lender.received(n);
+        if (wanted && setLowWater && typeof fd === 'number' && fd >= 0) {
+          const want = Math.min(wanted(), MAX_LOW_WATER);
+          if (want !== lowWater) {
+            lowWater = want;
+            setLowWater(fd, want);
+          }
+        }
         return true;
       },
     },

@@ -1,8 +1,9 @@
 /**
- * Loads the small native addon for hole punching, SEEK_DATA/SEEK_HOLE and
- * flock(2) and block device geometry, which Node's fs lacks. Without it ferry still works:
- * trims are not advertised, zeroing writes zeros, every range reports as data, and
- * images are locked with pid files (see image-lock.ts).
+ * Loads the small native addon for hole punching, SEEK_DATA/SEEK_HOLE,
+ * flock(2), block device geometry and SO_RCVLOWAT, which Node lacks. Without it
+ * ferry still works: trims are not advertised, zeroing writes zeros, every range
+ * reports as data, images are locked with pid files (see image-lock.ts), and a
+ * large WRITE payload is read as it arrives.
  */
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -25,6 +26,8 @@ export interface FileOps {
   tryLock(fd: number, exclusive: 0 | 1): boolean;
   /** Size in bytes and logical sector size of a block device (BLKGETSIZE64, BLKSSZGET). */
   blockDeviceGeometry(fd: number): { size: number; logicalBlockSize: number };
+  /** SO_RCVLOWAT of a socket: it reports readable once that many bytes are queued. */
+  setReceiveLowWater(fd: number, bytes: number): void;
 }
 
 export const SEEK_DATA = 3;
@@ -45,6 +48,7 @@ const FILEOPS_FUNCTIONS = [
   'writeBatch',
   'tryLock',
   'blockDeviceGeometry',
+  'setReceiveLowWater',
 ] as const satisfies ReadonlyArray<keyof FileOps>;
 
 /** Why a loaded addon cannot serve as FileOps (it is out of date), or null when it can. */
