@@ -68,6 +68,21 @@ function decodeByChunks(stream: Buffer, limits: ServerDecoderLimits): ClientMess
   return out;
 }
 
+/** Limits whose payload buffers are recorded as they are given out. */
+function recordingPayloads(): { given: Buffer[]; limits: ServerDecoderLimits } {
+  const given: Buffer[] = [];
+  const limits = {
+    maxOptionLength: 1024,
+    maxWritePayload: 4 * MiB,
+    allocatePayload: (length: number) => {
+      const b = Buffer.alloc(length);
+      given.push(b);
+      return b;
+    },
+  };
+  return { given, limits };
+}
+
 t.test('lent reads of any size decode the same messages as chunks, payloads exact', async (t) => {
   const writes = [
     { offset: 4097, payload: pattern(MiB + 13, 1) }, // larger than the scratch buffer, odd length
@@ -101,16 +116,7 @@ t.test('lent reads of any size decode the same messages as chunks, payloads exac
 t.test("a large payload's remainder is read straight into its own buffer", async (t) => {
   const payload = pattern(MiB, 9);
   const stream = Buffer.concat([handshake, encodeRequestHeader(0, Command.Write, 1n, 0, payload.length), payload]);
-  const given: Buffer[] = [];
-  const limits = {
-    maxOptionLength: 1024,
-    maxWritePayload: 4 * MiB,
-    allocatePayload: (length: number) => {
-      const b = Buffer.alloc(length);
-      given.push(b);
-      return b;
-    },
-  };
+  const { given, limits } = recordingPayloads();
   const targets: Buffer[] = [];
   const got = decodeByLentReads(stream, [handshake.length + 28 + 1000, 64 * KiB], limits, (b) => targets.push(b));
   t.equal(given.length, 1, 'one payload buffer');
@@ -129,16 +135,7 @@ t.test('after a large write the next read takes one header, and every later payl
     ...payloads.flatMap((p, i) => [encodeRequestHeader(0, Command.Write, BigInt(i + 1), i * MiB, p.length), p]),
     encodeRequestHeader(0, Command.Read, 9n, 0, 4096),
   ]);
-  const given: Buffer[] = [];
-  const limits = {
-    maxOptionLength: 1024,
-    maxWritePayload: 4 * MiB,
-    allocatePayload: (length: number) => {
-      const b = Buffer.alloc(length);
-      given.push(b);
-      return b;
-    },
-  };
+  const { given, limits } = recordingPayloads();
   const targets: Buffer[] = [];
   // Reads as large as the target allows: a socket with everything queued.
   const got = decodeByLentReads(stream, [8 * MiB], limits, (b) => targets.push(b));
